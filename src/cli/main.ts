@@ -1,0 +1,27 @@
+/**
+ * The `vgpu` command line. Each subcommand lives in its own module under src/cli/commands and is registered here.
+ * Errors that are KernelErrors print as "vgpu: EINVAL (Invalid argument): <sentence>" and exit 1; anything else is a
+ * bug and prints its stack.
+ */
+import { Command } from "commander";
+import { isKernelError } from "../core/index.ts";
+import { registerDemo } from "./commands/demo.ts";
+
+const program = new Command();
+program
+  .name("vgpu")
+  .description("VFIO mediated-device passthrough for virtual GPUs: a deterministic host model and a vfio-user device")
+  .version("0.1.0");
+
+registerDemo(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (isKernelError(e)) {
+    process.stderr.write(`vgpu: ${e.describe()}\n`);
+    process.exitCode = 1;
+  } else {
+    throw e;
+  }
+}
