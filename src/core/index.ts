@@ -7,4 +7,5 @@ export * from "./clock.ts";
 export * from "./errno.ts";
 export * from "./error.ts";
 export * from "./rng.ts";
+export * from "./struct.ts";
 export * from "./trace.ts";

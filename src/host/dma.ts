@@ -16,11 +16,13 @@
  * Like a kernel built with CONFIG_DMA_API_DEBUG, every mapping is tracked: unmapping something never mapped, with the
  * wrong size or direction, or twice, is a KernelError naming the device and address, never silent corruption.
  */
+
+import type { SchedulingClock } from "../core/index.ts";
 import {
   defineTraceEvents,
   Errno,
-  hex,
   type Hpa,
+  hex,
   type Iova,
   KernelError,
   PAGE_SIZE,
@@ -32,7 +34,6 @@ import { IOMMU_READ, IOMMU_WRITE } from "./io-pgtable.ts";
 import type { Iommu, IommuDomain } from "./iommu.ts";
 import { IovaDomain } from "./iova.ts";
 import type { PhysicalMemory } from "./physmem.ts";
-import type { SchedulingClock } from "../core/index.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -129,7 +130,10 @@ export class DmaDevice {
     this.clock = opts.clock;
     const bits = opts.dmaMaskBits ?? 64;
     if (!Number.isInteger(bits) || bits < 24 || bits > 64) {
-      throw new KernelError(Errno.EIO, `dma_set_mask(${bits} bits) for ${opts.bdf}: masks below 24 bits are not supported`);
+      throw new KernelError(
+        Errno.EIO,
+        `dma_set_mask(${bits} bits) for ${opts.bdf}: masks below 24 bits are not supported`,
+      );
     }
     this.mask = bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
     this.forceDac = opts.forceDac ?? false;
@@ -206,7 +210,11 @@ export class DmaDevice {
     let pages = 0;
     for (const e of entries) pages += pagesFor(e.offset, e.length);
     const domain = this.domain();
-    const base = this.allocIova(domain, pages, entries.reduce((n, e) => n + e.length, 0));
+    const base = this.allocIova(
+      domain,
+      pages,
+      entries.reduce((n, e) => n + e.length, 0),
+    );
     const prot = protFor(dir);
     let at = base;
     try {
@@ -225,7 +233,13 @@ export class DmaDevice {
     const total = pages * PAGE_SIZE - first.offset;
     this.track(iova, { size: total, dir, iovaPages: pages, kind: "sg" });
     if (this.tracer.enabled) {
-      this.tracer.emit("dma.map", { bdf: this.bdf, iova, hpa: first.pfn * PAGE_SIZE + first.offset, size: total, dir: DIR_NAMES[dir] });
+      this.tracer.emit("dma.map", {
+        bdf: this.bdf,
+        iova,
+        hpa: first.pfn * PAGE_SIZE + first.offset,
+        size: total,
+        dir: DIR_NAMES[dir],
+      });
     }
     return [{ iova, length: total }];
   }
@@ -268,7 +282,12 @@ export class DmaDevice {
       kind: "coherent",
     });
     if (this.tracer.enabled) {
-      this.tracer.emit("dma.alloc_coherent", { bdf: this.bdf, iova: dmaAddr, hpa: pfn * PAGE_SIZE, size: pages * PAGE_SIZE });
+      this.tracer.emit("dma.alloc_coherent", {
+        bdf: this.bdf,
+        iova: dmaAddr,
+        hpa: pfn * PAGE_SIZE,
+        size: pages * PAGE_SIZE,
+      });
     }
     return { pfn, pages, dmaAddr, size: pages * PAGE_SIZE };
   }
@@ -277,7 +296,8 @@ export class DmaDevice {
     const t = this.untrack(buf.dmaAddr, buf.size, DmaDirection.BIDIRECTIONAL, "coherent", "dma_free_coherent");
     this.unmapIova(buf.dmaAddr, buf.size, t.iovaPages);
     for (let k = 0; k < buf.pages; k++) this.physmem.put((buf.pfn + k) as Pfn);
-    if (this.tracer.enabled) this.tracer.emit("dma.free_coherent", { bdf: this.bdf, iova: buf.dmaAddr, size: buf.size });
+    if (this.tracer.enabled)
+      this.tracer.emit("dma.free_coherent", { bdf: this.bdf, iova: buf.dmaAddr, size: buf.size });
   }
 
   // ---- internals -----------------------------------------------------------------------------------------------
@@ -392,7 +412,10 @@ export class DmaDevice {
 
   private checkDir(dir: number): void {
     if (dir !== 0 && dir !== 1 && dir !== 2) {
-      throw new KernelError(Errno.EINVAL, `DMA direction ${dir} on ${this.bdf} is not BIDIRECTIONAL, TO_DEVICE or FROM_DEVICE`);
+      throw new KernelError(
+        Errno.EINVAL,
+        `DMA direction ${dir} on ${this.bdf} is not BIDIRECTIONAL, TO_DEVICE or FROM_DEVICE`,
+      );
     }
   }
 }
@@ -405,5 +428,9 @@ function pagesFor(phys: number, size: number): number {
 
 /** TO_DEVICE: the device reads memory; FROM_DEVICE: it writes memory. */
 function protFor(dir: DmaDirection): number {
-  return dir === DmaDirection.TO_DEVICE ? IOMMU_READ : dir === DmaDirection.FROM_DEVICE ? IOMMU_WRITE : IOMMU_READ | IOMMU_WRITE;
+  return dir === DmaDirection.TO_DEVICE
+    ? IOMMU_READ
+    : dir === DmaDirection.FROM_DEVICE
+      ? IOMMU_WRITE
+      : IOMMU_READ | IOMMU_WRITE;
 }

@@ -102,10 +102,20 @@ export class Host {
   }
 
   /** The DMA API for a device (created once per device; options apply on first call). */
-  dmaApi(bdf: Bdf, opts: Partial<Omit<DmaDeviceOptions, "bdf" | "iommu" | "physmem" | "tracer" | "clock">> = {}): DmaDevice {
+  dmaApi(
+    bdf: Bdf,
+    opts: Partial<Omit<DmaDeviceOptions, "bdf" | "iommu" | "physmem" | "tracer" | "clock">> = {},
+  ): DmaDevice {
     let d = this.dmaDevices.get(bdf);
     if (!d) {
-      d = new DmaDevice({ ...opts, bdf, iommu: this.iommu, physmem: this.physmem, tracer: this.tracer, clock: this.clock });
+      d = new DmaDevice({
+        ...opts,
+        bdf,
+        iommu: this.iommu,
+        physmem: this.physmem,
+        tracer: this.tracer,
+        clock: this.clock,
+      });
       this.dmaDevices.set(bdf, d);
     }
     return d;

@@ -12,16 +12,16 @@
  * the real vendor driver, VMM and guest.
  */
 import type { Command } from "commander";
-import { formatTrace, hex, type Hva, type Iova, type Pfn, TraceRecorder } from "../../core/index.ts";
+import { formatTrace, type Hva, hex, type Iova, type Pfn, TraceRecorder } from "../../core/index.ts";
 import {
   DmaDirection,
   GiB,
   Host,
   PciConfigSpace,
   type PciDeviceModel,
-  parseBdf,
   PROT_READ,
   PROT_WRITE,
+  parseBdf,
   pfnToHpa,
 } from "../../host/index.ts";
 
@@ -64,7 +64,9 @@ export function runDemo(opts: DemoOptions, out: (line: string) => void): void {
 
   // The host graphics driver allocates its ring from the same IOVA space the vGPU's pages will use.
   const ring = dma.allocCoherent(4 * 4096);
-  out(`host driver  dma_alloc_coherent(16 KiB) for its ring: hpa ${hex(pfnToHpa(ring.pfn))} -> iova ${hex(ring.dmaAddr)}`);
+  out(
+    `host driver  dma_alloc_coherent(16 KiB) for its ring: hpa ${hex(pfnToHpa(ring.pfn))} -> iova ${hex(ring.dmaAddr)}`,
+  );
 
   // The VMM owns guest RAM as ordinary anonymous memory in its address space.
   const vmm = host.spawn("qemu-vm1", { rlimitMemlockBytes: 64 * 1024 * 1024 });
@@ -83,7 +85,9 @@ export function runDemo(opts: DemoOptions, out: (line: string) => void): void {
   vmm.mm.accountLockedVm(1, true);
   vmm.mm.pinUserPages(hva, 1, true, frames);
   const pfn = frames[0]!;
-  out(`vendor drv   pin_user_pages(hva) -> frame ${hex(pfn)} (hpa ${hex(pfnToHpa(pfn))}), locked_vm ${vmm.mm.lockedVm()} page`);
+  out(
+    `vendor drv   pin_user_pages(hva) -> frame ${hex(pfn)} (hpa ${hex(pfnToHpa(pfn))}), locked_vm ${vmm.mm.lockedVm()} page`,
+  );
 
   // Key point 3: dma_map_page through the system IOMMU.
   const iova: Iova = dma.mapPage(pfn, 0, 4096, DmaDirection.BIDIRECTIONAL);
@@ -106,14 +110,18 @@ export function runDemo(opts: DemoOptions, out: (line: string) => void): void {
   out("");
   out("translation chain of that access:");
   out(`  GPA ${hex(gpa)} -> HVA ${hex(hva)} (VMM mapping) -> HPA ${hex(pfnToHpa(pfn))} (process page table)`);
-  out(`  HPA -> IOVA ${hex(iova)} (dma_map_page) -> HPA ${hex(host.iommu.domainOf(gpu.bdf).iovaToPhys(iova))} (IOMMU page walk)`);
+  out(
+    `  HPA -> IOVA ${hex(iova)} (dma_map_page) -> HPA ${hex(host.iommu.domainOf(gpu.bdf).iovaToPhys(iova))} (IOMMU page walk)`,
+  );
   out("");
 
   // A DMA to an IOVA nobody mapped is blocked and logged.
   const stray = 0x8000_0000 as Iova;
   const r = bus.write(stray, new Uint8Array([0xde, 0xad]));
   const fault = host.iommu.lastFault();
-  out(`GPU          stray DMA write to iova ${hex(stray)}: ${r === 0 ? "served (BUG)" : "blocked"}; fault log: ${fault ? `${fault.reason} in domain ${fault.domain}` : "empty"}`);
+  out(
+    `GPU          stray DMA write to iova ${hex(stray)}: ${r === 0 ? "served (BUG)" : "blocked"}; fault log: ${fault ? `${fault.reason} in domain ${fault.domain}` : "empty"}`,
+  );
 
   // Teardown: everything returns to zero.
   dma.unmapPage(iova, 4096, DmaDirection.BIDIRECTIONAL);
