@@ -16,13 +16,13 @@
 import {
   defineTraceEvents,
   Errno,
+  type Hpa,
   hex,
   KernelError,
   PAGE_SIZE,
-  type Hpa,
   type Pfn,
-  pfn as toPfn,
   type Tracer,
+  pfn as toPfn,
 } from "../core/index.ts";
 
 declare module "../core/trace.ts" {

@@ -1,0 +1,152 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { Errno, hpa, KernelError, type Pfn, TraceRecorder, Tracer, VirtualClock } from "../core/index.ts";
+import { hpaToPfn, PhysicalMemory, pfnToHpa } from "./physmem.ts";
+
+const mk = (bytes = 64 * 1024 * 1024) => {
+  const tracer = new Tracer(new VirtualClock());
+  return { mem: new PhysicalMemory({ sizeBytes: bytes, tracer }), tracer };
+};
+
+describe("PhysicalMemory", () => {
+  it("declares terabytes and pays only for touched frames", () => {
+    const { mem } = mk(4 * 2 ** 40);
+    assert.equal(mem.totalFrames, 2 ** 30);
+    const f = mem.allocFrame();
+    assert.equal(mem.stats().touchedFrames, 0);
+    assert.equal(
+      mem.frameForRead(f).every((b) => b === 0),
+      true,
+    );
+    mem.write(pfnToHpa(f, 10), new Uint8Array([1, 2, 3]));
+    assert.equal(mem.stats().touchedFrames, 1);
+    const out = new Uint8Array(3);
+    mem.read(pfnToHpa(f, 10), out);
+    assert.deepEqual([...out], [1, 2, 3]);
+  });
+  it("reads and writes across frame boundaries", () => {
+    const { mem } = mk();
+    const base = mem.allocContiguous(3);
+    const data = new Uint8Array(8192 + 100).map((_, i) => i & 0xff);
+    mem.write(pfnToHpa(base, 4000), data);
+    const back = new Uint8Array(data.length);
+    mem.read(pfnToHpa(base, 4000), back);
+    assert.deepEqual(back, data);
+    mem.writeU32(pfnToHpa(base, 4094), 0xdeadbeef);
+    assert.equal(mem.readU32(pfnToHpa(base, 4094)), 0xdeadbeef);
+    mem.fill(pfnToHpa(base, 4090), 0xaa, 10);
+    assert.equal(mem.frameForRead((base + 1) as Pfn)[3], 0xaa);
+  });
+  it("frees a frame when its last reference goes and hands out zeroed frames", () => {
+    const { mem } = mk();
+    const f = mem.allocFrame(7);
+    assert.equal(mem.owner(f), 7);
+    mem.writeU32(pfnToHpa(f), 0x12345678);
+    mem.get(f);
+    mem.put(f);
+    assert.equal(mem.isAllocated(f), true);
+    mem.put(f);
+    assert.equal(mem.isAllocated(f), false);
+    assert.equal(mem.owner(f), 0);
+    const g = mem.allocFrame();
+    assert.equal(g, f, "free list reuses the frame");
+    assert.equal(mem.readU32(pfnToHpa(g)), 0);
+    assert.throws(() => {
+      mem.put(g);
+      mem.put(g);
+    }, /not allocated/);
+  });
+  it("a pin keeps the frame alive after its owner drops it", () => {
+    const { mem } = mk();
+    const f = mem.allocFrame();
+    mem.pin(f);
+    assert.equal(mem.pinCount(f), 1);
+    assert.equal(mem.stats().pinnedFrames, 1);
+    mem.put(f);
+    assert.equal(mem.isAllocated(f), true);
+    mem.unpin(f);
+    assert.equal(mem.isAllocated(f), false);
+    assert.equal(mem.stats().pinnedFrames, 0);
+  });
+  it("reports ENOMEM when RAM runs out", () => {
+    const { mem } = mk(2 * 1024 * 1024); // 512 frames, 256 usable above 1 MiB
+    const got: Pfn[] = [];
+    assert.throws(
+      () => {
+        for (;;) got.push(mem.allocFrame());
+      },
+      (e: unknown) => e instanceof KernelError && e.errno === Errno.ENOMEM,
+    );
+    assert.equal(got.length, 256);
+    assert.equal(mem.freeFrames(), 0);
+    assert.throws(() => mem.allocContiguous(1), /contiguous/);
+  });
+  it("external buffers are frames above RAM that alias the caller's bytes", () => {
+    const { mem, tracer } = mk();
+    const rec = new TraceRecorder(tracer);
+    const buf = new Uint8Array(3 * 4096);
+    const base = mem.registerExternal(buf, "guest-ram");
+    assert.ok(base >= mem.externalBase && base >= mem.totalFrames);
+    mem.write(pfnToHpa(base, 4096 + 5), new Uint8Array([9]));
+    assert.equal(buf[4096 + 5], 9, "writes land in the external buffer");
+    buf[2 * 4096] = 77;
+    assert.equal(mem.frameForRead((base + 2) as Pfn)[0], 77);
+    mem.pin((base + 1) as Pfn);
+    mem.releaseExternal(base);
+    assert.equal(mem.externalRegions().length, 1, "a pinned frame keeps the region listed");
+    mem.unpin((base + 1) as Pfn);
+    assert.equal(mem.externalRegions().length, 0);
+    assert.equal(rec.count("mem.external.release"), 1);
+    assert.throws(() => mem.registerExternal(new Uint8Array(100), "bad"), /multiple of 4096/);
+    assert.throws(() => mem.releaseExternal(base), /no external buffer/);
+  });
+  it("balances: any sequence of alloc/get/put/pin/unpin returns to empty", () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 4 }), fc.nat()), { maxLength: 200 }), (ops) => {
+        const { mem } = mk(8 * 1024 * 1024);
+        const refs = new Map<Pfn, { r: number; p: number }>();
+        for (const [op, k] of ops) {
+          const keys = [...refs.keys()];
+          const f = keys.length ? keys[k % keys.length]! : undefined;
+          if (op === 0 || f === undefined) {
+            refs.set(mem.allocFrame(), { r: 1, p: 0 });
+          } else if (op === 1) {
+            mem.get(f);
+            refs.get(f)!.r++;
+          } else if (op === 2) {
+            mem.pin(f);
+            refs.get(f)!.p++;
+          } else if (op === 3) {
+            const s = refs.get(f)!;
+            if (s.p > 0) {
+              mem.unpin(f);
+              s.p--;
+            }
+          } else {
+            const s = refs.get(f)!;
+            if (s.r > 0) {
+              mem.put(f);
+              s.r--;
+            }
+          }
+          for (const [g, s] of refs) {
+            if (mem.refCount(g) !== s.r + s.p || mem.pinCount(g) !== s.p) return false;
+          }
+          for (const [g, s] of [...refs]) if (s.r + s.p === 0) refs.delete(g);
+        }
+        for (const [g, s] of refs) {
+          for (let i = 0; i < s.p; i++) mem.unpin(g);
+          for (let i = 0; i < s.r; i++) mem.put(g);
+        }
+        return mem.stats().allocatedFrames === 0 && mem.stats().pinnedFrames === 0;
+      }),
+      { numRuns: 100 },
+    );
+  });
+  it("rejects a bad size", () => {
+    const tracer = new Tracer(new VirtualClock());
+    assert.throws(() => new PhysicalMemory({ sizeBytes: 1000, tracer }), /multiple of 4096/);
+    assert.equal(hpaToPfn(hpa(8191)), 1);
+  });
+});
