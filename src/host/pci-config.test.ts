@@ -97,7 +97,15 @@ describe("PciConfigSpace", () => {
     const c = gpuLike();
     assert.throws(() => c.read(0, 3), /1, 2 or 4/);
     assert.throws(() => c.read(255, 2), /past the 256-byte/);
-    assert.throws(() => new PciConfigSpace({ vendorId: 1, deviceId: 1, classCode: 0, bars: [{ index: 0, size: 100, kind: "mem32" }] }), /power of two/);
-    assert.throws(() => new PciConfigSpace({ vendorId: 1, deviceId: 1, classCode: 0, bars: [{ index: 5, size: 4096, kind: "mem64" }] }), /invalid/);
+    assert.throws(
+      () =>
+        new PciConfigSpace({ vendorId: 1, deviceId: 1, classCode: 0, bars: [{ index: 0, size: 100, kind: "mem32" }] }),
+      /power of two/,
+    );
+    assert.throws(
+      () =>
+        new PciConfigSpace({ vendorId: 1, deviceId: 1, classCode: 0, bars: [{ index: 5, size: 4096, kind: "mem64" }] }),
+      /invalid/,
+    );
   });
 });
