@@ -13,6 +13,9 @@ const ctx: OpenContext = {
   resolveFile: () => {
     throw new Error("unused");
   },
+  installFile: () => {
+    throw new Error("unused");
+  },
 };
 
 const errno = (n: number) => (e: unknown) => e instanceof KernelError && e.errno === n;

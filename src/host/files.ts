@@ -44,6 +44,8 @@ export interface OpenContext {
   readonly mm: AddressSpace;
   /** The open file behind one of the opener's fds; EBADF if none. */
   resolveFile(fd: number): OpenFile;
+  /** Installs a new file in the opener's fd table and returns its fd (GET_DEVICE_FD creates files this way). */
+  installFile(ops: FileOps, path: string): number;
 }
 
 /** file_operations: each method may throw KernelError; absent methods fail as Linux's defaults do. */

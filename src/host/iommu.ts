@@ -380,7 +380,8 @@ export class Iommu {
   private readonly devices = new Map<string, IommuDevice>();
   private readonly groupsById = new Map<number, IommuGroup>();
   private readonly domainsById = new Map<number, IommuDomain>();
-  private nextGroupId = 0;
+  /** Group numbers in use, by devices' groups and by ids handed out with allocGroupId (Linux's iommu_group_ida). */
+  private readonly usedGroupIds = new Set<number>();
   private identity: IommuDomain | undefined;
   private readonly walkResult = new WalkResult();
   /** First byte above declared RAM: identity translations below it are memory. */
@@ -465,7 +466,7 @@ export class Iommu {
       }
       group = g;
     } else {
-      const id = this.nextGroupId++;
+      const id = this.allocGroupId();
       group = new IommuGroup(id, this.newDefaultDomain());
       group.defaultDomain.attached.add(group);
       this.groupsById.set(id, group);
@@ -496,8 +497,28 @@ export class Iommu {
       if (group.domain !== group.defaultDomain) this.detachGroup(group.id);
       group.defaultDomain.attached.delete(group);
       this.groupsById.delete(group.id);
+      this.usedGroupIds.delete(group.id);
       if (group.defaultDomain !== this.identity) this.destroyDomain(group.defaultDomain);
     }
+  }
+
+  /**
+   * A group number from the same allocator as device groups (iommu_group_alloc's IDA: the lowest free number), for
+   * groups without an IOMMU behind them: vfio's emulated-IOMMU (mdev) and no-IOMMU groups. Release with freeGroupId.
+   */
+  allocGroupId(): number {
+    let id = 0;
+    while (this.usedGroupIds.has(id)) id++;
+    this.usedGroupIds.add(id);
+    return id;
+  }
+
+  /** Returns a number from allocGroupId. EINVAL if it is not allocated or belongs to a device group. */
+  freeGroupId(id: number): void {
+    if (!this.usedGroupIds.has(id) || this.groupsById.has(id)) {
+      throw new KernelError(Errno.EINVAL, `IOMMU group number ${id} was not allocated with allocGroupId`);
+    }
+    this.usedGroupIds.delete(id);
   }
 
   /** The IOMMU's record of a device. ENODEV when it was never added. */

@@ -11,7 +11,7 @@
  */
 import { defineTraceEvents, Errno, KernelError, type Pfn, type Tracer } from "../core/index.ts";
 import type { Bdf } from "./bdf.ts";
-import type { PciConfigSpace } from "./pci-config.ts";
+import { PCI_STATUS, PCI_STATUS_INTERRUPT, type PciConfigSpace } from "./pci-config.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -141,8 +141,16 @@ export class PciBus {
     const s = this.slot(bdf);
     if (s.intxLevel === level) return;
     s.intxLevel = level;
+    // The Interrupt Status bit of the status register follows the line (PCI 2.3), whatever the INTx Disable bit says.
+    const st = s.dev.config.bytes;
+    st[PCI_STATUS] = level ? st[PCI_STATUS]! | PCI_STATUS_INTERRUPT : st[PCI_STATUS]! & ~PCI_STATUS_INTERRUPT;
     if (this.tracer.enabled) this.tracer.emit("pci.intx", { bdf, level });
     if (!s.dev.config.intxDisabled()) s.handler?.intx?.(level);
+  }
+
+  /** Current level of the device's INTx line. */
+  intxLevel(bdf: Bdf): boolean {
+    return this.slot(bdf).intxLevel;
   }
 
   /** Function-level reset: config space to power-on values, then the device's own state. */

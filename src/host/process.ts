@@ -67,6 +67,7 @@ export class Process {
       flags,
       mm: this.mm,
       resolveFile: (fd) => this.files.get(fd),
+      installFile: (ops, p) => this.installFile(ops, p),
     });
     return this.installFile(ops, path);
   }

@@ -31,6 +31,8 @@ export interface VfioDeviceInfo {
   readonly flags: number;
   readonly numRegions: number;
   readonly numIrqs: number;
+  /** Device-info capabilities (VFIO_DEVICE_INFO_CAP_*), chained by vfio-core after the struct. */
+  readonly caps?: readonly VfioCapability[];
 }
 
 /** A capability to append to an info reply: its id, version and body bytes (after the 8-byte header). */
