@@ -11,6 +11,7 @@ const suites: Suite[] = [
   { name: "iova", load: () => import("./iova.bench.ts") },
   { name: "iommu", load: () => import("./iommu.bench.ts") },
   { name: "memory", load: () => import("./memory.bench.ts") },
+  { name: "vfio", load: () => import("./vfio.bench.ts") },
 ];
 
 const wanted = process.argv.slice(2);

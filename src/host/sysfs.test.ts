@@ -25,7 +25,12 @@ describe("Sysfs tree", () => {
     const s = new Sysfs();
     let value = "7";
     const writes: string[] = [];
-    s.addAttribute("/sys/devices/d/rw", { read: () => `${value}\n`, write: (d) => void (value = d.trim()) });
+    s.addAttribute("/sys/devices/d/rw", {
+      read: () => `${value}\n`,
+      write: (d) => {
+        value = d.trim();
+      },
+    });
     s.addAttribute("/sys/devices/d/ro", { read: () => "ro\n" });
     s.addAttribute("/sys/devices/d/wo", { write: (d) => void writes.push(d) });
     assert.equal(s.read("/sys/devices/d/rw"), "7\n");
@@ -69,9 +74,12 @@ describe("Sysfs tree", () => {
         throw new KernelError(Errno.EINVAL, `bad value '${d}'`);
       },
     });
-    assert.throws(() => s.write("/sys/devices/d/w", "zz"), (e: unknown) => {
-      return e instanceof KernelError && e.errno === Errno.EINVAL && e.message === "bad value 'zz'";
-    });
+    assert.throws(
+      () => s.write("/sys/devices/d/w", "zz"),
+      (e: unknown) => {
+        return e instanceof KernelError && e.errno === Errno.EINVAL && e.message === "bad value 'zz'";
+      },
+    );
   });
 
   it("refuses duplicates and handler-less attributes", () => {

@@ -3,7 +3,7 @@
  * PCI / IOMMU-group part of it kept in step with the host (`attachPciSysfs`).
  *
  * What user space does with sysfs is what this models: QEMU turns `sysfsdev=/sys/bus/mdev/devices/<uuid>` into a
- * group number by `realpath(<dev>/iommu_group)`; mdevctl writes a UUID into `mdev_supported_types/<type>/create`;
+ * group number from the basename of `readlink(<dev>/iommu_group)` (libvirt and tools use realpath); mdevctl writes a UUID into `mdev_supported_types/<type>/create`;
  * libvirt reads `vendor`, `class`, `driver`. Attribute files are not stored text: each has `read()` / `write()`
  * handlers (sysfs's show/store) called on every access, so a file always shows the live state.
  *
@@ -36,7 +36,7 @@
  * the whole text), the 4096-byte limit on what a read shows.
  */
 import { Errno, KernelError } from "../core/index.ts";
-import { bdfFields, type Bdf } from "./bdf.ts";
+import { type Bdf, bdfFields } from "./bdf.ts";
 import { formatReservedRegions, type Iommu } from "./iommu.ts";
 import type { PciBus } from "./pci.ts";
 

@@ -112,7 +112,6 @@ defineTraceEvents("vfio", {
 const PIN_PAGES_MAX_ENTRIES = 512;
 const U32_MAX = 0xffff_ffff;
 
-
 /** What a device needs from its group (implemented by VfioGroup). */
 export interface VfioDeviceGroup {
   readonly id: number;
