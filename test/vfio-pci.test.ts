@@ -25,7 +25,6 @@ import {
 } from "../src/devices/index.ts";
 import {
   type Bdf,
-  type FileOps,
   Host,
   IOMMU_WRITE,
   PCI_BASE_ADDRESS_0,
@@ -77,21 +76,6 @@ function expectErrno(fn: () => unknown, errno: number): void {
   assert.throws(fn, (e: unknown) => isKernelError(e) && e.errno === errno);
 }
 
-type InstallCtx = { installFile?: (ops: FileOps, path: string) => number };
-
-/**
- * GET_DEVICE_FD installs a new fd through OpenContext.installFile. Until the host's Process supplies it (as vfio-core's
- * own harness does meanwhile), lend it through devfs so the VMM can get its device fd.
- */
-function lendInstallFile(host: Host): void {
-  const open = host.devfs.open.bind(host.devfs);
-  host.devfs.open = (path, ctx) => {
-    if ((ctx as InstallCtx).installFile !== undefined) return open(path, ctx);
-    const proc = host.process(ctx.pid)!;
-    return open(path, { ...ctx, installFile: (ops: FileOps, p: string) => proc.installFile(ops, p) } as typeof ctx);
-  };
-}
-
 /** The host side: an edu device at BDF in its own IOMMU group, vfio-core with type1, and vfio-pci bound to it. */
 function hostWithAssignedEdu() {
   const host = new Host({ memoryBytes: 512 * MiB });
@@ -103,7 +87,6 @@ function hostWithAssignedEdu() {
   core.registerIommuDriver(type1Driver({ iommu: host.iommu, physmem: host.physmem, tracer: host.tracer }));
   const vfioPci = new VfioPciDriver({ bus: host.pci, core, tracer: host.tracer });
   vfioPci.bind(BDF);
-  lendInstallFile(host);
   return { host, rec, edu, groupId, core, vfioPci };
 }
 

@@ -4,3 +4,4 @@
  */
 export * from "./edu.ts";
 export * from "./mtty.ts";
+export * from "./mtty-uart.ts";

@@ -21,6 +21,7 @@ import { AddressSpace } from "./mm.ts";
 import { PciBus, type PciDeviceModel } from "./pci.ts";
 import { PhysicalMemory } from "./physmem.ts";
 import { Process } from "./process.ts";
+import { attachPciSysfs, Sysfs } from "./sysfs.ts";
 
 export const GiB = 1024 * 1024 * 1024;
 
@@ -49,6 +50,7 @@ export class Host {
   readonly iommu: Iommu;
   readonly pci: PciBus;
   readonly devfs: Devfs;
+  readonly sysfs: Sysfs;
   private readonly procs = new Map<number, Process>();
   private nextPid = 1000;
   private readonly dmaDevices = new Map<string, DmaDevice>();
@@ -69,6 +71,8 @@ export class Host {
     });
     this.pci = new PciBus(this.tracer);
     this.devfs = new Devfs(this.tracer);
+    this.sysfs = new Sysfs();
+    attachPciSysfs(this.sysfs, this.pci, this.iommu);
   }
 
   /** Starts a process with an empty address space and fd table. Its frames are tagged with its pid. */

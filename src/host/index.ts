@@ -21,3 +21,4 @@ export * from "./pci.ts";
 export * from "./pci-config.ts";
 export * from "./physmem.ts";
 export * from "./process.ts";
+export * from "./sysfs.ts";
