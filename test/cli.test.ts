@@ -27,7 +27,7 @@ import { type CliIo, runCli } from "../src/cli/commands/index.ts";
 import { Errno, KernelError } from "../src/core/index.ts";
 import { GiB, PciConfigSpace, type PciDeviceModel, parseBdf } from "../src/host/index.ts";
 import type { MdevDeviceInstance, MdevParentDriver, MdevTypeSpec } from "../src/mdev/index.ts";
-import { createSystem, parseSystemConfig } from "../src/scenario/system.ts";
+import { createSystem, parseSystemConfig } from "../src/scenario/index.ts";
 import { VFIO_DEVICE_FLAGS_PCI, type VfioDeviceOps } from "../src/vfio/index.ts";
 
 const GOLDEN = new URL("./golden/cli/", import.meta.url);

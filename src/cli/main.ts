@@ -9,6 +9,12 @@ import { configureCommandOutput } from "./commands/common.ts";
 import { registerDemo } from "./commands/demo.ts";
 import { processIo, registerMdevCommands } from "./commands/index.ts";
 
+// `vgpu list | head`: a reader that goes away is not an error.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(0);
+  throw e;
+});
+
 const program = new Command();
 program
   .name("vgpu")

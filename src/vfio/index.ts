@@ -15,6 +15,5 @@ export * from "./driver.ts";
 export * from "./noiommu.ts";
 export * from "./pci/index.ts";
 export * from "./type1/index.ts";
-export * from "./type1/index.ts";
 export * from "./uapi/index.ts";
 export * as uapi from "./uapi/index.ts";

@@ -1,0 +1,98 @@
+/**
+ * `vgpu host [--config FILE] [--root DIR]`: runs a model host in the foreground and serves the control API on
+ * `<root>/vgpu.sock` until SIGTERM or SIGINT, which stop it cleanly (socket removed, exit 0).
+ *
+ * Start-up, in order: build the system from the config (the embedded default: one mtty parent); remove temporary
+ * files left in `<root>/mdevctl.d` by an interrupted write; bind the socket (refusing if a host answers there,
+ * replacing a stale socket with a message); then auto-start the `start: auto` definitions of every parent, as udev's
+ * `mdevctl start-parent-mdevs` does when a parent appears. A definition that fails to start is logged with its
+ * reason and the others still start (mdevctl #53). The log goes to stderr, one "vgpu host: ..." line per event.
+ *
+ * `startHost` is the same without the signal handling, for tests that want a real daemon in process. The command is
+ * registered in index.ts, which imports this module only when `vgpu host` runs: the client commands never load the
+ * model.
+ */
+import {
+  createSystem,
+  DEFAULT_SYSTEM_CONFIG,
+  loadSystemConfigFile,
+  parseSystemConfig,
+  type System,
+  type SystemConfig,
+} from "../../scenario/index.ts";
+import { type Daemon, definitionsDirOf, startDaemon } from "../daemon.ts";
+import { DefinitionStore } from "../definitions.ts";
+import { systemHostApi } from "../host-api.ts";
+import { MdevService } from "../service.ts";
+import { type CliIo, type RootOption, rootOf } from "./common.ts";
+
+export interface StartHostOptions {
+  readonly root: string;
+  /** Default: the embedded host (one mtty parent). */
+  readonly config?: SystemConfig;
+  /** Build the system yourself (tests add parents of their own); `config` is then ignored. */
+  readonly system?: System;
+  readonly log: (line: string) => void;
+  /** Source of generated UUIDs (default crypto.randomUUID). */
+  readonly newUuid?: () => string;
+}
+
+export interface RunningHost {
+  readonly system: System;
+  readonly service: MdevService;
+  readonly daemon: Daemon;
+  close(): Promise<void>;
+}
+
+/** Builds the system, binds the socket, auto-starts definitions. Throws KernelError if the socket is taken. */
+export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
+  const system = opts.system ?? createSystem(opts.config ?? parseSystemConfig(DEFAULT_SYSTEM_CONFIG));
+  const store = new DefinitionStore({ dir: definitionsDirOf(opts.root) });
+  const service = new MdevService({
+    host: systemHostApi(system),
+    store,
+    root: opts.root,
+    ...(opts.newUuid ? { newUuid: opts.newUuid } : {}),
+  });
+  const daemon = await startDaemon({ root: opts.root, service, log: opts.log });
+  for (const t of store.removeTemporaries()) opts.log(`removed ${t}: temporary file left by an interrupted write`);
+  const warnings: string[] = [];
+  const reports = service.autostartAll(warnings);
+  for (const w of warnings) opts.log(`warning: ${w}`);
+  for (const r of reports) {
+    for (const u of r.started) opts.log(`auto-started ${u} on ${r.parent}`);
+    for (const f of r.failed) opts.log(`auto-start of ${f.uuid} on ${r.parent} failed: ${f.message}`);
+  }
+  const parents =
+    system.mdev
+      .parents()
+      .map((p) => p.name)
+      .join(", ") || "none";
+  opts.log(`serving on ${daemon.socketPath} (parents: ${parents})`);
+  return { system, service, daemon, close: () => daemon.close() };
+}
+
+export interface HostOptions extends RootOption {
+  readonly config?: string;
+}
+
+/** The `vgpu host` action: runs until SIGTERM or SIGINT. */
+export async function runHost(opts: HostOptions, io: CliIo): Promise<void> {
+  const root = rootOf(opts, io);
+  const config = opts.config !== undefined ? loadSystemConfigFile(opts.config) : undefined;
+  const log = (line: string) => io.err(`vgpu host: ${line}\n`);
+  const host = await startHost({ root, log, ...(config ? { config } : {}) });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      log(`${signal}: stopping`);
+      host.close().then(() => {
+        log(`stopped; removed ${host.daemon.socketPath}`);
+        resolve();
+      }, resolve);
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}

@@ -1,0 +1,178 @@
+/**
+ * The host daemon's control API: JSON lines over a UNIX socket, every message validated with zod on both ends.
+ *
+ * A client writes one request per line, `{"id": N, "method": M, "params": {...}}`, and reads one response line per
+ * request, in order: `{"id": N, "ok": true, "result": {...}, "warnings": [...]}` or
+ * `{"id": N, "ok": false, "error": {"errno": 28, "code": "ENOSPC", "message": "..."}, "warnings": [...]}`.
+ * `warnings` carries what a person should see on stderr even when the request succeeds (a skipped definition file,
+ * a parent name that differs only in case). Errors carry the Linux errno, its symbolic code and a sentence.
+ *
+ * The methods mirror mdevctl's commands. The command line checks its own option combinations and reads `--jsonfile`
+ * itself (the daemon never opens a path a client names); the daemon checks everything that depends on state.
+ * Methods and their params/result schemas are a table (`methods`), so a new method is one entry.
+ *
+ * A line longer than `MAX_LINE_BYTES` is refused (EMSGSIZE) and the connection closed.
+ */
+import { z } from "zod";
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_LINE_BYTES = 1 << 20;
+
+const attr = z.object({ name: z.string(), value: z.string() });
+const startMode = z.enum(["auto", "manual"]);
+export const definitionSchema = z.object({ mdevType: z.string(), start: startMode, attrs: z.array(attr) });
+
+const listedDevice = z.object({
+  uuid: z.string(),
+  parent: z.string(),
+  mdevType: z.string(),
+  start: startMode,
+  attrs: z.array(attr),
+  active: z.boolean(),
+  defined: z.boolean(),
+  /** Running devices: what libvirt's node-device XML shows. */
+  iommuGroup: z.number().int().optional(),
+  sysfsPath: z.string().optional(),
+  driver: z.string().optional(),
+});
+
+const typeInfo = z.object({
+  type: z.string(),
+  availableInstances: z.number().int(),
+  deviceApi: z.string(),
+  name: z.string(),
+  description: z.string(),
+  reason: z.string().optional(),
+});
+
+const empty = z.object({});
+
+/** Each method: its params and its result. */
+export const methods = {
+  hello: {
+    params: empty,
+    result: z.object({
+      server: z.literal("vgpu host"),
+      protocol: z.number().int(),
+      pid: z.number().int(),
+      root: z.string(),
+      parents: z.array(z.string()),
+    }),
+  },
+  types: {
+    params: z.object({ parent: z.string().optional() }),
+    result: z.object({ parents: z.array(z.object({ parent: z.string(), types: z.array(typeInfo) })) }),
+  },
+  list: {
+    params: z.object({ defined: z.boolean(), uuid: z.string().optional(), parent: z.string().optional() }),
+    result: z.object({ devices: z.array(listedDevice) }),
+  },
+  define: {
+    params: z.object({
+      uuid: z.string().optional(),
+      parent: z.string().optional(),
+      type: z.string().optional(),
+      auto: z.boolean(),
+      /** From --jsonfile. */
+      definition: definitionSchema.optional(),
+      force: z.boolean(),
+    }),
+    result: z.object({ uuid: z.string(), parent: z.string(), generated: z.boolean() }),
+  },
+  undefine: {
+    params: z.object({ uuid: z.string(), parent: z.string().optional(), force: z.boolean() }),
+    result: z.object({ removed: z.array(z.object({ uuid: z.string(), parent: z.string() })) }),
+  },
+  modify: {
+    params: z.object({
+      uuid: z.string(),
+      parent: z.string().optional(),
+      type: z.string().optional(),
+      addattr: z.string().optional(),
+      value: z.string().optional(),
+      delattr: z.boolean(),
+      index: z.number().int().nonnegative().optional(),
+      auto: z.boolean(),
+      manual: z.boolean(),
+      live: z.boolean(),
+      defined: z.boolean(),
+      definition: definitionSchema.optional(),
+      force: z.boolean(),
+    }),
+    result: z.object({ uuid: z.string(), parent: z.string() }),
+  },
+  start: {
+    params: z.object({
+      uuid: z.string().optional(),
+      parent: z.string().optional(),
+      type: z.string().optional(),
+      definition: definitionSchema.optional(),
+      force: z.boolean(),
+    }),
+    result: z.object({ uuid: z.string(), parent: z.string(), mdevType: z.string(), generated: z.boolean() }),
+  },
+  stop: {
+    params: z.object({ uuid: z.string(), force: z.boolean() }),
+    result: z.object({ uuid: z.string(), parent: z.string() }),
+  },
+} as const;
+
+export type Method = keyof typeof methods;
+export type ParamsOf<M extends Method> = z.infer<(typeof methods)[M]["params"]>;
+export type ResultOf<M extends Method> = z.infer<(typeof methods)[M]["result"]>;
+export type WireDefinition = z.infer<typeof definitionSchema>;
+export type WireDevice = z.infer<typeof listedDevice>;
+export type WireTypeInfo = z.infer<typeof typeInfo>;
+
+const methodNames = Object.keys(methods) as [Method, ...Method[]];
+
+/** The envelope; params are checked against the method's own schema afterwards. */
+export const requestSchema = z.object({
+  id: z.number().int().nonnegative(),
+  method: z.enum(methodNames, { error: (iss) => `unknown method ${JSON.stringify(iss.input)}` }),
+  params: z.unknown(),
+});
+
+export const wireErrorSchema = z.object({ errno: z.number().int().positive(), code: z.string(), message: z.string() });
+export type WireError = z.infer<typeof wireErrorSchema>;
+
+export const responseSchema = z.discriminatedUnion("ok", [
+  z.object({ id: z.number().int(), ok: z.literal(true), result: z.unknown(), warnings: z.array(z.string()) }),
+  z.object({ id: z.number().int(), ok: z.literal(false), error: wireErrorSchema, warnings: z.array(z.string()) }),
+]);
+export type Response = z.infer<typeof responseSchema>;
+
+export interface Request<M extends Method = Method> {
+  readonly id: number;
+  readonly method: M;
+  readonly params: ParamsOf<M>;
+}
+
+/** One line on the wire. */
+export function encodeLine(message: unknown): string {
+  return `${JSON.stringify(message)}\n`;
+}
+
+/**
+ * Splits a byte stream into lines. `push` returns the complete lines; a line over the limit makes it return
+ * `"overflow"` (the caller answers EMSGSIZE and closes).
+ */
+export class LineSplitter {
+  private pending = "";
+  constructor(private readonly maxBytes: number = MAX_LINE_BYTES) {}
+
+  push(chunk: string): string[] | "overflow" {
+    this.pending += chunk;
+    const lines: string[] = [];
+    let nl = this.pending.indexOf("\n");
+    while (nl >= 0) {
+      const line = this.pending.slice(0, nl);
+      this.pending = this.pending.slice(nl + 1);
+      if (line.length > this.maxBytes) return "overflow";
+      if (line.trim() !== "") lines.push(line);
+      nl = this.pending.indexOf("\n");
+    }
+    if (this.pending.length > this.maxBytes) return "overflow";
+    return lines;
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * What the host graphics driver offers the vGPU vendor driver: the seam between src/gpu (the physical GPU and the
+ * i915-like host driver that owns it) and src/vgpu (GVT-g-like mediation). The vendor driver never touches the
+ * physical GPU's registers directly: it asks the host driver for graphics-memory partitions and fences, writes
+ * physical GGTT entries, maps guest pages for DMA through the host driver's DMA API (the same IOVA space the host
+ * driver's own buffers come from: the seed's point), and submits audited command streams to the engines.
+ */
+import type { Gma, Iova, Pfn } from "../core/index.ts";
+import type { Bdf, DmaDevice } from "../host/index.ts";
+import type { EngineId } from "./regs.ts";
+
+/** A range of graphics memory addresses, [base, base + size). */
+export interface GmRange {
+  readonly base: Gma;
+  readonly size: number;
+}
+
+/** What a vGPU of a type needs (the GVTg_V5_* table rows). */
+export interface GpuResourceRequest {
+  /** Low graphics memory (CPU-visible through the aperture), bytes. */
+  readonly aperture: number;
+  /** High ("hidden") graphics memory, bytes. */
+  readonly hidden: number;
+  readonly fences: number;
+}
+
+/** A vGPU's partition of the physical GPU. */
+export interface GpuResources {
+  readonly aperture: GmRange;
+  readonly hidden: GmRange;
+  /** Physical fence register numbers. */
+  readonly fences: readonly number[];
+}
+
+/** What is left for vGPUs (after the host driver's own reservation). */
+export interface GpuCapacity {
+  readonly apertureTotal: number;
+  readonly apertureFree: number;
+  /** Largest contiguous free aperture range (a vGPU's range must be contiguous). */
+  readonly apertureLargestFree: number;
+  readonly hiddenTotal: number;
+  readonly hiddenFree: number;
+  readonly hiddenLargestFree: number;
+  readonly fencesTotal: number;
+  readonly fencesFree: number;
+}
+
+/** Outcome of one submission on a physical engine. */
+export interface SubmissionResult {
+  /** Engine time the work took, in ns of the injected clock (the cost model of src/gpu). */
+  readonly busyNs: number;
+  /** Commands executed. */
+  readonly commands: number;
+  /** DMA faults during execution (an IOMMU fault or a GTT entry not present); 0 for well-formed work. */
+  readonly faults: number;
+  /** Set when the engine stopped on a malformed command. */
+  readonly error?: string;
+}
+
+export interface Submission {
+  readonly engine: EngineId;
+  /**
+   * Command dwords to execute, already audited. They may contain MI_BATCH_BUFFER_START to batch buffers in graphics
+   * memory (shadow copies the vendor driver placed in memory from `allocShadow`), and end with MI_USER_INTERRUPT if
+   * the submitter wants `onComplete` to report one.
+   */
+  readonly commands: Uint32Array;
+  /** Who the work is for (a vGPU id, 0 = host): attributed in traces and busy-time accounting. */
+  readonly owner: number;
+  readonly onComplete: (result: SubmissionResult) => void;
+}
+
+/** A host-owned buffer in graphics memory, backed by DMA-coherent frames, for shadow batch buffers. */
+export interface ShadowBuffer {
+  readonly gma: Gma;
+  readonly size: number;
+  /** CPU access (the kernel's mapping): write the shadow copy here. */
+  write(offset: number, data: Uint8Array): void;
+  read(offset: number, into: Uint8Array): void;
+  free(): void;
+}
+
+/** The host graphics driver as the vendor driver sees it. */
+export interface HostGpu {
+  readonly bdf: Bdf;
+  /** The GPU's DMA API: dma_map_page on a pinned guest frame gives the IOVA for a shadow GGTT entry. */
+  readonly dma: DmaDevice;
+  /** The scratch page every unused or failed GGTT entry points at. */
+  readonly scratch: { readonly pfn: Pfn; readonly dmaAddr: Iova };
+  capacity(): GpuCapacity;
+  /** Carves a partition; ENOSPC (with the limiting resource and numbers) if it does not fit. */
+  allocResources(req: GpuResourceRequest): GpuResources;
+  freeResources(r: GpuResources): void;
+  /** Writes physical GGTT entry `index` (GMA = index << 12) with a gen8 PTE (see regs.ts). */
+  writeGgtt(index: number, pte: number): void;
+  readGgtt(index: number): number;
+  /** Writes a physical fence register (64-bit value). */
+  writeFence(fence: number, value: number): void;
+  /** GM space (from the host's own reservation) for shadow batch buffers. ENOSPC when exhausted. */
+  allocShadow(size: number): ShadowBuffer;
+  /** Queues work on a physical engine; it runs when the engine is free, and `onComplete` is called after. */
+  submit(s: Submission): void;
+  /** Engines run queued work up to this clock time (the scheduler drives time; see src/gpu). */
+  readonly engines: readonly EngineId[];
+}
