@@ -7,11 +7,12 @@
  *   frame, length), which is what the domain was programmed with; unmapping walks the runs. Linux recovers the frames
  *   by walking the IOMMU page table instead (iommu_iova_to_phys); the runs give the same frames without the walks.
  * - **Emulated pins** (`pfn_list`): pages a vendor driver pinned with vfio_pin_pages, each with a reference count.
- *   Kept in a per-mapping Map from page index to a slot of a `PinPool` (typed arrays with a free list), so pinning an
- *   already pinned page, or unpinning, allocates nothing.
+ *   Kept in a per-mapping `PinIndex` (a sparse array of 512-entry leaves) from page index to a slot of a `PinPool`
+ *   (typed arrays with a free list), so pinning and unpinning allocate nothing once a leaf exists.
  *
  * `DmaTree` orders mappings by IOVA in sorted blocks of at most 128 (a two-level B-tree without the balancing
- * ceremony): lookups are two binary searches, inserts and removals splice one small block, and iteration is in order.
+ * ceremony): lookups are two binary searches over typed arrays of ends, inserts and removals splice one small block,
+ * and iteration is in order.
  * It answers the rb-tree queries type1 makes: `find` (vfio_find_dma: any mapping overlapping a range) and `firstFrom`
  * (vfio_find_dma_first_node: the first mapping ending above an address).
  *
@@ -76,6 +77,97 @@ export class PinPool {
   }
 }
 
+/** Pages per PinIndex leaf (one leaf covers 2 MiB of a mapping). */
+const LEAF = 512;
+
+/**
+ * A mapping's emulated pins (its pfn_list): page index within the mapping -> PinPool slot. A sparse two-level array:
+ * leaves of 512 entries (slot + 1, 0 = not pinned, and a count in the last cell), created on the first pin in their
+ * 2 MiB and kept until the mapping goes. Unlike a Map, pinning and unpinning the same page over and over neither
+ * allocates nor rehashes (a Map with deletions rebuilds its table every few operations).
+ */
+export class PinIndex {
+  private readonly leaves = new Map<number, Int32Array>();
+  private lastKey = -1;
+  private lastLeaf: Int32Array | undefined = undefined;
+  /** Distinct pages pinned. */
+  size = 0;
+
+  /** `pages`: the mapping's size; a mapping of at most 512 pages gets its one leaf at once (no Map lookup). */
+  constructor(pages: number) {
+    if (pages <= LEAF) {
+      this.lastKey = 0;
+      this.lastLeaf = new Int32Array(LEAF + 1);
+      this.leaves.set(0, this.lastLeaf);
+    }
+  }
+
+  /** The slot of page `idx`, or -1. */
+  get(idx: number): number {
+    if (idx < LEAF && this.lastKey === 0) return this.lastLeaf![idx]! - 1;
+    const key = Math.floor(idx / LEAF);
+    const leaf = key === this.lastKey ? this.lastLeaf : this.leafAt(key);
+    return leaf === undefined ? -1 : leaf[idx - key * LEAF]! - 1;
+  }
+
+  has(idx: number): boolean {
+    return this.get(idx) >= 0;
+  }
+
+  /** Records page `idx` (not yet present) at `slot`. */
+  set(idx: number, slot: number): void {
+    const key = Math.floor(idx / LEAF);
+    let leaf = key === this.lastKey ? this.lastLeaf : this.leafAt(key);
+    if (leaf === undefined) {
+      leaf = new Int32Array(LEAF + 1);
+      this.leaves.set(key, leaf);
+      this.lastKey = key;
+      this.lastLeaf = leaf;
+    }
+    leaf[idx - key * LEAF] = slot + 1;
+    leaf[LEAF]!++;
+    this.size++;
+  }
+
+  /** Forgets page `idx` (present). */
+  delete(idx: number): void {
+    const key = Math.floor(idx / LEAF);
+    const leaf = key === this.lastKey ? this.lastLeaf : this.leafAt(key);
+    if (leaf === undefined || leaf[idx - key * LEAF] === 0) return;
+    leaf[idx - key * LEAF] = 0;
+    leaf[LEAF]!--;
+    this.size--;
+  }
+
+  /** (page index, slot) pairs in increasing page order (allocates; for the rare paths). */
+  entries(): [number, number][] {
+    const out: [number, number][] = [];
+    const keys = [...this.leaves.keys()].sort((a, b) => a - b);
+    for (const key of keys) {
+      const leaf = this.leaves.get(key)!;
+      if (leaf[LEAF] === 0) continue;
+      for (let i = 0; i < LEAF; i++) if (leaf[i] !== 0) out.push([key * LEAF + i, leaf[i]! - 1]);
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.leaves.clear();
+    this.lastKey = -1;
+    this.lastLeaf = undefined;
+    this.size = 0;
+  }
+
+  private leafAt(key: number): Int32Array | undefined {
+    const leaf = this.leaves.get(key);
+    if (leaf !== undefined) {
+      this.lastKey = key;
+      this.lastLeaf = leaf;
+    }
+    return leaf;
+  }
+}
+
 /** One MAP_DMA mapping (struct vfio_dma). Addresses are bytes; `size` is a multiple of 4 KiB. */
 export class VfioDma {
   readonly iova: number;
@@ -91,8 +183,8 @@ export class VfioDma {
   vaddrInvalid = false;
   /** Pages this mapping charged to `mm.locked_vm` and has not yet uncharged. */
   lockedVm = 0;
-  /** Emulated pins: page index within the mapping -> PinPool slot (the pfn_list). */
-  pins: Map<number, number> | undefined = undefined;
+  /** Emulated pins: page index within the mapping -> PinPool slot (the pfn_list); created on the first pin. */
+  pins: PinIndex | undefined = undefined;
   /**
    * Emulated pin references taken through each device (parallel arrays, as a mapping sees one or two devices), to
    * name the culprits when an unmap cannot complete.
@@ -183,9 +275,28 @@ export class VfioDma {
 
 const EMPTY_RUNS = new Float64Array(0);
 
-/** Mappings ordered by IOVA (the dma_list rb-tree). */
+/** One block of the tree: mappings in IOVA order and, in a typed array, their ends (the search key). */
+interface Block {
+  readonly dmas: VfioDma[];
+  /** ends[i] = dmas[i].iova + dmas[i].size; capacity BLOCK + 1 so an insert can overflow before the split. */
+  readonly ends: Float64Array;
+}
+
+function newBlock(dmas: VfioDma[]): Block {
+  const ends = new Float64Array(BLOCK + 1);
+  for (let i = 0; i < dmas.length; i++) ends[i] = dmas[i]!.iova + dmas[i]!.size;
+  return { dmas, ends };
+}
+
+/**
+ * Mappings ordered by IOVA (the dma_list rb-tree). Searches read only typed arrays (the blocks' last ends, then one
+ * block's ends) until the answer is found, so a lookup among tens of thousands of mappings touches a few cache
+ * lines.
+ */
 export class DmaTree {
-  private blocks: VfioDma[][] = [];
+  private blocks: Block[] = [];
+  /** lastEnds[b] = the end of block b's last mapping; valid for b < blocks.length. */
+  private lastEnds = new Float64Array(16);
   private count = 0;
   /** Last mapping returned by `find`: page-by-page lookups (vfio_pin_pages) mostly hit the same one. */
   private last: VfioDma | undefined = undefined;
@@ -210,30 +321,49 @@ export class DmaTree {
     const bi = this.blockIndex(start);
     if (bi >= this.blocks.length) return undefined;
     const b = this.blocks[bi]!;
-    return b[indexIn(b, start)];
+    return b.dmas[indexIn(b, start)];
   }
 
   insert(dma: VfioDma): void {
     this.count++;
     if (this.blocks.length === 0) {
-      this.blocks.push([dma]);
+      this.blocks.push(newBlock([dma]));
+      this.rebuildDirectory();
       return;
     }
     let bi = this.blockIndex(dma.iova);
     if (bi >= this.blocks.length) bi = this.blocks.length - 1;
     const b = this.blocks[bi]!;
-    b.splice(indexIn(b, dma.iova), 0, dma);
-    if (b.length > BLOCK) this.blocks.splice(bi + 1, 0, b.splice(BLOCK / 2));
+    const i = indexIn(b, dma.iova);
+    const n = b.dmas.length;
+    b.dmas.splice(i, 0, dma);
+    b.ends.copyWithin(i + 1, i, n);
+    b.ends[i] = dma.iova + dma.size;
+    if (b.dmas.length > BLOCK) {
+      const tail = b.dmas.splice(BLOCK / 2);
+      this.blocks.splice(bi + 1, 0, newBlock(tail));
+      this.rebuildDirectory();
+    } else if (i === n) {
+      this.lastEnds[bi] = dma.iova + dma.size;
+    }
   }
 
   remove(dma: VfioDma): void {
     const bi = this.blockIndex(dma.iova);
     const b = this.blocks[bi];
     const i = b === undefined ? -1 : indexIn(b, dma.iova);
-    if (b === undefined || b[i] !== dma)
+    if (b === undefined || b.dmas[i] !== dma) {
       throw new Error(`DmaTree.remove: mapping ${dma.describe()} is not in the tree`);
-    b.splice(i, 1);
-    if (b.length === 0) this.blocks.splice(bi, 1);
+    }
+    const n = b.dmas.length;
+    b.dmas.splice(i, 1);
+    b.ends.copyWithin(i, i + 1, n);
+    if (b.dmas.length === 0) {
+      this.blocks.splice(bi, 1);
+      this.rebuildDirectory();
+    } else if (i === n - 1) {
+      this.lastEnds[bi] = b.ends[n - 2]!;
+    }
     this.count--;
     if (this.last === dma) this.last = undefined;
   }
@@ -249,65 +379,75 @@ export class DmaTree {
     const b = this.blocks[bi];
     if (b === undefined) return undefined;
     const i = indexIn(b, dma.iova);
-    if (i > 0) return b[i - 1];
+    if (i > 0) return b.dmas[i - 1];
     const p = this.blocks[bi - 1];
-    return p === undefined ? undefined : p[p.length - 1];
+    return p === undefined ? undefined : p.dmas[p.dmas.length - 1];
   }
 
   first(): VfioDma | undefined {
-    return this.blocks[0]?.[0];
+    return this.blocks[0]?.dmas[0];
   }
 
   /** In IOVA order. The tree must not change during the iteration. */
   *[Symbol.iterator](): IterableIterator<VfioDma> {
-    for (const b of this.blocks) yield* b;
+    for (const b of this.blocks) yield* b.dmas;
   }
 
   /** A snapshot in IOVA order (safe to change the tree while walking it). */
   toArray(): VfioDma[] {
     const out: VfioDma[] = [];
-    for (const b of this.blocks) for (const d of b) out.push(d);
+    for (const b of this.blocks) for (const d of b.dmas) out.push(d);
     return out;
   }
 
-  /** Checks the ordering invariants; throws a plain Error naming the first violation (tests). */
+  /** Checks the ordering invariants and the directories; throws a plain Error naming the first violation (tests). */
   checkInvariants(): void {
     let prevEnd = -1;
     let n = 0;
-    for (const b of this.blocks) {
-      if (b.length === 0 || b.length > BLOCK) throw new Error(`DmaTree: block of ${b.length} mappings`);
-      for (const d of b) {
+    this.blocks.forEach((b, bi) => {
+      if (b.dmas.length === 0 || b.dmas.length > BLOCK) throw new Error(`DmaTree: block of ${b.dmas.length} mappings`);
+      b.dmas.forEach((d, i) => {
         if (d.iova < prevEnd) throw new Error(`DmaTree: mapping ${d.describe()} overlaps or precedes its predecessor`);
+        if (b.ends[i] !== d.iova + d.size) throw new Error(`DmaTree: stale end for ${d.describe()}`);
         prevEnd = d.iova + d.size;
         n++;
-      }
-    }
+      });
+      if (this.lastEnds[bi] !== prevEnd) throw new Error(`DmaTree: stale directory entry for block ${bi}`);
+    });
     if (n !== this.count) throw new Error(`DmaTree: counted ${n} mappings, size says ${this.count}`);
+  }
+
+  private rebuildDirectory(): void {
+    const nb = this.blocks.length;
+    if (this.lastEnds.length < nb) this.lastEnds = new Float64Array(Math.max(nb, this.lastEnds.length * 2));
+    for (let i = 0; i < nb; i++) {
+      const b = this.blocks[i]!;
+      this.lastEnds[i] = b.ends[b.dmas.length - 1]!;
+    }
   }
 
   /** Index of the first block whose last mapping ends above `addr` (blocks.length if none). */
   private blockIndex(addr: number): number {
+    const ends = this.lastEnds;
     let lo = 0;
     let hi = this.blocks.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      const b = this.blocks[mid]!;
-      const lastDma = b[b.length - 1]!;
-      if (lastDma.iova + lastDma.size <= addr) lo = mid + 1;
+      if (ends[mid]! <= addr) lo = mid + 1;
       else hi = mid;
     }
     return lo;
   }
 }
 
-/** Index in a sorted block of the first mapping whose end lies above `addr` (b.length if none). */
-function indexIn(b: VfioDma[], addr: number): number {
+/** Index in a block of the first mapping whose end lies above `addr` (its length if none). */
+function indexIn(b: Block, addr: number): number {
+  const ends = b.ends;
   let lo = 0;
-  let hi = b.length;
+  let hi = b.dmas.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    const d = b[mid]!;
-    if (d.iova + d.size <= addr) lo = mid + 1;
+    if (ends[mid]! <= addr) lo = mid + 1;
     else hi = mid;
   }
   return lo;

@@ -6,7 +6,7 @@
  * It drives the backend directly through the VfioIommuBackend interface, without vfio-core, so that each test sees
  * Linux's errno of the backend and nothing in between.
  */
-import { type Hva, hva, type Iova, iova, KernelError, PAGE_SIZE, type Pfn, TraceRecorder } from "../../core/index.ts";
+import { type Hva, type Iova, iova, KernelError, PAGE_SIZE, type Pfn, TraceRecorder } from "../../core/index.ts";
 import { type Bdf, Host, type HostOptions, PROT_READ, PROT_WRITE, type Process, parseBdf } from "../../host/index.ts";
 import type { VfioEmulatedDevice, VfioGroupAttachment } from "../driver.ts";
 import {
@@ -217,5 +217,3 @@ export class FakeMdev implements VfioEmulatedDevice {
     }
   }
 }
-
-export { hva, iova };

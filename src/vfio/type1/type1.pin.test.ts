@@ -6,9 +6,15 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, hva, iova, KernelError, PAGE_SIZE } from "../../core/index.ts";
+import { Errno, formatTrace, hva, iova, KernelError, PAGE_SIZE } from "../../core/index.ts";
 import { PROT_READ } from "../../host/index.ts";
-import { VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE1_IOMMU } from "../uapi/index.ts";
+import {
+  VFIO_DMA_MAP_FLAG_READ,
+  VFIO_DMA_MAP_FLAG_VADDR,
+  VFIO_DMA_MAP_FLAG_WRITE,
+  VFIO_DMA_UNMAP_FLAG_VADDR,
+  VFIO_TYPE1_IOMMU,
+} from "../uapi/index.ts";
 import { FakeMdev, MiB, Type1Fixture } from "./testing.ts";
 
 const E = Type1Fixture.errno;
@@ -113,6 +119,40 @@ describe("emulated (mdev) container", () => {
     assert.equal(
       E(() => d1.pin(0)),
       Errno.EACCES,
+    );
+  });
+
+  it("when several checks fail, the first in vfio_pin_pages' order decides", () => {
+    const v1 = new Type1Fixture({ ext: VFIO_TYPE1_IOMMU });
+    const nobody = new FakeMdev("mdev-x", () => v1.backend);
+    // No device registered, v1, nothing mapped: npage 0 -> EINVAL, too many -> E2BIG, then v1 -> EACCES.
+    assert.equal(
+      E(() => nobody.pin(0, 0)),
+      Errno.EINVAL,
+    );
+    assert.equal(
+      E(() => nobody.pin(0, 513)),
+      Errno.E2BIG,
+    );
+    assert.equal(
+      E(() => nobody.pin(0, 1)),
+      Errno.EACCES,
+    );
+    // v2 with an invalidated vaddr, no device registered, nothing mapped at the IOVA: EBUSY first.
+    const v2 = new Type1Fixture();
+    v2.iommuGroup();
+    v2.map(0, v2.ram(MiB), PAGE_SIZE);
+    v2.unmap(0, PAGE_SIZE, VFIO_DMA_UNMAP_FLAG_VADDR);
+    const other = new FakeMdev("mdev-y", () => v2.backend);
+    assert.equal(
+      E(() => other.pin(8 * PAGE_SIZE)),
+      Errno.EBUSY,
+    );
+    v2.map(0, v2.ram(MiB), PAGE_SIZE, VFIO_DMA_MAP_FLAG_VADDR);
+    assert.equal(
+      E(() => other.pin(0)),
+      Errno.EINVAL,
+      "no device registered for dma_unmap",
     );
   });
 
@@ -537,5 +577,49 @@ describe("release", () => {
     assert.equal(f.host.iommu.domainOf(bdf), f.host.iommu.group(group.id).defaultDomain);
     assert.ok(f.backend.stats().warnings >= 1, "pins still held at release are a warning");
     f.backend.release();
+  });
+});
+
+describe("trace", () => {
+  it("names every state change with its fields, and every declared format renders", () => {
+    const { f, dev } = withMdev();
+    const { group } = f.iommuGroup();
+    const ram = f.ram(MiB);
+    f.map(0, ram, 4 * PAGE_SIZE);
+    dev.pin(0);
+    dev.unpin(0);
+    dev.pin(PAGE_SIZE);
+    assert.equal(
+      E(() => f.map(0, ram, PAGE_SIZE)),
+      Errno.EEXIST,
+    );
+    f.unmap(0, 4 * PAGE_SIZE);
+    f.backend.detachGroup(group);
+    f.backend.release();
+    const r = f.recorder!;
+    const map = r.named("vfio.type1.map")[0]!.fields;
+    assert.deepEqual(
+      { iova: map.iova, vaddr: map.vaddr, size: map.size, prot: map.prot, pinned: map.pinned },
+      { iova: 0, vaddr: ram, size: 4 * PAGE_SIZE, prot: "rw", pinned: 4 },
+    );
+    assert.equal(r.named("vfio.type1.pin")[0]!.fields.device, "mdev-a");
+    assert.equal(r.named("vfio.type1.unpin")[0]!.fields.released, 1);
+    assert.equal(r.named("vfio.type1.dma_unmap.notify")[0]!.fields.size, 4 * PAGE_SIZE);
+    assert.deepEqual(r.named("vfio.type1.unmap")[0]!.fields.unmapped, 4 * PAGE_SIZE);
+    assert.ok(r.count("vfio.type1.locked_vm") >= 2);
+    const err = r.named("vfio.type1.error")[0]!.fields;
+    assert.equal(err.errno, "EEXIST");
+    assert.equal(err.op, "VFIO_IOMMU_MAP_DMA");
+    assert.deepEqual(
+      r.named("vfio.type1.group.attach").map((e) => e.fields.type),
+      ["emulated", "iommu"],
+    );
+    assert.equal(r.count("vfio.type1.group.detach"), 1);
+    assert.equal(r.count("vfio.type1.domain.alloc"), 1);
+    assert.equal(r.count("vfio.type1.domain.free"), 1);
+    assert.equal(r.count("vfio.type1.release"), 1);
+    for (const rec of r.records.filter((x) => x.name.startsWith("vfio.type1."))) {
+      assert.doesNotMatch(formatTrace(rec), /\{\w+\}|undefined/, rec.name);
+    }
   });
 });

@@ -155,7 +155,8 @@ function run(ops: readonly Op[], rlimitPages: number): void {
           break;
         case "pin": {
           const mapped: number[] = [];
-          for (const m of f.backend.mappings()) for (let a = m.iova; a < m.iova + m.size; a += PAGE_SIZE) mapped.push(a);
+          for (const m of f.backend.mappings())
+            for (let a = m.iova; a < m.iova + m.size; a += PAGE_SIZE) mapped.push(a);
           const at = o.raw || mapped.length === 0 ? o.page * PAGE_SIZE : mapped[o.pick % mapped.length]!;
           devs[o.dev]!.pin(at, o.npage, o.prot);
           break;
@@ -212,9 +213,13 @@ function run(ops: readonly Op[], rlimitPages: number): void {
 describe("type1 balance (property)", () => {
   it("pins, locked_vm and physmem pins stay balanced and return to zero after release", () => {
     fc.assert(
-      fc.property(fc.array(opArb, { minLength: 1, maxLength: 40, size: "max" }), fc.constantFrom(8, 40, 100_000), (ops, limit) => {
-        run(ops, limit);
-      }),
+      fc.property(
+        fc.array(opArb, { minLength: 1, maxLength: 40, size: "max" }),
+        fc.constantFrom(8, 40, 100_000),
+        (ops, limit) => {
+          run(ops, limit);
+        },
+      ),
       { numRuns: 120 },
     );
   });

@@ -10,6 +10,9 @@
  * iommu_map call so the page table can use superpages.
  *
  * Behaviour reproduced from Linux (checked against the current vfio_iommu_type1.c):
+ * - CHECK_EXTENSION: TYPE1, TYPE1v2 and UNMAP_ALL always; UPDATE_VADDR only from a backend without mdev groups (the
+ *   kernel answers `iommu && !vfio_iommu_has_emulated(iommu)`, so a container with no backend yet hears 0);
+ *   DMA_CC_IOMMU from a backend (VT-d enforces snoop control); the reserved nesting type never.
  * - Validation order and errno of every ioctl, argsz/flags first. MAP: argsz/unknown flags EINVAL; READ/WRITE with
  *   VADDR, or neither, EINVAL; size 0 or anything unaligned EINVAL; IOVA or vaddr wrap EINVAL; then for VADDR (update)
  *   ENOENT/EINVAL, otherwise overlap EEXIST, no entries left ENOSPC (dma_entry_limit, default 65535), outside the
@@ -116,7 +119,7 @@ import {
   setBits,
   verifyBitmapSize,
 } from "./dirty.ts";
-import { DmaTree, PinPool, VfioDma } from "./dma-map.ts";
+import { DmaTree, PinIndex, PinPool, VfioDma } from "./dma-map.ts";
 import { IOVA_TOP, IovaRanges, toU64 } from "./iova-ranges.ts";
 
 declare module "../../core/trace.ts" {
@@ -362,14 +365,7 @@ export class Type1Backend implements VfioIommuBackend {
           );
       }
     } catch (e) {
-      if (e instanceof KernelError && this.tracer.enabled) {
-        this.tracer.emit("vfio.type1.error", {
-          container: this.container,
-          op: vfioIoctlName(request, "container"),
-          errno: e.code,
-          message: e.message,
-        });
-      }
+      this.traceError(vfioIoctlName(request, "container"), e);
       throw e;
     }
   }
@@ -485,14 +481,13 @@ export class Type1Backend implements VfioIommuBackend {
       );
     }
     const dma = new VfioDma(start, va, len, prot, this.mm);
-    const op = `VFIO_IOMMU_MAP_DMA of ${dma.describe()}`;
     if (this.domain !== undefined) {
-      this.pinMapDma(dma, this.domain, op);
+      this.pinMapDma(dma, this.domain, `VFIO_IOMMU_MAP_DMA of ${dma.describe()}`);
       dma.iommuMapped = true;
     }
     if (this.dirtyTracking) {
       try {
-        dma.bitmap = allocDirtyBitmap(dma.pages, op);
+        dma.bitmap = allocDirtyBitmap(dma.pages, `VFIO_IOMMU_MAP_DMA of ${dma.describe()}`);
       } catch (e) {
         this.unmapUnpin(dma, true);
         throw e;
@@ -886,7 +881,7 @@ export class Type1Backend implements VfioIommuBackend {
   private populateBitmap(dma: VfioDma): number {
     const bm = dma.bitmap;
     if (bm === undefined || dma.pins === undefined) return 0;
-    for (const idx of dma.pins.keys()) setBit(bm, idx);
+    for (const [idx] of dma.pins.entries()) setBit(bm, idx);
     return dma.pins.size;
   }
 
@@ -933,6 +928,15 @@ export class Type1Backend implements VfioIommuBackend {
 
   /** vfio_iommu_type1_attach_group. */
   attachGroup(group: VfioGroupAttachment): void {
+    try {
+      this.doAttachGroup(group);
+    } catch (e) {
+      this.traceError(`attach of group ${group.id}`, e);
+      throw e;
+    }
+  }
+
+  private doAttachGroup(group: VfioGroupAttachment): void {
     const id = group.id;
     if (this.vaddrInvalidCount > 0) {
       throw new KernelError(
@@ -1188,6 +1192,15 @@ export class Type1Backend implements VfioIommuBackend {
    * call pinned stays pinned.
    */
   pinPages(dev: VfioEmulatedDevice, iova: Iova, npage: number, prot: number): Pfn[] {
+    try {
+      return this.doPinPages(dev, iova, npage, prot);
+    } catch (e) {
+      this.traceError(`vfio_pin_pages by ${dev.name}`, e);
+      throw e;
+    }
+  }
+
+  private doPinPages(dev: VfioEmulatedDevice, iova: Iova, npage: number, prot: number): Pfn[] {
     if (!Number.isInteger(npage) || npage <= 0) {
       throw new KernelError(Errno.EINVAL, `vfio_pin_pages by ${dev.name}: npage ${npage} must be at least 1`);
     }
@@ -1239,14 +1252,14 @@ export class Type1Backend implements VfioIommuBackend {
         }
         const idx = Math.floor((a - dma.iova) / PAGE_SIZE);
         let pins = dma.pins;
-        const slot = pins === undefined ? undefined : pins.get(idx);
-        if (slot !== undefined) {
+        const slot = pins === undefined ? -1 : pins.get(idx);
+        if (slot >= 0) {
           pool.ref[slot]!++;
           out[i] = pool.pfn[slot]! as Pfn;
         } else {
           const pfn = this.pinExternal(dma, idx, doAccounting, dev);
           if (pins === undefined) {
-            pins = new Map();
+            pins = new PinIndex(dma.pages);
             dma.pins = pins;
           }
           pins.set(idx, pool.alloc(pfn));
@@ -1314,6 +1327,15 @@ export class Type1Backend implements VfioIommuBackend {
    * not allow reading (any access) or writing (a write), or its process is gone; EFAULT when the copy faults.
    */
   dmaRw(iova: Iova, buf: Uint8Array, write: boolean): void {
+    try {
+      this.doDmaRw(iova, buf, write);
+    } catch (e) {
+      this.traceError("vfio_dma_rw", e);
+      throw e;
+    }
+  }
+
+  private doDmaRw(iova: Iova, buf: Uint8Array, write: boolean): void {
     if (buf.length === 0) throw new KernelError(Errno.EINVAL, "vfio_dma_rw: the buffer is empty");
     if (this.vaddrInvalidCount > 0) {
       this.warn("vfio_dma_rw not allowed with VFIO_UPDATE_VADDR");
@@ -1401,8 +1423,8 @@ export class Type1Backend implements VfioIommuBackend {
   /** vfio_unpin_page_external: drops a reference; the last one unpins (and uncharges). Returns pages released. */
   private unpinExternal(dma: VfioDma, idx: number, doAccounting: boolean): number {
     const pins = dma.pins;
-    const slot = pins === undefined ? undefined : pins.get(idx);
-    if (slot === undefined) return 0;
+    const slot = pins === undefined ? -1 : pins.get(idx);
+    if (slot < 0) return 0;
     const pool = this.pool;
     const ref = pool.ref[slot]! - 1;
     pool.ref[slot] = ref;
@@ -1423,7 +1445,7 @@ export class Type1Backend implements VfioIommuBackend {
     const pool = this.pool;
     const one = this.one;
     let uncharge = 0;
-    for (const [idx, slot] of pins) {
+    for (const [idx, slot] of pins.entries()) {
       one[0] = pool.pfn[slot]!;
       dma.mm.unpinUserPages(one, 1);
       pool.release(slot);
@@ -1552,7 +1574,7 @@ export class Type1Backend implements VfioIommuBackend {
   private unmapUnpinOn(dma: VfioDma, domain: IommuDomain, doAccounting: boolean): number {
     let stillPinned = 0;
     if (doAccounting && dma.pins !== undefined) {
-      for (const idx of dma.pins.keys()) if (dma.iommuPfnAt(idx) >= 0) stillPinned++;
+      for (const [idx] of dma.pins.entries()) if (dma.iommuPfnAt(idx) >= 0) stillPinned++;
     }
     const unpinned = this.unmapRuns(dma, domain);
     dma.iommuMapped = false;
@@ -1696,9 +1718,11 @@ export class Type1Backend implements VfioIommuBackend {
       lockedVm: dma.lockedVm,
       iommuPinnedPages: dma.iommuPinnedPages,
       emulatedPinnedPages: dma.pinnedPages,
-      pins: [...(dma.pins ?? new Map<number, number>())]
-        .map(([idx, slot]) => ({ iova: dma.iova + idx * PAGE_SIZE, pfn: pool.pfn[slot]!, refCount: pool.ref[slot]! }))
-        .sort((x, y) => x.iova - y.iova),
+      pins: (dma.pins?.entries() ?? []).map(([idx, slot]) => ({
+        iova: dma.iova + idx * PAGE_SIZE,
+        pfn: pool.pfn[slot]!,
+        refCount: pool.ref[slot]!,
+      })),
     }));
   }
 
@@ -1720,7 +1744,7 @@ export class Type1Backend implements VfioIommuBackend {
         }
       }
       if (dma.pins !== undefined) {
-        for (const [idx, slot] of dma.pins) {
+        for (const [idx, slot] of dma.pins.entries()) {
           union.add(idx);
           slots++;
           if (this.pool.ref[slot]! < 1)
@@ -1750,6 +1774,12 @@ export class Type1Backend implements VfioIommuBackend {
   }
 
   // ---- helpers -----------------------------------------------------------------------------------------------------
+
+  private traceError(op: string, e: unknown): void {
+    if (e instanceof KernelError && this.tracer.enabled) {
+      this.tracer.emit("vfio.type1.error", { container: this.container, op, errno: e.code, message: e.message });
+    }
+  }
 
   private warn(message: string): void {
     this.warnings++;
@@ -1793,7 +1823,7 @@ function addHolder(dma: VfioDma, dev: VfioEmulatedDevice, delta: number): void {
   for (let i = 0; i < devs.length; i++) {
     if (devs[i] === dev) {
       const n = dma.holderCounts[i]! + delta;
-      dma.holderCounts[i] = n > 0 ? n : 0;
+      dma.holderCounts[i] = Math.max(n, 0);
       return;
     }
   }
