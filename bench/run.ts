@@ -12,6 +12,9 @@ const suites: Suite[] = [
   { name: "iommu", load: () => import("./iommu.bench.ts") },
   { name: "memory", load: () => import("./memory.bench.ts") },
   { name: "vfio", load: () => import("./vfio.bench.ts") },
+  { name: "vmm", load: () => import("./vmm.bench.ts") },
+  { name: "vgpu", load: () => import("./vgpu.bench.ts") },
+  { name: "gpu", load: () => import("./gpu.bench.ts") },
 ];
 
 const wanted = process.argv.slice(2);

@@ -1,0 +1,12 @@
+/**
+ * vmm: a QEMU-like VMM. One host process owns guest RAM laid out like a PC and attaches devices by sysfs path through
+ * the VFIO ioctl interface only (containers, groups, device fds), with one generic vfio-pci frontend for every device:
+ * an mdev vGPU, an mtty, a whole physical device. The guest's side is its MMIO and port I/O, its PCI config cycles,
+ * its RAM and its interrupt handlers. Depends on core, host and vfio.
+ */
+export * from "./irq.ts";
+export * from "./memory.ts";
+export * from "./pci-bus.ts";
+export { VfioSpace, type VfioSpaceEnv, VmmContainer, VmmGroup } from "./vfio-container.ts";
+export * from "./vfio-pci-dev.ts";
+export * from "./vmm.ts";

@@ -1,0 +1,1020 @@
+/**
+ * The generic vfio-pci device frontend (QEMU hw/vfio/pci.c): turns an open VFIO device fd into a PCI function on the
+ * guest's bus, knowing nothing about the device behind it. An mdev vGPU, an mtty and a whole physical device take the
+ * same path; everything is learned through the VFIO ioctls and the config region.
+ *
+ * Realize (vfio_realize): GET_INFO (must be a PCI device with a config region), GET_REGION_INFO of every region,
+ * GET_IRQ_INFO of INTx and MSI, a read of the whole config region, then for each BAR: its kind from the BAR
+ * register's low bits, its size from REGION_INFO (as QEMU does) cross-checked by a sizing probe (all ones written to
+ * the BAR register through the config region, read back, restored; a disagreement is a `vmm.warn` event and the region
+ * size wins), a naturally aligned address in the guest's window (pci-bus.ts), and an mmap of the parts the region
+ * allows (MMAP flag, SPARSE_MMAP areas); the rest is trapped (pread/pwrite on the device fd). Then the VMM does what
+ * the guest's firmware would: programs the BAR addresses and the interrupt line through the config region and turns
+ * on I/O and memory decoding in the command register.
+ *
+ * The guest's config space: the device's config region, with QEMU's emulated bits on top. BARs (0x10-0x27), the ROM
+ * BAR (no ROM is exposed: it reads 0), the interrupt line, and the MSI capability's flags, address and data are
+ * emulated: reads come from the VMM's copy, writes update it under a write mask (BAR sizing probes by the guest read
+ * back ~(size - 1) | flags). Every guest write is also passed to the device, as QEMU does (the kernel virtualizes
+ * what it must). Writes to BARs or to the command register re-evaluate the guest mappings (pci_update_mappings: a BAR
+ * decodes only while its space is enabled and its address is valid).
+ *
+ * Interrupts (vfio_intx_enable, vfio_msi_enable): INTx is wired at realize when the device has a pin and an INTx
+ * index (eventfd, SET_IRQS TRIGGER; after each injection the VMM's EOI is SET_IRQS UNMASK, see irq.ts). When the
+ * guest sets the MSI Enable bit of the emulated capability, INTx is torn down and one eventfd per enabled vector is
+ * given with SET_IRQS MSI; clearing it goes back to INTx. With `msi: "attach"` (the default) the VMM enables MSI
+ * itself at realize for devices that have the capability, as a guest driver would right away. The vector a handler
+ * receives is the MSI data the guest programmed (plus the vector index), or the interrupt line number for INTx.
+ * Devices without an MSI capability (mtty) stay on INTx even if their MSI index exists, as in QEMU.
+ *
+ * Guest accesses that fail on the device side (an EIO from the device fd) read as all ones and drop writes, with a
+ * `vmm.warn` event, as QEMU reports and carries on: a guest cannot receive an errno.
+ *
+ * Not modelled: MSI-X, the expansion ROM, VGA regions, device-specific regions and quirks, PCI Express capabilities
+ * (passed through as the device shows them), migration, the display (QUERY_GFX_PLANE), ioeventfds, sub-page BARs.
+ *
+ * Invariants: a BAR is in the guest's dispatch iff `mapped`; its window allocation lives from realize to release; the
+ * interrupt mode is "msi" iff MSI eventfds are set, "intx" iff the INTx eventfd is set.
+ */
+import {
+  defineTraceEvents,
+  Errno,
+  type Hva,
+  hex,
+  isKernelError,
+  KernelError,
+  PAGE_SIZE,
+  roundUpPowerOfTwo,
+  type Tracer,
+} from "../core/index.ts";
+import {
+  type BarKind,
+  PCI_BASE_ADDRESS_0,
+  PCI_BASE_ADDRESS_MEM_PREFETCH,
+  PCI_BASE_ADDRESS_MEM_TYPE_64,
+  PCI_BASE_ADDRESS_SPACE_IO,
+  PCI_CAP_ID_MSI,
+  PCI_CAPABILITY_LIST,
+  PCI_COMMAND,
+  PCI_COMMAND_INTX_DISABLE,
+  PCI_COMMAND_IO,
+  PCI_COMMAND_MASTER,
+  PCI_COMMAND_MEMORY,
+  PCI_INTERRUPT_LINE,
+  PCI_INTERRUPT_PIN,
+  PCI_MSI_ADDRESS_HI,
+  PCI_MSI_ADDRESS_LO,
+  PCI_MSI_DATA_32,
+  PCI_MSI_DATA_64,
+  PCI_MSI_FLAGS,
+  PCI_MSI_FLAGS_64BIT,
+  PCI_MSI_FLAGS_ENABLE,
+  PCI_MSI_FLAGS_QMASK,
+  PCI_MSI_FLAGS_QSIZE,
+  PCI_ROM_ADDRESS,
+  PCI_STATUS,
+  PCI_STATUS_CAP_LIST,
+  type Process,
+} from "../host/index.ts";
+import {
+  encodeVfioIrqSet,
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_DEVICE_SET_IRQS,
+  VFIO_IRQ_INFO_EVENTFD,
+  VFIO_IRQ_SET_ACTION_UNMASK,
+  VFIO_IRQ_SET_DATA_NONE,
+  VFIO_PCI_BAR5_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_INTX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
+  type VfioDeviceHandle,
+  type VfioIrqInfoReply,
+  type VfioRegionInfoReply,
+} from "../vfio/index.ts";
+import { EventfdIrq, type InterruptSource, IntxLine } from "./irq.ts";
+import { formatBytes } from "./memory.ts";
+import {
+  allOnes,
+  type BarAccess,
+  type GuestPciBus,
+  type GuestPciFunction,
+  guestBdf,
+  type WindowAllocator,
+} from "./pci-bus.ts";
+
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "vmm.bar.place": {
+      vm: string;
+      device: string;
+      bar: number;
+      kind: string;
+      gpa: number;
+      size: number;
+      regionSize: number;
+      probedSize: number;
+      mmap: boolean;
+    };
+    "vmm.bar.map": { vm: string; device: string; bar: number; gpa: number; mapped: boolean };
+    "vmm.msi.enable": { vm: string; device: string; vectors: number; data: number };
+    "vmm.msi.disable": { vm: string; device: string };
+    "vmm.intx.enable": { vm: string; device: string; line: number };
+    "vmm.warn": { vm: string; device: string; message: string };
+  }
+}
+defineTraceEvents("vmm", {
+  "vmm.bar.place":
+    "{vm}: {device} BAR{bar} ({kind}, {size} bytes, region {regionSize}, probe {probedSize}) at {gpa}, mmap {mmap}",
+  "vmm.bar.map": "{vm}: {device} BAR{bar} at {gpa} decoding {mapped}",
+  "vmm.msi.enable": "{vm}: {device} MSI enabled with {vectors} vector(s), data {data}",
+  "vmm.msi.disable": "{vm}: {device} MSI disabled, back to INTx",
+  "vmm.intx.enable": "{vm}: {device} INTx wired to line {line}",
+  "vmm.warn": "{vm}: {device}: {message}",
+});
+
+/** What the guest's firmware gives INTx pins: PC-style PIRQ lines, swizzled by slot. */
+const INTX_LINES: readonly number[] = [10, 11, 5, 9];
+/** The x86 MSI address (local APIC 0) the VMM programs when it enables MSI itself. */
+export const MSI_ADDRESS = 0xfee00000;
+/** The MSI data (vector) the VMM programs for the device in slot s: MSI_DATA_BASE + s. */
+export const MSI_DATA_BASE = 0x40;
+
+/** One BAR as the guest sees it. */
+export interface GuestBar {
+  readonly index: number;
+  readonly kind: BarKind;
+  readonly prefetchable: boolean;
+  /** The decoded size: the region size rounded up to a power of two. */
+  readonly size: number;
+  /** VFIO_DEVICE_GET_REGION_INFO's size. */
+  readonly regionSize: number;
+  /** Where the VMM placed it (its firmware assignment). */
+  readonly placedAt: number;
+  /** Where the guest's BAR register points now (what decodes, when `mapped`). */
+  readonly address: number;
+  /** The BAR decodes guest accesses (its space is enabled and its address valid). */
+  readonly mapped: boolean;
+  /** Parts of the BAR mmapped into the VMM: guest accesses there go to memory, not through the device fd. */
+  readonly mmapAreas: readonly { readonly offset: number; readonly size: number; readonly hva: Hva }[];
+}
+
+/** The guest's view of an attached device. */
+export interface GuestPciDevice {
+  /** The VFIO device name (the mdev UUID or the PCI BDF). */
+  readonly name: string;
+  readonly sysfsdev: string;
+  readonly group: number;
+  readonly slot: number;
+  /** The device's address on the guest bus ("0000:00:02.0"). */
+  readonly guestBdf: string;
+  readonly bars: readonly GuestBar[];
+  /** The guest's config space access (1, 2 or 4 bytes; outside the config space: all ones / ignored). */
+  configRead(offset: number, size: number): number;
+  configWrite(offset: number, size: number, value: number): void;
+  /** The guest address of BAR `index` (EINVAL if the device has no such BAR). */
+  barAddress(index: number): number;
+  readonly irqMode: "none" | "intx" | "msi";
+  /** Interrupts injected from this device. */
+  readonly interrupts: { readonly delivered: number; readonly intx: number; readonly msi: number };
+  /** The guest's EOI for a line left masked after an interrupt storm. */
+  eoi(): void;
+}
+
+interface BarState {
+  readonly index: number;
+  readonly kind: BarKind;
+  readonly prefetchable: boolean;
+  /** The low flag bits of the BAR register (read-only for the guest). */
+  readonly flags: number;
+  readonly size: number;
+  readonly regionSize: number;
+  readonly regionOffset: number;
+  readonly window: WindowAllocator;
+  placedAt: number;
+  mapped: boolean;
+  mappedAt: number;
+  readonly areas: { offset: number; end: number; size: number; hva: Hva }[];
+}
+
+export interface VfioPciDeviceEnv {
+  readonly vm: string;
+  readonly proc: Process;
+  readonly tracer: Tracer;
+  readonly bus: GuestPciBus;
+  readonly source: InterruptSource;
+  readonly sysfsdev: string;
+  readonly group: number;
+  readonly slot: number;
+  /** "attach": enable MSI at realize when the device has it; "guest": only when the guest sets MSI Enable. */
+  readonly msi: "attach" | "guest";
+}
+
+function overlaps(off: number, size: number, start: number, len: number): boolean {
+  return off < start + len && start < off + size;
+}
+
+/** A vfio-pci device on the guest's bus. */
+export class VfioPciDevice implements GuestPciDevice, GuestPciFunction, BarAccess {
+  readonly name: string;
+  readonly sysfsdev: string;
+  readonly group: number;
+  readonly slot: number;
+  readonly guestBdf: string;
+  private readonly proc: Process;
+  private readonly tracer: Tracer;
+  private readonly vm: string;
+  private readonly env: VfioPciDeviceEnv;
+  private readonly barStates: (BarState | undefined)[] = [];
+  private infoFlags = 0;
+  private configOffset = 0;
+  private configSize = 0;
+  /** The VMM's copy of emulated config bytes, which bits of each byte are emulated, and which the guest may write. */
+  private emu = new Uint8Array(0);
+  private emuMask = new Uint8Array(0);
+  private wmask = new Uint8Array(0);
+  /** The command register as the guest last wrote it (IO, MEMORY, MASTER, INTX_DISABLE). */
+  private command = 0;
+  private intxInfo: VfioIrqInfoReply | undefined;
+  private msiInfo: VfioIrqInfoReply | undefined;
+  private msiCap = 0;
+  private msiDataOffset = 0;
+  private msiMaxVectors = 0;
+  private intx: IntxLine | undefined;
+  private intxFd = -1;
+  private msiIrqs: EventfdIrq[] = [];
+  private msiFds: number[] = [];
+  private mode: "none" | "intx" | "msi" = "none";
+  /** Prebuilt SET_IRQS INTx UNMASK: the EOI path issues it without allocating. */
+  private readonly unmaskBuf: Uint8Array;
+  private readonly scratchBuf = new ArrayBuffer(8);
+  private readonly s1 = new Uint8Array(this.scratchBuf, 0, 1);
+  private readonly s2 = new Uint8Array(this.scratchBuf, 0, 2);
+  private readonly s4 = new Uint8Array(this.scratchBuf, 0, 4);
+  private readonly s8 = new Uint8Array(this.scratchBuf, 0, 8);
+  private readonly sview = new DataView(this.scratchBuf);
+  private released = false;
+
+  constructor(
+    readonly handle: VfioDeviceHandle,
+    env: VfioPciDeviceEnv,
+  ) {
+    this.env = env;
+    this.name = handle.name;
+    this.sysfsdev = env.sysfsdev;
+    this.group = env.group;
+    this.slot = env.slot;
+    this.guestBdf = guestBdf(env.slot);
+    this.proc = env.proc;
+    this.tracer = env.tracer;
+    this.vm = env.vm;
+    this.unmaskBuf = encodeVfioIrqSet({
+      flags: VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_DATA_NONE,
+      index: VFIO_PCI_INTX_IRQ_INDEX,
+      start: 0,
+      count: 1,
+    });
+  }
+
+  // ---- GuestPciDevice --------------------------------------------------------------------------------------------
+
+  get bars(): readonly GuestBar[] {
+    const out: GuestBar[] = [];
+    for (const b of this.barStates) {
+      if (b === undefined) continue;
+      out.push({
+        index: b.index,
+        kind: b.kind,
+        prefetchable: b.prefetchable,
+        size: b.size,
+        regionSize: b.regionSize,
+        placedAt: b.placedAt,
+        address: this.barRegisterAddress(b),
+        mapped: b.mapped,
+        mmapAreas: b.areas.map((a) => ({ offset: a.offset, size: a.size, hva: a.hva })),
+      });
+    }
+    return out;
+  }
+
+  barAddress(index: number): number {
+    const b = this.barStates[index];
+    if (b === undefined) throw new KernelError(Errno.EINVAL, `${this.name} has no BAR${index}`);
+    return this.barRegisterAddress(b);
+  }
+
+  get irqMode(): "none" | "intx" | "msi" {
+    return this.mode;
+  }
+
+  get interrupts(): { readonly delivered: number; readonly intx: number; readonly msi: number } {
+    const s = this.env.source;
+    return { delivered: s.delivered, intx: s.intxDelivered, msi: s.msiDelivered };
+  }
+
+  eoi(): void {
+    this.intx?.eoi();
+  }
+
+  // ---- realize ---------------------------------------------------------------------------------------------------
+
+  /** vfio_realize: learns the device, places its BARs, programs it as firmware would, wires its interrupts. */
+  realize(): void {
+    const h = this.handle;
+    const info = h.info();
+    this.infoFlags = info.flags;
+    if ((info.flags & VFIO_DEVICE_FLAGS_PCI) === 0) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.name} is not a vfio-pci device (GET_INFO flags ${hex(info.flags)} lack VFIO_DEVICE_FLAGS_PCI)`,
+      );
+    }
+    if (info.numRegions <= VFIO_PCI_CONFIG_REGION_INDEX) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.name} reports ${info.numRegions} regions: a vfio-pci device has at least ${VFIO_PCI_CONFIG_REGION_INDEX + 1}`,
+      );
+    }
+    // GET_REGION_INFO of every region (the handle caches the replies); an index the driver refuses (VGA without
+    // CONFIG_VFIO_PCI_VGA: EINVAL) is simply absent.
+    for (let i = 0; i < info.numRegions; i++) {
+      try {
+        h.regionInfo(i);
+      } catch (e) {
+        if (!isKernelError(e) || e.errno !== Errno.EINVAL) throw e;
+      }
+    }
+    const cfg = h.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX);
+    const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    if ((cfg.flags & rw) !== rw || cfg.size < 0x40) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.name}: config region is ${cfg.size} bytes with flags ${hex(cfg.flags)}: it must be readable, ` +
+          "writable and hold at least the 64-byte header",
+      );
+    }
+    this.configOffset = cfg.offset;
+    this.configSize = Math.min(cfg.size, 4096);
+    this.intxInfo = this.optionalIrqInfo(VFIO_PCI_INTX_IRQ_INDEX, info.numIrqs);
+    this.msiInfo = this.optionalIrqInfo(VFIO_PCI_MSI_IRQ_INDEX, info.numIrqs);
+
+    // QEMU reads the whole config space at realize.
+    const phys = new Uint8Array(this.configSize);
+    const n = this.proc.pread(h.fd, phys, this.configOffset);
+    if (n !== this.configSize) {
+      throw new KernelError(
+        Errno.EIO,
+        `${this.name}: read of the config region returned ${n} of ${this.configSize} bytes`,
+      );
+    }
+    this.emu = new Uint8Array(this.configSize);
+    this.emuMask = new Uint8Array(this.configSize);
+    this.wmask = new Uint8Array(this.configSize);
+    this.setupEmulation(phys);
+    this.setupBars(phys);
+    this.firmwareProgram();
+    this.setupInterrupts();
+  }
+
+  private optionalIrqInfo(index: number, numIrqs: number): VfioIrqInfoReply | undefined {
+    if (index >= numIrqs) return undefined;
+    try {
+      const r = this.handle.irqInfo(index);
+      return r.count > 0 && (r.flags & VFIO_IRQ_INFO_EVENTFD) !== 0 ? r : undefined;
+    } catch (e) {
+      if (isKernelError(e) && e.errno === Errno.EINVAL) return undefined;
+      throw e;
+    }
+  }
+
+  /** Which config bytes the VMM emulates (BARs, ROM, interrupt line, MSI) and their write masks. */
+  private setupEmulation(phys: Uint8Array): void {
+    this.emuMask.fill(0xff, PCI_BASE_ADDRESS_0, PCI_BASE_ADDRESS_0 + 24);
+    this.emuMask.fill(0xff, PCI_ROM_ADDRESS, PCI_ROM_ADDRESS + 4);
+    this.emuMask[PCI_INTERRUPT_LINE] = 0xff;
+    this.wmask[PCI_INTERRUPT_LINE] = 0xff;
+    // The MSI capability, found by walking the device's list (QEMU's vfio_add_capabilities).
+    if ((phys[PCI_STATUS]! & PCI_STATUS_CAP_LIST) !== 0 && this.msiInfo !== undefined) {
+      let p = phys[PCI_CAPABILITY_LIST]! & ~3;
+      for (let guard = 0; p >= 0x40 && p + 2 <= this.configSize && guard < 48; guard++) {
+        if (phys[p] === PCI_CAP_ID_MSI) {
+          this.msiCap = p;
+          break;
+        }
+        p = phys[p + 1]! & ~3;
+      }
+    }
+    if (this.msiCap !== 0) {
+      const cap = this.msiCap;
+      const flags = phys[cap + PCI_MSI_FLAGS]! | (phys[cap + PCI_MSI_FLAGS + 1]! << 8);
+      const is64 = (flags & PCI_MSI_FLAGS_64BIT) !== 0;
+      this.msiDataOffset = cap + (is64 ? PCI_MSI_DATA_64 : PCI_MSI_DATA_32);
+      const mmc = 1 << ((flags & PCI_MSI_FLAGS_QMASK) >> 1);
+      this.msiMaxVectors = Math.min(mmc, this.msiInfo!.count);
+      const end = this.msiDataOffset + 2;
+      this.emuMask.fill(0xff, cap + PCI_MSI_FLAGS, end);
+      // Flags: the capable bits as the device shows them, Enable off; Enable and Queue Size are the guest's.
+      this.emu[cap + PCI_MSI_FLAGS] = flags & ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE) & 0xff;
+      this.emu[cap + PCI_MSI_FLAGS + 1] = flags >> 8;
+      this.wmask[cap + PCI_MSI_FLAGS] = PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE;
+      this.setMask(cap + PCI_MSI_ADDRESS_LO, 4, 0xfffffffc);
+      if (is64) this.setMask(cap + PCI_MSI_ADDRESS_HI, 4, 0xffffffff);
+      this.setMask(this.msiDataOffset, 2, 0xffff);
+    }
+  }
+
+  private setMask(off: number, size: number, mask: number): void {
+    for (let i = 0; i < size; i++) this.wmask[off + i] = Math.floor(mask / 256 ** i) & 0xff;
+  }
+
+  /** Kinds from the BAR registers, sizes from REGION_INFO (cross-checked), placement, mmap of what may be mapped. */
+  private setupBars(phys: Uint8Array): void {
+    const dv = new DataView(phys.buffer);
+    for (let i = 0; i <= VFIO_PCI_BAR5_REGION_INDEX; i++) {
+      const r = this.handle.regionInfo(i);
+      if (r.size === 0) continue;
+      const low = dv.getUint32(PCI_BASE_ADDRESS_0 + 4 * i, true);
+      const io = (low & PCI_BASE_ADDRESS_SPACE_IO) !== 0;
+      const is64 = !io && (low & 0x6) === PCI_BASE_ADDRESS_MEM_TYPE_64;
+      if (is64 && i === VFIO_PCI_BAR5_REGION_INDEX) {
+        throw new KernelError(Errno.EINVAL, `${this.name}: BAR5 claims to be 64-bit, which needs a BAR6`);
+      }
+      const kind: BarKind = io ? "io" : is64 ? "mem64" : "mem32";
+      const prefetchable = !io && (low & PCI_BASE_ADDRESS_MEM_PREFETCH) !== 0;
+      const size = Math.max(roundUpPowerOfTwo(r.size), io ? 4 : 16);
+      const probed = this.probeBarSize(i, kind);
+      if (probed !== size && this.tracer.enabled) {
+        this.warn(
+          `BAR${i}: the sizing probe says ${probed} bytes, REGION_INFO ${r.size} (decoded as ${size}): using REGION_INFO`,
+        );
+      }
+      const window = io ? this.env.bus.io : is64 ? this.env.bus.mmio64 : this.env.bus.mmio32;
+      const align = io ? size : Math.max(size, PAGE_SIZE);
+      const placedAt = window.alloc(size, align, `${this.name} BAR${i}`);
+      const b: BarState = {
+        index: i,
+        kind,
+        prefetchable,
+        flags: io ? low & 0x3 : low & 0xf,
+        size,
+        regionSize: r.size,
+        regionOffset: r.offset,
+        window,
+        placedAt,
+        mapped: false,
+        mappedAt: 0,
+        areas: [],
+      };
+      this.barStates[i] = b;
+      this.setBarWriteMask(b);
+      if ((r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0 && !io) this.mmapBar(b, r);
+      if (this.tracer.enabled) {
+        this.tracer.emit("vmm.bar.place", {
+          vm: this.vm,
+          device: this.name,
+          bar: i,
+          kind,
+          gpa: placedAt,
+          size,
+          regionSize: r.size,
+          probedSize: probed,
+          mmap: b.areas.length > 0,
+        });
+      }
+      if (is64) i++;
+    }
+  }
+
+  /** The sizing probe on the device's config region: all ones, read back, restore. 0 if the device refuses. */
+  private probeBarSize(i: number, kind: BarKind): number {
+    const off = PCI_BASE_ADDRESS_0 + 4 * i;
+    try {
+      const lo0 = this.devRead32(off);
+      this.devWrite32(off, 0xffffffff);
+      const lo = this.devRead32(off);
+      this.devWrite32(off, lo0);
+      if (kind === "io") {
+        let mask = (lo & ~0x3) >>> 0;
+        if ((mask & 0xffff0000) === 0) mask = (mask | 0xffff0000) >>> 0; // 16-bit I/O decoders (Linux does the same)
+        return mask === 0 ? 0 : 2 ** 32 - mask;
+      }
+      const lomask = (lo & ~0xf) >>> 0;
+      if (kind === "mem32") return lomask === 0 ? 0 : 2 ** 32 - lomask;
+      const hi0 = this.devRead32(off + 4);
+      this.devWrite32(off + 4, 0xffffffff);
+      const hi = this.devRead32(off + 4);
+      this.devWrite32(off + 4, hi0);
+      if (hi === 0 && lomask === 0) return 0;
+      return (0xffffffff - hi) * 2 ** 32 + (2 ** 32 - lomask);
+    } catch (e) {
+      if (isKernelError(e)) return 0;
+      throw e;
+    }
+  }
+
+  /** The guest may write the address bits of a BAR (not its flags, not the bits below its size). */
+  private setBarWriteMask(b: BarState): void {
+    const off = PCI_BASE_ADDRESS_0 + 4 * b.index;
+    const lowMask = b.size >= 2 ** 32 ? 0 : (2 ** 32 - b.size) >>> 0;
+    this.setMask(off, 4, (lowMask & ~(b.kind === "io" ? 0x3 : 0xf)) >>> 0);
+    if (b.kind === "mem64") {
+      const hiMask = b.size > 2 ** 32 ? (0xffffffff - (b.size / 2 ** 32 - 1)) >>> 0 : 0xffffffff;
+      this.setMask(off + 4, 4, hiMask);
+    }
+  }
+
+  private mmapBar(b: BarState, r: VfioRegionInfoReply): void {
+    const areas = r.sparseMmap ?? [{ offset: 0, size: r.size }];
+    for (const a of areas) {
+      if (a.size === 0 || a.offset % PAGE_SIZE !== 0 || a.size % PAGE_SIZE !== 0 || a.offset + a.size > r.size) {
+        continue; // QEMU skips areas it cannot map and traps them instead
+      }
+      try {
+        const hva = this.handle.mmap(b.index, a.offset, a.size);
+        b.areas.push({ offset: a.offset, end: a.offset + a.size, size: a.size, hva });
+      } catch (e) {
+        if (!isKernelError(e)) throw e;
+        this.warn(`BAR${b.index}: mmap of ${formatBytes(a.size)} at ${hex(a.offset)} failed (${e.code}): trapping it`);
+      }
+    }
+  }
+
+  /** What the guest's firmware does: BAR addresses, the interrupt line, I/O and memory decoding on. */
+  private firmwareProgram(): void {
+    let space = 0;
+    for (const b of this.barStates) {
+      if (b === undefined) continue;
+      const off = PCI_BASE_ADDRESS_0 + 4 * b.index;
+      this.setEmu32(off, ((b.placedAt % 2 ** 32) | b.flags) >>> 0);
+      this.devWrite32(off, ((b.placedAt % 2 ** 32) | b.flags) >>> 0);
+      if (b.kind === "mem64") {
+        this.setEmu32(off + 4, Math.floor(b.placedAt / 2 ** 32));
+        this.devWrite32(off + 4, Math.floor(b.placedAt / 2 ** 32));
+      }
+      space |= b.kind === "io" ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY;
+    }
+    this.setEmu32(PCI_ROM_ADDRESS, 0);
+    const pin = this.devRead8(PCI_INTERRUPT_PIN);
+    if (pin >= 1 && pin <= 4) {
+      const line = INTX_LINES[(this.slot + pin - 1) % 4]!;
+      this.emu[PCI_INTERRUPT_LINE] = line;
+      this.devWrite8(PCI_INTERRUPT_LINE, line);
+    }
+    const cmd = this.devRead16(PCI_COMMAND) | space;
+    this.devWrite16(PCI_COMMAND, cmd);
+    this.command = cmd & (PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE);
+    this.updateMappings();
+  }
+
+  private setupInterrupts(): void {
+    if (this.env.msi === "attach" && this.msiCap !== 0) {
+      const cap = this.msiCap;
+      this.setEmu32(cap + PCI_MSI_ADDRESS_LO, MSI_ADDRESS);
+      this.emu[this.msiDataOffset] = (MSI_DATA_BASE + this.slot) & 0xff;
+      this.emu[this.msiDataOffset + 1] = 0;
+      this.emu[cap + PCI_MSI_FLAGS]! |= PCI_MSI_FLAGS_ENABLE;
+      try {
+        this.msiEnable();
+      } catch (e) {
+        if (!isKernelError(e)) throw e;
+        // msiEnable went back to INTx, as QEMU does when MSI setup fails.
+        this.warn(`MSI setup failed (${e.code}): ${e.message}; using INTx`);
+      }
+    } else {
+      this.enableIntx();
+    }
+  }
+
+  // ---- interrupts ------------------------------------------------------------------------------------------------
+
+  private enableIntx(): void {
+    if (this.intxInfo === undefined || this.emu[PCI_INTERRUPT_LINE] === 0 || this.intx !== undefined) return;
+    const fd = this.proc.eventfd();
+    const line = new IntxLine(
+      this.proc.eventfdOf(fd),
+      this.env.source,
+      () => this.emu[PCI_INTERRUPT_LINE]!,
+      () => void this.proc.ioctl(this.handle.fd, VFIO_DEVICE_SET_IRQS, this.unmaskBuf),
+      this.tracer,
+    );
+    try {
+      this.handle.setIrqsEventfd(VFIO_PCI_INTX_IRQ_INDEX, 0, [fd]);
+    } catch (e) {
+      line.dispose();
+      this.proc.close(fd);
+      throw e;
+    }
+    this.intx = line;
+    this.intxFd = fd;
+    this.mode = "intx";
+    if (this.tracer.enabled) {
+      this.tracer.emit("vmm.intx.enable", { vm: this.vm, device: this.name, line: this.emu[PCI_INTERRUPT_LINE]! });
+    }
+  }
+
+  private disableIntx(): void {
+    if (this.intx === undefined) return;
+    try {
+      this.handle.setIrqsNone(VFIO_PCI_INTX_IRQ_INDEX, 0, 0, "trigger");
+    } catch (e) {
+      if (!isKernelError(e)) throw e;
+      this.warn(`disabling INTx failed (${e.code}): ${e.message}`);
+    }
+    this.intx.dispose();
+    this.proc.close(this.intxFd);
+    this.intx = undefined;
+    this.intxFd = -1;
+    if (this.mode === "intx") this.mode = "none";
+  }
+
+  /** vfio_msi_enable: INTx off, one eventfd per vector the guest enabled (Queue Size), SET_IRQS MSI. */
+  private msiEnable(): void {
+    const flags = this.emu[this.msiCap + PCI_MSI_FLAGS]!;
+    const n = Math.max(1, Math.min(1 << ((flags & PCI_MSI_FLAGS_QSIZE) >> 4), this.msiMaxVectors));
+    this.disableIntx();
+    const fds: number[] = [];
+    const irqs: EventfdIrq[] = [];
+    for (let i = 0; i < n; i++) {
+      const fd = this.proc.eventfd();
+      fds.push(fd);
+      const vector = i;
+      irqs.push(new EventfdIrq(this.proc.eventfdOf(fd), () => this.env.source.inject(this.msiVector(vector), "msi")));
+    }
+    try {
+      this.handle.setIrqsEventfd(VFIO_PCI_MSI_IRQ_INDEX, 0, fds);
+    } catch (e) {
+      for (const irq of irqs) irq.dispose();
+      for (const fd of fds) this.proc.close(fd);
+      this.emu[this.msiCap + PCI_MSI_FLAGS]! &= ~PCI_MSI_FLAGS_ENABLE;
+      this.enableIntx(); // QEMU falls back to INTx
+      throw e;
+    }
+    this.msiIrqs = irqs;
+    this.msiFds = fds;
+    this.mode = "msi";
+    if (this.tracer.enabled) {
+      this.tracer.emit("vmm.msi.enable", { vm: this.vm, device: this.name, vectors: n, data: this.msiVector(0) });
+    }
+  }
+
+  private msiDisable(reenableIntx: boolean): void {
+    if (this.msiFds.length === 0) return;
+    try {
+      this.handle.setIrqsNone(VFIO_PCI_MSI_IRQ_INDEX, 0, 0, "trigger");
+    } catch (e) {
+      if (!isKernelError(e)) throw e;
+      this.warn(`disabling MSI failed (${e.code}): ${e.message}`);
+    }
+    for (const irq of this.msiIrqs) irq.dispose();
+    for (const fd of this.msiFds) this.proc.close(fd);
+    this.msiIrqs = [];
+    this.msiFds = [];
+    this.mode = "none";
+    if (this.tracer.enabled) this.tracer.emit("vmm.msi.disable", { vm: this.vm, device: this.name });
+    if (reenableIntx) this.enableIntx();
+  }
+
+  /** The vector MSI vector `i` delivers: the guest's data with the vector number in its low bits. */
+  private msiVector(i: number): number {
+    const data = this.emu[this.msiDataOffset]! | (this.emu[this.msiDataOffset + 1]! << 8);
+    const n = this.msiFds.length > 0 ? this.msiFds.length : 1;
+    return (data & ~(n - 1)) | i;
+  }
+
+  /** The guest changed the MSI capability: follow its Enable bit and vector count. */
+  private msiUpdate(): void {
+    const flags = this.emu[this.msiCap + PCI_MSI_FLAGS]!;
+    const enabled = (flags & PCI_MSI_FLAGS_ENABLE) !== 0;
+    const active = this.msiFds.length > 0;
+    try {
+      if (enabled && !active) this.msiEnable();
+      else if (!enabled && active) this.msiDisable(true);
+      else if (enabled && active) {
+        const want = Math.max(1, Math.min(1 << ((flags & PCI_MSI_FLAGS_QSIZE) >> 4), this.msiMaxVectors));
+        if (want !== this.msiFds.length) {
+          this.msiDisable(false);
+          this.msiEnable();
+        }
+      }
+    } catch (e) {
+      if (!isKernelError(e)) throw e;
+      this.warn(`MSI ${enabled ? "enable" : "disable"} failed (${e.code}): ${e.message}`);
+    }
+  }
+
+  /** Tears down whichever interrupt is active (QEMU's vfio_disable_interrupts). */
+  private disableInterrupts(): void {
+    this.msiDisable(false);
+    this.disableIntx();
+    this.mode = "none";
+  }
+
+  // ---- guest config space ----------------------------------------------------------------------------------------
+
+  configRead(offset: number, size: number): number {
+    if (!this.validConfigAccess(offset, size)) return allOnes(size);
+    let needDevice = false;
+    for (let i = 0; i < size; i++) if (this.emuMask[offset + i] !== 0xff) needDevice = true;
+    const s = this.scratch(size);
+    if (needDevice) {
+      try {
+        this.proc.pread(this.handle.fd, s, this.configOffset + offset);
+      } catch (e) {
+        if (!isKernelError(e)) throw e;
+        this.warn(`config read of ${size} byte(s) at ${hex(offset)} failed (${e.code})`);
+        return allOnes(size);
+      }
+    }
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) {
+      const o = offset + i;
+      const m = this.emuMask[o]!;
+      v = v * 256 + (((this.emu[o]! & m) | (s[i]! & ~m)) & 0xff);
+    }
+    return v;
+  }
+
+  configWrite(offset: number, size: number, value: number): void {
+    if (!this.validConfigAccess(offset, size)) return;
+    const s = this.scratch(size);
+    for (let i = 0; i < size; i++) s[i] = Math.floor(value / 256 ** i) & 0xff;
+    // QEMU passes every write to the device first; the kernel virtualizes what it must.
+    try {
+      this.proc.pwrite(this.handle.fd, s, this.configOffset + offset);
+    } catch (e) {
+      if (!isKernelError(e)) throw e;
+      this.warn(`config write of ${size} byte(s) at ${hex(offset)} failed (${e.code})`);
+    }
+    for (let i = 0; i < size; i++) {
+      const o = offset + i;
+      if (this.emuMask[o] === 0) continue;
+      const m = this.wmask[o]!;
+      this.emu[o] = (this.emu[o]! & ~m) | (s[i]! & m);
+    }
+    let remap = overlaps(offset, size, PCI_BASE_ADDRESS_0, 24);
+    if (overlaps(offset, size, PCI_COMMAND, 2)) {
+      const cmdMask = PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
+      let cmd = this.command;
+      for (let i = 0; i < size; i++) {
+        const o = offset + i;
+        if (o !== PCI_COMMAND && o !== PCI_COMMAND + 1) continue;
+        const shift = (o - PCI_COMMAND) * 8;
+        const m = (cmdMask >> shift) & 0xff;
+        cmd = (cmd & ~(m << shift)) | ((s[i]! & m) << shift);
+      }
+      this.command = cmd;
+      remap = true;
+    }
+    if (remap) this.updateMappings();
+    if (this.msiCap !== 0 && overlaps(offset, size, this.msiCap, this.msiDataOffset + 2 - this.msiCap))
+      this.msiUpdate();
+  }
+
+  private validConfigAccess(offset: number, size: number): boolean {
+    return (
+      (size === 1 || size === 2 || size === 4) &&
+      Number.isInteger(offset) &&
+      offset >= 0 &&
+      offset + size <= this.configSize &&
+      !this.released
+    );
+  }
+
+  // ---- guest mappings --------------------------------------------------------------------------------------------
+
+  private barRegisterAddress(b: BarState): number {
+    const off = PCI_BASE_ADDRESS_0 + 4 * b.index;
+    const lo = this.emu32(off);
+    if (b.kind === "io") return (lo & ~0x3) >>> 0;
+    const base = (lo & ~0xf) >>> 0;
+    return b.kind === "mem64" ? base + this.emu32(off + 4) * 2 ** 32 : base;
+  }
+
+  /** pci_update_mappings: a BAR decodes while its space is enabled and its address is valid. */
+  private updateMappings(): void {
+    for (const b of this.barStates) {
+      if (b === undefined) continue;
+      const enabled = (this.command & (b.kind === "io" ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY)) !== 0;
+      const addr = this.barRegisterAddress(b);
+      const last = addr + b.size - 1;
+      const limit = b.kind === "io" ? 0x10000 : b.kind === "mem32" ? 0xffffffff : 2 ** 52;
+      const ok = enabled && addr !== 0 && last < limit;
+      if (ok === b.mapped && (!ok || addr === b.mappedAt)) continue;
+      const space = b.kind === "io" ? this.env.bus.ioSpace : this.env.bus.memSpace;
+      if (b.mapped) {
+        space.unmap(this, b.index);
+        b.mapped = false;
+      }
+      if (ok) {
+        try {
+          space.map(addr, b.size, this, b.index, `${this.name} BAR${b.index}`);
+          b.mapped = true;
+          b.mappedAt = addr;
+        } catch (e) {
+          if (!isKernelError(e)) throw e;
+          this.warn(`BAR${b.index} at ${hex(addr)} cannot decode: ${e.message}`);
+        }
+      }
+      if (this.tracer.enabled) {
+        this.tracer.emit("vmm.bar.map", { vm: this.vm, device: this.name, bar: b.index, gpa: addr, mapped: b.mapped });
+      }
+    }
+  }
+
+  // ---- BarAccess: the guest's MMIO and port I/O ------------------------------------------------------------------
+
+  barRead(bar: number, offset: number, size: number): number {
+    const b = this.barStates[bar]!;
+    if (offset + size > b.regionSize) return allOnes(size);
+    const s = this.scratch(size);
+    const areas = b.areas;
+    for (let k = 0; k < areas.length; k++) {
+      const a = areas[k]!;
+      if (offset >= a.offset && offset + size <= a.end) {
+        this.proc.mm.read((a.hva + (offset - a.offset)) as Hva, s, 0, size);
+        return this.decode(size);
+      }
+    }
+    try {
+      this.proc.pread(this.handle.fd, s, b.regionOffset + offset);
+    } catch (e) {
+      if (!isKernelError(e)) throw e;
+      if (this.tracer.enabled) this.warn(`BAR${bar} read of ${size} at ${hex(offset)} failed (${e.code})`);
+      return allOnes(size);
+    }
+    return this.decode(size);
+  }
+
+  barWrite(bar: number, offset: number, size: number, value: number): void {
+    const b = this.barStates[bar]!;
+    if (offset + size > b.regionSize) return;
+    const s = this.scratch(size);
+    this.encode(size, value);
+    const areas = b.areas;
+    for (let k = 0; k < areas.length; k++) {
+      const a = areas[k]!;
+      if (offset >= a.offset && offset + size <= a.end) {
+        this.proc.mm.write((a.hva + (offset - a.offset)) as Hva, s, 0, size);
+        return;
+      }
+    }
+    try {
+      this.proc.pwrite(this.handle.fd, s, b.regionOffset + offset);
+    } catch (e) {
+      if (!isKernelError(e)) throw e;
+      if (this.tracer.enabled) this.warn(`BAR${bar} write of ${size} at ${hex(offset)} failed (${e.code})`);
+    }
+  }
+
+  // ---- reset and release -----------------------------------------------------------------------------------------
+
+  /**
+   * VFIO_DEVICE_RESET with QEMU's pre/post steps: interrupts off and decoding off before, then the reset, then the
+   * guest-visible state back to what the VMM's firmware set at attach (BARs, line, command) and interrupts rewired.
+   */
+  reset(): void {
+    if ((this.infoFlags & VFIO_DEVICE_FLAGS_RESET) === 0) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.name} does not support VFIO_DEVICE_RESET (GET_INFO flags ${hex(this.infoFlags)} lack RESET)`,
+      );
+    }
+    this.disableInterrupts();
+    this.devWrite16(
+      PCI_COMMAND,
+      this.devRead16(PCI_COMMAND) & ~(PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER),
+    );
+    this.command = 0;
+    this.updateMappings();
+    this.handle.reset();
+    if (this.msiCap !== 0) {
+      // The guest's MSI state is reset with the function (pci_device_reset).
+      this.emu[this.msiCap + PCI_MSI_FLAGS]! &= ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE);
+      this.emu.fill(0, this.msiCap + PCI_MSI_ADDRESS_LO, this.msiDataOffset + 2);
+    }
+    this.firmwareProgram();
+    this.setupInterrupts();
+  }
+
+  /** Whether the device supports VFIO_DEVICE_RESET. */
+  get resettable(): boolean {
+    return (this.infoFlags & VFIO_DEVICE_FLAGS_RESET) !== 0;
+  }
+
+  /**
+   * Hot-unplug (vfio_exitfn): interrupts off, BARs out of the guest's address space and windows, mmaps undone, the
+   * device fd closed. Best effort: every step runs; the first failure is rethrown at the end.
+   */
+  release(): void {
+    if (this.released) return;
+    let error: unknown;
+    const attempt = (fn: () => void): void => {
+      try {
+        fn();
+      } catch (e) {
+        error ??= e;
+      }
+    };
+    attempt(() => this.disableInterrupts());
+    for (const b of this.barStates) {
+      if (b === undefined) continue;
+      if (b.mapped) (b.kind === "io" ? this.env.bus.ioSpace : this.env.bus.memSpace).unmap(this, b.index);
+      b.mapped = false;
+      b.window.free(b.placedAt);
+      for (const a of b.areas) attempt(() => this.proc.mm.munmap(a.hva, a.size));
+      b.areas.length = 0;
+    }
+    attempt(() => this.handle.close());
+    this.env.source.clear();
+    this.released = true;
+    if (error !== undefined) throw error;
+  }
+
+  /** The process died: nothing to close (exit closed every fd); forget the guest mappings. */
+  forget(): void {
+    for (const b of this.barStates) {
+      if (b === undefined) continue;
+      if (b.mapped) (b.kind === "io" ? this.env.bus.ioSpace : this.env.bus.memSpace).unmap(this, b.index);
+      b.mapped = false;
+      b.window.free(b.placedAt);
+      b.areas.length = 0;
+    }
+    this.intx = undefined;
+    this.msiIrqs = [];
+    this.msiFds = [];
+    this.mode = "none";
+    this.env.source.clear();
+    this.released = true;
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------------------------------
+
+  private warn(message: string): void {
+    if (this.tracer.enabled) this.tracer.emit("vmm.warn", { vm: this.vm, device: this.name, message });
+  }
+
+  private scratch(size: number): Uint8Array {
+    return size === 1 ? this.s1 : size === 2 ? this.s2 : size === 4 ? this.s4 : this.s8;
+  }
+
+  private decode(size: number): number {
+    const v = this.sview;
+    if (size === 1) return v.getUint8(0);
+    if (size === 2) return v.getUint16(0, true);
+    if (size === 4) return v.getUint32(0, true);
+    return v.getUint32(0, true) + v.getUint32(4, true) * 2 ** 32;
+  }
+
+  private encode(size: number, value: number): void {
+    const v = this.sview;
+    if (size === 1) v.setUint8(0, value & 0xff);
+    else if (size === 2) v.setUint16(0, value & 0xffff, true);
+    else if (size === 4) v.setUint32(0, value >>> 0, true);
+    else {
+      v.setUint32(0, (value % 2 ** 32) >>> 0, true);
+      v.setUint32(4, Math.floor(value / 2 ** 32) >>> 0, true);
+    }
+  }
+
+  private emu32(off: number): number {
+    return (this.emu[off]! | (this.emu[off + 1]! << 8) | (this.emu[off + 2]! << 16) | (this.emu[off + 3]! << 24)) >>> 0;
+  }
+
+  private setEmu32(off: number, v: number): void {
+    for (let i = 0; i < 4; i++) this.emu[off + i] = (v >>> (8 * i)) & 0xff;
+  }
+
+  private devRead(off: number, size: number): number {
+    const s = this.scratch(size);
+    this.proc.pread(this.handle.fd, s, this.configOffset + off);
+    return this.decode(size);
+  }
+
+  private devWrite(off: number, size: number, value: number): void {
+    const s = this.scratch(size);
+    this.encode(size, value);
+    this.proc.pwrite(this.handle.fd, s, this.configOffset + off);
+  }
+
+  private devRead8(off: number): number {
+    return this.devRead(off, 1);
+  }
+  private devRead16(off: number): number {
+    return this.devRead(off, 2);
+  }
+  private devRead32(off: number): number {
+    return this.devRead(off, 4);
+  }
+  private devWrite8(off: number, v: number): void {
+    this.devWrite(off, 1, v);
+  }
+  private devWrite16(off: number, v: number): void {
+    this.devWrite(off, 2, v);
+  }
+  private devWrite32(off: number, v: number): void {
+    this.devWrite(off, 4, v);
+  }
+}
