@@ -13,6 +13,7 @@ const suites: Suite[] = [
   { name: "memory", load: () => import("./memory.bench.ts") },
   { name: "vfio", load: () => import("./vfio.bench.ts") },
   { name: "vmm", load: () => import("./vmm.bench.ts") },
+  { name: "guest", load: () => import("./guest.bench.ts") },
   { name: "vgpu", load: () => import("./vgpu.bench.ts") },
   { name: "gpu", load: () => import("./gpu.bench.ts") },
 ];

@@ -55,6 +55,8 @@ export interface SubmissionResult {
   readonly faults: number;
   /** Set when the engine stopped on a malformed command. */
   readonly error?: string;
+  /** MI_USER_INTERRUPT commands executed (whether or not the interrupt was masked). Added by src/gpu. */
+  readonly userInterrupts?: number;
 }
 
 export interface Submission {
@@ -96,6 +98,12 @@ export interface HostGpu {
   readGgtt(index: number): number;
   /** Writes a physical fence register (64-bit value). */
   writeFence(fence: number, value: number): void;
+  /**
+   * Writes a physical fence register as its two 32-bit halves. A gen6 fence keeps its end address in bits 44..63,
+   * so any fence ending above 2 MiB exceeds 2^53 and cannot travel through `writeFence`'s number. Added by src/vgpu
+   * (which falls back to `writeFence` when absent, and then cannot program such fences); please implement.
+   */
+  writeFenceHalves?(fence: number, lo: number, hi: number): void;
   /** GM space (from the host's own reservation) for shadow batch buffers. ENOSPC when exhausted. */
   allocShadow(size: number): ShadowBuffer;
   /** Queues work on a physical engine; it runs when the engine is free, and `onComplete` is called after. */

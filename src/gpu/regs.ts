@@ -67,6 +67,18 @@ export const RING_NR_PAGES = 0x001f_f000;
 export const HEAD_ADDR = 0x001f_fffc;
 export const TAIL_ADDR = 0x001f_fff8;
 
+/**
+ * RING_EIR (error identity): set by the engine when it stops on an error; the engine stays halted while any bit is
+ * set. Write 1s to clear. I915_ERROR_INSTRUCTION: a command the engine cannot execute (unknown opcode, bad length,
+ * unsupported mode). I915_ERROR_PAGE_TABLE: a memory access faulted in the system IOMMU.
+ */
+export const RING_EIR = 0xb0;
+export const I915_ERROR_INSTRUCTION = 1 << 0;
+export const I915_ERROR_PAGE_TABLE = 1 << 4;
+
+/** Largest ring: RING_NR_PAGES holds up to 511 = 512 pages (2 MiB). */
+export const RING_MAX_BYTES = 512 * 4096;
+
 export function ringCtlLength(ctl: number): number {
   return ((ctl & RING_NR_PAGES) >>> 12) * 4096 + 4096;
 }
@@ -130,6 +142,8 @@ export const MI_BATCH_BUFFER_END = miInstr(0x0a, 0);
 /** gen8: 4 dwords: header, address low, address high, data. Bit 22 selects the GGTT. */
 export const MI_STORE_DWORD_IMM_GEN4 = miInstr(0x20, 2);
 export const MI_USE_GGTT = 1 << 22;
+/** gen8: 5 dwords: header, address low, address high, data low, data high (address 8-byte aligned). */
+export const MI_STORE_QWORD_IMM_GEN8 = miInstr(0x20, 3);
 /** MI_LOAD_REGISTER_IMM(n): 1 + 2n dwords: header, then (register offset, value) pairs. */
 export function miLoadRegisterImm(n: number): number {
   return miInstr(0x22, 2 * n - 1);
@@ -153,6 +167,12 @@ export const BLT_WRITE_RGBA = 3 << 20;
 export const BR13_32BPP = 3 << 24;
 export const ROP_PATCOPY = 0xf0;
 export const ROP_SRCCOPY = 0xcc;
+export const BR13_COLOR_DEPTH_MASK = 3 << 24;
+export const BR13_ROP_SHIFT = 16;
+export const BR13_PITCH_MASK = 0xffff;
+/** Header bits selecting tiled (X/Y-major) surfaces; the model implements linear surfaces only. */
+export const XY_SRC_COPY_BLT_SRC_TILED = 1 << 15;
+export const XY_SRC_COPY_BLT_DST_TILED = 1 << 11;
 
 /** Every command the model decodes, as a table: opcode match, length rule, name (what the scanner audits). */
 export interface CommandInfo {

@@ -1,0 +1,62 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { KernelError } from "../core/index.ts";
+import { GmAllocator } from "./gm-allocator.ts";
+
+const P = 4096;
+
+describe("GmAllocator", () => {
+  it("allocates first fit from the bottom and merges neighbours on release", () => {
+    const a = new GmAllocator("t", 16 * P, 10 * P);
+    const x = a.alloc(2 * P);
+    const y = a.alloc(3 * P);
+    const z = a.alloc(5 * P);
+    assert.deepEqual([x, y, z], [16 * P, 18 * P, 21 * P]);
+    assert.equal(a.alloc(P), -1, "full");
+    assert.equal(a.release(y), 3 * P);
+    assert.equal(a.largestFree(), 3 * P);
+    assert.equal(a.alloc(4 * P), -1, "3 pages free");
+    a.release(x);
+    assert.deepEqual(a.freeExtents(), [{ base: 16 * P, size: 5 * P }], "merged with the hole after it");
+    a.release(z);
+    assert.deepEqual(a.freeExtents(), [{ base: 16 * P, size: 10 * P }]);
+    a.check();
+  });
+
+  it("honours alignment and rejects bad sizes and double frees", () => {
+    const a = new GmAllocator("t", P, 64 * P);
+    assert.equal(a.alloc(P), P);
+    assert.equal(a.alloc(4 * P, 8 * P), 8 * P);
+    assert.throws(() => a.alloc(100), KernelError);
+    assert.throws(() => a.release(3 * P), /not allocated/);
+    a.release(P);
+    assert.throws(() => a.release(P), /double free/);
+    a.check();
+  });
+
+  it("random alloc/release sequences keep pieces disjoint, inside the range and accounted (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 12 }), fc.nat()), { maxLength: 60 }),
+        (ops) => {
+          const a = new GmAllocator("p", 8 * P, 64 * P);
+          const live: number[] = [];
+          for (const [alloc, pages, pick] of ops) {
+            if (alloc || live.length === 0) {
+              const base = a.alloc(pages * P);
+              if (base >= 0) live.push(base);
+              else assert.ok(a.largestFree() < pages * P, "alloc failed although a range fits");
+            } else {
+              const [base] = live.splice(pick % live.length, 1);
+              a.release(base!);
+            }
+            a.check();
+          }
+          assert.equal(a.allocations().length, live.length);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+});

@@ -1,0 +1,17 @@
+/**
+ * gpu: the physical GPU (a gen9-like Intel integrated GPU as a PCI device model: GGTT, engines with ring buffers, the
+ * blitter, GT interrupts, an engine time cost model) and the i915-like host graphics driver that owns it and offers
+ * `HostGpu` (contract.ts) to the vGPU vendor driver. `regs.ts` is the register map; docs/gpu-programming.md is the
+ * datasheet. Depends on core and host.
+ */
+export * from "./blitter.ts";
+export * from "./contract.ts";
+export * from "./cost.ts";
+export * from "./engine.ts";
+export * from "./ggtt.ts";
+export * from "./gm-allocator.ts";
+export * from "./gpu.ts";
+export * from "./host-driver.ts";
+export * from "./interrupts.ts";
+export * from "./memory.ts";
+export * from "./regs.ts";

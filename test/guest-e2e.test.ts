@@ -1,0 +1,159 @@
+/**
+ * The guest driver on the real stack: a VMM process attaches a vGPU (created through sysfs) or the whole GPU (bound
+ * to vfio-pci) through VFIO, and the driver, which knows only GuestPlatform and the datasheet, brings it up, fills
+ * and copies, and a hostile guest throws every attack at the mediated GPU while an honest one keeps working.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { PAGE_SIZE, Rng } from "../src/core/index.ts";
+import { CommandBuffer } from "../src/guest/commands.ts";
+import { type GttWriteMode, GuestGpuDriver } from "../src/guest/driver.ts";
+import { ATTACK_NAMES, runAttacks } from "../src/guest/hostile.ts";
+import { PassthroughStack, VgpuStack } from "../src/guest/test-support/real-stack.ts";
+import { describeWorkload, runWorkload } from "../src/guest/workloads.ts";
+
+describe("guest driver end to end: a vGPU in a VMM", () => {
+  for (const mode of ["qword", "halves", "halves-low-first", "halves-high-first"] as GttWriteMode[]) {
+    it(`probes, balloons and verifies fills and copies through ring and batches (GTT writes: ${mode})`, () => {
+      const s = new VgpuStack();
+      const g = s.startGuest(s.createVgpu("GVTg_V5_4"));
+      const d = GuestGpuDriver.open(g.platform, { gttWriteMode: mode });
+      assert.equal(d.mode, "vgpu");
+      const vgpu = s.parent.vgpus()[0]!;
+      assert.equal(d.pvinfo?.vgtId, vgpu.id);
+      assert.deepEqual(d.gm.ranges("mappable"), [vgpu.resources.aperture]);
+      assert.deepEqual(d.gm.ranges("nonmappable"), [vgpu.resources.hidden]);
+      assert.equal(d.device.bar2Size, vgpu.resources.aperture.size, "BAR2 is the vGPU's own aperture");
+      for (const kind of ["fill", "copy"] as const) {
+        for (const via of ["ring", "batch"] as const) {
+          const r = runWorkload(d, {
+            kind,
+            via,
+            count: 12,
+            width: 70,
+            height: 33,
+            pitch: 70 * 4 + 24,
+            rects: "random",
+            opsPerSubmission: 4,
+            seed: 11,
+          });
+          assert.ok(r.ok, describeWorkload(r));
+        }
+      }
+      const st = vgpu.stats();
+      assert.equal(st.rejectedCommands, 0);
+      assert.equal(st.scratchFallbacks, 0, "every GTT entry the guest wrote was pinned and mapped");
+      assert.equal(st.ignoredWrites, 0, "the balloon kept every GTT write inside the partition");
+      assert.equal(st.pinnedPages, 1 + 2 * 4, "after the workloads freed their buffers: status page and rings");
+      assert.ok(st.completedWorkloads >= 12);
+      assert.equal(d.stats().spuriousInterrupts, 0);
+      s.parent.checkInvariants();
+      d.shutdown();
+      assert.equal(vgpu.stats().pinnedPages, 0, "shutdown unmapped every entry: the vendor driver unpinned all");
+    });
+  }
+
+  it("a rejected submission between two good ones: only it is rejected, the vGPU keeps the ring usable", () => {
+    const s = new VgpuStack();
+    const d = GuestGpuDriver.open(s.startGuest(s.createVgpu()).platform);
+    const t = d.allocBuffer(PAGE_SIZE);
+    const s1 = d.submit("bcs", new CommandBuffer().colorBlt(t.gma, 64, 0, 0, 16, 4, 0x01020304).words);
+    const s2 = d.submit("bcs", new CommandBuffer().colorBlt(0, 64, 0, 0, 16, 4, 0).words); // the host's GM
+    const s3 = d.submit("bcs", new CommandBuffer().colorBlt(t.gma, 64, 0, 4, 16, 8, 0x05060708).words);
+    assert.deepEqual([d.wait("bcs", s1), d.wait("bcs", s2), d.wait("bcs", s3)], ["completed", "rejected", "completed"]);
+    const px = new Uint8Array(512);
+    d.readBuffer(t, 0, px);
+    assert.deepEqual([px[0], px[256]], [0x04, 0x08]);
+    assert.equal(s.parent.vgpus()[0]!.stats().rejectedCommands, 1);
+    assert.deepEqual(
+      d.stats().engines.bcs && [d.stats().engines.bcs!.completed, d.stats().engines.bcs!.rejected],
+      [2, 1],
+    );
+  });
+
+  it("a hostile guest's attacks are all rejected or ignored while an honest guest on the same GPU keeps working", () => {
+    const s = new VgpuStack();
+    const a = s.startGuest(s.createVgpu());
+    const b = s.startGuest(s.createVgpu());
+    const honest = GuestGpuDriver.open(a.platform);
+    const evil = GuestGpuDriver.open(b.platform);
+    const [va, vb] = s.parent.vgpus();
+
+    // The honest guest's victim surface, with a known pattern, and work of its own in flight during the attacks.
+    const victim = honest.allocBuffer(16 * PAGE_SIZE, { zone: "mappable" });
+    const pattern = new Rng(3).fill(new Uint8Array(victim.size));
+    honest.writeBuffer(victim, 0, pattern);
+    const work = honest.allocBuffer(64 * 64 * 4);
+    const fills = new CommandBuffer();
+    for (let i = 0; i < 8; i++) fills.colorBlt(work.gma, 256, 0, i * 8, 64, i * 8 + 8, 0x01010101 * (i + 1));
+    const pending = honest.submit("bcs", fills.words);
+
+    const reports = runAttacks(evil, { victimGma: victim.gma });
+    assert.deepEqual(
+      reports.map((r) => r.name),
+      [...ATTACK_NAMES],
+    );
+    for (const r of reports) assert.ok(r.outcome === "rejected" || r.outcome === "ignored", `${r.name}: ${r.detail}`);
+    const byName = Object.fromEntries(reports.map((r) => [r.name, r.outcome]));
+    for (const n of ["gm-other-vgpu", "gm-host", "gm-past-end", "oversize", "lri-forbidden", "unknown-opcode"]) {
+      assert.equal(byName[n], "rejected", n);
+    }
+    assert.equal(byName["batch-toctou"], "ignored", "the shadow copy ran, not the rewrite");
+    assert.equal(byName["gtt-outside-partition"], "ignored");
+    assert.equal(byName["gtt-foreign-gpa"], "ignored");
+    assert.equal(vb!.stats().rejectedCommands, 6);
+    assert.ok(vb!.stats().ignoredWrites >= 1);
+    assert.ok(vb!.stats().scratchFallbacks >= 2, "foreign GPAs could not be pinned: scratch page");
+
+    // The honest guest: its in-flight work completed, its victim surface and GTT entries are untouched.
+    assert.equal(honest.wait("bcs", pending), "completed");
+    const px = new Uint8Array(work.size);
+    honest.readBuffer(work, 0, px);
+    for (let row = 0; row < 64; row++) assert.equal(px[row * 256], (row >> 3) + 1);
+    const now = new Uint8Array(victim.size);
+    honest.readBuffer(victim, 0, now);
+    assert.deepEqual(now, pattern, "the victim's memory is unchanged");
+    for (let i = 0; i < victim.size / PAGE_SIZE; i++) {
+      assert.equal(honest.readPte(victim.gma / PAGE_SIZE + i), victim.gpa + i * PAGE_SIZE + 1);
+    }
+    assert.equal(va!.stats().rejectedCommands, 0);
+    const r = runWorkload(honest, {
+      kind: "copy",
+      via: "batch",
+      count: 6,
+      width: 48,
+      height: 40,
+      rects: "random",
+      seed: 8,
+    });
+    assert.ok(r.ok, describeWorkload(r));
+    // And the hostile guest's driver recovered: its own honest work still runs.
+    const own = runWorkload(evil, { kind: "fill", count: 4, width: 32, height: 32, seed: 2 });
+    assert.ok(own.ok, describeWorkload(own));
+    s.parent.checkInvariants();
+    s.gpu.driver.checkInvariants({ scanGgtt: false });
+  });
+});
+
+describe("guest driver end to end: the whole GPU passed through with vfio-pci", () => {
+  it("finds no PVINFO, owns all graphics memory, verifies workloads; only the IOMMU stops foreign addresses", () => {
+    const s = new PassthroughStack();
+    const g = s.startGuest();
+    const d = GuestGpuDriver.open(g.platform, { gttWriteMode: "halves" });
+    assert.equal(d.mode, "physical");
+    assert.deepEqual(d.gm.ranges("mappable"), [{ base: 0, size: 512 * 1024 * 1024 }]);
+    for (const via of ["ring", "batch"] as const) {
+      const r = runWorkload(d, { kind: "copy", via, count: 8, width: 40, height: 30, rects: "random", seed: 4 });
+      assert.ok(r.ok, describeWorkload(r));
+    }
+    const byName = Object.fromEntries(runAttacks(d).map((r) => [r.name, r.outcome]));
+    // No mediator: the guest programs the real GGTT and engines.
+    assert.equal(byName["gtt-outside-partition"], "executed");
+    assert.equal(byName["lri-forbidden"], "executed");
+    assert.equal(byName["unknown-opcode"], "rejected", "the hardware's own error");
+    // GPAs outside the VM are not in type1's IOMMU mappings: the DMA faults and the engine stops.
+    assert.equal(byName["gtt-foreign-gpa"], "rejected");
+    const after = runWorkload(d, { kind: "fill", count: 4, width: 16, height: 16, seed: 1 });
+    assert.ok(after.ok, describeWorkload(after));
+  });
+});
