@@ -1,0 +1,394 @@
+/**
+ * The command scanner (GVT-g cmd_parser.c): every dword a guest submits is decoded and audited before anything of it
+ * reaches the physical engine, and batch buffers are shadowed so the guest cannot change them after the audit.
+ *
+ * Input: a private copy of the guest's ring contents between the scan position and TAIL (so the ring itself is
+ * shadowed by construction). For each command (decodeCommand of regs.ts; an unknown command is rejected):
+ * - MI_NOOP, MI_USER_INTERRUPT (counted: completion raises the guest's user interrupt);
+ * - MI_STORE_DATA_IMM: 4 dwords (a dword) or 5 (a qword, 8-byte aligned), GGTT only (bit 22); its target is audited;
+ * - MI_LOAD_REGISTER_IMM: (register, value) pairs; every register must be in `LRI_ALLOWED` (no ring, interrupt,
+ *   fence, GTT or reset register is in it), and the register dword may carry no bits beyond the offset field;
+ * - MI_BATCH_BUFFER_START (3 dwords, GGTT only): the batch is read from guest graphics memory page by page through
+ *   the shadow GTT up to its MI_BATCH_BUFFER_END, audited command by command, copied into a host-owned
+ *   `ShadowBuffer` (HostGpu.allocShadow), and the copy's address is patched into the command. A batch may not start
+ *   another batch (nested batch buffers are rejected, as the GPU runs one level only), nor exceed the GPU's batch
+ *   limit (MAX_BATCH_BYTES, 4 MiB, below the 36 MiB operation limit);
+ * - MI_BATCH_BUFFER_END: ends a batch; in the ring it is a no-op, as on the GPU;
+ * - XY_COLOR_BLT (7 dwords) and XY_SRC_COPY_BLT (10 dwords): the full extent of each rectangle,
+ *   [base + y1 * pitch + x1 * cpp, base + (y2 - 1) * pitch + x2 * cpp), is audited for the destination and, for a
+ *   copy, the source (same width and height at the source origin, with the source pitch). An empty rectangle touches
+ *   nothing and passes; a pitch with bit 15 set (negative on hardware, which reads it signed; the model reads it
+ *   unsigned) is rejected, so the audit never depends on the reading. What the GPU cannot execute (tiled surfaces,
+ *   colour depths other than 32 bpp, raster operations other than PATCOPY / SRCCOPY) is rejected too: it would
+ *   only halt the engine.
+ * Address audit: each range must lie wholly inside the vGPU's aperture partition or wholly inside its hidden
+ * partition; an operation larger than 36 MiB (GVT-g's max_surface_size) is rejected whatever its address. A 64-bit
+ * address is taken whole (high dword included), so an address at or above 4 GiB is simply outside.
+ *
+ * Output: the patched command dwords, the shadow buffers (to free after execution), and the number of user
+ * interrupts; or a rejection: a sentence naming the command, where it is, and the bad value. On rejection every
+ * shadow allocated for the submission is freed: nothing of it executes.
+ *
+ * Decoding agrees with the GPU model's (src/gpu/engine.ts) wherever an address is formed: where the GPU masks (the low
+ * two bits of a store or batch address, the high dword to 16 bits), the audit takes the unmasked value, which can only
+ * reject more.
+ *
+ * Not modelled: PPGTT addressing, indirect state, MI commands beyond the table of regs.ts, per-engine command
+ * legality (blits are accepted on every engine, as the GPU model does).
+ */
+import { hex } from "../core/index.ts";
+import {
+  BR13_32BPP,
+  BR13_COLOR_DEPTH_MASK,
+  BR13_ROP_SHIFT,
+  type CommandInfo,
+  decodeCommand,
+  INSTR_CLIENT_SHIFT,
+  INSTR_MI_CLIENT,
+  MAX_BATCH_BYTES,
+  MI_BATCH_PPGTT,
+  MI_USE_GGTT,
+  ROP_PATCOPY,
+  ROP_SRCCOPY,
+  type ShadowBuffer,
+  XY_SRC_COPY_BLT_DST_TILED,
+  XY_SRC_COPY_BLT_SRC_TILED,
+} from "../gpu/index.ts";
+
+/** GVT-g's device_info.max_surface_size: the largest operation (surface, batch) a command may touch. */
+export const MAX_OP_SIZE = 36 * 1024 * 1024;
+
+/** MI_LOAD_REGISTER_IMM targets a guest may program: state with no effect on addressing or on other vGPUs. */
+export const LRI_ALLOWED: readonly { readonly offset: number; readonly name: string }[] = [
+  { offset: 0x20c0, name: "INSTPM" },
+  { offset: 0x20d0, name: "GEN6_GT_MODE" },
+  { offset: 0x7000, name: "GEN7_CACHE_MODE_0" },
+  { offset: 0x7004, name: "GEN7_CACHE_MODE_1" },
+  { offset: 0x7008, name: "GEN7_GT_MODE" },
+  { offset: 0x7300, name: "HDC_CHICKEN0" },
+  { offset: 0xe184, name: "HALF_SLICE_CHICKEN3" },
+  { offset: 0x22200, name: "BCS_SWCTRL" },
+];
+const LRI_ALLOWED_SET: ReadonlySet<number> = new Set(LRI_ALLOWED.map((r) => r.offset));
+/** The register field of an LRI register dword (bits 2..22). */
+const LRI_REG_MASK = 0x7f_fffc;
+
+/** The GPU blits 32-bpp surfaces only. */
+const BLT_CPP = 4;
+/** The longest batch the scanner follows: the GPU's own limit, which is below the operation limit. */
+const MAX_BATCH = Math.min(MAX_BATCH_BYTES, MAX_OP_SIZE);
+
+/** What the scanner needs of the vGPU: its graphics memory as the shadow GTT maps it. */
+export interface ScannerMemory {
+  /** [gma, gma + length) lies inside the aperture or inside the hidden partition. */
+  inPartition(gma: number, length: number): boolean;
+  /** Copies guest graphics memory; -1 on success, else the GMA of the first page not backed by a guest page. */
+  readGm(gma: number, dst: Uint8Array): number;
+  /** The partition for messages: "aperture [a, b), hidden [c, d)". */
+  describe(): string;
+}
+
+export interface CommandScannerOptions {
+  readonly memory: ScannerMemory;
+  /** HostGpu.allocShadow; may throw KernelError (ENOSPC). */
+  readonly allocShadow: (size: number) => ShadowBuffer;
+}
+
+export type ScanResult =
+  | {
+      readonly ok: true;
+      readonly commands: Uint32Array;
+      readonly shadows: readonly ShadowBuffer[];
+      /** Commands audited (ring and batches). */
+      readonly count: number;
+      readonly userInterrupts: number;
+    }
+  | { readonly ok: false; readonly reason: string };
+
+/** Thrown inside a scan and caught at its top: the reason a submission is rejected. */
+class Reject {
+  constructor(readonly reason: string) {}
+}
+
+export class CommandScanner {
+  private readonly memory: ScannerMemory;
+  private readonly allocShadow: (size: number) => ShadowBuffer;
+  /** Reused buffer for reading batch buffers (grown as needed). */
+  private batch = new Uint32Array(1024);
+  private batchBytes = new Uint8Array(this.batch.buffer);
+  private shadows: ShadowBuffer[] = [];
+  private count = 0;
+  private userInterrupts = 0;
+
+  constructor(opts: CommandScannerOptions) {
+    this.memory = opts.memory;
+    this.allocShadow = opts.allocShadow;
+  }
+
+  /**
+   * Audits `ring` (a private copy of the submitted dwords; batch addresses are patched in place). `ringOffset` is
+   * where the copy starts in the guest's ring, for messages.
+   */
+  scan(engine: string, ring: Uint32Array, ringOffset: number): ScanResult {
+    this.shadows = [];
+    this.count = 0;
+    this.userInterrupts = 0;
+    try {
+      this.scanList(ring, ring.length, false, (pos) => `${engine} ring offset ${hex(ringOffset + pos * 4)}`);
+      return {
+        ok: true,
+        commands: ring,
+        shadows: this.shadows,
+        count: this.count,
+        userInterrupts: this.userInterrupts,
+      };
+    } catch (e) {
+      if (!(e instanceof Reject)) {
+        for (const s of this.shadows) s.free();
+        throw e;
+      }
+      for (const s of this.shadows) s.free();
+      return { ok: false, reason: e.reason };
+    }
+  }
+
+  // ---- internals -----------------------------------------------------------------------------------------------
+
+  /** Audits the commands of `d[0..n)`; in a batch, stops after MI_BATCH_BUFFER_END and returns its end (dwords). */
+  private scanList(d: Uint32Array, n: number, inBatch: boolean, where: (pos: number) => string): number {
+    let pos = 0;
+    while (pos < n) {
+      const h = d[pos]!;
+      const info = decodeCommand(h);
+      if (info === undefined) throw new Reject(`${where(pos)}: unknown command ${describeHeader(h)}`);
+      const len = info.length(h);
+      if (pos + len > n) {
+        throw new Reject(
+          `${where(pos)}: ${info.name} is ${len} dwords but only ${n - pos} remain before ${inBatch ? "the end of the batch read" : "TAIL"}`,
+        );
+      }
+      this.count++;
+      if (this.audit(d, pos, len, info, inBatch, where)) return pos + 1;
+      pos += len;
+    }
+    return pos;
+  }
+
+  /** Audits one command; returns true for MI_BATCH_BUFFER_END in a batch. */
+  private audit(
+    d: Uint32Array,
+    pos: number,
+    len: number,
+    info: CommandInfo,
+    inBatch: boolean,
+    where: (pos: number) => string,
+  ): boolean {
+    const h = d[pos]!;
+    switch (info.name) {
+      case "MI_NOOP":
+        return false;
+      case "MI_USER_INTERRUPT":
+        this.userInterrupts++;
+        return false;
+      case "MI_BATCH_BUFFER_END":
+        return inBatch;
+      case "MI_STORE_DATA_IMM": {
+        if (len !== 4 && len !== 5) {
+          throw new Reject(`${where(pos)}: MI_STORE_DATA_IMM of ${len} dwords: only 4 (dword) or 5 (qword)`);
+        }
+        if ((h & MI_USE_GGTT) === 0) {
+          throw new Reject(`${where(pos)}: MI_STORE_DATA_IMM uses PPGTT addressing, which the vGPU does not offer`);
+        }
+        const gma = addr64(d, pos + 1);
+        if (len === 5 && gma % 8 !== 0) {
+          throw new Reject(`${where(pos)}: MI_STORE_DATA_IMM of a qword to unaligned GMA ${hex(gma)}`);
+        }
+        this.checkRange(where(pos), info.name, "target", gma, (len - 3) * 4);
+        return false;
+      }
+      case "MI_LOAD_REGISTER_IMM": {
+        if (len < 3 || (len - 1) % 2 !== 0) {
+          throw new Reject(`${where(pos)}: MI_LOAD_REGISTER_IMM of ${len} dwords is not whole (register, value) pairs`);
+        }
+        for (let k = pos + 1; k < pos + len; k += 2) {
+          const reg = d[k]!;
+          if ((reg & ~LRI_REG_MASK) !== 0 || !LRI_ALLOWED_SET.has(reg)) {
+            throw new Reject(
+              `${where(pos)}: MI_LOAD_REGISTER_IMM to register ${hex(reg)} is not allowed (allowed: ${LRI_ALLOWED.map((r) => r.name).join(", ")})`,
+            );
+          }
+        }
+        return false;
+      }
+      case "MI_BATCH_BUFFER_START": {
+        if (inBatch)
+          throw new Reject(`${where(pos)}: nested batch buffers (a batch starting a batch) are not supported`);
+        if (len !== 3) throw new Reject(`${where(pos)}: MI_BATCH_BUFFER_START must be 3 dwords, not ${len}`);
+        if ((h & MI_BATCH_PPGTT) !== 0) {
+          throw new Reject(`${where(pos)}: MI_BATCH_BUFFER_START uses PPGTT addressing, which the vGPU does not offer`);
+        }
+        const gma = addr64(d, pos + 1);
+        const shadow = this.shadowBatch(gma, where(pos));
+        d[pos + 1] = shadow.gma % 2 ** 32;
+        d[pos + 2] = Math.floor(shadow.gma / 2 ** 32);
+        return false;
+      }
+      case "XY_COLOR_BLT": {
+        if (len !== 7) throw new Reject(`${where(pos)}: XY_COLOR_BLT must be 7 dwords, not ${len}`);
+        const br13 = d[pos + 1]!;
+        this.bltMode(h, br13, ROP_PATCOPY, where(pos), info.name);
+        const pitch = this.pitch(br13, where(pos), info.name, "destination");
+        const rect = this.rect(d[pos + 2]!, d[pos + 3]!);
+        if (rect === undefined) return false;
+        this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch);
+        return false;
+      }
+      case "XY_SRC_COPY_BLT": {
+        if (len !== 10) throw new Reject(`${where(pos)}: XY_SRC_COPY_BLT must be 10 dwords, not ${len}`);
+        const br13 = d[pos + 1]!;
+        this.bltMode(h, br13, ROP_SRCCOPY, where(pos), info.name);
+        const pitch = this.pitch(br13, where(pos), info.name, "destination");
+        const srcPitch = this.pitch(d[pos + 7]!, where(pos), info.name, "source");
+        const rect = this.rect(d[pos + 2]!, d[pos + 3]!);
+        if (rect === undefined) return false;
+        this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch);
+        const srcTl = d[pos + 6]!;
+        const sx = srcTl & 0xffff;
+        const sy = srcTl >>> 16;
+        const src = { x1: sx, y1: sy, x2: sx + (rect.x2 - rect.x1), y2: sy + (rect.y2 - rect.y1) };
+        this.checkRect(where(pos), info.name, "source", addr64(d, pos + 8), src, srcPitch);
+        return false;
+      }
+      default:
+        throw new Reject(`${where(pos)}: ${info.name} is decoded but has no audit rule`);
+    }
+  }
+
+  private pitch(dw: number, at: string, cmd: string, which: string): number {
+    const p = dw & 0xffff;
+    if ((p & 0x8000) !== 0) throw new Reject(`${at}: ${cmd} ${which} pitch ${hex(p)} is negative`);
+    return p;
+  }
+
+  /** The rectangle [x1, x2) x [y1, y2), or undefined when it is empty (the GPU then touches nothing). */
+  private rect(tl: number, br: number): { x1: number; y1: number; x2: number; y2: number } | undefined {
+    const r = { x1: tl & 0xffff, y1: tl >>> 16, x2: br & 0xffff, y2: br >>> 16 };
+    return r.x2 <= r.x1 || r.y2 <= r.y1 ? undefined : r;
+  }
+
+  /** Rejects a blit the GPU would refuse: tiled surfaces, colour depth other than 32 bpp, another raster operation. */
+  private bltMode(header: number, br13: number, rop: number, at: string, cmd: string): void {
+    if ((header & (XY_SRC_COPY_BLT_SRC_TILED | XY_SRC_COPY_BLT_DST_TILED)) !== 0) {
+      throw new Reject(`${at}: ${cmd} with a tiled surface: the GPU blits linear surfaces only`);
+    }
+    if ((br13 & BR13_COLOR_DEPTH_MASK) !== BR13_32BPP) {
+      throw new Reject(`${at}: ${cmd} with colour depth ${(br13 & BR13_COLOR_DEPTH_MASK) >>> 24}: only 32 bpp (3)`);
+    }
+    const r = (br13 >>> BR13_ROP_SHIFT) & 0xff;
+    if (r !== rop) throw new Reject(`${at}: ${cmd} with raster operation ${hex(r)}: only ${hex(rop)}`);
+  }
+
+  private checkRect(
+    at: string,
+    cmd: string,
+    which: string,
+    base: number,
+    r: { x1: number; y1: number; x2: number; y2: number },
+    pitch: number,
+  ): void {
+    const start = base + r.y1 * pitch + r.x1 * BLT_CPP;
+    const end = base + (r.y2 - 1) * pitch + r.x2 * BLT_CPP;
+    this.checkRange(at, cmd, which, start, end - start);
+  }
+
+  private checkRange(at: string, cmd: string, which: string, gma: number, size: number): void {
+    if (size > MAX_OP_SIZE) {
+      throw new Reject(
+        `${at}: ${cmd} ${which} of ${size} bytes exceeds the ${MAX_OP_SIZE / 2 ** 20} MiB operation limit`,
+      );
+    }
+    if (!this.memory.inPartition(gma, size)) {
+      throw new Reject(
+        `${at}: ${cmd} ${which} [${hex(gma)}, ${hex(gma + size)}) is outside the vGPU's graphics memory (${this.memory.describe()})`,
+      );
+    }
+  }
+
+  /** Reads, audits and shadows the batch at `gma`; returns its shadow. */
+  private shadowBatch(gma: number, at: string): ShadowBuffer {
+    if (gma % 4 !== 0) throw new Reject(`${at}: batch buffer address ${hex(gma)} is not dword aligned`);
+    let fetched = 0; // bytes of the batch read so far
+    const fetch = (bytes: number) => {
+      if (bytes > MAX_BATCH) {
+        throw new Reject(
+          `${at}: batch buffer at ${hex(gma)} has no MI_BATCH_BUFFER_END within the ${MAX_BATCH / 2 ** 20} MiB batch limit`,
+        );
+      }
+      while (fetched < bytes) {
+        const a = gma + fetched;
+        const chunk = 4096 - (a % 4096);
+        if (!this.memory.inPartition(a, chunk)) {
+          throw new Reject(
+            `${at}: batch buffer at ${hex(gma)} runs to ${hex(a)}, outside the vGPU's graphics memory (${this.memory.describe()}), without MI_BATCH_BUFFER_END`,
+          );
+        }
+        this.ensureBatch(fetched + chunk);
+        const bad = this.memory.readGm(a, this.batchBytes.subarray(fetched, fetched + chunk));
+        if (bad >= 0) {
+          throw new Reject(`${at}: batch buffer page at GMA ${hex(bad)} is not backed by guest memory (scratch page)`);
+        }
+        fetched += chunk;
+      }
+    };
+    // Scan incrementally: each command's header, then its whole length, must have been fetched.
+    let pos = 0;
+    for (;;) {
+      fetch((pos + 1) * 4);
+      const h = this.batch[pos]!;
+      const info = decodeCommand(h);
+      const where = `batch at ${hex(gma)} + ${hex(pos * 4)} (from ${at})`;
+      if (info === undefined) throw new Reject(`${where}: unknown command ${describeHeader(h)}`);
+      const len = info.length(h);
+      fetch((pos + len) * 4);
+      this.count++;
+      if (this.audit(this.batch, pos, len, info, true, () => where)) {
+        pos += 1;
+        break;
+      }
+      pos += len;
+    }
+    const size = pos * 4;
+    let shadow: ShadowBuffer;
+    try {
+      shadow = this.allocShadow(size);
+    } catch (e) {
+      throw new Reject(
+        `${at}: no host graphics memory for a ${size}-byte shadow batch buffer: ${(e as Error).message}`,
+      );
+    }
+    this.shadows.push(shadow);
+    shadow.write(0, this.batchBytes.subarray(0, size));
+    return shadow;
+  }
+
+  private ensureBatch(bytes: number): void {
+    if (bytes <= this.batchBytes.length) return;
+    let n = this.batchBytes.length;
+    while (n < bytes) n *= 2;
+    const next = new Uint32Array(n / 4);
+    next.set(this.batch);
+    this.batch = next;
+    this.batchBytes = new Uint8Array(next.buffer);
+  }
+}
+
+/** A 64-bit address from dwords d[k] (low) and d[k + 1] (high), taken whole. */
+function addr64(d: Uint32Array, k: number): number {
+  return d[k + 1]! * 2 ** 32 + d[k]!;
+}
+
+function describeHeader(h: number): string {
+  const client = h >>> INSTR_CLIENT_SHIFT;
+  const opcode = client === INSTR_MI_CLIENT ? (h >>> 23) & 0x3f : (h >>> 22) & 0x7f;
+  return `${hex(h >>> 0)} (client ${client}, opcode ${hex(opcode)})`;
+}

@@ -1,0 +1,190 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { Errno, type Hva, type Iova, KernelError, PAGE_SIZE } from "../core/index.ts";
+import { GEN8_PAGE_PRESENT, GTT_OFFSET, gen8PteDecode, gen8PteEncode } from "../gpu/index.ts";
+import { VFIO_PCI_BAR0_REGION_INDEX } from "../vfio/index.ts";
+import { injectDmaMapFailure, VgpuWorld } from "./testing.ts";
+
+const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
+
+function setup(opts: { rlimitMemlockBytes?: number } = {}) {
+  const w = new VgpuWorld();
+  const uuid = w.create("GVTg_V5_8");
+  const g = w.attach(uuid, { ramBytes: 4 * 1024 * 1024, ...opts });
+  const v = w.vgpu(uuid);
+  const first = g.aperture.base / PAGE_SIZE;
+  return { w, g, v, first };
+}
+
+describe("shadow GTT", () => {
+  it("translates a guest PTE to a pinned frame, an IOVA and a physical entry; the GPU's DMA reaches the guest page", () => {
+    const { w, g, v, first } = setup();
+    const gpa = 0x5000;
+    g.writeGpa(gpa + 0x10, u32(0xcafe_f00d));
+    g.gttWrite(first, gpa | GEN8_PAGE_PRESENT);
+
+    const frame = g.qemu.mm.translate((g.ram + gpa) as Hva);
+    assert.ok(frame !== undefined);
+    assert.ok(w.host.physmem.pinCount(frame) > 0, "vfio pinned the guest page");
+    const phys = w.driver.readGgtt(first);
+    const iova = gen8PteDecode(phys);
+    assert.notEqual(iova, gpa, "the physical entry holds an IOVA, not the GPA");
+    assert.equal(w.host.iommu.domainOf(w.driver.bdf).iovaToPhys(iova as Iova), frame * PAGE_SIZE, "IOVA -> frame");
+    assert.equal(g.gttRead(first), gpa | GEN8_PAGE_PRESENT, "the guest reads back its own entry");
+
+    // The physical GPU, through its aperture: GMA -> GGTT -> IOVA -> IOMMU -> the guest's frame.
+    const gma = first * PAGE_SIZE;
+    assert.equal(w.gpu.gpu.barRead(2, gma + 0x10, 4), 0xcafe_f00d);
+    w.gpu.gpu.barWrite(2, gma + 0x20, 4, 0x1234_5678);
+    assert.deepEqual([...g.readGpa(gpa + 0x20, 4)], [0x78, 0x56, 0x34, 0x12]);
+
+    const ev = w.recorder!.named("vgpu.gtt.shadow").at(-1)!.fields;
+    assert.deepEqual({ gfn: ev.gfn, iova: ev.iova, hit: ev.hit }, { gfn: gpa / PAGE_SIZE, iova, hit: false });
+    assert.equal(w.recorder!.named("vgpu.gfn.pin").length, 1);
+    const s = v.stats();
+    assert.deepEqual([s.pinnedPages, s.shadowEntries, s.gfnCacheSize, s.iovasMapped], [1, 1, 1, 1]);
+    v.checkInvariants();
+  });
+
+  it("holds a 4-byte half until the other half of the same entry arrives", () => {
+    const { w, g, v, first } = setup();
+    const scratch = gen8PteEncode(w.driver.scratch.dmaAddr);
+    const gpa = 0x12_3000;
+    const off = GTT_OFFSET + (first + 3) * 8;
+    g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, u32(gpa | 1));
+    assert.equal(w.driver.readGgtt(first + 3), scratch, "low half alone: no shadow yet");
+    assert.equal(v.stats().pinnedPages, 0);
+    assert.equal(g.gttRead(first + 3), gpa | 1, "but the guest entry holds it");
+    g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, u32(0x20_0000 | 1)); // the same half again: replaces, still held
+    assert.equal(v.stats().pinnedPages, 0);
+    g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, u32(gpa | 1));
+    g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off + 4, u32(0));
+    assert.notEqual(w.driver.readGgtt(first + 3), scratch, "the pair completes: shadowed");
+    assert.equal(v.stats().pinnedPages, 1);
+    // High half first works too.
+    g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off + 8 + 4, u32(0));
+    assert.equal(v.stats().pinnedPages, 1);
+    g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off + 8, u32(gpa | 1));
+    assert.equal(v.stats().shadowEntries, 2);
+    assert.equal(v.stats().pinnedPages, 1, "two entries, one page: one pin");
+    v.checkInvariants();
+  });
+
+  it("accepts only 4- and 8-byte writes, and ignores (and counts) writes outside the partition", () => {
+    const { w, g, v, first } = setup();
+    assert.throws(
+      () => g.device.write(VFIO_PCI_BAR0_REGION_INDEX, GTT_OFFSET + first * 8, new Uint8Array([1, 0])),
+      (e: unknown) =>
+        e instanceof KernelError && e.errno === Errno.EINVAL && /only naturally aligned 4- or 8-byte/.test(e.message),
+    );
+    const other = first - 1; // the host's last aperture entry, just below this vGPU's partition
+    const before = w.driver.readGgtt(other);
+    g.gttWrite(other, 0x3000 | 1);
+    g.gttWrite(0, 0x3000 | 1);
+    assert.equal(w.driver.readGgtt(other), before, "the host's entry is untouched");
+    assert.equal(g.gttRead(other), 0, "and the guest reads 0 there");
+    assert.equal(v.stats().ignoredWrites, 2);
+    assert.equal(v.stats().pinnedPages, 0);
+    assert.equal(w.recorder!.named("vgpu.gtt.ignored").length, 2);
+  });
+
+  it("refcounts a gfn shared by entries; rewriting keeps the pin until the last reference goes", () => {
+    const { w, g, v, first } = setup();
+    const locked0 = g.qemu.mm.lockedVm();
+    g.gttWrite(first, 0x7000 | 1);
+    g.gttWrite(first + 1, 0x7000 | 1);
+    assert.equal(v.stats().cacheHits, 1);
+    assert.equal(g.qemu.mm.lockedVm() - locked0, 1);
+    g.gttWrite(first, 0x7000 | 1); // same page again: hit, no unpin in between
+    assert.equal(w.recorder!.named("vgpu.gfn.unpin").length, 0);
+    g.gttWrite(first, 0); // not present
+    assert.equal(w.driver.readGgtt(first), gen8PteEncode(w.driver.scratch.dmaAddr) - 1, "scratch, present bit clear");
+    assert.equal(v.stats().pinnedPages, 1);
+    g.gttWrite(first + 1, 0x8000 | 1);
+    assert.equal(v.stats().pinnedPages, 1, "0x7000 released, 0x8000 pinned");
+    assert.equal(w.recorder!.named("vgpu.gfn.unpin").at(-1)!.fields.gfn, 7);
+    assert.equal(g.qemu.mm.lockedVm() - locked0, 1);
+    v.checkInvariants();
+  });
+
+  it("falls back to the scratch page, counted and traced, when pinning fails (RLIMIT_MEMLOCK, unmapped GPA)", () => {
+    const { w, g, v, first } = setup({ rlimitMemlockBytes: 2 * PAGE_SIZE });
+    g.gttWrite(first, 0x1000 | 1);
+    g.gttWrite(first + 1, 0x2000 | 1);
+    g.gttWrite(first + 2, 0x3000 | 1); // third page: over the 2-page limit
+    assert.equal(v.stats().pinnedPages, 2);
+    assert.equal(v.stats().scratchFallbacks, 1);
+    const scratch = gen8PteEncode(w.driver.scratch.dmaAddr);
+    assert.equal(w.driver.readGgtt(first + 2), scratch);
+    const ev = w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields;
+    assert.match(ev.reason, /ENOMEM.*RLIMIT_MEMLOCK exceeded/);
+    g.gttWrite(first + 3, 0x4000_0000 | 1); // beyond the 4 MiB of guest RAM the VMM mapped
+    assert.equal(v.stats().scratchFallbacks, 2);
+    assert.match(w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields.reason, /EINVAL/);
+    assert.equal(g.gttRead(first + 3), 0x4000_0000 | 1, "the guest still reads its own entry");
+    v.checkInvariants();
+  });
+
+  it("a DMA mapping error unpins the page again and maps scratch", () => {
+    const { w, g, v, first } = setup();
+    let fail = true;
+    injectDmaMapFailure(w, () => fail);
+    const locked0 = g.qemu.mm.lockedVm();
+    g.gttWrite(first, 0x9000 | 1);
+    assert.equal(v.stats().scratchFallbacks, 1);
+    assert.equal(g.qemu.mm.lockedVm(), locked0, "the pin taken for it was released");
+    assert.match(w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields.reason, /dma_map_page.*injected/);
+    fail = false;
+    g.gttWrite(first, 0x9000 | 1);
+    assert.equal(v.stats().shadowEntries, 1);
+    v.checkInvariants();
+  });
+
+  it("property: any sequence of writes, half writes, unmaps and resets keeps the invariants and the pin count", () => {
+    const { w, g, v, first } = setup();
+    const op = fc.oneof(
+      fc.record({
+        k: fc.constant("w8"),
+        i: fc.integer({ min: 0, max: 7 }),
+        gfn: fc.integer({ min: 0, max: 6 }),
+        p: fc.boolean(),
+      }),
+      fc.record({
+        k: fc.constant("w4"),
+        i: fc.integer({ min: 0, max: 7 }),
+        gfn: fc.integer({ min: 0, max: 6 }),
+        hi: fc.boolean(),
+      }),
+      fc.record({ k: fc.constant("unmap"), gfn: fc.integer({ min: 0, max: 6 }), n: fc.integer({ min: 1, max: 3 }) }),
+      fc.record({ k: fc.constant("reset") }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
+        v.reset();
+        const locked0 = g.qemu.mm.lockedVm();
+        for (const o of ops) {
+          if (o.k === "w8") g.gttWrite(first + o.i, o.gfn * PAGE_SIZE + (o.p ? 1 : 0));
+          else if (o.k === "w4") {
+            const off = GTT_OFFSET + (first + o.i) * 8 + (o.hi ? 4 : 0);
+            g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, u32(o.hi ? 0 : o.gfn * PAGE_SIZE + 1));
+          } else if (o.k === "unmap") {
+            // Only the vendor's callback (the VMM's real unmap is tested in test/vgpu-vfio.test.ts).
+            v.dmaUnmap((o.gfn * PAGE_SIZE) as Iova, o.n * PAGE_SIZE);
+            for (let i = 0; i < 8; i++) {
+              const gfn = v.gtt.gfnOf((first + i) * PAGE_SIZE);
+              assert.ok(gfn < o.gfn || gfn >= o.gfn + o.n, "no shadow entry left in the unmapped range");
+            }
+          } else v.reset();
+          assert.equal(g.qemu.mm.lockedVm() - locked0, v.stats().pinnedPages, "one locked page per cached gfn");
+        }
+        v.checkInvariants();
+        v.reset();
+        assert.equal(g.qemu.mm.lockedVm(), locked0);
+        assert.equal(v.stats().iovasMapped, 0);
+      }),
+      { numRuns: 50 },
+    );
+    void w;
+  });
+});

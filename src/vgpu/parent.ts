@@ -1,0 +1,204 @@
+/**
+ * The GVT-g parent: the physical GPU as an mdev parent device (kvmgt's mdev_parent_ops / intel_vgpu_ops). It lists
+ * the vGPU types that still fit, answers available_instances from the host driver's capacity, and creates and
+ * destroys vGPUs: a vGPU id (1..7), a partition of graphics memory and fences from the host driver
+ * (`HostGpu.allocResources`), the vGPU device itself, and its place in the shared scheduler.
+ *
+ * Names as Linux shows them: parent = the GPU's PCI address, driver "i915", types `i915-GVTg_V5_<n>`, and each vGPU
+ * device has the vendor attribute `intel_vgpu/vgpu_id`.
+ *
+ * Destroy releases everything the vGPU held: its pins and IOVAs at once (the vGPU's own teardown), then its partition,
+ * fences and id, as soon as none of its work remains on an engine (at once when idle; else when the last workload
+ * completes: the partition must not reach another vGPU while stale work could still write through it). Afterwards the
+ * host driver's capacity and the pin counts are back where they were. Invariant: ids in use = live vGPUs + draining
+ * ones, at most 7.
+ */
+import { defineTraceEvents, Errno, KernelError, type SchedulingClock, type Tracer } from "../core/index.ts";
+import type { GpuResources, HostGpu } from "../gpu/index.ts";
+import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
+import { GvtScheduler } from "./scheduler.ts";
+import { findGvtType, GVT_MAX_VGPUS, GVT_TYPES, type GvtTypeSpec, gvtAvailability, listedTypes } from "./types.ts";
+import { Vgpu } from "./vgpu.ts";
+
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "vgpu.create": {
+      vgpu: number;
+      uuid: string;
+      type: string;
+      apertureBase: number;
+      apertureSize: number;
+      hiddenBase: number;
+      hiddenSize: number;
+      fences: readonly number[];
+    };
+    "vgpu.destroy": { vgpu: number; uuid: string; type: string; inFlight: number };
+    "vgpu.release": { vgpu: number; uuid: string; apertureBase: number; hiddenBase: number };
+  }
+}
+defineTraceEvents("vgpu", {
+  "vgpu.create":
+    "vgpu{vgpu} {uuid} ({type}) created: aperture {apertureBase} +{apertureSize}, hidden {hiddenBase} +{hiddenSize}, fences {fences}",
+  "vgpu.destroy": "vgpu{vgpu} {uuid} ({type}) destroyed ({inFlight} workload(s) still on the engines)",
+  "vgpu.release":
+    "vgpu{vgpu} {uuid}: partition at aperture {apertureBase} / hidden {hiddenBase}, fences and id returned",
+});
+
+export interface GvtParentOptions {
+  readonly gpu: HostGpu;
+  /** Drives the scheduler's time slices. */
+  readonly clock: SchedulingClock;
+  readonly tracer: Tracer;
+  /** Name under /sys/class/mdev_bus (default: the GPU's PCI address). */
+  readonly parentName?: string;
+}
+
+export class GvtParent implements MdevParentDriver {
+  readonly parentName: string;
+  readonly driverName = "i915";
+  readonly scheduler: GvtScheduler;
+  private readonly gpu: HostGpu;
+  private readonly tracer: Tracer;
+  private readonly byUuid = new Map<string, Vgpu>();
+  private readonly idsUsed = new Set<number>();
+  /** Destroyed vGPUs whose work is still on an engine: their partition and id return when it completes. */
+  private readonly draining = new Set<Vgpu>();
+
+  constructor(opts: GvtParentOptions) {
+    this.gpu = opts.gpu;
+    this.tracer = opts.tracer;
+    this.parentName = opts.parentName ?? opts.gpu.bdf;
+    this.scheduler = new GvtScheduler({ gpu: opts.gpu, clock: opts.clock, tracer: opts.tracer });
+  }
+
+  /** The types whose aperture size still fits (re-read by the mdev core on every listing). */
+  get types(): readonly GvtTypeSpec[] {
+    return listedTypes(this.gpu.capacity());
+  }
+
+  availability(typeId: string): MdevAvailability {
+    return gvtAvailability(this.typeOf(typeId), this.gpu.capacity(), GVT_MAX_VGPUS - this.idsUsed.size);
+  }
+
+  create(uuid: string, typeId: string): MdevDeviceInstance {
+    const type = this.typeOf(typeId);
+    const name = uuid.toLowerCase();
+    if (this.byUuid.has(name)) {
+      throw new KernelError(Errno.EEXIST, `i915 ${this.parentName}: a vGPU ${name} already exists`);
+    }
+    const id = this.freeId();
+    if (id === 0) {
+      throw new KernelError(
+        Errno.ENOSPC,
+        `i915 ${this.parentName}: no vGPU id left for ${name}: all ${GVT_MAX_VGPUS} are in use (id 0 is the idle vGPU)`,
+      );
+    }
+    const resources = this.gpu.allocResources({ aperture: type.aperture, hidden: type.hidden, fences: type.fences });
+    let vgpu: Vgpu;
+    try {
+      vgpu = new Vgpu({
+        id,
+        uuid: name,
+        type,
+        resources,
+        gpu: this.gpu,
+        scheduler: this.scheduler,
+        tracer: this.tracer,
+      });
+    } catch (e) {
+      this.gpu.freeResources(resources);
+      throw e;
+    }
+    this.idsUsed.add(id);
+    this.byUuid.set(name, vgpu);
+    if (this.tracer.enabled) this.traceCreate(vgpu, resources);
+    return { ops: vgpu, attributes: { "intel_vgpu/vgpu_id": { read: () => `${id}\n` } } };
+  }
+
+  destroy(instance: MdevDeviceInstance): void {
+    const vgpu = this.byUuid.get(instance.ops.name);
+    if (vgpu === undefined || vgpu !== instance.ops) {
+      throw new KernelError(Errno.ENODEV, `i915 ${this.parentName}: no vGPU ${instance.ops.name} to destroy`);
+    }
+    this.byUuid.delete(vgpu.name);
+    this.draining.add(vgpu);
+    if (this.tracer.enabled) {
+      this.tracer.emit("vgpu.destroy", {
+        vgpu: vgpu.id,
+        uuid: vgpu.name,
+        type: vgpu.type.id,
+        inFlight: vgpu.workOutstanding,
+      });
+    }
+    vgpu.dispose(() => this.release(vgpu));
+  }
+
+  /** The partition, fences and id of a destroyed vGPU go back once none of its work remains on an engine. */
+  private release(vgpu: Vgpu): void {
+    this.draining.delete(vgpu);
+    this.gpu.freeResources(vgpu.resources);
+    this.idsUsed.delete(vgpu.id);
+    if (this.tracer.enabled) {
+      this.tracer.emit("vgpu.release", {
+        vgpu: vgpu.id,
+        uuid: vgpu.name,
+        apertureBase: vgpu.resources.aperture.base,
+        hiddenBase: vgpu.resources.hidden.base,
+      });
+    }
+  }
+
+  /** The live vGPU named `uuid`. */
+  vgpu(uuid: string): Vgpu | undefined {
+    return this.byUuid.get(uuid.toLowerCase());
+  }
+
+  /** Live vGPUs in creation order. */
+  vgpus(): Vgpu[] {
+    return [...this.byUuid.values()];
+  }
+
+  checkInvariants(): void {
+    if (this.idsUsed.size !== this.byUuid.size + this.draining.size || this.idsUsed.size > GVT_MAX_VGPUS) {
+      throw new Error(
+        `i915 ${this.parentName}: ${this.idsUsed.size} ids in use for ${this.byUuid.size} vGPUs + ${this.draining.size} draining`,
+      );
+    }
+    for (const v of this.byUuid.values()) v.checkInvariants();
+    this.scheduler.checkInvariants();
+  }
+
+  private freeId(): number {
+    for (let id = 1; id <= GVT_MAX_VGPUS; id++) if (!this.idsUsed.has(id)) return id;
+    return 0;
+  }
+
+  private typeOf(typeId: string): GvtTypeSpec {
+    const t = findGvtType(typeId);
+    if (t === undefined) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `i915 ${this.parentName}: unknown vGPU type "${typeId}"; GVT-g offers ${GVT_TYPES.map((x) => x.id).join(", ")}`,
+      );
+    }
+    return t;
+  }
+
+  private traceCreate(v: Vgpu, r: GpuResources): void {
+    this.tracer.emit("vgpu.create", {
+      vgpu: v.id,
+      uuid: v.name,
+      type: v.type.id,
+      apertureBase: r.aperture.base,
+      apertureSize: r.aperture.size,
+      hiddenBase: r.hidden.base,
+      hiddenSize: r.hidden.size,
+      fences: r.fences,
+    });
+  }
+}
+
+/** Builds the GVT-g parent for a host GPU. */
+export function createGvtParent(opts: GvtParentOptions): GvtParent {
+  return new GvtParent(opts);
+}

@@ -1,0 +1,441 @@
+/**
+ * Test fixture for the vGPU vendor driver (used by its tests, the cross-layer tests in test/ and the benchmark; not
+ * exported by the folder's index): a whole host with the real GPU and host driver (src/gpu), vfio-core with type1,
+ * the mdev core with the GVT-g parent registered, and a VMM process per guest that attaches a vGPU exactly as QEMU
+ * does (container, group, TYPE1v2, device fd) and maps guest RAM with MAP_DMA.
+ *
+ * `GuestSession` plays the guest driver through the VMM's device fd: MMIO and GTT writes are pwrites to BAR0, guest
+ * memory is the VMM's mapping of guest RAM (GPA x is at hva base + x). It allocates guest pages and graphics memory
+ * with simple bump allocators and builds rings and batches the way a guest driver would. Nothing here reaches into
+ * the driver's internals except through `parent` (for stats and invariants), as a test may.
+ */
+import {
+  Errno,
+  type Gma,
+  type Hva,
+  type Iova,
+  KernelError,
+  PAGE_SIZE,
+  type Pfn,
+  TraceRecorder,
+  VirtualClock,
+} from "../core/index.ts";
+import {
+  BLT_WRITE_RGBA,
+  BR13_32BPP,
+  blitInstr,
+  type CreatedGpu,
+  createGpu,
+  ENGINE_BASE,
+  type EngineId,
+  GEN8_GT_IER0,
+  GEN8_GT_IIR0,
+  GEN8_GT_IMR0,
+  GEN8_MASTER_IRQ,
+  GEN8_MASTER_IRQ_CONTROL,
+  GTT_OFFSET,
+  MI_BATCH_BUFFER_END,
+  MI_BATCH_BUFFER_START_GEN8,
+  MI_NOOP,
+  MI_STORE_DWORD_IMM_GEN4,
+  MI_USE_GGTT,
+  MI_USER_INTERRUPT,
+  PVINFO,
+  RING_CTL,
+  RING_HEAD,
+  RING_START,
+  RING_TAIL,
+  RING_VALID,
+  ROP_PATCOPY,
+  VGT_PVINFO_PAGE,
+  XY_COLOR_BLT_DWORDS,
+  XY_COLOR_BLT_OPCODE,
+} from "../gpu/index.ts";
+import { type EventFd, GiB, Host, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
+import { MdevCore } from "../mdev/index.ts";
+import {
+  type1Driver,
+  VFIO_PCI_BAR0_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_INTX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_TYPE1v2_IOMMU,
+  VfioContainerHandle,
+  VfioCore,
+  type VfioDeviceHandle,
+  VfioGroupHandle,
+} from "../vfio/index.ts";
+import { GvtParent } from "./parent.ts";
+import type { Vgpu } from "./vgpu.ts";
+
+export const MiB = 1024 * 1024;
+
+export interface AttachOptions {
+  readonly ramBytes?: number;
+  readonly mapChunkBytes?: number;
+  readonly rlimitMemlockBytes?: number;
+}
+
+export interface VgpuWorldOptions {
+  /** The GPU's aperture (default 512 MiB). */
+  readonly apertureSize?: number;
+  readonly memoryBytes?: number;
+  /** Record trace events (default true). */
+  readonly trace?: boolean;
+}
+
+let uuidSeq = 0;
+/** A fresh, valid, lower-case UUID (deterministic per process). */
+export function nextUuid(): string {
+  uuidSeq++;
+  return `00000000-0000-4000-8000-${uuidSeq.toString(16).padStart(12, "0")}`;
+}
+
+/** A host with the GPU, vfio, mdev and the GVT-g parent. */
+export class VgpuWorld {
+  readonly clock = new VirtualClock();
+  readonly host: Host;
+  readonly recorder: TraceRecorder | undefined;
+  readonly vfio: VfioCore;
+  readonly mdev: MdevCore;
+  readonly gpu: CreatedGpu;
+  readonly parent: GvtParent;
+
+  constructor(opts: VgpuWorldOptions = {}) {
+    this.host = new Host({ memoryBytes: opts.memoryBytes ?? 8 * GiB, clock: this.clock, seed: 1 });
+    this.recorder = opts.trace === false ? undefined : new TraceRecorder(this.host.tracer);
+    this.vfio = new VfioCore({
+      devfs: this.host.devfs,
+      pci: this.host.pci,
+      iommu: this.host.iommu,
+      tracer: this.host.tracer,
+    });
+    this.vfio.registerIommuDriver(
+      type1Driver({ iommu: this.host.iommu, physmem: this.host.physmem, tracer: this.host.tracer }),
+    );
+    this.mdev = new MdevCore({ sysfs: this.host.sysfs, vfio: this.vfio, tracer: this.host.tracer });
+    this.gpu = createGpu(this.host, opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {});
+    this.parent = new GvtParent({ gpu: this.gpu.driver, clock: this.clock, tracer: this.host.tracer });
+    this.mdev.registerParent(this.parent);
+  }
+
+  get driver() {
+    return this.gpu.driver;
+  }
+
+  /** Creates a vGPU of `typeId` ("GVTg_V5_8") through the mdev core; returns its UUID. */
+  create(typeId: string, uuid = nextUuid()): string {
+    this.mdev.create(this.parent.parentName, typeId, uuid);
+    return uuid;
+  }
+
+  vgpu(uuid: string): Vgpu {
+    const v = this.parent.vgpu(uuid);
+    if (v === undefined) throw new Error(`no vGPU ${uuid}`);
+    return v;
+  }
+
+  /**
+   * Starts a VMM that attaches vGPU `uuid` and maps `ramBytes` of guest RAM at GPA 0, in MAP_DMA pieces of
+   * `mapChunkBytes` (default: one piece) so that a test can unmap one piece.
+   */
+  attach(uuid: string, opts: AttachOptions = {}): GuestSession {
+    return new GuestSession(this, uuid, opts);
+  }
+
+  /** Runs the clock forward (engines complete, the scheduler ticks). */
+  run(ns: number): void {
+    this.clock.advance(ns);
+  }
+
+  checkInvariants(): void {
+    this.parent.checkInvariants();
+    this.driver.checkInvariants({ scanGgtt: false });
+    this.mdev.checkInvariants();
+    this.vfio.checkInvariants();
+  }
+}
+
+/** The guest driver, seen through the VMM that runs it. */
+export class GuestSession {
+  readonly qemu: Process;
+  readonly container: VfioContainerHandle;
+  readonly group: VfioGroupHandle;
+  readonly device: VfioDeviceHandle;
+  readonly ram: Hva;
+  readonly ramBytes: number;
+  /** The vGPU's partition as PVINFO tells it. */
+  readonly aperture: { base: number; size: number };
+  readonly hidden: { base: number; size: number };
+  msi: EventFd | undefined;
+  private nextGpa = 0;
+  private nextApertureGma: number;
+  private nextHiddenGma: number;
+  private readonly u32 = new Uint8Array(4);
+
+  constructor(
+    readonly world: VgpuWorld,
+    readonly uuid: string,
+    opts: AttachOptions,
+  ) {
+    const host = world.host;
+    const ramBytes = opts.ramBytes ?? 16 * MiB;
+    this.qemu = host.spawn("qemu", { rlimitMemlockBytes: opts.rlimitMemlockBytes ?? 1 * GiB });
+    const info = world.mdev.device(uuid);
+    if (info === undefined) throw new Error(`no mdev ${uuid}`);
+    this.container = VfioContainerHandle.open(this.qemu);
+    this.group = VfioGroupHandle.open(this.qemu, info.group);
+    this.group.setContainer(this.container);
+    this.container.setIommu(VFIO_TYPE1v2_IOMMU);
+    this.device = this.group.getDevice(uuid);
+    this.ramBytes = ramBytes;
+    this.ram = this.qemu.mm.mmap(ramBytes, PROT_READ | PROT_WRITE, { name: "guest-ram" });
+    const chunk = opts.mapChunkBytes ?? ramBytes;
+    for (let at = 0; at < ramBytes; at += chunk) {
+      this.container.mapDma({ vaddr: this.ram + at, iova: at, size: chunk, read: true, write: true });
+    }
+    this.aperture = {
+      base: this.mmio(VGT_PVINFO_PAGE + PVINFO.mappableBase),
+      size: this.mmio(VGT_PVINFO_PAGE + PVINFO.mappableSize),
+    };
+    this.hidden = {
+      base: this.mmio(VGT_PVINFO_PAGE + PVINFO.nonmappableBase),
+      size: this.mmio(VGT_PVINFO_PAGE + PVINFO.nonmappableSize),
+    };
+    this.nextApertureGma = this.aperture.base;
+    this.nextHiddenGma = this.hidden.base;
+  }
+
+  get vgpu(): Vgpu {
+    return this.world.vgpu(this.uuid);
+  }
+
+  // ---- registers ------------------------------------------------------------------------------------------------
+
+  mmio(offset: number): number {
+    const b = this.device.read(VFIO_PCI_BAR0_REGION_INDEX, offset, 4);
+    return (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
+  }
+
+  setMmio(offset: number, value: number): void {
+    const b = this.u32;
+    b[0] = value & 0xff;
+    b[1] = (value >>> 8) & 0xff;
+    b[2] = (value >>> 16) & 0xff;
+    b[3] = (value >>> 24) & 0xff;
+    this.device.write(VFIO_PCI_BAR0_REGION_INDEX, offset, b);
+  }
+
+  /** Writes GTT entry `index` (8 bytes, or as two 4-byte halves low then high). */
+  gttWrite(index: number, pte: number, halves = false): void {
+    const lo = pte % 2 ** 32;
+    const hi = Math.floor(pte / 2 ** 32);
+    const b = new Uint8Array(8);
+    const dv = new DataView(b.buffer);
+    dv.setUint32(0, lo, true);
+    dv.setUint32(4, hi, true);
+    const off = GTT_OFFSET + index * 8;
+    if (!halves) this.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, b);
+    else {
+      this.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, b.subarray(0, 4));
+      this.device.write(VFIO_PCI_BAR0_REGION_INDEX, off + 4, b.subarray(4, 8));
+    }
+  }
+
+  gttRead(index: number): number {
+    const b = this.device.read(VFIO_PCI_BAR0_REGION_INDEX, GTT_OFFSET + index * 8, 8);
+    const dv = new DataView(b.buffer, b.byteOffset, 8);
+    return dv.getUint32(0, true) + dv.getUint32(4, true) * 2 ** 32;
+  }
+
+  configRead16(offset: number): number {
+    const b = this.device.read(VFIO_PCI_CONFIG_REGION_INDEX, offset, 2);
+    return b[0]! | (b[1]! << 8);
+  }
+
+  // ---- guest memory ------------------------------------------------------------------------------------------------
+
+  /** A fresh guest page (GPA). */
+  allocPage(): number {
+    if (this.nextGpa + PAGE_SIZE > this.ramBytes) throw new Error("guest RAM exhausted");
+    const gpa = this.nextGpa;
+    this.nextGpa += PAGE_SIZE;
+    return gpa;
+  }
+
+  writeGpa(gpa: number, data: Uint8Array): void {
+    this.qemu.mm.write((this.ram + gpa) as Hva, data);
+  }
+
+  readGpa(gpa: number, len: number): Uint8Array {
+    const out = new Uint8Array(len);
+    this.qemu.mm.read((this.ram + gpa) as Hva, out);
+    return out;
+  }
+
+  /**
+   * Graphics memory backed by fresh guest pages: `pages` pages from the aperture (or hidden) partition, each GTT entry
+   * written with its page. Returns the GMA and the GPA of each page.
+   */
+  allocGm(pages: number, where: "aperture" | "hidden" = "aperture"): { gma: number; gpas: number[] } {
+    const gma = where === "aperture" ? this.nextApertureGma : this.nextHiddenGma;
+    const gpas: number[] = [];
+    for (let i = 0; i < pages; i++) {
+      const gpa = this.allocPage();
+      gpas.push(gpa);
+      this.gttWrite(gma / PAGE_SIZE + i, gpa + 1);
+    }
+    if (where === "aperture") this.nextApertureGma += pages * PAGE_SIZE;
+    else this.nextHiddenGma += pages * PAGE_SIZE;
+    return { gma, gpas };
+  }
+
+  /** Writes dwords into graphics memory allocated by `allocGm` (through the guest pages behind it). */
+  writeGm(mem: { gma: number; gpas: number[] }, byteOffset: number, dwords: readonly number[]): void {
+    const bytes = new Uint8Array(dwords.length * 4);
+    const dv = new DataView(bytes.buffer);
+    for (let i = 0; i < dwords.length; i++) dv.setUint32(i * 4, dwords[i]! >>> 0, true);
+    for (let done = 0; done < bytes.length; ) {
+      const at = byteOffset + done;
+      const page = Math.floor(at / PAGE_SIZE);
+      const n = Math.min(bytes.length - done, PAGE_SIZE - (at % PAGE_SIZE));
+      this.writeGpa(mem.gpas[page]! + (at % PAGE_SIZE), bytes.subarray(done, done + n));
+      done += n;
+    }
+  }
+
+  readGmU32(mem: { gma: number; gpas: number[] }, byteOffset: number): number {
+    const b = this.readGpa(mem.gpas[Math.floor(byteOffset / PAGE_SIZE)]! + (byteOffset % PAGE_SIZE), 4);
+    return new DataView(b.buffer).getUint32(0, true);
+  }
+
+  // ---- rings -------------------------------------------------------------------------------------------------------
+
+  /** A ring of `pages` pages in the aperture, programmed and enabled. */
+  setupRing(engine: EngineId, pages = 1): Ring {
+    const mem = this.allocGm(pages);
+    const base = ENGINE_BASE[engine];
+    this.setMmio(base + RING_CTL, 0);
+    this.setMmio(base + RING_START, mem.gma);
+    this.setMmio(base + RING_HEAD, 0);
+    this.setMmio(base + RING_TAIL, 0);
+    this.setMmio(base + RING_CTL, (((pages - 1) << 12) | RING_VALID) >>> 0);
+    return new Ring(this, engine, mem, pages * PAGE_SIZE);
+  }
+
+  /** Enables MSI in config space, installs an MSI eventfd and unmasks the user and error interrupts. */
+  enableInterrupts(): EventFd {
+    const cap = this.vgpu.config.msiCap;
+    const flags = this.configRead16(cap + 2);
+    this.device.write(VFIO_PCI_CONFIG_REGION_INDEX, cap + 2, new Uint8Array([(flags | 1) & 0xff, flags >>> 8]));
+    const fd = this.qemu.eventfd();
+    this.device.setIrqsEventfd(VFIO_PCI_MSI_IRQ_INDEX, 0, [fd]);
+    this.msi = this.qemu.eventfdOf(fd);
+    this.setMmio(GEN8_GT_IMR0, 0);
+    this.setMmio(GEN8_GT_IER0, 0xffff_ffff);
+    this.setMmio(GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL);
+    return this.msi;
+  }
+
+  /** An INTx eventfd (MSI left disabled). */
+  enableIntx(): EventFd {
+    const fd = this.qemu.eventfd();
+    this.device.setIrqsEventfd(VFIO_PCI_INTX_IRQ_INDEX, 0, [fd]);
+    this.setMmio(GEN8_GT_IMR0, 0);
+    this.setMmio(GEN8_GT_IER0, 0xffff_ffff);
+    this.setMmio(GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL);
+    return this.qemu.eventfdOf(fd);
+  }
+
+  /** Reads and acknowledges the guest's IIR (as an interrupt handler). */
+  ackIir(): number {
+    const iir = this.mmio(GEN8_GT_IIR0);
+    if (iir !== 0) this.setMmio(GEN8_GT_IIR0, iir);
+    return iir;
+  }
+
+  /** UNMAP_DMA of [gpa, gpa + size). */
+  unmap(gpa: number, size: number): number {
+    return this.container.unmapDma({ iova: gpa, size });
+  }
+
+  close(): void {
+    this.device.close();
+    this.group.close();
+    this.container.close();
+  }
+}
+
+/** A guest ring buffer: append commands, then `submit` (TAIL write). */
+export class Ring {
+  private tailOffset = 0;
+  constructor(
+    readonly session: GuestSession,
+    readonly engine: EngineId,
+    readonly mem: { gma: number; gpas: number[] },
+    readonly size: number,
+  ) {}
+
+  /** Appends dwords (padded to a qword with MI_NOOP) and writes TAIL. */
+  submit(dwords: readonly number[]): void {
+    const d = dwords.length % 2 === 1 ? [...dwords, MI_NOOP] : [...dwords];
+    for (const v of d) {
+      this.session.writeGm(this.mem, this.tailOffset, [v]);
+      this.tailOffset = (this.tailOffset + 4) % this.size;
+    }
+    this.session.setMmio(ENGINE_BASE[this.engine] + RING_TAIL, this.tailOffset);
+  }
+
+  get head(): number {
+    return this.session.mmio(ENGINE_BASE[this.engine] + RING_HEAD);
+  }
+
+  /** The TAIL this ring last wrote. */
+  get tail(): number {
+    return this.tailOffset;
+  }
+}
+
+// ---- command builders (what a guest driver emits) --------------------------------------------------------------
+
+export function storeDword(gma: number, value: number): number[] {
+  return [(MI_STORE_DWORD_IMM_GEN4 | MI_USE_GGTT) >>> 0, gma % 2 ** 32, Math.floor(gma / 2 ** 32), value >>> 0];
+}
+
+export function batchStart(gma: number): number[] {
+  return [MI_BATCH_BUFFER_START_GEN8, gma % 2 ** 32, Math.floor(gma / 2 ** 32)];
+}
+
+export function colorBlt(
+  dst: number,
+  pitch: number,
+  x1: number,
+  y1: number,
+  x2: number,
+  y2: number,
+  color: number,
+): number[] {
+  return [
+    (blitInstr(XY_COLOR_BLT_OPCODE, XY_COLOR_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0,
+    (BR13_32BPP | (ROP_PATCOPY << 16) | pitch) >>> 0,
+    ((y1 << 16) | x1) >>> 0,
+    ((y2 << 16) | x2) >>> 0,
+    dst % 2 ** 32,
+    Math.floor(dst / 2 ** 32),
+    color >>> 0,
+  ];
+}
+
+export { MI_BATCH_BUFFER_END, MI_NOOP, MI_USER_INTERRUPT };
+
+/** Makes `dma.mapPage` of the host GPU fail while `fail()` returns true (DMA mapping error injection). */
+export function injectDmaMapFailure(world: VgpuWorld, fail: () => boolean): void {
+  const dma = world.driver.dma;
+  const orig = dma.mapPage.bind(dma);
+  dma.mapPage = (pfn: Pfn, offset: number, size: number, dir) => {
+    if (fail()) throw new KernelError(Errno.ENOMEM, "DMA mapping failed (injected): IOVA space exhausted");
+    return orig(pfn, offset, size, dir);
+  };
+}
+
+export type { Gma, Iova };

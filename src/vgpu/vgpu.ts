@@ -1,0 +1,655 @@
+/**
+ * One vGPU: the vfio device a VMM opens (VfioDeviceOps), mediating a guest graphics driver's access to its share of
+ * the physical GPU. GVT-g's vgpu.c + kvmgt.c (the vfio side) + the submission half of scheduler.c, built from the
+ * other modules of this folder: virtual config space (vconfig.ts), virtual registers (mmio.ts, irq.ts, pvinfo.ts),
+ * the shadow GTT (gtt.ts), the command scanner (cmd-scanner.ts) and the shared scheduler (scheduler.ts).
+ *
+ * What the VMM sees (as kvmgt reports it): flags PCI | RESET; 9 regions: CONFIG (256 bytes), BAR0 (16 MiB: registers
+ * below 2 MiB, the GTT window at 8 MiB), BAR2 (the vGPU's aperture), the others empty; irqs INTx, MSI, MSI-X (count
+ * 0), ERR (EINVAL: conventional PCI), REQ. No region is mmap-able: every access is trapped and emulated. Accesses are
+ * split as kvmgt's intel_vgpu_read/write: 8 bytes for an aligned GTT entry, else 4/2/1-byte aligned pieces.
+ *
+ * BAR0: registers (mmio.ts); the GTT window (gtt.ts: only 4- and 8-byte writes, EINVAL otherwise; reads return the
+ * guest's entries); between 2 MiB and 8 MiB nothing: reads 0, writes dropped and counted.
+ * BAR2 (aperture): guest offset X is GMA `aperture.base + X` of its partition, and reaches memory the way the GPU's
+ * aperture would, through the vGPU's shadow GTT: the page a shadow entry maps is read or written with vfio_dma_rw
+ * (the host driver offers no CPU aperture path, and the page is pinned, so this is the very frame the shadow's IOVA
+ * translates to). A page whose shadow is the scratch page reads zeros and drops writes (counted).
+ *
+ * Submission: the guest programs RING_START/CTL/HEAD and writes RING_TAIL. On a TAIL write of an enabled ring the
+ * dwords from the scan position (HEAD, or where the last scan ended) to TAIL are copied out of the guest's ring
+ * (through its shadow GTT), audited and patched by the scanner, and queued with the scheduler; on completion RING_HEAD
+ * (and ACTHD) advance to that TAIL and, if the stream had MI_USER_INTERRUPT, the guest's user interrupt is raised. A
+ * rejected submission executes nothing: the reason is traced (vgpu.cmd.audit.reject), the error count rises, the
+ * guest gets GT_CS_MASTER_ERROR_INTERRUPT, and HEAD moves past it (at once, or when the engine's earlier work has
+ * completed) so the ring stays usable.
+ *
+ * Resets, as GVT-g's intel_gvt_reset_vgpu_locked:
+ * - GDRST (engine reset, dmlr = false): the named engines' queued work is dropped, their ring registers cleared;
+ *   interrupts, fences and the GTT stay (a guest's GGTT survives a GPU reset: i915 does not rewrite it afterwards).
+ * - VFIO_DEVICE_RESET (device-model-level reset): everything: queued work, every register (PVINFO rebuilt),
+ *   interrupts, fences (physical ones zeroed), config space, and the GTT (guest entries zeroed; every pin, IOVA and
+ *   shadow entry released). Eventfds belong to the user session and stay.
+ * - close (last fd): a device reset, then the eventfds and the vfio DMA access go and the vGPU leaves the run queue.
+ * Work already on an engine cannot be recalled; it completes unseen (a generation number tells stale completions).
+ * Releasing pins while such work is still being timed is safe here because the GPU model performs a submission's
+ * memory accesses when it starts (src/gpu/engine.ts); GVT-g on hardware waits for the vGPU to go idle first. What
+ * must wait is the partition: `dispose` reports when the vGPU's last workload has retired, and only then does the
+ * parent return the partition to the host driver.
+ *
+ * Fences: guest fence i (< fence_num) is physical fence `resources.fences[i]`; a valid fence must cover only the
+ * vGPU's graphics memory, else the physical fence is cleared and the write counted as dropped.
+ *
+ * Invariants (`checkInvariants`): those of the shadow GTT; a closed vGPU holds no pins (the parent checks the
+ * scheduler).
+ */
+import { defineTraceEvents, Errno, hex, type Iova, KernelError, PAGE_SIZE, type Tracer } from "../core/index.ts";
+import {
+  BAR0_SIZE,
+  ENGINE_BASE,
+  type EngineId,
+  GEN6_GRDOM_BLT,
+  GEN6_GRDOM_FULL,
+  GEN6_GRDOM_RENDER,
+  type GpuResources,
+  GT_CS_MASTER_ERROR_INTERRUPT,
+  GT_RENDER_USER_INTERRUPT,
+  GTT_OFFSET,
+  type HostGpu,
+  MMIO_SIZE,
+  RING_ACTHD,
+  RING_CTL,
+  RING_HEAD,
+  RING_START,
+  RING_TAIL,
+  RING_VALID,
+  ringCtlLength,
+  type SubmissionResult,
+} from "../gpu/index.ts";
+import type { PciConfigSpace } from "../host/index.ts";
+import {
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_PCI_BAR0_REGION_INDEX,
+  VFIO_PCI_BAR2_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_NUM_IRQS,
+  VFIO_PCI_NUM_REGIONS,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
+  type VfioDeviceInfo,
+  type VfioDeviceOps,
+  type VfioDmaAccess,
+  type VfioIrqInfo,
+  type VfioIrqSet,
+  type VfioRegionInfo,
+  vfioPciRegionName,
+} from "../vfio/index.ts";
+import { CommandScanner, type ScanResult } from "./cmd-scanner.ts";
+import { ShadowGtt, type ShadowGttStats } from "./gtt.ts";
+import { VirtualIrq } from "./irq.ts";
+import { type MmioSink, VgpuMmio } from "./mmio.ts";
+import { populatePvinfo } from "./pvinfo.ts";
+import type { GvtScheduler } from "./scheduler.ts";
+import type { GvtTypeSpec } from "./types.ts";
+import { configRead, configWrite, createVgpuConfig, pieceSize, VGPU_CONFIG_SIZE } from "./vconfig.ts";
+
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "vgpu.cmd.audit.reject": { vgpu: number; engine: string; reason: string };
+    "vgpu.reset": { vgpu: number; kind: string; engines: readonly string[] };
+    "vgpu.fence": { vgpu: number; fence: number; physical: number; lo: number; hi: number };
+    "vgpu.open": { vgpu: number; uuid: string };
+    "vgpu.close": { vgpu: number; uuid: string };
+  }
+}
+defineTraceEvents("vgpu", {
+  "vgpu.cmd.audit.reject": "vgpu{vgpu}: {engine} submission rejected as malicious: {reason}",
+  "vgpu.reset": "vgpu{vgpu}: {kind} reset of {engines}",
+  "vgpu.fence": "vgpu{vgpu}: guest fence {fence} -> physical fence {physical} = {hi}:{lo}",
+  "vgpu.open": "vgpu{vgpu} ({uuid}): opened by a VMM",
+  "vgpu.close": "vgpu{vgpu} ({uuid}): closed; every pin and mapping released",
+});
+
+const ENGINES: readonly EngineId[] = Object.keys(ENGINE_BASE) as EngineId[];
+const REGION_RW = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+
+/** Everything a vGPU counts (the brief's `stats()`). */
+export interface VgpuStats extends ShadowGttStats {
+  readonly id: number;
+  readonly uuid: string;
+  readonly type: string;
+  readonly open: boolean;
+  /** Submissions the command scanner rejected. */
+  readonly rejectedCommands: number;
+  readonly submittedWorkloads: number;
+  readonly completedWorkloads: number;
+  /** Engine time of its completed work (SubmissionResult.busyNs). */
+  readonly busyNs: number;
+  /** Time it owned the GPU (scheduler). */
+  readonly scheduledNs: number;
+  readonly slices: number;
+  readonly droppedMmioWrites: number;
+  /** Aperture (BAR2) accesses that found no guest page behind the shadow entry. */
+  readonly apertureMisses: number;
+  readonly interruptsDelivered: number;
+  readonly interruptsSuppressed: number;
+}
+
+export interface VgpuOptions {
+  /** The vGPU id, 1..7 (0 is the idle vGPU). */
+  readonly id: number;
+  /** The mdev UUID, lower case: the vfio device name. */
+  readonly uuid: string;
+  readonly type: GvtTypeSpec;
+  readonly resources: GpuResources;
+  readonly gpu: HostGpu;
+  readonly scheduler: GvtScheduler;
+  readonly tracer: Tracer;
+}
+
+/** Per-engine submission state. */
+interface RingState {
+  /** Ring offset where the next scan starts. */
+  scanPos: number;
+  /** HEAD to set once the engine's earlier work is done (after a rejected submission); -1 for none. */
+  headOnDrain: number;
+  /** Bumped by every reset of the engine: completions of older work change nothing. */
+  generation: number;
+}
+
+export class Vgpu implements VfioDeviceOps {
+  readonly name: string;
+  readonly id: number;
+  readonly type: GvtTypeSpec;
+  readonly resources: GpuResources;
+  readonly config: PciConfigSpace;
+  readonly gtt: ShadowGtt;
+  readonly irq: VirtualIrq;
+  readonly mmio: VgpuMmio;
+  private readonly gpu: HostGpu;
+  private readonly scheduler: GvtScheduler;
+  private readonly tracer: Tracer;
+  private readonly scanner: CommandScanner;
+  private readonly rings = new Map<EngineId, RingState>();
+  private dma: VfioDmaAccess | undefined;
+  private live = true;
+  private rejected = 0;
+  private apertureMisses = 0;
+  /** Workloads queued with the scheduler and not yet retired. */
+  private outstanding = 0;
+  /** Set by `dispose` while work is still on an engine: called when the last of it retires. */
+  private onIdle: (() => void) | undefined;
+
+  constructor(opts: VgpuOptions) {
+    this.id = opts.id;
+    this.name = opts.uuid;
+    this.type = opts.type;
+    this.resources = opts.resources;
+    this.gpu = opts.gpu;
+    this.scheduler = opts.scheduler;
+    this.tracer = opts.tracer;
+    this.config = createVgpuConfig(opts.resources.aperture.size);
+    this.gtt = new ShadowGtt({ vgpuId: this.id, gpu: this.gpu, resources: this.resources, tracer: this.tracer });
+    this.irq = new VirtualIrq(this.id, this.config, this.tracer);
+    const sink: MmioSink = {
+      ringWritten: (engine, reg) => this.ringWritten(engine, reg),
+      gdrst: (domains) => this.gdrst(domains),
+      fenceWritten: (fence, lo, hi) => this.fenceWritten(fence, lo, hi),
+    };
+    this.mmio = new VgpuMmio({
+      vgpuId: this.id,
+      fenceNum: this.resources.fences.length,
+      irq: this.irq,
+      sink,
+      tracer: this.tracer,
+    });
+    populatePvinfo(this.mmio.vreg, this.id, this.resources);
+    for (const e of ENGINES) this.rings.set(e, { scanPos: 0, headOnDrain: -1, generation: 0 });
+    const { aperture, hidden } = this.resources;
+    this.scanner = new CommandScanner({
+      memory: {
+        inPartition: (gma, len) => this.gtt.inPartition(gma, len),
+        readGm: (gma, dst) => this.gtt.readGm(gma, dst),
+        describe: () =>
+          `aperture [${hex(aperture.base)}, ${hex(aperture.base + aperture.size)}), hidden [${hex(hidden.base)}, ` +
+          `${hex(hidden.base + hidden.size)})`,
+      },
+      allocShadow: (size) => this.gpu.allocShadow(size),
+    });
+    this.scheduler.add(this.id, this.type.weight);
+    this.zeroFences();
+  }
+
+  get isOpen(): boolean {
+    return this.dma !== undefined;
+  }
+
+  // ---- VfioDeviceOps: identity -------------------------------------------------------------------------------------
+
+  info(): VfioDeviceInfo {
+    return {
+      flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
+      numRegions: VFIO_PCI_NUM_REGIONS,
+      numIrqs: VFIO_PCI_NUM_IRQS,
+    };
+  }
+
+  regionInfo(index: number): VfioRegionInfo {
+    if (!Number.isInteger(index) || index < 0 || index >= VFIO_PCI_NUM_REGIONS) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${this.id} ${this.name}: region index ${index} is out of range [0, ${VFIO_PCI_NUM_REGIONS})`,
+      );
+    }
+    const size = this.regionSize(index);
+    return { index, flags: size === 0 ? 0 : REGION_RW, size };
+  }
+
+  irqInfo(index: number): VfioIrqInfo {
+    return this.irq.info(index);
+  }
+
+  setIrqs(set: VfioIrqSet): void {
+    this.checkLive("SET_IRQS");
+    this.irq.setIrqs(set);
+  }
+
+  // ---- VfioDeviceOps: lifecycle ------------------------------------------------------------------------------------
+
+  open(dma: VfioDmaAccess | undefined): void {
+    this.checkLive("open");
+    if (dma === undefined) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${this.id} ${this.name}: a vGPU must be opened through an emulated-IOMMU group (no vfio DMA access given)`,
+      );
+    }
+    this.dma = dma;
+    this.gtt.attach(dma);
+    this.scheduler.activate(this.id);
+    if (this.tracer.enabled) this.tracer.emit("vgpu.open", { vgpu: this.id, uuid: this.name });
+  }
+
+  close(): void {
+    if (this.dma === undefined) return;
+    this.scheduler.deactivate(this.id);
+    this.deviceReset("close");
+    this.irq.releaseTriggers();
+    this.gtt.attach(undefined);
+    this.dma = undefined;
+    if (this.tracer.enabled) this.tracer.emit("vgpu.close", { vgpu: this.id, uuid: this.name });
+  }
+
+  reset(): void {
+    this.checkLive("reset");
+    this.deviceReset("VFIO_DEVICE_RESET");
+  }
+
+  dmaUnmap(iova: Iova, length: number): void {
+    this.gtt.dmaUnmap(iova, length);
+  }
+
+  /**
+   * Called by the parent on destroy: releases everything; later accesses fail with ENODEV. `onIdle` runs once no work
+   * of this vGPU remains on an engine (at once, or when the last in-flight workload completes): only then may its
+   * partition go to another vGPU, or stale work could write into the newcomer's memory.
+   */
+  dispose(onIdle: () => void): void {
+    if (!this.live) return;
+    this.close();
+    this.gtt.reset();
+    this.zeroFences();
+    this.scheduler.remove(this.id);
+    this.live = false;
+    if (this.outstanding === 0) onIdle();
+    else this.onIdle = onIdle;
+  }
+
+  /** Workloads of this vGPU queued or on an engine. */
+  get workOutstanding(): number {
+    return this.outstanding;
+  }
+
+  // ---- VfioDeviceOps: regions -----------------------------------------------------------------------------------
+
+  regionRead(index: number, offset: number, buf: Uint8Array): number {
+    this.checkAccess(index, offset, buf.length);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return configRead(this.config, offset, buf);
+    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.apertureAccess(offset, buf, false);
+    const len = buf.length;
+    for (let done = 0, pos = offset; done < len; ) {
+      if (pos >= GTT_OFFSET && len - done >= 8 && pos % 8 === 0) {
+        const index8 = (pos - GTT_OFFSET) / 8;
+        putLe(buf, done, 4, this.gtt.readHalf(index8, 0));
+        putLe(buf, done + 4, 4, this.gtt.readHalf(index8, 1));
+        done += 8;
+        pos += 8;
+        continue;
+      }
+      const size = pieceSize(pos, len - done);
+      putLe(buf, done, size, this.bar0Read(pos, size));
+      done += size;
+      pos += size;
+    }
+    return len;
+  }
+
+  regionWrite(index: number, offset: number, buf: Uint8Array): number {
+    this.checkAccess(index, offset, buf.length);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return configWrite(this.config, offset, buf);
+    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.apertureAccess(offset, buf, true);
+    const len = buf.length;
+    for (let done = 0, pos = offset; done < len; ) {
+      if (pos >= GTT_OFFSET && len - done >= 8 && pos % 8 === 0) {
+        this.gtt.write(pos - GTT_OFFSET, 8, getLe(buf, done, 4), getLe(buf, done + 4, 4));
+        done += 8;
+        pos += 8;
+        continue;
+      }
+      const size = pieceSize(pos, len - done);
+      const value = getLe(buf, done, size);
+      if (pos < MMIO_SIZE) this.mmio.write(pos, size, value);
+      else if (pos >= GTT_OFFSET) this.gtt.write(pos - GTT_OFFSET, size, value, 0);
+      else this.mmio.dropUnknown(pos, value);
+      done += size;
+      pos += size;
+    }
+    return len;
+  }
+
+  // ---- inspection --------------------------------------------------------------------------------------------------
+
+  stats(): VgpuStats {
+    const s = this.scheduler.stats(this.id);
+    const m = this.mmio.stats();
+    return {
+      id: this.id,
+      uuid: this.name,
+      type: this.type.id,
+      open: this.isOpen,
+      ...this.gtt.stats(),
+      rejectedCommands: this.rejected,
+      submittedWorkloads: s.submitted,
+      completedWorkloads: s.completed,
+      busyNs: s.busyNs,
+      scheduledNs: s.scheduledNs,
+      slices: s.slices,
+      droppedMmioWrites: m.droppedWrites,
+      apertureMisses: this.apertureMisses,
+      interruptsDelivered: this.irq.delivered,
+      interruptsSuppressed: this.irq.suppressed,
+    };
+  }
+
+  checkInvariants(): void {
+    this.gtt.checkInvariants();
+    if (!this.isOpen && this.gtt.cache.size > 0) {
+      throw new Error(`vgpu${this.id}: closed but ${this.gtt.cache.size} guest pages are still pinned`);
+    }
+  }
+
+  // ---- BAR0 and BAR2 ---------------------------------------------------------------------------------------------
+
+  private bar0Read(pos: number, size: number): number {
+    if (pos < MMIO_SIZE) return this.mmio.read(pos, size);
+    if (pos < GTT_OFFSET) {
+      this.mmio.unknownRead();
+      return 0;
+    }
+    const off = pos - GTT_OFFSET;
+    const dw = this.gtt.readHalf(Math.floor(off / 8), Math.floor((off % 8) / 4));
+    const shift = (off % 4) * 8;
+    return size === 4 ? dw : (dw >>> shift) & (size === 2 ? 0xffff : 0xff);
+  }
+
+  private apertureAccess(offset: number, buf: Uint8Array, write: boolean): number {
+    const base = this.resources.aperture.base + offset;
+    const len = buf.length;
+    for (let done = 0; done < len; ) {
+      const gma = base + done;
+      const n = Math.min(len - done, PAGE_SIZE - (gma % PAGE_SIZE));
+      const piece = buf.subarray(done, done + n);
+      const bad = write ? this.gtt.writeGm(gma, piece) : this.gtt.readGm(gma, piece);
+      if (bad >= 0) {
+        this.apertureMisses++;
+        if (!write) piece.fill(0);
+      }
+      done += n;
+    }
+    return len;
+  }
+
+  // ---- ring submission -------------------------------------------------------------------------------------------
+
+  private reg(engine: EngineId, reg: number): number {
+    return this.mmio.vreg[(ENGINE_BASE[engine] + reg) / 4]!;
+  }
+
+  private setReg(engine: EngineId, reg: number, v: number): void {
+    this.mmio.vreg[(ENGINE_BASE[engine] + reg) / 4] = v >>> 0;
+  }
+
+  private ringWritten(engine: EngineId, reg: number): void {
+    const ring = this.rings.get(engine)!;
+    switch (reg) {
+      case RING_TAIL:
+        this.submit(engine, ring);
+        return;
+      case RING_HEAD:
+      case RING_START:
+      case RING_CTL:
+        // (Re)programming the ring while the engine is idle moves the scan position to HEAD.
+        if (this.scheduler.outstanding(this.id, engine) === 0) {
+          ring.scanPos = this.reg(engine, RING_HEAD);
+          ring.headOnDrain = -1;
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** A TAIL write: copy, audit and queue the new part of the ring. */
+  private submit(engine: EngineId, ring: RingState): void {
+    const ctl = this.reg(engine, RING_CTL);
+    if ((ctl & RING_VALID) === 0) return;
+    const start = this.reg(engine, RING_START);
+    const len = ringCtlLength(ctl);
+    const tail = this.reg(engine, RING_TAIL);
+    const from = ring.scanPos;
+    if (tail === from) return;
+    if (!this.gpu.engines.includes(engine)) {
+      this.reject(engine, ring, tail, `the physical GPU has no ${engine} engine`);
+      return;
+    }
+    if (!this.gtt.inPartition(start, len)) {
+      this.reject(engine, ring, tail, `ring buffer [${hex(start)}, ${hex(start + len)}) is outside the vGPU's memory`);
+      return;
+    }
+    if (tail >= len || from >= len) {
+      this.reject(engine, ring, tail, `TAIL ${hex(tail)} or HEAD ${hex(from)} is beyond the ${len}-byte ring`);
+      return;
+    }
+    const bytes = (tail - from + len) % len;
+    const copy = new Uint32Array(bytes / 4);
+    const raw = new Uint8Array(copy.buffer);
+    const first = Math.min(bytes, len - from);
+    let bad = this.gtt.readGm(start + from, raw.subarray(0, first));
+    if (bad < 0 && first < bytes) bad = this.gtt.readGm(start, raw.subarray(first));
+    if (bad >= 0) {
+      this.reject(engine, ring, tail, `ring page at GMA ${hex(bad)} is not backed by guest memory (scratch page)`);
+      return;
+    }
+    const r = this.scanner.scan(engine, copy, from);
+    if (!r.ok) {
+      this.reject(engine, ring, tail, r.reason);
+      return;
+    }
+    ring.scanPos = tail;
+    const generation = ring.generation;
+    this.outstanding++;
+    this.scheduler.enqueue({
+      vgpuId: this.id,
+      engine,
+      commands: r.commands,
+      retire: (result) => this.retire(engine, generation, tail, r, result),
+    });
+  }
+
+  private retire(
+    engine: EngineId,
+    generation: number,
+    tail: number,
+    scan: Extract<ScanResult, { ok: true }>,
+    result: SubmissionResult | undefined,
+  ): void {
+    for (const s of scan.shadows) s.free();
+    this.outstanding--;
+    if (!this.live) {
+      if (this.outstanding === 0 && this.onIdle !== undefined) {
+        const idle = this.onIdle;
+        this.onIdle = undefined;
+        idle();
+      }
+      return;
+    }
+    const ring = this.rings.get(engine)!;
+    if (result === undefined || ring.generation !== generation) return;
+    this.setHead(engine, tail);
+    if (ring.headOnDrain >= 0 && this.scheduler.outstanding(this.id, engine) === 0) {
+      this.setHead(engine, ring.headOnDrain);
+      ring.headOnDrain = -1;
+    }
+    if (result.error !== undefined) {
+      this.irq.raise(engine, GT_CS_MASTER_ERROR_INTERRUPT, `${engine} engine error: ${result.error}`);
+    }
+    // The engine's count when it reports one (it executed what the scanner counted, unless it stopped early).
+    if ((result.userInterrupts ?? scan.userInterrupts) > 0) {
+      this.irq.raise(engine, GT_RENDER_USER_INTERRUPT, `${engine} user interrupt`);
+    }
+  }
+
+  private reject(engine: EngineId, ring: RingState, tail: number, reason: string): void {
+    this.rejected++;
+    ring.scanPos = tail;
+    if (this.scheduler.outstanding(this.id, engine) === 0) this.setHead(engine, tail);
+    else ring.headOnDrain = tail;
+    if (this.tracer.enabled) this.tracer.emit("vgpu.cmd.audit.reject", { vgpu: this.id, engine, reason });
+    this.irq.raise(engine, GT_CS_MASTER_ERROR_INTERRUPT, `${engine} command rejected`);
+  }
+
+  private setHead(engine: EngineId, head: number): void {
+    this.setReg(engine, RING_HEAD, head);
+    this.setReg(engine, RING_ACTHD, this.reg(engine, RING_START) + head);
+  }
+
+  // ---- resets and fences -------------------------------------------------------------------------------------------
+
+  private gdrst(domains: number): void {
+    const engines: EngineId[] = [];
+    if ((domains & GEN6_GRDOM_FULL) !== 0) engines.push(...ENGINES);
+    else {
+      if ((domains & GEN6_GRDOM_RENDER) !== 0) engines.push("rcs");
+      if ((domains & GEN6_GRDOM_BLT) !== 0) engines.push("bcs");
+    }
+    if (engines.length === 0) return;
+    for (const e of engines) this.resetEngine(e);
+    if (this.tracer.enabled) this.tracer.emit("vgpu.reset", { vgpu: this.id, kind: "GDRST", engines });
+  }
+
+  private resetEngine(engine: EngineId): void {
+    this.scheduler.drop(this.id, engine);
+    this.mmio.resetEngine(engine);
+    const ring = this.rings.get(engine)!;
+    ring.scanPos = 0;
+    ring.headOnDrain = -1;
+    ring.generation++;
+  }
+
+  /** The device-model-level reset (VFIO_DEVICE_RESET, close). */
+  private deviceReset(kind: string): void {
+    for (const e of ENGINES) this.resetEngine(e);
+    this.gtt.reset();
+    this.mmio.resetAll();
+    populatePvinfo(this.mmio.vreg, this.id, this.resources);
+    this.irq.reset();
+    this.zeroFences();
+    this.config.reset();
+    if (this.tracer.enabled) this.tracer.emit("vgpu.reset", { vgpu: this.id, kind, engines: ENGINES });
+  }
+
+  private fenceWritten(fence: number, lo: number, hi: number): string | undefined {
+    const physical = this.resources.fences[fence]!;
+    if ((lo & 1) !== 0) {
+      // gen6 fence: start page in lo bits 12..31, last page in hi bits 12..31.
+      const startGma = lo - (lo % PAGE_SIZE);
+      const endGma = hi - (hi % PAGE_SIZE) + PAGE_SIZE;
+      if (endGma <= startGma || !this.gtt.inPartition(startGma, endGma - startGma)) {
+        this.gpu.writeFence(physical, 0);
+        return `fence ${fence} covers [${hex(startGma)}, ${hex(endGma)}), outside the vGPU's graphics memory`;
+      }
+    }
+    if (this.gpu.writeFenceHalves !== undefined) this.gpu.writeFenceHalves(physical, lo, hi);
+    else if (hi < 2 ** 21) this.gpu.writeFence(physical, hi * 2 ** 32 + lo);
+    else {
+      // The host driver offers only a 53-bit number: clear the fence rather than program a truncated one.
+      this.gpu.writeFence(physical, 0);
+      return `fence ${fence} value ${hex(hi)}:${hex(lo)} exceeds 2^53 and the host driver has no writeFenceHalves`;
+    }
+    if (this.tracer.enabled) this.tracer.emit("vgpu.fence", { vgpu: this.id, fence, physical, lo, hi });
+    return undefined;
+  }
+
+  private zeroFences(): void {
+    for (const f of this.resources.fences) this.gpu.writeFence(f, 0);
+  }
+
+  // ---- checks ------------------------------------------------------------------------------------------------------
+
+  private regionSize(index: number): number {
+    switch (index) {
+      case VFIO_PCI_CONFIG_REGION_INDEX:
+        return VGPU_CONFIG_SIZE;
+      case VFIO_PCI_BAR0_REGION_INDEX:
+        return BAR0_SIZE;
+      case VFIO_PCI_BAR2_REGION_INDEX:
+        return this.resources.aperture.size;
+      default:
+        return 0;
+    }
+  }
+
+  private checkAccess(index: number, offset: number, len: number): void {
+    this.checkLive("region access");
+    const size = Number.isInteger(index) && index >= 0 && index < VFIO_PCI_NUM_REGIONS ? this.regionSize(index) : 0;
+    if (size === 0) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${this.id} ${this.name}: region ${index} (${vfioPciRegionName(index)}) is empty; the vGPU has CONFIG, BAR0 and BAR2`,
+      );
+    }
+    if (!Number.isInteger(offset) || offset < 0 || offset + len > size) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${this.id} ${this.name}: access [${hex(offset)}, ${hex(offset + len)}) runs past ${vfioPciRegionName(index)}'s ${size} bytes`,
+      );
+    }
+  }
+
+  private checkLive(what: string): void {
+    if (!this.live)
+      throw new KernelError(Errno.ENODEV, `vgpu${this.id} ${this.name}: ${what} after the vGPU was destroyed`);
+  }
+}
+
+/** Little-endian value of `size` bytes of `buf` at `at`. */
+function getLe(buf: Uint8Array, at: number, size: number): number {
+  let v = 0;
+  for (let k = size - 1; k >= 0; k--) v = v * 256 + buf[at + k]!;
+  return v >>> 0;
+}
+
+function putLe(buf: Uint8Array, at: number, size: number, v: number): void {
+  for (let k = 0; k < size; k++) buf[at + k] = (v >>> (8 * k)) & 0xff;
+}
