@@ -12,6 +12,8 @@ import {
   EDU_DMA_RUN,
   EDU_DMA_START,
   EDU_DMA_TO_RAM,
+  EDU_MSIX_PBA_OFFSET,
+  EDU_MSIX_TABLE_OFFSET,
   EDU_REG_DMA_CMD,
   EDU_REG_DMA_COUNT,
   EDU_REG_DMA_DST,
@@ -28,9 +30,16 @@ import {
   Host,
   IOMMU_WRITE,
   PCI_BASE_ADDRESS_0,
+  PCI_CAP_ID_MSIX,
+  PCI_CAPABILITY_LIST,
   PCI_COMMAND,
   PCI_COMMAND_MASTER,
   PCI_COMMAND_MEMORY,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_QSIZE,
+  PCI_MSIX_PBA,
+  PCI_MSIX_TABLE,
   PciConfigSpace,
   type PciDeviceModel,
   PROT_READ,
@@ -76,11 +85,20 @@ function expectErrno(fn: () => unknown, errno: number): void {
   assert.throws(fn, (e: unknown) => isKernelError(e) && e.errno === errno);
 }
 
-/** The host side: an edu device at BDF in its own IOMMU group, vfio-core with type1, and vfio-pci bound to it. */
-function hostWithAssignedEdu() {
+/**
+ * The host side: an edu device at BDF in its own IOMMU group (with `msix` MSI-X vectors if given), vfio-core with
+ * type1, and vfio-pci bound to it.
+ */
+function hostWithAssignedEdu(opts: { msix?: number } = {}) {
   const host = new Host({ memoryBytes: 512 * MiB });
   const rec = new TraceRecorder(host.tracer);
-  const edu = new EduDevice({ bdf: BDF, bus: host.pci, dma: host.deviceDma(BDF), tracer: host.tracer });
+  const edu = new EduDevice({
+    bdf: BDF,
+    bus: host.pci,
+    dma: host.deviceDma(BDF),
+    tracer: host.tracer,
+    ...(opts.msix !== undefined ? { msix: opts.msix } : {}),
+  });
   const groupId = host.addPciDevice(edu);
   edu.config.setBarAddress(0, 0xfe000000); // firmware's assignment
   const core = new VfioCore({ devfs: host.devfs, pci: host.pci, iommu: host.iommu, tracer: host.tracer });
@@ -322,6 +340,85 @@ describe("vfio-pci end to end: a VMM assigned the edu device", () => {
     h.vfioPci.unbind(BDF);
     assert.equal(h.host.pci.driverOf(BDF), undefined);
     assert.equal(h.host.iommu.domainOf(BDF).type, "dma", "back on the kernel's default domain");
+    h.core.checkInvariants();
+  });
+});
+
+describe("vfio-pci end to end: MSI-X", () => {
+  /** What QEMU's vfio_msix_early_setup does: find the capability through region 7 and read where the table is. */
+  function findMsix(dev: VfioDeviceHandle) {
+    let p = cfgRead(dev, PCI_CAPABILITY_LIST, 1);
+    for (let n = 0; p !== 0 && n < 48 && cfgRead(dev, p, 1) !== PCI_CAP_ID_MSIX; n++) p = cfgRead(dev, p + 1, 1);
+    assert.notEqual(p, 0, "the MSI-X capability is visible");
+    const table = cfgRead(dev, p + PCI_MSIX_TABLE);
+    const pba = cfgRead(dev, p + PCI_MSIX_PBA);
+    return {
+      cap: p,
+      entries: (cfgRead(dev, p + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_QSIZE) + 1,
+      tableBar: table & 7,
+      tableOffset: table - (table & 7),
+      pbaBar: pba & 7,
+      pbaOffset: pba - (pba & 7),
+    };
+  }
+
+  it("the VMM finds the table, wires one eventfd per vector, and the DMA-done interrupt arrives on vector 0's", () => {
+    const h = hostWithAssignedEdu({ msix: 2 });
+    const { vmm, dev } = vmmOpens(h);
+    const noresize = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
+    assert.deepEqual(dev.irqInfo(VFIO_PCI_MSIX_IRQ_INDEX), { index: 2, flags: noresize, count: 2 });
+    const m = findMsix(dev);
+    assert.deepEqual(
+      [m.entries, m.tableBar, m.tableOffset, m.pbaBar, m.pbaOffset],
+      [2, 0, EDU_MSIX_TABLE_OFFSET, 0, EDU_MSIX_PBA_OFFSET],
+    );
+    const bar0 = dev.regionInfo(VFIO_PCI_BAR0_REGION_INDEX);
+    assert.deepEqual([bar0.flags, bar0.caps.length], [VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE, 0]);
+    cfgWrite16(dev, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    const e0 = vmm.eventfd();
+    const e1 = vmm.eventfd();
+    dev.setIrqsEventfd(VFIO_PCI_MSIX_IRQ_INDEX, 0, [e0, e1]);
+    assert.equal(cfgRead(dev, m.cap + PCI_MSIX_FLAGS, 2) & PCI_MSIX_FLAGS_ENABLE, PCI_MSIX_FLAGS_ENABLE);
+    eduDma(dev, EDU_DMA_START, GPA_BASE, 8, EDU_DMA_RUN | EDU_DMA_TO_RAM | EDU_DMA_IRQ);
+    assert.equal(vmm.eventfdOf(e0).counter, 1n);
+    assert.equal(vmm.eventfdOf(e1).counter, 0n);
+    assert.equal(bar0Read(dev, EDU_REG_IRQ_STATUS), EDU_DMA_IRQ_STATUS);
+    // The physical table is the host's: the VMM reads all ones there, and its writes do not land.
+    assert.equal(bar0Read(dev, m.tableOffset + 8), 0xffffffff);
+    bar0Write(dev, m.tableOffset + 12, 1);
+    bar0Write(dev, EDU_REG_IRQ_RAISE, 0x2);
+    assert.equal(vmm.eventfdOf(e0).counter, 2n, "vector 0 was not masked by the VMM's write");
+    // Vector 1 de-assigned (fd -1), then the whole index disabled.
+    dev.setIrqsEventfd(VFIO_PCI_MSIX_IRQ_INDEX, 1, [-1]);
+    dev.setIrqsNone(VFIO_PCI_MSIX_IRQ_INDEX, 0, 0, "trigger");
+    assert.equal(h.edu.config.msixEnabled(), false);
+    bar0Write(dev, EDU_REG_IRQ_RAISE, 0x2);
+    assert.equal(vmm.eventfdOf(e0).counter, 2n, "nothing after disabling");
+    assert.equal(h.rec.count("vfio_pci.msix.enable"), 1);
+    assert.equal(h.rec.count("vfio_pci.msix.disable"), 1);
+  });
+
+  it("closing the device fd with MSI-X enabled disables it and drops the eventfds", () => {
+    const h = hostWithAssignedEdu({ msix: 2 });
+    const { vmm, dev, group, container } = vmmOpens(h);
+    cfgWrite16(dev, PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    const e0 = vmm.eventfd();
+    dev.setIrqsEventfd(VFIO_PCI_MSIX_IRQ_INDEX, 0, [e0]);
+    dev.reset();
+    bar0Write(dev, EDU_REG_IRQ_RAISE, 0x1);
+    assert.equal(vmm.eventfdOf(e0).counter, 1n, "VFIO_DEVICE_RESET keeps MSI-X and its eventfd");
+    dev.close();
+    group.close();
+    container.close();
+    const vdev = h.vfioPci.device(BDF);
+    assert.equal(vdev.isOpen, false);
+    assert.equal(vdev.irqs.msiVectorsAssigned, 0);
+    assert.equal(h.edu.config.msixEnabled(), false);
+    assert.equal(h.edu.msixTable?.masked(0), true);
+    h.edu.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    h.edu.barWrite(0, EDU_REG_IRQ_RAISE, 4, 0x1);
+    assert.equal(vmm.eventfdOf(e0).counter, 1n, "the device no longer reaches the VMM");
+    h.vfioPci.unbind(BDF);
     h.core.checkInvariants();
   });
 });

@@ -10,11 +10,19 @@ import {
   IOMMU_WRITE,
   PCI_BASE_ADDRESS_0,
   PCI_CAP_ID_MSI,
+  PCI_CAP_ID_MSIX,
   PCI_COMMAND,
   PCI_COMMAND_MASTER,
   PCI_COMMAND_MEMORY,
   PCI_MSI_FLAGS,
   PCI_MSI_FLAGS_ENABLE,
+  PCI_MSIX_ENTRY_DATA,
+  PCI_MSIX_ENTRY_LOWER_ADDR,
+  PCI_MSIX_ENTRY_VECTOR_CTRL,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_PBA,
+  PCI_MSIX_TABLE,
   PCI_STATUS,
   PCI_STATUS_INTERRUPT,
   parseBdf,
@@ -28,6 +36,8 @@ import {
   EDU_DMA_TO_RAM,
   EDU_FACT_IRQ,
   EDU_ID_VALUE,
+  EDU_MSIX_PBA_OFFSET,
+  EDU_MSIX_TABLE_OFFSET,
   EDU_REG_DMA_CMD,
   EDU_REG_DMA_COUNT,
   EDU_REG_DMA_DST,
@@ -47,7 +57,7 @@ import {
 const BDF: Bdf = parseBdf("0000:00:04.0");
 
 /** A host with an edu device on its bus and in its own IOMMU group, and a stub driver recording interrupts. */
-function setup(opts: { dmaMask?: number } = {}) {
+function setup(opts: { dmaMask?: number; msix?: number } = {}) {
   const host = new Host({ memoryBytes: 256 * 1024 * 1024 });
   const rec = new TraceRecorder(host.tracer);
   const edu = new EduDevice({
@@ -56,10 +66,15 @@ function setup(opts: { dmaMask?: number } = {}) {
     dma: host.deviceDma(BDF),
     tracer: host.tracer,
     ...(opts.dmaMask !== undefined ? { dmaMask: opts.dmaMask } : {}),
+    ...(opts.msix !== undefined ? { msix: opts.msix } : {}),
   });
   const group = host.addPciDevice(edu);
-  const irqs = { msi: [] as number[], intx: [] as boolean[] };
-  host.pci.bind(BDF, "edu-test", { msi: (v) => irqs.msi.push(v), intx: (l) => irqs.intx.push(l) });
+  const irqs = { msi: [] as number[], msix: [] as number[], intx: [] as boolean[] };
+  host.pci.bind(BDF, "edu-test", {
+    msi: (v) => irqs.msi.push(v),
+    msix: (v) => irqs.msix.push(v),
+    intx: (l) => irqs.intx.push(l),
+  });
   edu.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
   return { host, edu, group, irqs, rec };
 }
@@ -196,6 +211,75 @@ describe("edu: interrupts", () => {
     s.edu.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY);
     w(s.edu, EDU_REG_IRQ_RAISE, 1);
     assert.deepEqual(s.irqs.msi, [0, 0], "an MSI is a memory write: dropped without bus mastering");
+  });
+});
+
+describe("edu: MSI-X (the msix option)", () => {
+  const entry = (v: number, field: number) => EDU_MSIX_TABLE_OFFSET + 16 * v + field;
+
+  it("adds the capability after MSI, with the table and PBA in BAR0 at their documented offsets", () => {
+    const { edu } = setup({ msix: 2 });
+    const x = edu.config.findCapability(PCI_CAP_ID_MSIX);
+    assert.equal(x, edu.config.msixCap);
+    assert.equal(edu.config.read(edu.config.msiCap + 1, 1), x, "MSI links to MSI-X");
+    assert.equal(edu.config.read(x + PCI_MSIX_FLAGS, 2), 1, "table size N-1 = 1");
+    assert.equal(edu.config.read(x + PCI_MSIX_TABLE, 4), 0x80000, "BIR 0");
+    assert.equal(edu.config.read(x + PCI_MSIX_PBA, 4), 0x81000);
+    assert.equal(EDU_MSIX_PBA_OFFSET, 0x81000);
+    edu.config.write(PCI_BASE_ADDRESS_0, 4, 0xffffffff);
+    assert.equal(edu.config.read(PCI_BASE_ADDRESS_0, 4), 0xfff00000, "BAR0 still 1 MiB");
+    // The table answers in BAR0; the registers are untouched.
+    assert.equal(r(edu, entry(1, PCI_MSIX_ENTRY_VECTOR_CTRL)), 1, "masked at power-on");
+    w(edu, entry(0, PCI_MSIX_ENTRY_LOWER_ADDR), 0xfee00000);
+    w(edu, entry(0, PCI_MSIX_ENTRY_DATA), 0x4021);
+    assert.equal(edu.msixTable?.address(0), 0xfee00000);
+    assert.equal(r(edu, entry(0, PCI_MSIX_ENTRY_DATA)), 0x4021);
+    assert.equal(r(edu, EDU_MSIX_PBA_OFFSET, 8), 0);
+    assert.equal(r(edu, EDU_REG_ID), EDU_ID_VALUE);
+    assert.equal(r(edu, EDU_MSIX_TABLE_OFFSET + 0x20), 0xffffffff, "past 2 entries: not a register");
+    // Without the option there is no MSI-X.
+    assert.equal(setup().edu.config.findCapability(PCI_CAP_ID_MSIX), 0);
+    assert.equal(setup().edu.msixTable, undefined);
+  });
+
+  it("rejects a vector count outside 1..256", () => {
+    for (const n of [0, 257, 1.5]) assert.throws(() => setup({ msix: n }), /from 1 to 256/);
+    assert.equal(setup({ msix: 256 }).edu.msixTable?.vectors, 256);
+  });
+
+  it("sends MSI-X vector 0 when MSI-X is enabled (before MSI, before INTx); a masked vector waits in the PBA", () => {
+    const s = setup({ msix: 2 });
+    const x = s.edu.config.msixCap;
+    s.edu.config.write(s.edu.config.msiCap + PCI_MSI_FLAGS, 2, PCI_MSI_FLAGS_ENABLE);
+    s.edu.config.write(x + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE);
+    w(s.edu, EDU_REG_IRQ_RAISE, 1);
+    assert.deepEqual([s.irqs.msix, s.irqs.msi, s.irqs.intx], [[], [], []], "vector 0 is masked");
+    assert.equal(r(s.edu, EDU_MSIX_PBA_OFFSET), 1, "pending bit 0");
+    w(s.edu, entry(0, PCI_MSIX_ENTRY_VECTOR_CTRL), 0);
+    assert.deepEqual(s.irqs.msix, [0], "sent on unmask");
+    assert.equal(r(s.edu, EDU_MSIX_PBA_OFFSET), 0);
+    w(s.edu, EDU_REG_IRQ_RAISE, 1);
+    assert.deepEqual(s.irqs.msix, [0, 0], "every raise sends a message");
+    assert.equal(s.rec.named("edu.irq").at(-1)?.fields.delivery, "msix");
+    // MSI-X off: back to MSI.
+    s.edu.config.write(x + PCI_MSIX_FLAGS, 2, 0);
+    w(s.edu, EDU_REG_IRQ_RAISE, 1);
+    assert.deepEqual(s.irqs.msi, [0]);
+    // Acknowledging never drives INTx while MSI-X or MSI is on.
+    w(s.edu, EDU_REG_IRQ_ACK, 1);
+    assert.deepEqual(s.irqs.intx, []);
+  });
+
+  it("a reset masks the table and clears the PBA", () => {
+    const s = setup({ msix: 1 });
+    s.edu.config.write(s.edu.config.msixCap + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE);
+    w(s.edu, entry(0, PCI_MSIX_ENTRY_DATA), 0x55);
+    w(s.edu, EDU_REG_IRQ_RAISE, 1);
+    s.host.pci.reset(BDF);
+    assert.equal(r(s.edu, entry(0, PCI_MSIX_ENTRY_VECTOR_CTRL)), 1);
+    assert.equal(r(s.edu, entry(0, PCI_MSIX_ENTRY_DATA)), 0);
+    assert.equal(r(s.edu, EDU_MSIX_PBA_OFFSET), 0);
+    assert.equal(s.edu.config.msixEnabled(), false);
   });
 });
 

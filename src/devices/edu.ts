@@ -6,7 +6,8 @@
  *
  * Config space: vendor 0x1234 (QEMU), device 0x11e8, revision 0x10, class 0x00ff00 ("Unclassified device [00ff]"),
  * subsystem 0x1af4:0x1100 (QEMU's default), INTA#, one 64-bit MSI vector without per-vector masking, BAR0 = 1 MiB of
- * 32-bit non-prefetchable MMIO, no I/O BAR, no ROM, conventional PCI (no PCI Express capability).
+ * 32-bit non-prefetchable MMIO, no I/O BAR, no ROM, conventional PCI (no PCI Express capability); with the `msix`
+ * option, an MSI-X capability follows the MSI one (see below).
  *
  * BAR0 register map (`EDU_REG_*`). Offsets below 0x80 accept only 4-byte accesses, offsets from 0x80 only 4 or 8;
  * any other access, and any offset that is not a register, reads as all ones and ignores writes:
@@ -30,6 +31,13 @@
  * every raise when MSI is enabled, else asserts INTx; acknowledging to zero deasserts INTx. The Interrupt Status bit of
  * the PCI status register follows the INTx line (PCI 2.3), since vfio-pci's INTx masking reads it.
  *
+ * MSI-X (option `msix`, a model extension: QEMU's edu has none): an MSI-X capability with that many vectors (1 to
+ * 256), its table in BAR0 at 0x80000 and its Pending Bit Array at 0x81000 (`EDU_MSIX_TABLE_OFFSET`,
+ * `EDU_MSIX_PBA_OFFSET`; the registers end at 0x9c, so the two are free, and 256 entries fill exactly the 4 KiB before
+ * the PBA). BAR0 accesses there go to the table (`MsixTable`: aligned 4- or 8-byte accesses). Interrupt delivery then
+ * picks, as QEMU devices do (msix_notify before msi_notify before pci_set_irq): MSI-X vector 0 when MSI-X is enabled,
+ * else MSI, else INTx. A masked vector 0 is held pending in the PBA and sent when unmasked (PciBus.raiseMsix).
+ *
  * DMA, as real hardware and unlike QEMU: the device masters the bus only while Bus Master Enable is set in its
  * command register (otherwise the transfer is dropped and logged); a transfer whose device-buffer side falls outside
  * [0x40000, 0x41000) is refused and logged (QEMU logs it and then overruns its buffer); an IOMMU fault stops the
@@ -48,6 +56,7 @@ import {
   type DeviceDma,
   DMA_OK,
   type DmaResult,
+  MsixTable,
   PCI_MSI_FLAGS,
   PCI_MSI_FLAGS_ENABLE,
   PCI_STATUS,
@@ -114,6 +123,11 @@ export const EDU_DMA_IRQ_STATUS = 0x00000100;
 /** The device buffer, as a device address. */
 export const EDU_DMA_START = 0x40000;
 export const EDU_DMA_SIZE = 4096;
+/** Where the MSI-X table and PBA sit in BAR0 when the `msix` option is given (free offsets above the registers). */
+export const EDU_MSIX_TABLE_OFFSET = 0x80000;
+export const EDU_MSIX_PBA_OFFSET = 0x81000;
+/** The most MSI-X vectors edu offers: 256 entries of 16 bytes fill the 4 KiB between the table and the PBA. */
+export const EDU_MSIX_MAX_VECTORS = 256;
 /** QEMU's default dma_mask: 28 bits (256 MiB). */
 export const EDU_DEFAULT_DMA_MASK = 2 ** 28 - 1;
 
@@ -132,6 +146,8 @@ export interface EduOptions {
   readonly tracer: Tracer;
   /** Device-side address mask, 2^k - 1 for k in [12, 53]; default 2^28 - 1. */
   readonly dmaMask?: number;
+  /** Add an MSI-X capability with this many vectors (1 to 256), table and PBA in BAR0. Default: no MSI-X. */
+  readonly msix?: number;
 }
 
 const TWO32 = 4294967296;
@@ -162,6 +178,8 @@ export class EduDevice implements PciDeviceModel {
   /** The 4 KiB DMA buffer at device address 0x40000 (inspectable by tests). */
   readonly buffer = new Uint8Array(EDU_DMA_SIZE);
   readonly dmaMask: number;
+  /** The MSI-X table and PBA (BAR0 at EDU_MSIX_TABLE_OFFSET / EDU_MSIX_PBA_OFFSET) when built with `msix`. */
+  readonly msixTable: MsixTable | undefined;
   /** DMA transfers that faulted in the IOMMU (and so stopped early). */
   dmaFaults = 0;
   /** Result of the most recent DMA transfer (DMA_OK or the IOMMU fault). */
@@ -187,6 +205,10 @@ export class EduDevice implements PciDeviceModel {
     if (!Number.isSafeInteger(mask) || mask < 4095 || !Number.isInteger(Math.log2(mask + 1))) {
       throw new KernelError(Errno.EINVAL, `edu dma_mask ${mask} must be 2^k - 1 with 12 <= k <= 53`);
     }
+    const msix = opts.msix;
+    if (msix !== undefined && (!Number.isInteger(msix) || msix < 1 || msix > EDU_MSIX_MAX_VECTORS)) {
+      throw new KernelError(Errno.EINVAL, `edu msix vector count ${msix} must be an integer from 1 to 256`);
+    }
     this.bdf = opts.bdf;
     this.bus = opts.bus;
     this.dma = opts.dma;
@@ -202,12 +224,25 @@ export class EduDevice implements PciDeviceModel {
       interruptPin: 1,
       bars: [{ index: 0, size: EDU_BAR0_SIZE, kind: "mem32" }],
       msiVectors: 1,
+      ...(msix !== undefined
+        ? {
+            msix: {
+              vectors: msix,
+              tableBar: 0,
+              tableOffset: EDU_MSIX_TABLE_OFFSET,
+              pbaBar: 0,
+              pbaOffset: EDU_MSIX_PBA_OFFSET,
+            },
+          }
+        : {}),
     });
+    this.msixTable = msix !== undefined ? new MsixTable(this.config) : undefined;
   }
 
   // ---- PciDeviceModel ---------------------------------------------------------------------------------------------
 
   barRead(bar: number, offset: number, size: number): number {
+    if (this.msixTable?.covers(bar, offset)) return this.msixTable.read(bar, offset, size);
     if (!this.validAccess(bar, offset, size)) return allOnes(size);
     switch (offset) {
       case EDU_REG_ID:
@@ -234,6 +269,10 @@ export class EduDevice implements PciDeviceModel {
   }
 
   barWrite(bar: number, offset: number, size: number, value: number): void {
+    if (this.msixTable?.covers(bar, offset)) {
+      this.msixTable.write(bar, offset, size, value);
+      return;
+    }
     if (!this.validAccess(bar, offset, size)) return;
     const v32 = size === 8 ? (value % TWO32) >>> 0 : value >>> 0;
     switch (offset) {
@@ -283,6 +322,7 @@ export class EduDevice implements PciDeviceModel {
     this.dmaCount = 0;
     this.dmaCmd = 0;
     this.buffer.fill(0);
+    this.msixTable?.reset();
     this.setIntx(false);
     if (this.tracer.enabled) this.tracer.emit("edu.reset", { bdf: this.bdf });
   }
@@ -376,7 +416,10 @@ export class EduDevice implements PciDeviceModel {
     this.irqStatus = (this.irqStatus | val) >>> 0;
     if (this.irqStatus === 0) return;
     let delivery: string;
-    if (this.msiEnabled()) {
+    if (this.config.msixEnabled()) {
+      if (this.bus.raiseMsix(this.bdf, 0)) delivery = "msix";
+      else delivery = this.msixTable?.pending(0) ? "msix (masked, pending)" : "msix (dropped)";
+    } else if (this.msiEnabled()) {
       delivery = this.bus.raiseMsi(this.bdf, 0) ? "msi" : "msi (dropped)";
     } else {
       this.setIntx(true);
@@ -387,7 +430,7 @@ export class EduDevice implements PciDeviceModel {
 
   private lowerIrq(val: number): void {
     this.irqStatus = (this.irqStatus & ~val) >>> 0;
-    if (this.irqStatus === 0 && !this.msiEnabled()) this.setIntx(false);
+    if (this.irqStatus === 0 && !this.config.msixEnabled() && !this.msiEnabled()) this.setIntx(false);
   }
 
   /** MSI Enable in the device's own capability (read in place: no allocation per interrupt). */

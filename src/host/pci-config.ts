@@ -6,6 +6,13 @@
  * writes, RW1C status bits clear on write-1, and a BAR written with all ones reads back ~(size - 1) | flags (the
  * sizing probe firmware and VMMs use), then takes whatever aligned address is written next.
  *
+ * Capabilities built from the spec: MSI (`msiVectors`) and MSI-X (`msix`). The MSI-X capability (PCI 3.0 section 6.8.2)
+ * is 12 bytes: Message Control with the table size (N - 1, read-only), Function Mask and MSI-X Enable (the only
+ * writable bits); Table Offset/BIR and PBA Offset/BIR (read-only). The table and the Pending Bit Array themselves live
+ * in a memory BAR, in an `MsixTable` (pci.ts) the device model exposes there. A write reaching Message Control is
+ * reported to the MSI-X listener (the table), so clearing Function Mask or setting Enable can deliver what was
+ * pending, as the specification requires.
+ *
  * Not modelled: extended config space beyond 4 KiB, bridges (type 1 headers), expansion ROM contents.
  */
 import { Errno, KernelError } from "../core/index.ts";
@@ -55,6 +62,30 @@ export const PCI_MSI_ADDRESS_HI = 8;
 export const PCI_MSI_DATA_64 = 12;
 export const PCI_MSI_DATA_32 = 8;
 
+// MSI-X capability (offsets from the capability start; Linux's pci_regs.h names).
+export const PCI_MSIX_FLAGS = 2;
+/** Table size field of Message Control: N - 1. */
+export const PCI_MSIX_FLAGS_QSIZE = 0x07ff;
+export const PCI_MSIX_FLAGS_MASKALL = 0x4000;
+export const PCI_MSIX_FLAGS_ENABLE = 0x8000;
+export const PCI_MSIX_TABLE = 4;
+export const PCI_MSIX_TABLE_BIR = 0x7;
+export const PCI_MSIX_TABLE_OFFSET = 0xfffffff8;
+export const PCI_MSIX_PBA = 8;
+export const PCI_MSIX_PBA_BIR = 0x7;
+export const PCI_MSIX_PBA_OFFSET = 0xfffffff8;
+export const PCI_CAP_MSIX_SIZEOF = 12;
+/** Most vectors an MSI-X table can hold (an 11-bit N - 1). */
+export const PCI_MSIX_MAX_VECTORS = 2048;
+
+// MSI-X table entries (16 bytes each) in the BAR the Table BIR names.
+export const PCI_MSIX_ENTRY_SIZE = 16;
+export const PCI_MSIX_ENTRY_LOWER_ADDR = 0x0;
+export const PCI_MSIX_ENTRY_UPPER_ADDR = 0x4;
+export const PCI_MSIX_ENTRY_DATA = 0x8;
+export const PCI_MSIX_ENTRY_VECTOR_CTRL = 0xc;
+export const PCI_MSIX_ENTRY_CTRL_MASKBIT = 0x1;
+
 export type BarKind = "io" | "mem32" | "mem64";
 
 export interface BarSpec {
@@ -78,6 +109,21 @@ export interface ConfigSpaceSpec {
   readonly size?: 256 | 4096;
   /** MSI capability with this many vectors (1, 2, 4, ... 32); 64-bit addresses. */
   readonly msiVectors?: number;
+  /** MSI-X capability (added after MSI): its table and PBA must fit, 8-byte aligned, in memory BARs of `bars`. */
+  readonly msix?: MsixSpec;
+}
+
+/** Where an MSI-X capability says its table and Pending Bit Array are. */
+export interface MsixSpec {
+  /** Table size N, 1 to 2048. */
+  readonly vectors: number;
+  /** BIR of the table: index of a memory BAR. */
+  readonly tableBar: number;
+  /** Byte offset of the table in that BAR (N * 16 bytes), a multiple of 8. */
+  readonly tableOffset: number;
+  readonly pbaBar: number;
+  /** Byte offset of the PBA (ceil(N / 64) quadwords), a multiple of 8. */
+  readonly pbaOffset: number;
 }
 
 export interface MsiState {
@@ -85,6 +131,17 @@ export interface MsiState {
   readonly vectors: number;
   readonly address: number;
   readonly data: number;
+}
+
+/** The MSI-X capability's fields, decoded. */
+export interface MsixState {
+  readonly enabled: boolean;
+  readonly functionMasked: boolean;
+  readonly vectors: number;
+  readonly tableBar: number;
+  readonly tableOffset: number;
+  readonly pbaBar: number;
+  readonly pbaOffset: number;
 }
 
 export class PciConfigSpace {
@@ -95,8 +152,12 @@ export class PciConfigSpace {
   private readonly w1cmask: Uint8Array;
   private readonly bars: (BarSpec | undefined)[] = [];
   readonly msiCap: number;
+  /** Offset of the MSI-X capability, 0 if none. */
+  readonly msixCap: number;
   private nextCap = 0x40;
   private lastCap = 0;
+  /** Told when a write reaches MSI-X Message Control (the MsixTable, to deliver pending messages). */
+  private msixListener: (() => void) | undefined;
 
   constructor(readonly spec: ConfigSpaceSpec) {
     const size = spec.size ?? 256;
@@ -117,6 +178,7 @@ export class PciConfigSpace {
     this.wmask[PCI_INTERRUPT_LINE] = 0xff;
     for (const b of spec.bars) this.addBar(b);
     this.msiCap = spec.msiVectors ? this.addMsi(spec.msiVectors) : 0;
+    this.msixCap = spec.msix ? this.addMsix(spec.msix) : 0;
   }
 
   // ---- access as software sees it --------------------------------------------------------------------------------
@@ -139,6 +201,8 @@ export class PciConfigSpace {
       this.bytes[o] = (this.bytes[o]! & ~m) | (b & m);
       this.bytes[o]! &= ~(b & this.w1cmask[o]!);
     }
+    const mc = this.msixCap + PCI_MSIX_FLAGS;
+    if (this.msixCap !== 0 && offset < mc + 2 && offset + size > mc) this.msixListener?.();
   }
 
   // ---- BARs --------------------------------------------------------------------------------------------------------
@@ -220,6 +284,52 @@ export class PciConfigSpace {
     };
   }
 
+  /** The MSI-X capability's fields; `vectors` 0 when there is none. */
+  msix(): MsixState {
+    const c = this.msixCap;
+    if (c === 0) {
+      return {
+        enabled: false,
+        functionMasked: false,
+        vectors: 0,
+        tableBar: 0,
+        tableOffset: 0,
+        pbaBar: 0,
+        pbaOffset: 0,
+      };
+    }
+    const flags = this.read(c + PCI_MSIX_FLAGS, 2);
+    const table = this.read(c + PCI_MSIX_TABLE, 4);
+    const pba = this.read(c + PCI_MSIX_PBA, 4);
+    return {
+      enabled: (flags & PCI_MSIX_FLAGS_ENABLE) !== 0,
+      functionMasked: (flags & PCI_MSIX_FLAGS_MASKALL) !== 0,
+      vectors: (flags & PCI_MSIX_FLAGS_QSIZE) + 1,
+      tableBar: table & PCI_MSIX_TABLE_BIR,
+      tableOffset: (table & PCI_MSIX_TABLE_OFFSET) >>> 0,
+      pbaBar: pba & PCI_MSIX_PBA_BIR,
+      pbaOffset: (pba & PCI_MSIX_PBA_OFFSET) >>> 0,
+    };
+  }
+
+  /** MSI-X Enable, read in place (interrupt paths call this: no allocation). */
+  msixEnabled(): boolean {
+    return this.msixCap !== 0 && (this.bytes[this.msixCap + PCI_MSIX_FLAGS + 1]! & (PCI_MSIX_FLAGS_ENABLE >> 8)) !== 0;
+  }
+
+  /** MSI-X Function Mask, read in place. */
+  msixFunctionMasked(): boolean {
+    return this.msixCap !== 0 && (this.bytes[this.msixCap + PCI_MSIX_FLAGS + 1]! & (PCI_MSIX_FLAGS_MASKALL >> 8)) !== 0;
+  }
+
+  /**
+   * Registers the one listener told after any write that reaches MSI-X Message Control (undefined removes it).
+   * MsixTable registers itself; a second table on the same config space would replace the first.
+   */
+  setMsixControlListener(listener: (() => void) | undefined): void {
+    this.msixListener = listener;
+  }
+
   /** Function-level reset: writable state back to power-on values (BARs, command, MSI). */
   reset(): void {
     for (let o = 0; o < this.bytes.length; o++) {
@@ -269,6 +379,54 @@ export class PciConfigSpace {
     this.setMask(c + PCI_MSI_ADDRESS_HI, 4, 0xffffffff);
     this.setMask(c + PCI_MSI_DATA_64, 2, 0xffff);
     return c;
+  }
+
+  private addMsix(m: MsixSpec): number {
+    const { vectors, tableBar, tableOffset, pbaBar, pbaOffset } = m;
+    if (!Number.isInteger(vectors) || vectors < 1 || vectors > PCI_MSIX_MAX_VECTORS) {
+      throw new KernelError(Errno.EINVAL, `MSI-X table size ${vectors} must be an integer from 1 to 2048`);
+    }
+    const tableBytes = vectors * PCI_MSIX_ENTRY_SIZE;
+    const pbaBytes = Math.ceil(vectors / 64) * 8;
+    this.checkMsixPlace("table", tableBar, tableOffset, tableBytes);
+    this.checkMsixPlace("PBA", pbaBar, pbaOffset, pbaBytes);
+    if (tableBar === pbaBar && tableOffset < pbaOffset + pbaBytes && pbaOffset < tableOffset + tableBytes) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `MSI-X table [0x${tableOffset.toString(16)}, +0x${tableBytes.toString(16)}) and PBA ` +
+          `[0x${pbaOffset.toString(16)}, +0x${pbaBytes.toString(16)}) overlap in BAR${tableBar}`,
+      );
+    }
+    const c = this.addCapability(PCI_CAP_ID_MSIX, PCI_CAP_MSIX_SIZEOF);
+    this.set16(c + PCI_MSIX_FLAGS, vectors - 1);
+    this.setMask(c + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_MASKALL | PCI_MSIX_FLAGS_ENABLE);
+    this.set32(c + PCI_MSIX_TABLE, tableOffset + tableBar);
+    this.set32(c + PCI_MSIX_PBA, pbaOffset + pbaBar);
+    return c;
+  }
+
+  private checkMsixPlace(what: string, bar: number, offset: number, bytes: number): void {
+    const spec = Number.isInteger(bar) && bar >= 0 && bar <= 5 ? this.bars[bar] : undefined;
+    if (spec === undefined || spec.kind === "io") {
+      throw new KernelError(Errno.EINVAL, `MSI-X ${what} BIR ${bar} does not name a memory BAR of this function`);
+    }
+    if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset > PCI_MSIX_TABLE_OFFSET) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `MSI-X ${what} offset ${offset} must be a multiple of 8 below 2^32 (the low 3 bits hold the BIR)`,
+      );
+    }
+    if (offset + bytes > spec.size) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `MSI-X ${what} [0x${offset.toString(16)}, +0x${bytes.toString(16)}) runs past the end of BAR${bar} ` +
+          `(0x${spec.size.toString(16)} bytes)`,
+      );
+    }
+  }
+
+  private set32(off: number, v: number): void {
+    for (let i = 0; i < 4; i++) this.bytes[off + i] = Math.floor(v / 256 ** i) & 0xff;
   }
 
   private set16(off: number, v: number): void {

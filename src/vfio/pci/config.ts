@@ -24,7 +24,11 @@
  *   through raw, as Linux does.
  * - PM, VPD, PCI-X, PCI Express and Advanced Features: visible and read-only with the next pointer virtual.
  *   Simplification: Linux lets some of their control fields through and emulates FLR, MPS/MRRS and power states.
- * - MSI-X and AGP: visible, read-only from the hardware (MSI-X delivery is not modelled).
+ * - MSI-X and AGP: visible, read directly from the hardware, writes dropped (Linux gives both its default
+ *   direct-read perms; there is no MSI-X handler in vfio_pci_config.c). So the MSI-X Enable and Function Mask bits are
+ *   not virtualized: the user reads them as vfio-pci set them through SET_IRQS (MSIX), and a write to them is lost. A
+ *   VMM emulates the guest's MSI-X capability and table itself and drives the real one only through SET_IRQS, as
+ *   QEMU's vfio-pci does.
  * - Every other capability is hidden: unlinked from the chain in vconfig (Linux hides those its table gives length
  *   0, and cannot size HyperTransport and SATA without their registers, which this model does not know either).
  * - Bytes in no visible capability (gaps, hidden capabilities, 0x100 and up): raw access to the hardware, as Linux's

@@ -14,7 +14,18 @@
  *   enables MSI on the device for start+count vectors (the host programs the real MSI address/data, sets INTx
  *   Disable as pci_intx_for_msi does), and `msiQmax` becomes log2 of that for the config space's queue-size cap.
  *   MASK/UNMASK are ENOTTY (Linux: "Need masking support exported").
- * - MSI-X (index 2): count from the MSI-X capability, 0 without one; delivery is not modelled (EINVAL if asked).
+ * - MSI-X (index 2): EVENTFD | NORESIZE (no dynamic MSI-X), count = the table size from the MSI-X capability, 0
+ *   without one. Assigning eventfds enables MSI-X on the device for start+count vectors as the host's
+ *   pci_alloc_irq_vectors does: Enable and Function Mask set, every entry masked, the host's message (address, data)
+ *   written into the allocated entries, Function Mask cleared, INTx Disable set. A vector given an eventfd has its
+ *   entry's message rewritten and is unmasked (request_irq), so a message the device left pending there arrives on
+ *   the new eventfd; -1 de-assigns it and masks the entry again (free_irq), so the device's messages for it wait in
+ *   the PBA. The device's `msix(vector)` reaches the vector's eventfd. DATA_NONE with count 0 disables: every vector
+ *   released, entries masked, MSI-X Enable and INTx Disable cleared (pci_free_irq_vectors). The user never touches the
+ *   physical table or capability: config.ts shows the capability read-only from the hardware, rdwr.ts hides the table.
+ * - MSI and MSI-X share Linux's rules: eventfds for vectors [start, start+count) may be (re)assigned only inside the
+ *   block allocated when the index was enabled (EINVAL beyond it, and the whole call undone when enabling);
+ *   DATA_NONE / DATA_BOOL with count > 0 signal the assigned eventfds (loopback); MASK/UNMASK are ENOTTY.
  * - ERR (index 3): count 1 for PCI Express devices; for conventional PCI, irqInfo is EINVAL and SET_IRQS ENOTTY.
  * - REQ (index 4): count 1; signalled when the host asks the user to release the device (driver unbind).
  * ERR and REQ take a single eventfd; DATA_NONE / DATA_BOOL signal it (loopback testing), DATA_NONE with count 0
@@ -24,14 +35,14 @@
  * (something that can be listened to); another trigger there is EINVAL.
  *
  * Not modelled: shared interrupt lines, devices without DisINTx masking (Linux's exclusive-IRQ fallback), irq bypass,
- * dynamic MSI-X.
+ * dynamic MSI-X, the host's irq domain (the host message is a fixed address and data = base + vector).
  */
 import { defineTraceEvents, Errno, KernelError, type Tracer } from "../../core/index.ts";
 import {
   type Bdf,
   EventFd,
+  type MsixTable,
   PCI_CAP_ID_EXP,
-  PCI_CAP_ID_MSIX,
   PCI_COMMAND,
   PCI_COMMAND_INTX_DISABLE,
   PCI_MSI_ADDRESS_HI,
@@ -41,6 +52,15 @@ import {
   PCI_MSI_FLAGS_ENABLE,
   PCI_MSI_FLAGS_QMASK,
   PCI_MSI_FLAGS_QSIZE,
+  PCI_MSIX_ENTRY_CTRL_MASKBIT,
+  PCI_MSIX_ENTRY_DATA,
+  PCI_MSIX_ENTRY_LOWER_ADDR,
+  PCI_MSIX_ENTRY_SIZE,
+  PCI_MSIX_ENTRY_UPPER_ADDR,
+  PCI_MSIX_ENTRY_VECTOR_CTRL,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_MASKALL,
   PCI_STATUS,
   PCI_STATUS_INTERRUPT,
   type PciConfigSpace,
@@ -69,6 +89,8 @@ declare module "../../core/trace.ts" {
     "vfio_pci.intx.unmask": { bdf: string; stillPending: boolean };
     "vfio_pci.msi.enable": { bdf: string; vectors: number };
     "vfio_pci.msi.disable": { bdf: string };
+    "vfio_pci.msix.enable": { bdf: string; vectors: number };
+    "vfio_pci.msix.disable": { bdf: string };
     "vfio_pci.trigger": { bdf: string; irq: string; vector: number; assigned: boolean };
     "vfio_pci.signal": { bdf: string; irq: string; vector: number };
   }
@@ -80,6 +102,8 @@ defineTraceEvents("vfio", {
   "vfio_pci.intx.unmask": "{bdf}: INTx unmask requested, line still asserted: {stillPending}",
   "vfio_pci.msi.enable": "{bdf}: MSI enabled with {vectors} vector(s)",
   "vfio_pci.msi.disable": "{bdf}: MSI disabled",
+  "vfio_pci.msix.enable": "{bdf}: MSI-X enabled with {vectors} vector(s)",
+  "vfio_pci.msix.disable": "{bdf}: MSI-X disabled",
   "vfio_pci.trigger": "{bdf}: {irq} vector {vector} eventfd {assigned}",
   "vfio_pci.signal": "{bdf}: {irq} vector {vector} signalled to the user",
 });
@@ -96,6 +120,8 @@ export interface VfioPciIrqsOptions {
   readonly tracer: Tracer;
   /** The interrupt pin the user sees (virtual config while open, else the device's). */
   readonly interruptPin: () => number;
+  /** The device's MSI-X table (PciDeviceModel.msixTable), which vfio-pci programs as the host's MSI code would. */
+  readonly msixTable?: MsixTable | undefined;
 }
 
 /** A trigger that can be listened to (an unmask eventfd). */
@@ -122,6 +148,8 @@ export class VfioPciIrqs {
   private intxTrigger: IrqTrigger | null = null;
   private intxMasked = false;
   private intxUnmaskOff: (() => void) | undefined;
+  private readonly msixTable: MsixTable | undefined;
+  /** Per-vector eventfds of the enabled MSI or MSI-X block (vdev->ctx); its length is vdev->num_ctx. */
   private msiTriggers: (IrqTrigger | null)[] = [];
   private errTrigger: IrqTrigger | null = null;
   private reqTrigger: IrqTrigger | null = null;
@@ -131,9 +159,11 @@ export class VfioPciIrqs {
     this.hw = opts.config;
     this.tracer = opts.tracer;
     this.interruptPin = opts.interruptPin;
+    this.msixTable = opts.msixTable;
     this.handler = {
       intx: (level) => this.intxHandler(level),
       msi: (vector) => this.msiHandler(vector),
+      msix: (vector) => this.msixHandler(vector),
     };
   }
 
@@ -158,10 +188,8 @@ export class VfioPciIrqs {
         if (cap === 0) return 0;
         return 1 << ((this.hw.read(cap + PCI_MSI_FLAGS, 2) & PCI_MSI_FLAGS_QMASK) >> 1);
       }
-      case VFIO_PCI_MSIX_IRQ_INDEX: {
-        const cap = this.hw.findCapability(PCI_CAP_ID_MSIX);
-        return cap === 0 ? 0 : (this.hw.read(cap + 2, 2) & 0x7ff) + 1;
-      }
+      case VFIO_PCI_MSIX_IRQ_INDEX:
+        return this.hw.msixCap === 0 ? 0 : this.hw.msix().vectors;
       case VFIO_PCI_ERR_IRQ_INDEX:
         return this.isPcie ? 1 : 0;
       case VFIO_PCI_REQ_IRQ_INDEX:
@@ -226,7 +254,8 @@ export class VfioPciIrqs {
   /** vfio_pci_core_disable's interrupt part: tear down whatever is enabled, drop ERR/REQ triggers. */
   disableAll(): void {
     if (this.irqType === VFIO_PCI_INTX_IRQ_INDEX) this.intxDisable();
-    else if (this.irqType === VFIO_PCI_MSI_IRQ_INDEX) this.msiDisable();
+    else if (this.irqType === VFIO_PCI_MSI_IRQ_INDEX) this.msiDisable(false);
+    else if (this.irqType === VFIO_PCI_MSIX_IRQ_INDEX) this.msiDisable(true);
     this.virqDisabled = false;
     this.errTrigger = null;
     this.reqTrigger = null;
@@ -410,86 +439,188 @@ export class VfioPciIrqs {
     if (next !== cmd) this.hw.write(PCI_COMMAND, 2, next);
   }
 
-  // ---- MSI --------------------------------------------------------------------------------------------------------
+  // ---- MSI and MSI-X ----------------------------------------------------------------------------------------------
+
+  /** Vectors with an eventfd in the enabled MSI or MSI-X block. */
+  get msiVectorsAssigned(): number {
+    let n = 0;
+    for (const t of this.msiTriggers) if (t !== null) n++;
+    return n;
+  }
 
   private msiHandler(vector: number): void {
+    if (this.irqType !== VFIO_PCI_MSI_IRQ_INDEX) return;
     const t = this.msiTriggers[vector];
     if (t !== undefined && t !== null) this.signal(t, VFIO_PCI_MSI_IRQ_INDEX, vector);
   }
 
+  private msixHandler(vector: number): void {
+    if (this.irqType !== VFIO_PCI_MSIX_IRQ_INDEX) return;
+    const t = this.msiTriggers[vector];
+    if (t !== undefined && t !== null) this.signal(t, VFIO_PCI_MSIX_IRQ_INDEX, vector);
+  }
+
+  /** vfio_pci_set_msi_trigger, for both MSI and MSI-X. */
   private setMsiTrigger(s: VfioIrqSet): void {
-    if (s.index === VFIO_PCI_MSIX_IRQ_INDEX) {
-      throw new KernelError(Errno.EINVAL, `${this.bdf}: MSI-X delivery is not modelled`);
-    }
-    const isMsi = this.irqType === s.index;
-    if (isMsi && s.count === 0 && s.data.kind === "none") {
-      this.msiDisable();
+    const msix = s.index === VFIO_PCI_MSIX_IRQ_INDEX;
+    const name = vfioPciIrqName(s.index);
+    const isCurrent = this.irqType === s.index;
+    if (isCurrent && s.count === 0 && s.data.kind === "none") {
+      this.msiDisable(msix);
       return;
     }
-    if (!(isMsi || this.irqType === IRQ_NONE)) {
-      throw new KernelError(Errno.EINVAL, `${this.bdf}: cannot use MSI while ${this.irqTypeName()} is enabled`);
+    if (!(isCurrent || this.irqType === IRQ_NONE)) {
+      throw new KernelError(Errno.EINVAL, `${this.bdf}: cannot use ${name} while ${this.irqTypeName()} is enabled`);
     }
     if (s.data.kind === "eventfd") {
-      if (isMsi) {
-        this.setBlock(s.start, s.data.triggers);
+      if (isCurrent) {
+        this.setBlock(s.index, s.start, s.data.triggers);
         return;
       }
-      this.msiEnable(s.start + s.count);
-      this.setBlock(s.start, s.data.triggers);
+      if (s.start + s.count === 0) {
+        throw new KernelError(Errno.EINVAL, `${this.bdf}: enabling ${name} needs at least one vector`);
+      }
+      this.msiEnable(s.start + s.count, msix);
+      try {
+        this.setBlock(s.index, s.start, s.data.triggers);
+      } catch (e) {
+        this.msiDisable(msix);
+        throw e;
+      }
       return;
     }
-    if (!isMsi) throw new KernelError(Errno.EINVAL, `${this.bdf}: MSI is not enabled: nothing to trigger`);
+    if (!isCurrent || s.start + s.count > this.msiTriggers.length) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.bdf}: ${name} loopback of vectors [${s.start}, ${s.start + s.count}) needs ${name} enabled with ` +
+          `them allocated (now ${this.irqTypeName()}, ${this.msiTriggers.length} vector(s))`,
+      );
+    }
     for (let i = s.start; i < s.start + s.count; i++) {
       const t = this.msiTriggers[i];
       if (t === undefined || t === null) continue;
-      if (s.data.kind === "none" || s.data.values[i - s.start] === true) this.signal(t, VFIO_PCI_MSI_IRQ_INDEX, i);
+      if (s.data.kind === "none" || s.data.values[i - s.start] === true) this.signal(t, s.index, i);
     }
   }
 
-  private setBlock(start: number, triggers: readonly (IrqTrigger | null)[]): void {
-    for (let i = 0; i < triggers.length; i++) {
-      const v = start + i;
-      const t = triggers[i] ?? null;
-      const had = this.msiTriggers[v] !== undefined && this.msiTriggers[v] !== null;
-      this.msiTriggers[v] = t;
-      if ((had || t !== null) && this.tracer.enabled) {
-        this.tracer.emit("vfio_pci.trigger", { bdf: this.bdf, irq: "MSI", vector: v, assigned: t !== null });
-      }
+  /** vfio_msi_set_block: (re)assigns eventfds within the allocated block; on failure the assigned ones are undone. */
+  private setBlock(index: number, start: number, triggers: readonly (IrqTrigger | null)[]): void {
+    const numCtx = this.msiTriggers.length;
+    if (start >= numCtx || start + triggers.length > numCtx) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.bdf}: ${vfioPciIrqName(index)} vectors [${start}, ${start + triggers.length}) are outside the ` +
+          `${numCtx} allocated when it was enabled (disable it first to allocate more)`,
+      );
     }
+    const msix = index === VFIO_PCI_MSIX_IRQ_INDEX;
+    for (let i = 0; i < triggers.length; i++) this.setVectorSignal(start + i, triggers[i] ?? null, msix);
   }
 
-  /** vfio_msi_enable: pci_alloc_irq_vectors(MSI) programs the device; the user's view caps at msi_qmax. */
-  private msiEnable(nvec: number): void {
-    const cap = this.hw.msiCap;
-    if (cap === 0) throw new KernelError(Errno.EINVAL, `${this.bdf} has no MSI capability`);
-    const qsize = Math.ceil(Math.log2(nvec));
-    this.hw.write(cap + PCI_MSI_ADDRESS_LO, 4, HOST_MSI_ADDRESS);
-    this.hw.write(cap + PCI_MSI_ADDRESS_HI, 4, 0);
-    this.hw.write(cap + PCI_MSI_DATA_64, 2, HOST_MSI_DATA);
-    const flags = this.hw.read(cap + PCI_MSI_FLAGS, 2);
-    this.hw.write(cap + PCI_MSI_FLAGS, 2, (flags & ~PCI_MSI_FLAGS_QSIZE) | (qsize << 4) | PCI_MSI_FLAGS_ENABLE);
-    this.setDisIntx(true); // pci_intx_for_msi(dev, 0)
-    this.msiTriggers = [];
-    this.irqType = VFIO_PCI_MSI_IRQ_INDEX;
-    this.msiQmax = qsize; // fls(nvec * 2 - 1) - 1
-    if (this.tracer.enabled) this.tracer.emit("vfio_pci.msi.enable", { bdf: this.bdf, vectors: nvec });
+  /** vfio_msi_set_vector_signal: free the vector's irq (masks an MSI-X entry), then request it with the new trigger. */
+  private setVectorSignal(vector: number, trigger: IrqTrigger | null, msix: boolean): void {
+    const had = this.msiTriggers[vector] ?? null;
+    if (had !== null) {
+      if (msix) this.setEntryMask(vector, true);
+      this.msiTriggers[vector] = null;
+    }
+    if (trigger !== null) {
+      // The table is device memory a reset behind our back may clear: rewrite the message before unmasking.
+      if (msix) this.writeEntryMessage(vector);
+      this.msiTriggers[vector] = trigger;
+    }
+    if ((had !== null || trigger !== null) && this.tracer.enabled) {
+      this.tracer.emit("vfio_pci.trigger", {
+        bdf: this.bdf,
+        irq: msix ? "MSIX" : "MSI",
+        vector,
+        assigned: trigger !== null,
+      });
+    }
+    // Unmasking last: a message the device left pending goes to the new eventfd.
+    if (trigger !== null && msix) this.setEntryMask(vector, false);
   }
 
-  /** vfio_msi_disable: drop every vector's trigger, free the vectors (MSI off at the device, INTx Disable cleared). */
-  private msiDisable(): void {
-    this.setBlock(
-      0,
-      this.msiTriggers.map(() => null),
-    );
-    this.msiTriggers = [];
-    const cap = this.hw.msiCap;
-    if (cap !== 0) {
+  /** vfio_msi_enable: pci_alloc_irq_vectors programs the device (MSI: the capability; MSI-X: the table). */
+  private msiEnable(nvec: number, msix: boolean): void {
+    if (msix) this.msixAlloc(nvec);
+    else {
+      const cap = this.hw.msiCap;
+      if (cap === 0) throw new KernelError(Errno.EINVAL, `${this.bdf} has no MSI capability`);
+      const qsize = Math.ceil(Math.log2(nvec));
+      this.hw.write(cap + PCI_MSI_ADDRESS_LO, 4, HOST_MSI_ADDRESS);
+      this.hw.write(cap + PCI_MSI_ADDRESS_HI, 4, 0);
+      this.hw.write(cap + PCI_MSI_DATA_64, 2, HOST_MSI_DATA);
       const flags = this.hw.read(cap + PCI_MSI_FLAGS, 2);
-      this.hw.write(cap + PCI_MSI_FLAGS, 2, flags & ~PCI_MSI_FLAGS_ENABLE);
+      this.hw.write(cap + PCI_MSI_FLAGS, 2, (flags & ~PCI_MSI_FLAGS_QSIZE) | (qsize << 4) | PCI_MSI_FLAGS_ENABLE);
+      this.msiQmax = qsize; // fls(nvec * 2 - 1) - 1
+    }
+    this.setDisIntx(true); // pci_intx_for_msi(dev, 0)
+    this.msiTriggers = new Array<IrqTrigger | null>(nvec).fill(null);
+    this.irqType = msix ? VFIO_PCI_MSIX_IRQ_INDEX : VFIO_PCI_MSI_IRQ_INDEX;
+    if (this.tracer.enabled) {
+      this.tracer.emit(msix ? "vfio_pci.msix.enable" : "vfio_pci.msi.enable", { bdf: this.bdf, vectors: nvec });
+    }
+  }
+
+  /** msix_capability_init: enable with the function masked, mask every entry, write the messages, unmask the function. */
+  private msixAlloc(nvec: number): void {
+    const cap = this.hw.msixCap;
+    const t = this.msixTable;
+    if (cap === 0 || t === undefined) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${this.bdf} has ${cap === 0 ? "no MSI-X capability" : "an MSI-X capability but its model exposes no MSI-X table"}`,
+      );
+    }
+    const ctl = this.hw.read(cap + PCI_MSIX_FLAGS, 2);
+    this.hw.write(cap + PCI_MSIX_FLAGS, 2, ctl | PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL);
+    for (let v = 0; v < t.vectors; v++) this.setEntryMask(v, true);
+    for (let v = 0; v < nvec; v++) this.writeEntryMessage(v);
+    this.hw.write(cap + PCI_MSIX_FLAGS, 2, (ctl | PCI_MSIX_FLAGS_ENABLE) & ~PCI_MSIX_FLAGS_MASKALL);
+  }
+
+  /** vfio_msi_disable: release every vector, free the vectors (device back to disabled and masked), INTx Disable off. */
+  private msiDisable(msix: boolean): void {
+    for (let v = 0; v < this.msiTriggers.length; v++) this.setVectorSignal(v, null, msix);
+    this.msiTriggers = [];
+    if (msix) {
+      // pci_msix_shutdown: every entry masked, then MSI-X Enable cleared.
+      const cap = this.hw.msixCap;
+      const t = this.msixTable;
+      if (t !== undefined) for (let v = 0; v < t.vectors; v++) this.setEntryMask(v, true);
+      if (cap !== 0) {
+        const ctl = this.hw.read(cap + PCI_MSIX_FLAGS, 2);
+        this.hw.write(cap + PCI_MSIX_FLAGS, 2, ctl & ~(PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL));
+      }
+    } else {
+      const cap = this.hw.msiCap;
+      if (cap !== 0) {
+        const flags = this.hw.read(cap + PCI_MSI_FLAGS, 2);
+        this.hw.write(cap + PCI_MSI_FLAGS, 2, flags & ~PCI_MSI_FLAGS_ENABLE);
+      }
     }
     this.setDisIntx(false); // pci_intx_for_msi(dev, 1)
     this.irqType = IRQ_NONE;
-    if (this.tracer.enabled) this.tracer.emit("vfio_pci.msi.disable", { bdf: this.bdf });
+    if (this.tracer.enabled)
+      this.tracer.emit(msix ? "vfio_pci.msix.disable" : "vfio_pci.msi.disable", { bdf: this.bdf });
+  }
+
+  /** pci_write_msi_msg for an MSI-X entry: the host's address and data for `vector`. */
+  private writeEntryMessage(vector: number): void {
+    const t = this.msixTable!;
+    const at = t.tableOffset + vector * PCI_MSIX_ENTRY_SIZE;
+    t.write(t.tableBar, at + PCI_MSIX_ENTRY_LOWER_ADDR, 4, HOST_MSI_ADDRESS);
+    t.write(t.tableBar, at + PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0);
+    t.write(t.tableBar, at + PCI_MSIX_ENTRY_DATA, 4, HOST_MSI_DATA + vector);
+  }
+
+  /** pci_msix_mask / pci_msix_unmask: the entry's Mask bit. Unmasking may send a pending message at once. */
+  private setEntryMask(vector: number, masked: boolean): void {
+    const t = this.msixTable;
+    if (t === undefined) return;
+    const at = t.tableOffset + vector * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL;
+    t.write(t.tableBar, at, 4, masked ? PCI_MSIX_ENTRY_CTRL_MASKBIT : 0);
   }
 
   // ---- ERR / REQ --------------------------------------------------------------------------------------------------

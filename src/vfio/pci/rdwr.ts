@@ -8,10 +8,16 @@
  * accessible only while the user's Memory Space bit is set in the virtual command register (else EIO, as Linux's
  * test_mem); I/O BARs are not gated.
  *
+ * The excluded range (do_io_rw's x_start/x_end): in the BAR holding the MSI-X table, the table's bytes
+ * [offset, offset + 16 * N) never reach the device: reads of them return 0xff bytes and writes are dropped, as Linux
+ * does (the host owns the physical table; a VMM emulates its own table for the guest, as QEMU does). Pieces are cut at
+ * the range's start so no access straddles it, and filling the range needs no Memory Space (no device access happens).
+ * The PBA is not excluded: it reads from the device.
+ *
  * Values cross as little-endian bytes. An 8-byte value is a JavaScript number on the device side: exact below 2^53,
  * and any value >= 2^64 - 1 (a device's "all ones", see EDU_ALL_ONES_64) is encoded as eight 0xff bytes.
  *
- * Not modelled: the MSI-X table exclusion (no MSI-X), ROM BAR reads (no expansion ROMs), legacy VGA ranges.
+ * Not modelled: ROM BAR reads (no expansion ROMs), legacy VGA ranges.
  */
 import { Errno, KernelError } from "../../core/index.ts";
 import type { PciDeviceModel } from "../../host/index.ts";
@@ -20,7 +26,8 @@ const TWO32 = 4294967296;
 
 /**
  * vfio_pci_bar_rw for BAR `bar`: transfers `buf` at `pos` within the BAR; returns the bytes transferred.
- * `memoryEnabled` is the user's Memory Space bit (vfio_pci_memory_enabled).
+ * `memoryEnabled` is the user's Memory Space bit (vfio_pci_memory_enabled). [`excludeStart`, `excludeEnd`) is the
+ * excluded range within this BAR (the MSI-X table), empty by default.
  */
 export function vfioPciBarRw(
   pdev: PciDeviceModel,
@@ -29,6 +36,8 @@ export function vfioPciBarRw(
   buf: Uint8Array,
   write: boolean,
   memoryEnabled: boolean,
+  excludeStart = 0,
+  excludeEnd = 0,
 ): number {
   const spec = pdev.config.barSpec(bar);
   if (spec === undefined) {
@@ -41,16 +50,24 @@ export function vfioPciBarRw(
     );
   }
   const count = Math.min(buf.length, spec.size - pos);
-  if (count > 0 && spec.kind !== "io" && !memoryEnabled) {
-    throw new KernelError(
-      Errno.EIO,
-      `BAR${bar} of ${pdev.bdf} is not accessible: Memory Space is disabled in the command register`,
-    );
-  }
+  const gated = spec.kind !== "io" && !memoryEnabled;
   let done = 0;
   while (done < count) {
     const off = pos + done;
-    const left = count - done;
+    let left = count - done;
+    if (off >= excludeStart && off < excludeEnd) {
+      const filled = Math.min(left, excludeEnd - off);
+      if (!write) buf.fill(0xff, done, done + filled);
+      done += filled;
+      continue;
+    }
+    if (off < excludeStart) left = Math.min(left, excludeStart - off);
+    if (gated) {
+      throw new KernelError(
+        Errno.EIO,
+        `BAR${bar} of ${pdev.bdf} is not accessible: Memory Space is disabled in the command register`,
+      );
+    }
     let size: number;
     if (left >= 8 && off % 8 === 0) size = 8;
     else if (left >= 4 && off % 4 === 0) size = 4;

@@ -3,6 +3,8 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Errno, isKernelError, PAGE_SIZE, type Pfn, TraceRecorder } from "../../core/index.ts";
 import {
+  EDU_MSIX_PBA_OFFSET,
+  EDU_MSIX_TABLE_OFFSET,
   EDU_REG_DMA_SRC,
   EDU_REG_ID,
   EDU_REG_IRQ_ACK,
@@ -14,9 +16,11 @@ import {
   type Bdf,
   EventFd,
   Host,
+  MsixTable,
   PCI_BASE_ADDRESS_0,
   PCI_CAP_ID_EXP,
   PCI_CAP_ID_MSI,
+  PCI_CAP_ID_MSIX,
   PCI_CAP_ID_VNDR,
   PCI_CAPABILITY_LIST,
   PCI_COMMAND,
@@ -25,6 +29,12 @@ import {
   PCI_COMMAND_MEMORY,
   PCI_MSI_FLAGS,
   PCI_MSI_FLAGS_ENABLE,
+  PCI_MSIX_ENTRY_DATA,
+  PCI_MSIX_ENTRY_LOWER_ADDR,
+  PCI_MSIX_ENTRY_VECTOR_CTRL,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_MASKALL,
   PCI_STATUS,
   PCI_STATUS_CAP_LIST,
   PciConfigSpace,
@@ -33,6 +43,8 @@ import {
 } from "../../host/index.ts";
 import type { IrqTrigger, VfioDeviceOps, VfioIrqSet } from "../driver.ts";
 import {
+  decodeSparseMmapCap,
+  infoCap,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_IRQ_INFO_AUTOMASKED,
@@ -47,6 +59,7 @@ import {
   VFIO_PCI_REQ_IRQ_INDEX,
   VFIO_PCI_ROM_REGION_INDEX,
   VFIO_PCI_VGA_REGION_INDEX,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
@@ -142,10 +155,16 @@ class TestNic implements PciDeviceModel {
   }
 }
 
-function setup() {
+function setup(opts: { eduMsix?: number } = {}) {
   const host = new Host({ memoryBytes: 256 * 1024 * 1024 });
   const rec = new TraceRecorder(host.tracer);
-  const edu = new EduDevice({ bdf: EDU_BDF, bus: host.pci, dma: host.deviceDma(EDU_BDF), tracer: host.tracer });
+  const edu = new EduDevice({
+    bdf: EDU_BDF,
+    bus: host.pci,
+    dma: host.deviceDma(EDU_BDF),
+    tracer: host.tracer,
+    ...(opts.eduMsix !== undefined ? { msix: opts.eduMsix } : {}),
+  });
   host.addPciDevice(edu);
   const nic = new TestNic(NIC_BDF, host.physmem.allocContiguous(4));
   host.addPciDevice(nic);
@@ -625,5 +644,224 @@ describe("vfio-pci: rdwr encoding", () => {
     const b = new Uint8Array(8);
     encodeLe(b, 0, 8, 2 ** 64 - 1);
     assert.deepEqual(b, new Uint8Array(8).fill(0xff));
+  });
+});
+
+/** An MSI-X function whose BAR2 (16 KiB) is host frames: the table (64 entries) at 0x1800, the PBA at 0x3000. */
+class MsixRamDevice implements PciDeviceModel {
+  readonly config = new PciConfigSpace({
+    vendorId: 0x15b3,
+    deviceId: 0x101b,
+    classCode: 0x020000,
+    bars: [{ index: 2, size: 16384, kind: "mem64" }],
+    msix: { vectors: 64, tableBar: 2, tableOffset: 0x1800, pbaBar: 2, pbaOffset: 0x3000 },
+  });
+  readonly msixTable = new MsixTable(this.config);
+  constructor(
+    readonly bdf: Bdf,
+    private readonly frames: Pfn,
+  ) {}
+  barRead(bar: number, offset: number, size: number): number {
+    return this.msixTable.covers(bar, offset) ? this.msixTable.read(bar, offset, size) : 0x77;
+  }
+  barWrite(bar: number, offset: number, size: number, value: number): void {
+    if (this.msixTable.covers(bar, offset)) this.msixTable.write(bar, offset, size, value);
+  }
+  barFrames(bar: number): Pfn | undefined {
+    return bar === 2 ? this.frames : undefined;
+  }
+  reset(): void {}
+}
+
+describe("vfio-pci: MSI-X", () => {
+  const EVENTFD_NORESIZE = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
+  const entry = (v: number, field: number) => EDU_MSIX_TABLE_OFFSET + 16 * v + field;
+  const hwEntry = (s: ReturnType<typeof setup>, v: number, field: number) => s.edu.barRead(0, entry(v, field), 4);
+
+  function openMsixEdu(vectors = 2) {
+    const s = setup({ eduMsix: vectors });
+    const dev = openEdu(s);
+    cfgWrite(dev, PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    return { s, dev, cap: s.edu.config.msixCap };
+  }
+
+  it("reports the table size as the MSIX count, EVENTFD | NORESIZE, and shows the capability from the hardware", () => {
+    const { dev, cap } = openMsixEdu(2);
+    assert.deepEqual(dev.irqInfo(VFIO_PCI_MSIX_IRQ_INDEX), { index: 2, flags: EVENTFD_NORESIZE, count: 2 });
+    assert.deepEqual(dev.regionInfo(0), { index: 0, flags: RW, size: 1024 * 1024 }, "trapped: no MMAP, no caps");
+    assert.equal(cfgRead(dev, cap, 1), PCI_CAP_ID_MSIX);
+    assert.equal(cfgRead(dev, cap + PCI_MSIX_FLAGS, 2), 1, "N-1, disabled");
+    assert.equal(cfgRead(dev, cap + 4, 4), EDU_MSIX_TABLE_OFFSET);
+    assert.equal(cfgRead(dev, cap + 8, 4), EDU_MSIX_PBA_OFFSET);
+  });
+
+  it("SET_IRQS with two eventfds enables MSI-X as the host would; vector 0 carries the edu interrupt", () => {
+    const { s, dev, cap } = openMsixEdu(2);
+    const e0 = new EventFd();
+    const e1 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e0, e1]));
+    assert.equal(dev.irqs.irqType, VFIO_PCI_MSIX_IRQ_INDEX);
+    assert.deepEqual(s.edu.config.msix().enabled, true);
+    assert.equal(s.edu.config.msixFunctionMasked(), false);
+    assert.equal(s.edu.config.intxDisabled(), true, "INTx disabled while MSI-X is on");
+    for (const v of [0, 1]) {
+      assert.equal(hwEntry(s, v, PCI_MSIX_ENTRY_LOWER_ADDR), 0xfee00000, "the host's message address");
+      assert.equal(hwEntry(s, v, PCI_MSIX_ENTRY_DATA), 0x40 + v);
+      assert.equal(hwEntry(s, v, PCI_MSIX_ENTRY_VECTOR_CTRL), 0, "unmasked: it has an eventfd");
+    }
+    barWrite(dev, 0, EDU_REG_IRQ_RAISE, 4, 1);
+    barWrite(dev, 0, EDU_REG_IRQ_RAISE, 4, 1);
+    assert.deepEqual([e0.counter, e1.counter], [2n, 0n]);
+    // The user sees Enable as the hardware has it (not virtualized), and cannot write it.
+    assert.equal(cfgRead(dev, cap + PCI_MSIX_FLAGS, 2), PCI_MSIX_FLAGS_ENABLE | 1);
+    cfgWrite(dev, cap + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_MASKALL);
+    assert.equal(s.edu.config.read(cap + PCI_MSIX_FLAGS, 2), PCI_MSIX_FLAGS_ENABLE | 1, "the write was dropped");
+    // Loopback: DATA_NONE and DATA_BOOL signal the assigned eventfds.
+    dev.setIrqs({ action: "trigger", index: 2, start: 1, count: 1, data: { kind: "none" } });
+    dev.setIrqs({ action: "trigger", index: 2, start: 0, count: 2, data: { kind: "bool", values: [false, true] } });
+    assert.deepEqual([e0.counter, e1.counter], [2n, 2n]);
+    assert.equal(s.rec.count("vfio_pci.msix.enable"), 1);
+    assert.equal(dev.irqs.signalled[VFIO_PCI_MSIX_IRQ_INDEX], 4);
+  });
+
+  it("de-assigning a vector masks it: the device's message waits and reaches the next eventfd", () => {
+    const { s, dev } = openMsixEdu(2);
+    const e0 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e0]));
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [null]));
+    assert.equal(dev.irqs.irqType, VFIO_PCI_MSIX_IRQ_INDEX, "still enabled, no vector assigned");
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_VECTOR_CTRL), 1);
+    barWrite(dev, 0, EDU_REG_IRQ_RAISE, 4, 1);
+    assert.equal(e0.counter, 0n);
+    assert.equal(barRead(dev, 0, EDU_MSIX_PBA_OFFSET, 8), 1, "pending, and the PBA reads through the BAR");
+    const e2 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e2]));
+    assert.equal(e2.counter, 1n, "delivered on unmask");
+    assert.equal(barRead(dev, 0, EDU_MSIX_PBA_OFFSET, 8), 0);
+    const names = s.rec.named("vfio_pci.trigger").map((r) => `${r.fields.irq}${r.fields.vector}:${r.fields.assigned}`);
+    assert.deepEqual(names, ["MSIX0:true", "MSIX0:false", "MSIX0:true"]);
+  });
+
+  it("vectors outside the block allocated at enable are EINVAL; other indices are refused while MSI-X is on", () => {
+    const { s, dev } = openMsixEdu(2);
+    const e0 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e0]));
+    expectErrno(() => dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [new EventFd()], 1)), Errno.EINVAL, /allocated/);
+    expectErrno(
+      () => dev.setIrqs({ action: "trigger", index: 2, start: 0, count: 2, data: { kind: "none" } }),
+      Errno.EINVAL,
+    );
+    expectErrno(() => dev.setIrqs(trigger(VFIO_PCI_MSI_IRQ_INDEX, [new EventFd()])), Errno.EINVAL, /MSIX/);
+    expectErrno(() => dev.setIrqs(trigger(VFIO_PCI_INTX_IRQ_INDEX, [new EventFd()])), Errno.EINVAL, /MSIX/);
+    expectErrno(() => dev.setIrqs(none(VFIO_PCI_MSIX_IRQ_INDEX, "mask")), Errno.ENOTTY);
+    assert.equal(s.edu.config.msixEnabled(), true, "the failed calls changed nothing");
+    // A device without MSI-X cannot enable it.
+    const plain = openEdu(setup());
+    expectErrno(() => plain.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [new EventFd()])), Errno.EINVAL, /no MSI-X/);
+    assert.equal(plain.irqs.irqType, 5);
+  });
+
+  it("DATA_NONE | TRIGGER with count 0 disables MSI-X and releases every eventfd", () => {
+    const { s, dev, cap } = openMsixEdu(2);
+    const e0 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e0, new EventFd()]));
+    assert.equal(dev.irqs.msiVectorsAssigned, 2);
+    dev.setIrqs(none(VFIO_PCI_MSIX_IRQ_INDEX, "trigger", 0));
+    assert.equal(dev.irqs.irqType, 5);
+    assert.equal(dev.irqs.msiVectorsAssigned, 0);
+    assert.equal(s.edu.config.read(cap + PCI_MSIX_FLAGS, 2), 1, "Enable and Function Mask clear");
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_VECTOR_CTRL), 1, "entries masked again");
+    assert.equal(s.edu.config.intxDisabled(), false);
+    barWrite(dev, 0, EDU_REG_IRQ_RAISE, 4, 1);
+    assert.equal(e0.counter, 0n);
+    assert.equal(s.rec.count("vfio_pci.msix.disable"), 1);
+    // MSI is usable again.
+    const m = new EventFd();
+    barWrite(dev, 0, EDU_REG_IRQ_ACK, 4, 1);
+    dev.setIrqs(trigger(VFIO_PCI_MSI_IRQ_INDEX, [m]));
+    barWrite(dev, 0, EDU_REG_IRQ_RAISE, 4, 1);
+    assert.equal(m.counter, 1n);
+  });
+
+  it("the table never reaches the user through the BAR: reads are 0xff, writes are dropped", () => {
+    const { s, dev } = openMsixEdu(2);
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [new EventFd()]));
+    assert.equal(barRead(dev, 0, entry(0, PCI_MSIX_ENTRY_DATA), 4), 0xffffffff, "the device holds 0x40 here");
+    barWrite(dev, 0, entry(0, PCI_MSIX_ENTRY_DATA), 4, 0x1234);
+    barWrite(dev, 0, entry(1, PCI_MSIX_ENTRY_VECTOR_CTRL), 4, 0);
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_DATA), 0x40);
+    assert.equal(hwEntry(s, 1, PCI_MSIX_ENTRY_VECTOR_CTRL), 1, "vector 1 stays masked");
+    // The whole table in one read: all 0xff, though the device holds the host's messages there.
+    const b = new Uint8Array(32);
+    assert.equal(dev.regionRead(0, EDU_MSIX_TABLE_OFFSET, b), 32);
+    assert.deepEqual(b, new Uint8Array(32).fill(0xff));
+    // With Memory Space off, the excluded range still answers (no device access), the rest is EIO.
+    cfgWrite(dev, PCI_COMMAND, 2, 0);
+    assert.equal(barRead(dev, 0, entry(0, 0), 8), 2 ** 64 - 1);
+    expectErrno(() => dev.regionRead(0, EDU_MSIX_PBA_OFFSET, new Uint8Array(4)), Errno.EIO);
+  });
+
+  it("VFIO_DEVICE_RESET keeps MSI-X enabled with its table restored; the eventfds keep working", () => {
+    const { s, dev } = openMsixEdu(2);
+    const e0 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e0]));
+    dev.reset();
+    assert.equal(s.edu.config.msixEnabled(), true);
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_DATA), 0x40);
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_VECTOR_CTRL), 0);
+    assert.equal(hwEntry(s, 1, PCI_MSIX_ENTRY_VECTOR_CTRL), 1);
+    barWrite(dev, 0, EDU_REG_IRQ_RAISE, 4, 1);
+    assert.equal(e0.counter, 1n);
+  });
+
+  it("close disables MSI-X and drops the eventfds; the next session starts with nothing enabled", () => {
+    const { s, dev } = openMsixEdu(2);
+    const e0 = new EventFd();
+    dev.setIrqs(trigger(VFIO_PCI_MSIX_IRQ_INDEX, [e0, new EventFd()]));
+    dev.close?.();
+    assert.equal(dev.irqs.msiVectorsAssigned, 0);
+    assert.equal(s.edu.config.msixEnabled(), false);
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_VECTOR_CTRL), 1);
+    assert.equal(hwEntry(s, 0, PCI_MSIX_ENTRY_DATA), 0, "the device was reset");
+    s.edu.config.write(PCI_COMMAND, 2, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    s.edu.barWrite(0, EDU_REG_IRQ_RAISE, 4, 1);
+    assert.equal(e0.counter, 0n);
+    dev.open(undefined);
+    assert.equal(dev.irqs.irqType, 5);
+    assert.equal(s.rec.count("vfio_pci.msix.disable"), 1);
+  });
+
+  it("a memory-backed MSI-X BAR is mmap-able around the table page (SPARSE_MMAP), never over it", () => {
+    const s = setup();
+    const bdf = parseBdf("0000:03:00.0");
+    const rdev = new MsixRamDevice(bdf, s.host.physmem.allocContiguous(4));
+    s.host.addPciDevice(rdev);
+    const dev = s.driver.bind(bdf);
+    dev.open(undefined);
+    const info = dev.regionInfo(2);
+    assert.equal(info.flags, RW | VFIO_REGION_INFO_FLAG_MMAP);
+    assert.equal(info.caps?.length, 1);
+    const cap = info.caps![0]!;
+    assert.equal(cap.id, VFIO_REGION_INFO_CAP_SPARSE_MMAP);
+    const areas = decodeSparseMmapCap(infoCap(cap.id, cap.version, cap.body)).areas;
+    assert.deepEqual(
+      areas.map((a) => [Number(a.offset), Number(a.size)]),
+      [
+        [0, 0x1000],
+        [0x2000, 0x2000],
+      ],
+    );
+    assert.equal(dev.regionMmap(2, 0, 0x1000, 3).basePfn, rdev.barFrames(2)!);
+    assert.equal(dev.regionMmap(2, 0x2000, 0x2000, 3).basePfn, rdev.barFrames(2)! + 2);
+    expectErrno(() => dev.regionMmap(2, 0x1000, 0x1000, 3), Errno.EINVAL, /MSI-X table/);
+    expectErrno(() => dev.regionMmap(2, 0, 0x4000, 3), Errno.EINVAL, /MSI-X table/);
+    // Through pread the table is excluded; the PBA reads from the device.
+    assert.equal(barRead(dev, 2, 0x1800, 4), 0xffffffff);
+    assert.equal(barRead(dev, 2, 0x3000, 8), 0);
+    assert.equal(barRead(dev, 2, 0x1000, 4), 0x77);
+    // A read straddling the table's start: the device answers up to it, the table part is filled.
+    const b = new Uint8Array(16);
+    assert.equal(dev.regionRead(2, 0x17f8, b), 16);
+    assert.deepEqual([...b], [0x77, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
   });
 });

@@ -10,8 +10,14 @@
  *   unimplemented BAR (or the upper half of a 64-bit one) has size 0 and no flags. Region 6 (ROM): size 0, no flags
  *   (the model has no expansion ROMs). Region 7 (config): the config space size, READ | WRITE, virtualized by
  *   config.ts. Region 8 (VGA): EINVAL, as for any device when CONFIG_VFIO_PCI_VGA is off (legacy VGA ranges are not
- *   modelled). No capabilities: without MSI-X there is no MSIX_MAPPABLE cap and current Linux no longer reports a
- *   sparse mmap for BARs. Indices >= 9: EINVAL (no device-specific regions).
+ *   modelled). Indices >= 9: EINVAL (no device-specific regions).
+ * - The BAR holding the MSI-X table: reads and writes of the table's bytes are excluded (0xff / dropped, rdwr.ts).
+ *   A trapped BAR has no MMAP flag and so no capability. A memory-backed one is mmap-able except the page(s) holding
+ *   the table: a SPARSE_MMAP capability lists the areas around them, and an mmap overlapping them is EINVAL. That is
+ *   Linux before 4.16; since then Linux lets the whole BAR be mapped and reports MSIX_MAPPABLE (the host's interrupt
+ *   remapping makes a guest's table writes harmless). The model keeps the table trapped because its MMU cannot trap
+ *   loads and stores, and the device model keeps the table in its MsixTable, not in the BAR's frames. (The PBA is not
+ *   excluded, as in Linux: a device model with its PBA in a memory-backed BAR shows its frames there when mapped.)
  * - Irqs: see intrs.ts (INTx, MSI, MSI-X, ERR, REQ).
  *
  * Lifecycle, after vfio_pci_core_enable / vfio_pci_core_disable:
@@ -20,8 +26,10 @@
  *   virtual config space built from the hardware.
  * - close (last fd): bus mastering off, interrupts torn down, ERR/REQ eventfds dropped, INTx Disable set, the
  *   function reset, and the config state saved at open written back (so the host gets the device as it lent it).
- * - VFIO_DEVICE_RESET: a function reset with the config state (BARs, command, MSI) saved and restored around it;
- *   the virtual config space is unchanged.
+ * - VFIO_DEVICE_RESET: a function reset with the config state (BARs, command, MSI, MSI-X) saved and restored around
+ *   it, so interrupts stay enabled with their eventfds (pci_try_reset_function; Linux does not tear interrupts down
+ *   here either); the virtual config space is unchanged. For MSI-X, restoring means what __pci_restore_msix_state
+ *   does: every table entry (message and Mask bit) written back with the function masked, then Message Control.
  * BAR mmaps: Linux maps MMIO lazily and faults with SIGBUS while Memory Space is off, and zaps mappings around resets;
  * the model maps memory-backed BAR frames eagerly and cannot revoke them (its MMU has no fault hook for device memory).
  * Trapped BARs (no `barFrames`) cannot be mmapped in the model, because its MMU cannot trap loads and stores.
@@ -47,10 +55,15 @@ import {
   PCI_MSI_ADDRESS_LO,
   PCI_MSI_DATA_64,
   PCI_MSI_FLAGS,
+  PCI_MSIX_ENTRY_SIZE,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_MASKALL,
   type PciBus,
   type PciDeviceModel,
 } from "../../host/index.ts";
 import type {
+  VfioCapability,
   VfioDeviceInfo,
   VfioDeviceOps,
   VfioDmaAccess,
@@ -59,6 +72,8 @@ import type {
   VfioRegionInfo,
 } from "../driver.ts";
 import {
+  sparseMmapCap,
+  VFIO_CAP_VERSION_1,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_PCI_BAR5_REGION_INDEX,
@@ -68,6 +83,7 @@ import {
   VFIO_PCI_NUM_REGIONS,
   VFIO_PCI_ROM_REGION_INDEX,
   VFIO_PCI_VGA_REGION_INDEX,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
@@ -103,10 +119,12 @@ export const VFIO_PCI_DRIVER_NAME = "vfio-pci";
 /** Standard header dwords 1-15 (command/status through interrupt line), restored after a reset. */
 const HEADER_DWORDS = 16;
 
-/** A snapshot of what pci_save_state keeps: the header and the MSI capability registers. */
+/** A snapshot of what pci_save_state keeps: the header, the MSI registers, MSI-X control and table entries. */
 interface SavedState {
   readonly header: Float64Array;
   readonly msi: Float64Array | undefined;
+  /** Message Control, then four dwords per table entry. */
+  readonly msix: Float64Array | undefined;
 }
 
 export interface VfioPciDeviceOptions {
@@ -129,6 +147,10 @@ export class VfioPciDevice implements VfioDeviceOps {
   private readonly bus: PciBus;
   private readonly tracer: Tracer;
   private readonly nointx: boolean;
+  /** vdev->msix_bar (-1 without MSI-X), msix_offset and msix_size (the table's bytes). */
+  private readonly msixBar: number;
+  private readonly msixOffset: number;
+  private readonly msixSize: number;
 
   constructor(opts: VfioPciDeviceOptions) {
     this.pdev = opts.pdev;
@@ -137,10 +159,15 @@ export class VfioPciDevice implements VfioDeviceOps {
     this.bus = opts.bus;
     this.tracer = opts.tracer;
     this.nointx = opts.nointx === true;
+    const msix = this.pdev.config.msix();
+    this.msixBar = msix.vectors > 0 ? msix.tableBar : -1;
+    this.msixOffset = msix.tableOffset;
+    this.msixSize = msix.vectors * PCI_MSIX_ENTRY_SIZE;
     this.irqs = new VfioPciIrqs({
       bdf: this.bdf,
       config: this.pdev.config,
       tracer: this.tracer,
+      msixTable: this.pdev.msixTable,
       interruptPin: () =>
         this.vconfig !== undefined
           ? this.vconfig.interruptPin()
@@ -239,8 +266,10 @@ export class VfioPciDevice implements VfioDeviceOps {
       const spec = this.pdev.config.barSpec(index);
       if (spec === undefined) return { index, flags: 0, size: 0 };
       let flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-      if (this.barMmapSupported(index)) flags |= VFIO_REGION_INFO_FLAG_MMAP;
-      return { index, flags, size: spec.size };
+      if (!this.barMmapSupported(index)) return { index, flags, size: spec.size };
+      flags |= VFIO_REGION_INFO_FLAG_MMAP;
+      if (index !== this.msixBar) return { index, flags, size: spec.size };
+      return { index, flags, size: spec.size, caps: [this.msixSparseMmapCap(spec.size)] };
     }
     if (index === VFIO_PCI_ROM_REGION_INDEX) return { index, flags: 0, size: 0 };
     if (index === VFIO_PCI_VGA_REGION_INDEX) {
@@ -293,6 +322,16 @@ export class VfioPciDevice implements VfioDeviceOps {
         `mmap of [0x${offset.toString(16)}, +0x${length.toString(16)}) does not fit BAR${index} of ${this.bdf} (0x${physLen.toString(16)} bytes)`,
       );
     }
+    if (index === this.msixBar) {
+      const [start, end] = this.msixPages();
+      if (offset < end && offset + length > start) {
+        throw new KernelError(
+          Errno.EINVAL,
+          `mmap of [0x${offset.toString(16)}, +0x${length.toString(16)}) of BAR${index} of ${this.bdf} overlaps the ` +
+            `MSI-X table pages [0x${start.toString(16)}, 0x${end.toString(16)}): map around them (SPARSE_MMAP)`,
+        );
+      }
+    }
     const base = this.pdev.barFrames!(index)!;
     return { basePfn: (base + offset / PAGE_SIZE) as typeof base, label: `vfio-pci ${this.bdf} BAR${index}` };
   }
@@ -319,6 +358,10 @@ export class VfioPciDevice implements VfioDeviceOps {
     const cfg = this.config;
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return cfg.rw(offset, buf, write);
     if (index <= VFIO_PCI_BAR5_REGION_INDEX) {
+      if (index === this.msixBar) {
+        const end = this.msixOffset + this.msixSize;
+        return vfioPciBarRw(this.pdev, index, offset, buf, write, cfg.memoryEnabled(), this.msixOffset, end);
+      }
       return vfioPciBarRw(this.pdev, index, offset, buf, write, cfg.memoryEnabled());
     }
     if (index === VFIO_PCI_ROM_REGION_INDEX) {
@@ -328,6 +371,26 @@ export class VfioPciDevice implements VfioDeviceOps {
       );
     }
     throw new KernelError(Errno.EINVAL, `${this.bdf} has no VGA region (legacy VGA access is not provided)`);
+  }
+
+  /** The page-aligned span of the MSI-X table, [start, end). */
+  private msixPages(): [number, number] {
+    const start = Math.floor(this.msixOffset / PAGE_SIZE) * PAGE_SIZE;
+    return [start, Math.ceil((this.msixOffset + this.msixSize) / PAGE_SIZE) * PAGE_SIZE];
+  }
+
+  /** msix_sparse_mmap_cap (Linux before 4.16): the mmap-able areas of the MSI-X BAR, around the table's pages. */
+  private msixSparseMmapCap(barSize: number): VfioCapability {
+    const [start, end] = this.msixPages();
+    const areas: { offset: number; size: number }[] = [];
+    if (start > 0) areas.push({ offset: 0, size: start });
+    if (end < barSize) areas.push({ offset: end, size: barSize - end });
+    // VfioCapability carries the body after the 8-byte header; vfio-core writes the header.
+    return {
+      id: VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+      version: VFIO_CAP_VERSION_1,
+      body: sparseMmapCap(areas).subarray(8),
+    };
   }
 
   /** vfio_pci_probe_mmaps, narrowed to what the model can map: memory BARs whose frames the device exposes. */
@@ -363,7 +426,7 @@ export class VfioPciDevice implements VfioDeviceOps {
     if (this.tracer.enabled) this.tracer.emit("vfio_pci.reset", { bdf: this.bdf, reason });
   }
 
-  /** pci_save_state, as far as the model's config spaces go: header dwords and the MSI registers. */
+  /** pci_save_state, as far as the model's config spaces go: header dwords, MSI registers, MSI-X control and table. */
   private saveState(): SavedState {
     const hw = this.pdev.config;
     const header = new Float64Array(HEADER_DWORDS);
@@ -378,7 +441,15 @@ export class VfioPciDevice implements VfioDeviceOps {
         hw.read(cap + PCI_MSI_FLAGS, 2),
       );
     }
-    return { header, msi };
+    let msix: Float64Array | undefined;
+    const t = this.pdev.msixTable;
+    const xcap = hw.msixCap;
+    if (xcap !== 0 && t !== undefined) {
+      msix = new Float64Array(1 + 4 * t.vectors);
+      msix[0] = hw.read(xcap + PCI_MSIX_FLAGS, 2);
+      for (let i = 0; i < 4 * t.vectors; i++) msix[1 + i] = t.read(t.tableBar, t.tableOffset + 4 * i, 4);
+    }
+    return { header, msi, msix };
   }
 
   /** pci_restore_state: header dwords 15 down to 1 where they differ (BARs before command), then MSI. */
@@ -394,6 +465,17 @@ export class VfioPciDevice implements VfioDeviceOps {
       hw.write(cap + PCI_MSI_ADDRESS_HI, 4, s.msi[1]!);
       hw.write(cap + PCI_MSI_DATA_64, 2, s.msi[2]!);
       hw.write(cap + PCI_MSI_FLAGS, 2, s.msi[3]!);
+    }
+    const t = this.pdev.msixTable;
+    const xcap = hw.msixCap;
+    if (xcap !== 0 && t !== undefined && s.msix !== undefined) {
+      const control = s.msix[0]!;
+      if ((control & PCI_MSIX_FLAGS_ENABLE) !== 0) {
+        // __pci_restore_msix_state: entries written back while the function is masked.
+        hw.write(xcap + PCI_MSIX_FLAGS, 2, control | PCI_MSIX_FLAGS_MASKALL);
+        for (let i = 0; i < 4 * t.vectors; i++) t.write(t.tableBar, t.tableOffset + 4 * i, 4, s.msix[1 + i]!);
+      }
+      hw.write(xcap + PCI_MSIX_FLAGS, 2, control);
     }
   }
 }
