@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { PAGE_SIZE, Rng } from "../src/core/index.ts";
+import { gen8PteEncode } from "../src/gpu/index.ts";
 import { CommandBuffer } from "../src/guest/commands.ts";
 import { type GttWriteMode, GuestGpuDriver } from "../src/guest/driver.ts";
 import { ATTACK_NAMES, runAttacks } from "../src/guest/hostile.ts";
@@ -130,6 +131,48 @@ describe("guest driver end to end: a vGPU in a VMM", () => {
     // And the hostile guest's driver recovered: its own honest work still runs.
     const own = runWorkload(evil, { kind: "fill", count: 4, width: 32, height: 32, seed: 2 });
     assert.ok(own.ok, describeWorkload(own));
+    s.parent.checkInvariants();
+    s.gpu.driver.checkInvariants({ scanGgtt: false });
+  });
+});
+
+describe("guest driver end to end: failed GTT entries of two VMs", () => {
+  it("a colour one guest writes through an entry naming a foreign GPA never shows through another guest's", () => {
+    const s = new VgpuStack();
+    const ga = GuestGpuDriver.open(s.startGuest(s.createVgpu()).platform);
+    const gb = GuestGpuDriver.open(s.startGuest(s.createVgpu()).platform);
+    const [va, vb] = s.parent.vgpus();
+    // Each guest points one GMA page at a GPA outside its RAM (the vendor driver cannot pin it: scratch page).
+    const window = (d: GuestGpuDriver) => {
+      const at = d.gm.alloc(PAGE_SIZE).base;
+      d.writePte(at / PAGE_SIZE, gen8PteEncode(2 ** 46));
+      return at;
+    };
+    const wa = window(ga);
+    const wb = window(gb);
+    assert.deepEqual([va!.stats().scratchFallbacks, vb!.stats().scratchFallbacks], [1, 1]);
+    const color = 0x5a5a_0001;
+    // One page = 32 x 32 px at a 128-byte pitch.
+    const fill = new CommandBuffer().colorBlt(wa, 128, 0, 0, 32, 32, color);
+    assert.equal(ga.run("bcs", fill.words), "completed");
+    const readThrough = (d: GuestGpuDriver, at: number) => {
+      const surface = d.allocBuffer(PAGE_SIZE);
+      d.writeBuffer(surface, 0, new Uint8Array(PAGE_SIZE).fill(0x77));
+      const copy = new CommandBuffer().srcCopyBlt(surface.gma, 128, 0, 0, 32, 32, at, 128, 0, 0);
+      assert.equal(d.run("bcs", copy.words), "completed");
+      const px = new Uint32Array(PAGE_SIZE / 4);
+      d.readBuffer(surface, 0, new Uint8Array(px.buffer));
+      d.freeBuffer(surface);
+      return px;
+    };
+    assert.ok(
+      readThrough(ga, wa).every((p) => p === color),
+      "the writer reads its own colour back: its scratch page",
+    );
+    assert.ok(
+      readThrough(gb, wb).every((p) => p === 0),
+      "the other guest sees only its own zeroed scratch page",
+    );
     s.parent.checkInvariants();
     s.gpu.driver.checkInvariants({ scanGgtt: false });
   });

@@ -57,7 +57,8 @@ describe("vGPU through sysfs, vfio and type1", () => {
     assert.equal(unmapped, 1 * MiB);
     const ev = w.recorder!.named("vgpu.dma_unmap").at(-1)!.fields;
     assert.deepEqual([ev.iova, ev.length, ev.gfns, ev.entries], [1 * MiB, 1 * MiB, 3, 4]);
-    const scratch = gen8PteEncode(w.driver.scratch.dmaAddr);
+    const scratch = gen8PteEncode(v.scratch.dmaAddr);
+    assert.notEqual(scratch, gen8PteEncode(w.driver.scratch.dmaAddr), "the vGPU's own scratch page, not the host's");
     for (const i of [1, 5, 8, 9]) assert.equal(w.driver.readGgtt(first + i), scratch, `entry ${i} -> scratch`);
     for (const i of [0, 2, 3, 4, 6, 7]) assert.notEqual(w.driver.readGgtt(first + i), scratch, `entry ${i} kept`);
     assert.equal(v.stats().pinnedPages, 6);

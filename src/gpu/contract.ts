@@ -87,7 +87,12 @@ export interface HostGpu {
   readonly bdf: Bdf;
   /** The GPU's DMA API: dma_map_page on a pinned guest frame gives the IOVA for a shadow GGTT entry. */
   readonly dma: DmaDevice;
-  /** The scratch page every unused or failed GGTT entry points at. */
+  /**
+   * The host driver's scratch page: every GGTT entry outside a live partition points at it, and a partition's entries
+   * point at it when handed out and again once freed. A vendor driver must not leave a partition's entries on it
+   * while the vGPU runs (every vGPU's failed entries would then share one writable page: a channel between VMs): it
+   * re-points the partition at a scratch page of its own (`fillGgtt`).
+   */
   readonly scratch: { readonly pfn: Pfn; readonly dmaAddr: Iova };
   capacity(): GpuCapacity;
   /** Carves a partition; ENOSPC (with the limiting resource and numbers) if it does not fit. */
@@ -96,6 +101,19 @@ export interface HostGpu {
   /** Writes physical GGTT entry `index` (GMA = index << 12) with a gen8 PTE (see regs.ts). */
   writeGgtt(index: number, pte: number): void;
   readGgtt(index: number): number;
+  /**
+   * Writes `count` (>= 1) consecutive GGTT entries from `first` with the same gen8 PTE in one call (one trace event,
+   * not one per entry): the vendor driver's way to point a whole partition at its own scratch page. The range must lie
+   * inside one piece (aperture or hidden) of one live partition, as `writeGgtt`'s entries must. Added by src/vgpu,
+   * which falls back to `writeGgtt` per entry (slow: a partition has up to 640 Ki entries) when it is absent.
+   */
+  fillGgtt?(first: number, count: number, pte: number): void;
+  /**
+   * Zeroes a page the caller got from `dma.allocCoherent` (the kernel's memset through its own mapping of the
+   * buffer). The vendor driver clears its scratch page when a VMM lets go of the vGPU, so nothing one VMM wrote
+   * through a failed GGTT entry can be read by the next VMM to open the same vGPU.
+   */
+  zeroPage?(pfn: Pfn): void;
   /** Writes a physical fence register (64-bit value). */
   writeFence(fence: number, value: number): void;
   /**

@@ -10,7 +10,7 @@ import {
   PCI_MSI_FLAGS,
   PCI_MSI_FLAGS_ENABLE,
 } from "../host/index.ts";
-import type { GpuResourceRequest, GpuResources, SubmissionResult } from "./contract.ts";
+import type { GpuResourceRequest, GpuResources, ShadowBuffer, SubmissionResult } from "./contract.ts";
 import { DEFAULT_COST } from "./cost.ts";
 import { MiB } from "./gpu.ts";
 import { type CreateGpuOptions, createGpu, HOST_APERTURE_RESERVED, HOST_HIDDEN_RESERVED } from "./host-driver.ts";
@@ -232,6 +232,67 @@ describe("vGPU partitions", () => {
     assert.deepEqual([...s.gpu.fences.subarray(2 * r.fences[2]!, 2 * r.fences[2]! + 2)], [0x0010_0001, 0xfff0_0000]);
     assert.throws(() => s.driver.writeFenceHalves(1, 0, 0), /fence 1 is not assigned/);
     assert.throws(() => s.driver.writeFenceHalves(r.fences[2]!, 0, 2 ** 32), /32-bit/);
+  });
+
+  it("fillGgtt writes a run of entries in one piece of a live partition, in one call and one trace event", () => {
+    const s = setup();
+    const r = s.driver.allocResources(TYPES.GVTg_V5_8!);
+    const other = s.driver.allocResources(TYPES.GVTg_V5_8!);
+    const buf = s.driver.dma.allocCoherent(PAGE);
+    const pte = gen8PteEncode(buf.dmaAddr);
+    const ap = r.aperture.base / PAGE;
+    const hi = r.hidden.base / PAGE;
+    const n = r.aperture.size / PAGE;
+    const writes0 = s.rec!.named("gpu.gtt.write").length;
+    s.driver.fillGgtt(ap, n, pte);
+    s.driver.fillGgtt(hi + 10, 5, pte);
+    assert.equal(s.rec!.named("gpu.gtt.write").length, writes0, "no per-entry events");
+    assert.deepEqual(
+      s
+        .rec!.named("gpu.gtt.fill")
+        .slice(-2)
+        .map((e) => [e.fields.index, e.fields.count, e.fields.pte]),
+      [
+        [ap, n, pte],
+        [hi + 10, 5, pte],
+      ],
+    );
+    assert.ok(s.gpu.ggtt.entries.subarray(ap, ap + n).every((e) => e === pte));
+    assert.deepEqual(
+      [s.driver.readGgtt(hi + 9), s.driver.readGgtt(hi + 10), s.driver.readGgtt(hi + 15)],
+      [gen8PteEncode(s.driver.scratch.dmaAddr), pte, gen8PteEncode(s.driver.scratch.dmaAddr)],
+    );
+    const bad = /not inside one piece of a live vGPU partition/;
+    assert.throws(() => s.driver.fillGgtt(0, 1, pte), bad, "the host's entries");
+    assert.throws(() => s.driver.fillGgtt(ap - 1, 2, pte), bad, "starts below the partition");
+    assert.throws(() => s.driver.fillGgtt(ap, n + 1, pte), bad, "runs into the next partition");
+    assert.throws(() => s.driver.fillGgtt(ap + n - 1, (r.hidden.base - r.aperture.base) / PAGE + 1, pte), bad);
+    assert.throws(() => s.driver.fillGgtt(ap, 0, pte), bad);
+    assert.throws(() => s.driver.fillGgtt(-1, 1, pte), bad);
+    assert.throws(() => s.driver.fillGgtt(ap, 1, -1), /not an integer/);
+    s.driver.freeResources(r);
+    assert.throws(() => s.driver.fillGgtt(ap, 1, pte), bad, "freed: back to nobody");
+    assert.ok(s.gpu.ggtt.entries.subarray(ap, ap + n).every((e) => e === gen8PteEncode(s.driver.scratch.dmaAddr)));
+    s.driver.fillGgtt(other.aperture.base / PAGE, 1, pte);
+    s.driver.checkInvariants();
+    s.driver.freeResources(other);
+    s.driver.dma.dmaFreeCoherent(buf);
+  });
+
+  it("checkInvariants catches a vGPU entry pointing at a host shadow buffer or ring", () => {
+    const s = setup({ trace: false });
+    const r = s.driver.allocResources(TYPES.GVTg_V5_8!);
+    const sh = s.driver.allocShadow(PAGE) as ShadowBuffer & { dmaAddr: number };
+    s.driver.writeGgtt(r.hidden.base / PAGE, gen8PteEncode(sh.dmaAddr));
+    assert.throws(() => s.driver.checkInvariants(), /vGPU GGTT entry \d+ points at the host's shadow/);
+    s.driver.writeGgtt(r.hidden.base / PAGE, gen8PteEncode(s.driver.scratch.dmaAddr));
+    s.driver.checkInvariants(); // the host's scratch page is allowed
+    const ring = s.driver.readGgtt(s.driver.ringGma("bcs") / PAGE);
+    s.driver.fillGgtt(r.aperture.base / PAGE, 3, ring);
+    assert.throws(() => s.driver.checkInvariants(), /points at the host's ring/);
+    s.driver.freeResources(r);
+    sh.free();
+    s.driver.checkInvariants();
   });
 
   it("random allocate/free sequences keep partitions disjoint, inside the vGPU regions and accounted (property)", () => {

@@ -16,8 +16,11 @@
  *   [aperture, aperture + 384 MiB)            host hidden reservation (shadow buffers from `allocShadow`)
  *   [aperture + 384 MiB, 4 GiB)               vGPU hidden region
  * and fences 0..3 stay with the host, 4..31 go to vGPUs (any free ones, lowest first). GGTT entries nobody owns point
- * at the scratch page; a freed partition's entries are pointed back at it. `writeGgtt` accepts only entries inside a
- * live vGPU partition, `writeFence` only fences of one: the vendor driver cannot overwrite the host's mappings.
+ * at the scratch page; a partition is handed out with its entries on it, and a freed partition's entries are pointed
+ * back at it. `writeGgtt` and `fillGgtt` (bulk) accept only entries inside a live vGPU partition, `writeFence` only
+ * fences of one: the vendor driver cannot overwrite the host's mappings. The vendor driver points each partition at
+ * a scratch page of the vGPU's own while it lives (src/vgpu): this driver's scratch page is never shared by two
+ * vGPUs' failed entries, only by entries nobody owns.
  *
  * Submission: `submit` queues work per engine; an engine runs one submission at a time. Its dwords are copied into the
  * host's ring (split into pieces when they do not fit; the engine waits on a command cut by a piece boundary), TAIL is
@@ -28,7 +31,9 @@
  *
  * `checkInvariants()` asserts that none of this ever collides: GM pieces disjoint and each inside its region, fences
  * owned once, host buffers' IOVAs disjoint and still mapped to their frames, host GGTT entries pointing at host
- * buffers, free entries at the scratch page, and no vGPU entry pointing at a host ring or status page.
+ * buffers, free entries at the scratch page, and no vGPU entry pointing at a host ring, status page or shadow buffer
+ * (a live partition's entries hold whatever the vendor driver wrote: guest pages, its own scratch page, or this
+ * driver's scratch page; which of those is the vendor driver's invariant to check).
  *
  * Not modelled: execlists, GuC, display, runtime power management, GPU hang detection (errors are reported at once).
  */
@@ -62,8 +67,10 @@ import {
   type PciBus,
   type PhysicalMemory,
   parseBdf,
+  pfnToHpa,
 } from "../host/index.ts";
 import type {
+  GmRange,
   GpuCapacity,
   GpuResourceRequest,
   GpuResources,
@@ -278,6 +285,8 @@ export class HostGpuDriver implements HostGpu {
   private readonly busyByOwner = new Map<number, number>();
   private irqMsi = 0;
   private irqSpurious = 0;
+  /** `Submission.owner` of the work the engines are executing now, -1 outside execution (see `executingOwner`). */
+  private executing = -1;
   private removed = false;
 
   constructor(opts: HostGpuDriverOptions) {
@@ -520,6 +529,38 @@ export class HostGpuDriver implements HostGpu {
     this.gpu.barWrite(0, GTT_OFFSET + index * 8, 8, pte);
   }
 
+  /** Zeroes one page of a buffer from `dma.allocCoherent` (see HostGpu.zeroPage). */
+  zeroPage(pfn: Pfn): void {
+    this.physmem.fill(pfnToHpa(pfn), 0, PAGE_SIZE);
+  }
+
+  /**
+   * Points `count` entries from `first` at one PTE (the vendor driver re-pointing a partition at its own scratch page):
+   * one bulk write, one trace event. EINVAL unless [first, first + count) lies inside the aperture or the hidden piece
+   * of one live partition (so, like `writeGgtt`, it cannot reach the host's entries or free ones).
+   */
+  fillGgtt(first: number, count: number, pte: number): void {
+    this.checkLive("fillGgtt");
+    const owner = Number.isInteger(first) && first >= 0 && first < GTT_ENTRIES ? this.gttOwner[first]! : OWNER_FREE;
+    const p = owner >= OWNER_PARTITION ? this.partitions.get(owner - OWNER_PARTITION) : undefined;
+    const inside = (r: GmRange) => first >= r.base / PAGE_SIZE && first + count <= (r.base + r.size) / PAGE_SIZE;
+    if (
+      p === undefined ||
+      !Number.isInteger(count) ||
+      count < 1 ||
+      !(inside(p.resources.aperture) || inside(p.resources.hidden))
+    ) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `GGTT entries [${first}, ${first}+${count}) are not inside one piece of a live vGPU partition on ${this.bdf}`,
+      );
+    }
+    if (!Number.isSafeInteger(pte) || pte < 0) {
+      throw new KernelError(Errno.EINVAL, `GGTT entry value ${pte} is not an integer in [0, 2^53)`);
+    }
+    this.gpu.fillGgtt(first, count, pte);
+  }
+
   readGgtt(index: number): number {
     if (!Number.isInteger(index) || index < 0 || index >= GTT_ENTRIES) {
       throw new KernelError(Errno.EINVAL, `GGTT entry ${index} is outside the ${GTT_ENTRIES} entries`);
@@ -645,7 +686,14 @@ export class HostGpuDriver implements HostGpu {
     const s = e.queue.shift();
     if (s === undefined) return;
     e.inFlight = s;
-    const result = this.execute(e, s);
+    const outer = this.executing;
+    this.executing = s.owner;
+    let result: SubmissionResult;
+    try {
+      result = this.execute(e, s);
+    } finally {
+      this.executing = outer;
+    }
     const doneAt = Math.max(this.clock.now(), this.gpu.engine(e.id).busyUntil);
     this.clock.at(doneAt, () => this.complete(e, s, result));
   }
@@ -756,6 +804,15 @@ export class HostGpuDriver implements HostGpu {
       userInterrupts: e.userInterrupts,
       csErrors: e.csErrors,
     };
+  }
+
+  /**
+   * The `Submission.owner` whose work the engines are executing right now, or -1 when none is (engines run inside
+   * the driver's RING_TAIL write, so this is exact for every DMA the GPU makes). Added for the scenario's isolation
+   * checker, which attributes each DMA to the vGPU it is for.
+   */
+  get executingOwner(): number {
+    return this.executing;
   }
 
   /** Engine time (ns, both engines) of the completed submissions of `owner` (a vGPU id; 0 = host). */
@@ -919,7 +976,9 @@ export class HostGpuDriver implements HostGpu {
     }
 
     if (opts.scanGgtt ?? true) {
-      const hostIovas = iovas.filter((x) => x.b.kind === "ring" || x.b.kind === "status page");
+      // Every host buffer but the scratch page: a vGPU entry reaching one could read or rewrite the host's rings or
+      // another vGPU's audited shadow batches.
+      const hostIovas = iovas.filter((x) => x.b.kind !== "scratch");
       const ggtt = this.gpu.ggtt.entries;
       for (let i = 0; i < GTT_ENTRIES; i++) {
         const owner = this.gttOwner[i]!;

@@ -18,6 +18,7 @@ import {
   miLoadRegisterImm,
   ROP_SRCCOPY,
   type ShadowBuffer,
+  XY_SRC_COPY_BLT_DST_TILED,
   XY_SRC_COPY_BLT_DWORDS,
   XY_SRC_COPY_BLT_OPCODE,
 } from "../gpu/index.ts";
@@ -167,9 +168,22 @@ describe("command scanner: what passes", () => {
     );
   });
 
-  it("an empty rectangle touches nothing and passes, wherever it points", () => {
+  it("an empty rectangle touches nothing and passes, wherever it points; its mode and pitch are still checked", () => {
     const { scan } = setup();
     assert.ok(scan(colorBlt(0, 4096, 10, 10, 10, 20, 0)).ok);
+    assert.ok(scan(colorBlt(2 ** 40, 4096, 10, 20, 30, 20, 0)).ok, "y2 == y1, far outside GM");
+    assert.ok(scan(srcCopy(AP.base, 0x1000, 0, 16, 64)).ok, "0 px wide: the source is not audited either");
+    const tiled = colorBlt(0, 4096, 10, 10, 10, 20, 0);
+    tiled[0] = (tiled[0]! | XY_SRC_COPY_BLT_DST_TILED) >>> 0;
+    rejected(scan(tiled), /tiled/);
+    rejected(scan(colorBlt(0, 0x8000, 10, 10, 10, 20, 0)), /negative/);
+  });
+
+  it("MI_BATCH_BUFFER_END in the ring is a no-op: what follows it is still audited", () => {
+    const { scan } = setup();
+    const ok = scan([MI_BATCH_BUFFER_END, MI_BATCH_BUFFER_END, ...storeDword(AP.base, 1)]);
+    assert.ok(ok.ok && ok.count === 3);
+    rejected(scan([MI_BATCH_BUFFER_END, ...storeDword(0x1000, 1)]), /outside/);
   });
 });
 

@@ -13,14 +13,14 @@
  *   `ShadowBuffer` (HostGpu.allocShadow), and the copy's address is patched into the command. A batch may not start
  *   another batch (nested batch buffers are rejected, as the GPU runs one level only), nor exceed the GPU's batch
  *   limit (MAX_BATCH_BYTES, 4 MiB, below the 36 MiB operation limit);
- * - MI_BATCH_BUFFER_END: ends a batch; in the ring it is a no-op, as on the GPU;
+ * - MI_BATCH_BUFFER_END: ends a batch; in the ring it is a no-op, as on the GPU (the audit goes on after it);
  * - XY_COLOR_BLT (7 dwords) and XY_SRC_COPY_BLT (10 dwords): the full extent of each rectangle,
  *   [base + y1 * pitch + x1 * cpp, base + (y2 - 1) * pitch + x2 * cpp), is audited for the destination and, for a
- *   copy, the source (same width and height at the source origin, with the source pitch). An empty rectangle touches
- *   nothing and passes; a pitch with bit 15 set (negative on hardware, which reads it signed; the model reads it
- *   unsigned) is rejected, so the audit never depends on the reading. What the GPU cannot execute (tiled surfaces,
- *   colour depths other than 32 bpp, raster operations other than PATCOPY / SRCCOPY) is rejected too: it would
- *   only halt the engine.
+ *   copy, the source (same width and height at the source origin, with the source pitch). A pitch with bit 15 set
+ *   (negative on hardware, which reads it signed; the model reads it unsigned) is rejected, so the audit never
+ *   depends on the reading. What the GPU cannot execute (tiled surfaces, colour depths other than 32 bpp, raster
+ *   operations other than PATCOPY / SRCCOPY) is rejected too: it would only halt the engine. An empty rectangle
+ *   (x2 <= x1 or y2 <= y1) passes these checks first, then passes without an address audit: the GPU writes nothing.
  * Address audit: each range must lie wholly inside the vGPU's aperture partition or wholly inside its hidden
  * partition; an operation larger than 36 MiB (GVT-g's max_surface_size) is rejected whatever its address. A 64-bit
  * address is taken whole (high dword included), so an address at or above 4 GiB is simply outside.

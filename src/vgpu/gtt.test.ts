@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { Errno, type Hva, type Iova, KernelError, PAGE_SIZE } from "../core/index.ts";
 import { GEN8_PAGE_PRESENT, GTT_OFFSET, gen8PteDecode, gen8PteEncode } from "../gpu/index.ts";
 import { VFIO_PCI_BAR0_REGION_INDEX } from "../vfio/index.ts";
-import { injectDmaMapFailure, VgpuWorld } from "./testing.ts";
+import { colorBlt, injectDmaMapFailure, srcCopyBlt, VgpuWorld } from "./testing.ts";
 
 const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
 
@@ -49,7 +49,7 @@ describe("shadow GTT", () => {
 
   it("holds a 4-byte half until the other half of the same entry arrives", () => {
     const { w, g, v, first } = setup();
-    const scratch = gen8PteEncode(w.driver.scratch.dmaAddr);
+    const scratch = gen8PteEncode(v.scratch.dmaAddr);
     const gpa = 0x12_3000;
     const off = GTT_OFFSET + (first + 3) * 8;
     g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off, u32(gpa | 1));
@@ -68,6 +68,30 @@ describe("shadow GTT", () => {
     g.device.write(VFIO_PCI_BAR0_REGION_INDEX, off + 8, u32(gpa | 1));
     assert.equal(v.stats().shadowEntries, 2);
     assert.equal(v.stats().pinnedPages, 1, "two entries, one page: one pin");
+    v.checkInvariants();
+  });
+
+  it("the datasheet's half order shadows; low 0, high, low leaves the last low half pending", () => {
+    const { w, g, v, first } = setup();
+    const w4 = (index: number, half: 0 | 1, value: number) =>
+      g.device.write(VFIO_PCI_BAR0_REGION_INDEX, GTT_OFFSET + index * 8 + half * 4, u32(value));
+    const gpa = 0x6000;
+    // Mapping: high half, then the low half with the present bit.
+    w4(first, 1, 0);
+    w4(first, 0, gpa | 1);
+    assert.equal(v.gtt.gfnOf(first * PAGE_SIZE), gpa / PAGE_SIZE);
+    // Unmapping: the low half (present bit clear) first, then the high half.
+    w4(first, 0, 0);
+    w4(first, 1, 0);
+    assert.equal(w.driver.readGgtt(first), gen8PteEncode(v.scratch.dmaAddr) - 1, "not present");
+    assert.equal(v.stats().pinnedPages, 0);
+    // The naive sequence: the first two writes pair up, the last is held.
+    w4(first + 1, 0, 0);
+    w4(first + 1, 1, 0);
+    w4(first + 1, 0, gpa | 1);
+    assert.equal(g.gttRead(first + 1), gpa | 1, "the guest reads a present entry back ...");
+    assert.equal(w.driver.readGgtt(first + 1), gen8PteEncode(v.scratch.dmaAddr) - 1, "... the GPU has none");
+    assert.equal(v.stats().pinnedPages, 0);
     v.checkInvariants();
   });
 
@@ -99,7 +123,7 @@ describe("shadow GTT", () => {
     g.gttWrite(first, 0x7000 | 1); // same page again: hit, no unpin in between
     assert.equal(w.recorder!.named("vgpu.gfn.unpin").length, 0);
     g.gttWrite(first, 0); // not present
-    assert.equal(w.driver.readGgtt(first), gen8PteEncode(w.driver.scratch.dmaAddr) - 1, "scratch, present bit clear");
+    assert.equal(w.driver.readGgtt(first), gen8PteEncode(v.scratch.dmaAddr) - 1, "scratch, present bit clear");
     assert.equal(v.stats().pinnedPages, 1);
     g.gttWrite(first + 1, 0x8000 | 1);
     assert.equal(v.stats().pinnedPages, 1, "0x7000 released, 0x8000 pinned");
@@ -115,7 +139,7 @@ describe("shadow GTT", () => {
     g.gttWrite(first + 2, 0x3000 | 1); // third page: over the 2-page limit
     assert.equal(v.stats().pinnedPages, 2);
     assert.equal(v.stats().scratchFallbacks, 1);
-    const scratch = gen8PteEncode(w.driver.scratch.dmaAddr);
+    const scratch = gen8PteEncode(v.scratch.dmaAddr);
     assert.equal(w.driver.readGgtt(first + 2), scratch);
     const ev = w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields;
     assert.match(ev.reason, /ENOMEM.*RLIMIT_MEMLOCK exceeded/);
@@ -139,6 +163,69 @@ describe("shadow GTT", () => {
     g.gttWrite(first, 0x9000 | 1);
     assert.equal(v.stats().shadowEntries, 1);
     v.checkInvariants();
+  });
+
+  it("each vGPU's failed entries land in its own scratch page: no channel between two VMs through scratch", () => {
+    const w = new VgpuWorld({ trace: false });
+    const a = w.attach(w.create("GVTg_V5_8"), { ramBytes: 4 * 1024 * 1024 });
+    const b = w.attach(w.create("GVTg_V5_8"), { ramBytes: 4 * 1024 * 1024 });
+    const [va, vb] = [a.vgpu, b.vgpu];
+    // In each VM: a ring, a real page to copy into, and one GTT entry naming a GPA beyond its 4 MiB of RAM (the pin
+    // fails: the entry falls back to a scratch page, present and writable by the engines).
+    const setupVm = (g: typeof a) => {
+      const ring = g.setupRing("bcs");
+      const dst = g.allocGm(1);
+      const failed = g.allocGm(1).gma; // one GMA page ...
+      g.gttWrite(failed / PAGE_SIZE, 0x4000_0000 | 1); // ... re-pointed outside RAM
+      return { ring, dst, failed };
+    };
+    const A = setupVm(a);
+    const B = setupVm(b);
+    assert.deepEqual([va.stats().scratchFallbacks, vb.stats().scratchFallbacks], [1, 1]);
+    assert.notEqual(va.scratch.pfn, vb.scratch.pfn);
+    assert.equal(w.driver.readGgtt(A.failed / PAGE_SIZE), gen8PteEncode(va.scratch.dmaAddr));
+    assert.equal(w.driver.readGgtt(B.failed / PAGE_SIZE), gen8PteEncode(vb.scratch.dmaAddr));
+
+    // Whose frames each VM's engine work touches (the GPU's DMA path sees the frame of every access).
+    const touched = new Set<number>();
+    w.host.deviceDma(w.driver.bdf).setObserver((_bdf, _iova, pfn) => touched.add(pfn));
+    const run = (g: typeof a, ring: typeof A.ring, cmds: number[]) => {
+      touched.clear();
+      ring.submit(cmds);
+      w.run(1_000_000);
+      assert.equal(g.vgpu.stats().rejectedCommands, 0);
+      return new Set(touched);
+    };
+    // A writes a colour through its failed entry (64 x 16 px at a 256-byte pitch: the whole 4 KiB page) ...
+    const byA = run(a, A.ring, colorBlt(A.failed, 256, 0, 0, 64, 16, 0xc0ff_ee01));
+    assert.ok(byA.has(va.scratch.pfn) && !byA.has(vb.scratch.pfn));
+    // ... and reads it back through the same entry: a write through a failed entry sticks (the channel's premise).
+    run(a, A.ring, srcCopyBlt(A.dst.gma, 256, 0, 0, 64, 16, A.failed, 256, 0, 0));
+    assert.equal(a.readGmU32(A.dst, 0), 0xc0ff_ee01);
+    assert.equal(a.readGmU32(A.dst, 4092), 0xc0ff_ee01);
+    // B reads through its own failed entry: its own, still zeroed, scratch page; nothing of A's colour.
+    b.writeGm(B.dst, 0, [0x7777_7777]);
+    const byB = run(b, B.ring, srcCopyBlt(B.dst.gma, 256, 0, 0, 64, 16, B.failed, 256, 0, 0));
+    assert.ok(byB.has(vb.scratch.pfn) && !byB.has(va.scratch.pfn), "B's work never touches A's scratch page");
+    assert.equal(b.readGmU32(B.dst, 0), 0, "B sees its own zeroed scratch page, not A's colour");
+    assert.equal(b.readGmU32(B.dst, 4092), 0);
+    // And the other way round: B's colour never reaches A.
+    run(b, B.ring, colorBlt(B.failed, 256, 0, 0, 64, 16, 0xb0b0_b0b0));
+    run(a, A.ring, srcCopyBlt(A.dst.gma, 256, 0, 0, 64, 16, A.failed, 256, 0, 0));
+    assert.equal(a.readGmU32(A.dst, 0), 0xc0ff_ee01);
+    w.host.deviceDma(w.driver.bdf).setObserver(undefined);
+    va.checkInvariants();
+    vb.checkInvariants();
+    w.checkInvariants();
+    w.driver.checkInvariants();
+    // When A's VMM lets go (close_device), A's scratch page is cleared: the next VMM to open A reads zeros there.
+    assert.equal(w.host.physmem.frameForRead(va.scratch.pfn)[0], 0x01);
+    va.close();
+    assert.equal(
+      w.host.physmem.frameForRead(va.scratch.pfn).every((x) => x === 0),
+      true,
+      "closing the vGPU zeroes its scratch page",
+    );
   });
 
   it("property: any sequence of writes, half writes, unmaps and resets keeps the invariants and the pin count", () => {

@@ -10,17 +10,28 @@
  * - the entry's GMA (index << 12) must lie in the vGPU's aperture or hidden partition, else the write is ignored,
  *   counted and traced (ballooning means a well-behaved guest never does this);
  * - a 4-byte write stores its half in the guest entry at once, but the shadow is only updated when the other half of
- *   the same entry arrives (a second write of the same half just replaces it), as GVT-g's partial_pte_list;
+ *   the same entry arrives (a second write of the same half just replaces it), as GVT-g's partial_pte_list. So a
+ *   guest must write each half once per update (the datasheet's safe order, 10.5): low 0, high, low pairs the first
+ *   two writes and leaves the last low half pending until a high half comes;
  * - a present guest PTE: gfn cache hit (refcount + 1), or miss: vfio pinPages(gfn << 12, 1, READ|WRITE) ->
  *   frame -> dma mapPage(frame, 0, 4096, BIDIRECTIONAL) -> IOVA; physical entry = gen8PteEncode(IOVA). Any failure
  *   (pin: EINVAL unmapped, EPERM read-only mapping, ENOMEM "RLIMIT_MEMLOCK exceeded", no vfio session; DMA mapping
- *   error) points the entry at the host driver's scratch page, counted and traced ("fail to populate guest ggtt
+ *   error) points the entry at the vGPU's own scratch page, counted and traced ("fail to populate guest ggtt
  *   entry", GVT-g's message);
- * - a non-present guest PTE: the physical entry is the scratch page with the present bit clear, as GVT-g writes it
- *   (the GPU reports a fault if the guest's work touches it);
+ * - a non-present guest PTE: the physical entry is the vGPU's scratch page with the present bit clear, as GVT-g
+ *   writes it (the GPU reports a fault if the guest's work touches it);
  * - then the entry's previous gfn reference is dropped: on the last reference dma_unmap_page and vfio unpinPages.
  *   The new reference is taken first, so rewriting an entry with the same page never unpins it.
  * Reads of the window return the guest's own entries (never the shadow); outside the partition they read 0.
+ *
+ * The scratch page is the vGPU's own (`ShadowGttOptions.scratch`, one zeroed page the parent allocates with
+ * dma_alloc_coherent), never the host driver's: a failed entry is present and writable by the engines (a blit
+ * through it lands in the scratch page), so one page shared by the failed entries of several vGPUs would be a channel
+ * between their VMs (one fills through its failed entry, the other copies out through its own). GVT-g keeps scratch
+ * pages per vGPU for its PPGTT (intel_vgpu_gtt.scratch_pt); its GGTT path uses the device-wide gvt->gtt.scratch_mfn,
+ * which this model does not copy. The constructor points every entry of the partition at this page in two bulk
+ * writes (`HostGpu.fillGgtt`, aperture and hidden); the host driver points them back at its own scratch page when the
+ * partition is freed, and only then may the parent free the vGPU's page.
  *
  * `dmaUnmap(iova, length)` (type1 calls it when the VMM unmaps guest memory; IOVA = GPA for an emulated group): every
  * shadow entry whose gfn lies in the range goes to the (present) scratch page, its reference is dropped, and so each
@@ -34,8 +45,9 @@
  *
  * Invariants (`checkInvariants`): a populated shadow entry's gfn has a live cache slot; each slot's refcount equals
  * the number of entries naming its gfn and is >= 1; every slot holds exactly one pin and one DMA mapping; the
- * physical GGTT entry of a populated entry encodes its slot's IOVA and every other entry encodes the scratch page; no
- * entry has both halves pending.
+ * physical GGTT entry of a populated entry encodes its slot's IOVA and every other entry of the partition encodes the
+ * vGPU's own scratch page (present, or not present for a non-present guest entry), never the host's; no entry has
+ * both halves pending.
  */
 import {
   defineTraceEvents,
@@ -105,6 +117,8 @@ export interface ShadowGttOptions {
   readonly vgpuId: number;
   readonly gpu: HostGpu;
   readonly resources: GpuResources;
+  /** DMA address of the vGPU's own scratch page (a zeroed dma_alloc_coherent page of the GPU's DMA API). */
+  readonly scratch: Iova;
   readonly tracer: Tracer;
 }
 
@@ -242,10 +256,22 @@ export class ShadowGtt {
     this.guestHi = new Uint32Array(n);
     this.shadowGfn = new Float64Array(n).fill(GFN_SCRATCH);
     this.pending = new Uint8Array(n);
-    this.scratchPte = gen8PteEncode(opts.gpu.scratch.dmaAddr);
+    this.scratchPte = gen8PteEncode(opts.scratch);
     this.scratchNotPresentPte = this.scratchPte - GEN8_PAGE_PRESENT;
-    // The host driver hands out partitions whose entries all point at the scratch page (it fills them on free), so
-    // nothing is written here; `checkInvariants` verifies it.
+    if (opts.scratch === opts.gpu.scratch.dmaAddr) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${this.vgpuId}: the scratch page must be the vGPU's own, not the host driver's (IOVA ${hex(opts.scratch)})`,
+      );
+    }
+    // The host driver hands the partition out on its own scratch page: move it onto ours.
+    this.fill(this.apFirst, this.apCount, this.scratchPte);
+    this.fill(this.hiFirst, this.hiCount, this.scratchPte);
+  }
+
+  /** The PTE of the vGPU's scratch page (present): what every unshadowed entry of the partition holds. */
+  get scratchEntry(): number {
+    return this.scratchPte;
   }
 
   /** Gives (open) or takes away (close) the vfio session's DMA access. Pins need it. */
@@ -426,7 +452,9 @@ export class ShadowGtt {
       if (g < 0) {
         const want = g === GFN_SCRATCH ? this.scratchPte : this.scratchNotPresentPte;
         if (phys !== want)
-          fail(`entry ${index} is not shadowed but the physical entry is ${hex(phys)}, not ${hex(want)}`);
+          fail(
+            `entry ${index} is not shadowed but the physical entry is ${hex(phys)}, not the vGPU's scratch ${hex(want)}`,
+          );
         continue;
       }
       populated++;
@@ -448,6 +476,14 @@ export class ShadowGtt {
   }
 
   // ---- internals ---------------------------------------------------------------------------------------------------
+
+  /** Writes `count` physical entries from `first`: in bulk when the host driver can, else one by one. */
+  private fill(first: number, count: number, pte: number): void {
+    if (count === 0) return;
+    const gpu = this.gpu;
+    if (gpu.fillGgtt !== undefined) gpu.fillGgtt(first, count, pte);
+    else for (let i = 0; i < count; i++) gpu.writeGgtt(first + i, pte);
+  }
 
   /** Local index of GGTT entry `index`, or -1 outside the partition. */
   private localIndex(index: number): number {

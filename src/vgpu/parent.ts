@@ -2,19 +2,24 @@
  * The GVT-g parent: the physical GPU as an mdev parent device (kvmgt's mdev_parent_ops / intel_vgpu_ops). It lists
  * the vGPU types that still fit, answers available_instances from the host driver's capacity, and creates and
  * destroys vGPUs: a vGPU id (1..7), a partition of graphics memory and fences from the host driver
- * (`HostGpu.allocResources`), the vGPU device itself, and its place in the shared scheduler.
+ * (`HostGpu.allocResources`), a scratch page of the vGPU's own (dma_alloc_coherent through the host driver's DMA
+ * API, `HostGpu.dma`), the vGPU device itself (which points its whole partition at that scratch page), and its place
+ * in the shared scheduler.
  *
  * Names as Linux shows them: parent = the GPU's PCI address, driver "i915", types `i915-GVTg_V5_<n>`, and each vGPU
  * device has the vendor attribute `intel_vgpu/vgpu_id`.
  *
  * Destroy releases everything the vGPU held: its pins and IOVAs at once (the vGPU's own teardown), then its partition,
  * fences and id, as soon as none of its work remains on an engine (at once when idle; else when the last workload
- * completes: the partition must not reach another vGPU while stale work could still write through it). Afterwards the
- * host driver's capacity and the pin counts are back where they were. Invariant: ids in use = live vGPUs + draining
- * ones, at most 7.
+ * completes: the partition must not reach another vGPU while stale work could still write through it). The scratch
+ * page goes last: `freeResources` has pointed the partition back at the host driver's scratch page, so no GGTT entry
+ * names the page when it is freed. Afterwards the host driver's capacity, its DMA mappings and the pin counts are
+ * back where they were. Invariant: ids in use = live vGPUs + draining ones, at most 7; the scratch pages of live and
+ * draining vGPUs are distinct.
  */
-import { defineTraceEvents, Errno, KernelError, type SchedulingClock, type Tracer } from "../core/index.ts";
+import { defineTraceEvents, Errno, KernelError, PAGE_SIZE, type SchedulingClock, type Tracer } from "../core/index.ts";
 import type { GpuResources, HostGpu } from "../gpu/index.ts";
+import type { CoherentBuffer } from "../host/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
 import { GvtScheduler } from "./scheduler.ts";
 import { findGvtType, GVT_MAX_VGPUS, GVT_TYPES, type GvtTypeSpec, gvtAvailability, listedTypes } from "./types.ts";
@@ -31,17 +36,19 @@ declare module "../core/trace.ts" {
       hiddenBase: number;
       hiddenSize: number;
       fences: readonly number[];
+      scratchPfn: number;
+      scratchIova: number;
     };
     "vgpu.destroy": { vgpu: number; uuid: string; type: string; inFlight: number };
-    "vgpu.release": { vgpu: number; uuid: string; apertureBase: number; hiddenBase: number };
+    "vgpu.release": { vgpu: number; uuid: string; apertureBase: number; hiddenBase: number; scratchIova: number };
   }
 }
 defineTraceEvents("vgpu", {
   "vgpu.create":
-    "vgpu{vgpu} {uuid} ({type}) created: aperture {apertureBase} +{apertureSize}, hidden {hiddenBase} +{hiddenSize}, fences {fences}",
+    "vgpu{vgpu} {uuid} ({type}) created: aperture {apertureBase} +{apertureSize}, hidden {hiddenBase} +{hiddenSize}, fences {fences}, scratch page pfn {scratchPfn} iova {scratchIova}",
   "vgpu.destroy": "vgpu{vgpu} {uuid} ({type}) destroyed ({inFlight} workload(s) still on the engines)",
   "vgpu.release":
-    "vgpu{vgpu} {uuid}: partition at aperture {apertureBase} / hidden {hiddenBase}, fences and id returned",
+    "vgpu{vgpu} {uuid}: partition at aperture {apertureBase} / hidden {hiddenBase}, fences, id and scratch page (iova {scratchIova}) returned",
 });
 
 export interface GvtParentOptions {
@@ -94,19 +101,24 @@ export class GvtParent implements MdevParentDriver {
       );
     }
     const resources = this.gpu.allocResources({ aperture: type.aperture, hidden: type.hidden, fences: type.fences });
+    let scratch: CoherentBuffer | undefined;
     let vgpu: Vgpu;
     try {
+      scratch = this.gpu.dma.allocCoherent(PAGE_SIZE);
       vgpu = new Vgpu({
         id,
         uuid: name,
         type,
         resources,
+        scratch,
         gpu: this.gpu,
         scheduler: this.scheduler,
         tracer: this.tracer,
       });
     } catch (e) {
+      // The partition goes back onto the host's scratch page before our page is freed.
       this.gpu.freeResources(resources);
+      if (scratch !== undefined) this.gpu.dma.dmaFreeCoherent(scratch);
       throw e;
     }
     this.idsUsed.add(id);
@@ -136,7 +148,10 @@ export class GvtParent implements MdevParentDriver {
   /** The partition, fences and id of a destroyed vGPU go back once none of its work remains on an engine. */
   private release(vgpu: Vgpu): void {
     this.draining.delete(vgpu);
+    // freeResources points every entry of the partition back at the host's scratch page: only then is the vGPU's
+    // scratch page unreferenced and may be freed (its IOVA could otherwise be reused while entries still name it).
     this.gpu.freeResources(vgpu.resources);
+    this.gpu.dma.dmaFreeCoherent(vgpu.scratch);
     this.idsUsed.delete(vgpu.id);
     if (this.tracer.enabled) {
       this.tracer.emit("vgpu.release", {
@@ -144,6 +159,7 @@ export class GvtParent implements MdevParentDriver {
         uuid: vgpu.name,
         apertureBase: vgpu.resources.aperture.base,
         hiddenBase: vgpu.resources.hidden.base,
+        scratchIova: vgpu.scratch.dmaAddr,
       });
     }
   }
@@ -163,6 +179,13 @@ export class GvtParent implements MdevParentDriver {
       throw new Error(
         `i915 ${this.parentName}: ${this.idsUsed.size} ids in use for ${this.byUuid.size} vGPUs + ${this.draining.size} draining`,
       );
+    }
+    const scratch = new Set<number>([this.gpu.scratch.pfn]);
+    for (const v of [...this.byUuid.values(), ...this.draining]) {
+      if (scratch.has(v.scratch.pfn)) {
+        throw new Error(`i915 ${this.parentName}: vgpu${v.id}'s scratch page (pfn ${v.scratch.pfn}) is not its own`);
+      }
+      scratch.add(v.scratch.pfn);
     }
     for (const v of this.byUuid.values()) v.checkInvariants();
     this.scheduler.checkInvariants();
@@ -194,6 +217,8 @@ export class GvtParent implements MdevParentDriver {
       hiddenBase: r.hidden.base,
       hiddenSize: r.hidden.size,
       fences: r.fences,
+      scratchPfn: v.scratch.pfn,
+      scratchIova: v.scratch.dmaAddr,
     });
   }
 }

@@ -47,9 +47,12 @@ import {
   RING_TAIL,
   RING_VALID,
   ROP_PATCOPY,
+  ROP_SRCCOPY,
   VGT_PVINFO_PAGE,
   XY_COLOR_BLT_DWORDS,
   XY_COLOR_BLT_OPCODE,
+  XY_SRC_COPY_BLT_DWORDS,
+  XY_SRC_COPY_BLT_OPCODE,
 } from "../gpu/index.ts";
 import { type EventFd, GiB, Host, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
 import { MdevCore } from "../mdev/index.ts";
@@ -423,6 +426,33 @@ export function colorBlt(
     dst % 2 ** 32,
     Math.floor(dst / 2 ** 32),
     color >>> 0,
+  ];
+}
+
+/** XY_SRC_COPY_BLT: [x1, x2) x [y1, y2) of the surface at `dst` from (sx, sy) of the surface at `src`, 32 bpp. */
+export function srcCopyBlt(
+  dst: number,
+  dstPitch: number,
+  x1: number,
+  y1: number,
+  x2: number,
+  y2: number,
+  src: number,
+  srcPitch: number,
+  sx: number,
+  sy: number,
+): number[] {
+  return [
+    (blitInstr(XY_SRC_COPY_BLT_OPCODE, XY_SRC_COPY_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0,
+    (BR13_32BPP | (ROP_SRCCOPY << 16) | dstPitch) >>> 0,
+    ((y1 << 16) | x1) >>> 0,
+    ((y2 << 16) | x2) >>> 0,
+    dst % 2 ** 32,
+    Math.floor(dst / 2 ** 32),
+    ((sy << 16) | sx) >>> 0,
+    srcPitch,
+    src % 2 ** 32,
+    Math.floor(src / 2 ** 32),
   ];
 }
 

@@ -11,10 +11,18 @@
  *
  * BAR0: registers (mmio.ts); the GTT window (gtt.ts: only 4- and 8-byte writes, EINVAL otherwise; reads return the
  * guest's entries); between 2 MiB and 8 MiB nothing: reads 0, writes dropped and counted.
- * BAR2 (aperture): guest offset X is GMA `aperture.base + X` of its partition, and reaches memory the way the GPU's
- * aperture would, through the vGPU's shadow GTT: the page a shadow entry maps is read or written with vfio_dma_rw
- * (the host driver offers no CPU aperture path, and the page is pinned, so this is the very frame the shadow's IOVA
- * translates to). A page whose shadow is the scratch page reads zeros and drops writes (counted).
+ * BAR2 (aperture): sized to the vGPU's aperture partition; guest offset X is GMA `aperture.base + X` of its partition
+ * (not GMA X as on the physical GPU), and reaches memory the way the GPU's aperture would, through the vGPU's shadow
+ * GTT: the page a shadow entry maps is read or written with vfio_dma_rw (the host driver offers no CPU aperture path,
+ * and the page is pinned, so this is the very frame the shadow's IOVA translates to). A page whose shadow is the
+ * scratch page reads zeros and drops writes (counted): the CPU never sees the scratch page's contents.
+ *
+ * Scratch page: each vGPU has its own (`scratch`), a zeroed page the parent allocates at create with the GPU's DMA
+ * API (dma_alloc_coherent) and frees at release, after the partition is back on the host driver's scratch page.
+ * Every entry of the partition that does not map a guest page points at it (gtt.ts), so what a guest's engines write
+ * through a failed entry only that guest can read back. Its frame carries the owner tag the GPU's DMA API gives
+ * every coherent allocation (0, the host kernel, as createGpu sets the GPU up: dma_alloc_coherent takes no
+ * per-allocation tag), so an isolation checker attributes it to this vGPU by frame number, `scratch.pfn`.
  *
  * Submission: the guest programs RING_START/CTL/HEAD and writes RING_TAIL. On a TAIL write of an enabled ring the
  * dwords from the scan position (HEAD, or where the last scan ended) to TAIL are copied out of the guest's ring
@@ -66,7 +74,7 @@ import {
   ringCtlLength,
   type SubmissionResult,
 } from "../gpu/index.ts";
-import type { PciConfigSpace } from "../host/index.ts";
+import type { CoherentBuffer, PciConfigSpace } from "../host/index.ts";
 import {
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
@@ -143,6 +151,8 @@ export interface VgpuOptions {
   readonly uuid: string;
   readonly type: GvtTypeSpec;
   readonly resources: GpuResources;
+  /** The vGPU's own scratch page: one page from `gpu.dma.allocCoherent`, owned (and freed) by the caller. */
+  readonly scratch: CoherentBuffer;
   readonly gpu: HostGpu;
   readonly scheduler: GvtScheduler;
   readonly tracer: Tracer;
@@ -163,6 +173,11 @@ export class Vgpu implements VfioDeviceOps {
   readonly id: number;
   readonly type: GvtTypeSpec;
   readonly resources: GpuResources;
+  /**
+   * The vGPU's own scratch page (frame and IOVA): where every GGTT entry of its partition that maps no guest page
+   * points. Only this vGPU's work may touch it.
+   */
+  readonly scratch: CoherentBuffer;
   readonly config: PciConfigSpace;
   readonly gtt: ShadowGtt;
   readonly irq: VirtualIrq;
@@ -186,11 +201,18 @@ export class Vgpu implements VfioDeviceOps {
     this.name = opts.uuid;
     this.type = opts.type;
     this.resources = opts.resources;
+    this.scratch = opts.scratch;
     this.gpu = opts.gpu;
     this.scheduler = opts.scheduler;
     this.tracer = opts.tracer;
     this.config = createVgpuConfig(opts.resources.aperture.size);
-    this.gtt = new ShadowGtt({ vgpuId: this.id, gpu: this.gpu, resources: this.resources, tracer: this.tracer });
+    this.gtt = new ShadowGtt({
+      vgpuId: this.id,
+      gpu: this.gpu,
+      resources: this.resources,
+      scratch: this.scratch.dmaAddr,
+      tracer: this.tracer,
+    });
     this.irq = new VirtualIrq(this.id, this.config, this.tracer);
     const sink: MmioSink = {
       ringWritten: (engine, reg) => this.ringWritten(engine, reg),
@@ -277,6 +299,8 @@ export class Vgpu implements VfioDeviceOps {
     this.deviceReset("close");
     this.irq.releaseTriggers();
     this.gtt.attach(undefined);
+    // What this VMM wrote through failed GGTT entries must not reach the next VMM to open this vGPU.
+    this.gpu.zeroPage?.(this.scratch.pfn);
     this.dma = undefined;
     if (this.tracer.enabled) this.tracer.emit("vgpu.close", { vgpu: this.id, uuid: this.name });
   }
