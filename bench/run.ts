@@ -12,10 +12,12 @@ const suites: Suite[] = [
   { name: "iommu", load: () => import("./iommu.bench.ts") },
   { name: "memory", load: () => import("./memory.bench.ts") },
   { name: "vfio", load: () => import("./vfio.bench.ts") },
+  { name: "vfio-user", load: () => import("./vfio-user.bench.ts") },
   { name: "vmm", load: () => import("./vmm.bench.ts") },
   { name: "guest", load: () => import("./guest.bench.ts") },
   { name: "vgpu", load: () => import("./vgpu.bench.ts") },
   { name: "gpu", load: () => import("./gpu.bench.ts") },
+  { name: "scenario", load: () => import("./scenario.bench.ts") },
 ];
 
 const wanted = process.argv.slice(2);

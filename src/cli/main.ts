@@ -7,7 +7,9 @@ import { Command } from "commander";
 import { isKernelError } from "../core/index.ts";
 import { configureCommandOutput } from "./commands/common.ts";
 import { registerDemo } from "./commands/demo.ts";
+import { registerExplain } from "./commands/explain.ts";
 import { processIo, registerMdevCommands } from "./commands/index.ts";
+import { registerRun } from "./commands/run.ts";
 
 // `vgpu list | head`: a reader that goes away is not an error.
 process.stdout.on("error", (e: NodeJS.ErrnoException) => {
@@ -23,6 +25,8 @@ program
 configureCommandOutput(program, processIo);
 
 registerDemo(program);
+registerRun(program);
+registerExplain(program);
 registerMdevCommands(program, processIo);
 
 try {

@@ -1,5 +1,17 @@
 /**
- * scenario: assembling whole model systems from a config (system.ts); later, scenario files, the runner, the
- * isolation checker and reports.
+ * scenario: whole systems from a config (system.ts, gpus.ts), scenario files (schema.ts), the runner that executes
+ * them deterministically on a virtual clock (runner.ts) with the guest's view of a VM (guest-platform.ts,
+ * workload.ts), the isolation checker that checks every DMA (checker.ts), reports (report.ts) and the translation
+ * chain of one access (explain.ts). Depends on every layer below: core, host, vfio, mdev, devices, gpu, vgpu, vmm,
+ * guest.
  */
+export * from "./checker.ts";
+export * from "./explain.ts";
+export * from "./gpus.ts";
+export * from "./guest-platform.ts";
+export * from "./report.ts";
+export * from "./runner.ts";
+export * from "./schema.ts";
 export * from "./system.ts";
+export * from "./units.ts";
+export * from "./workload.ts";

@@ -22,6 +22,7 @@ describe("system config", () => {
       iommu: true,
       seed: 1,
       parents: [{ kind: "mtty" }],
+      assigned: [],
     });
     assert.equal(parseSystemConfig({ memory: "512 MiB" }).memoryBytes, 512 * 1024 * 1024);
     assert.equal(parseSystemConfig({ memory: "2GiB" }).memoryBytes, 2 * GiB);
@@ -37,14 +38,14 @@ describe("system config", () => {
     configError({ gpus: 1 }, /^invalid host config: \(top level\): unknown member\(s\) gpus$/);
     configError(
       { parents: [{ kind: "gpu" }] },
-      /^invalid host config: parents\[0\]\.kind: unknown parent kind 'gpu' \(known: mtty\)$/,
+      /^invalid host config: parents\[0\]\.kind: unknown parent kind 'gpu' \(known: mtty, gvt\)$/,
     );
     configError(
       { parents: [{ kind: "mtty" }, { kind: "mtty", ports: 2.5 }] },
       /^invalid host config: parents\[1\]\.ports: must be an integer/,
     );
     configError({ parents: [{ kind: "mtty", colour: "red" }] }, /^invalid host config: parents\[0\]: /);
-    configError({ parents: [{}] }, /^invalid host config: parents\[0\]\.kind: is required \(one of: mtty\)$/);
+    configError({ parents: [{}] }, /^invalid host config: parents\[0\]\.kind: is required \(one of: mtty, gvt\)$/);
   });
 
   it("reads a file and names it in errors", () => {
@@ -90,6 +91,34 @@ describe("createSystem", () => {
     assert.throws(
       () => createSystem(parseSystemConfig({ parents: [{ kind: "mtty" }, { kind: "mtty", name: "mtty" }] })),
       /parents\[1\] and parents\[0\] are both named 'mtty': give one a different name/,
+    );
+  });
+
+  it("builds a mediated GPU (i915 + GVT-g parent) and a GPU bound to vfio-pci, recorded in gpus", () => {
+    const s = createSystem(
+      parseSystemConfig({
+        memory: "4 GiB",
+        parents: [{ kind: "gvt", name: "gpu0", aperture: "256 MiB" }],
+        assigned: [{ kind: "gpu", name: "gpu1", bdf: "0000:00:03.0" }],
+      }),
+    );
+    assert.deepEqual(
+      s.gpus.map((g) => [g.name, g.bdf, g.driver]),
+      [
+        ["gpu0", "0000:00:02.0", "i915"],
+        ["gpu1", "0000:00:03.0", "vfio-pci"],
+      ],
+    );
+    assert.equal(s.gpus[0]!.gpu.apertureSize, 256 * 1024 * 1024);
+    assert.ok(s.sysfs.exists("/sys/class/mdev_bus/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_8/create"));
+    assert.ok(s.sysfs.exists("/sys/bus/pci/devices/0000:00:03.0/iommu_group"));
+    assert.throws(
+      () => parseSystemConfig({ parents: [{ kind: "gvt", aperture: "300 MiB" }] }),
+      /parents\[0\]\.aperture: must be a power of two from 128 MiB to 2 GiB/,
+    );
+    assert.throws(
+      () => createSystem(parseSystemConfig({ parents: [{ kind: "gvt" }], assigned: [{ kind: "gpu" }] })),
+      /assigned\[0\]: PCI address 0000:00:02.0 is already taken/,
     );
   });
 

@@ -4,12 +4,17 @@
  * scenarios build one in process.
  *
  * ```json
- * { "memory": "16 GiB", "iommu": true, "seed": 1, "parents": [{ "kind": "mtty", "name": "mtty", "ports": 24 }] }
+ * { "memory": "16 GiB", "iommu": true, "seed": 1,
+ *   "parents": [{ "kind": "mtty", "name": "mtty", "ports": 24 }, { "kind": "gvt", "bdf": "0000:00:02.0" }],
+ *   "assigned": [{ "kind": "gpu", "bdf": "0000:00:03.0" }] }
  * ```
- * Every field is optional: the default is a 16 GiB host with its IOMMU on and one mtty parent (the embedded host
- * until a GPU parent exists). Parent kinds are a table (`PARENT_KINDS`): each kind is a zod schema for its config
- * entry and a function that builds its parent driver from the assembled system, so a new kind (a GPU) is one entry.
+ * Every field is optional: the default is a 16 GiB host with its IOMMU on and one mtty parent. Parent kinds are a
+ * table (`PARENT_KINDS`): each kind is a zod schema for its config entry and a function that builds its parent driver
+ * from the assembled system, so a new kind is one entry. Kinds today: `mtty` (the sample serial-port parent) and
+ * `gvt` (a physical GPU with the i915-like host driver bound, mediated into vGPUs by the GVT-g parent; gpus.ts).
  * Parents are registered with the mdev core in config order; a duplicate parent name is reported with both entries.
+ * `assigned` lists physical devices bound to vfio-pci for whole-device assignment (today: `gpu`). Every GPU, mediated
+ * or assigned, is recorded in `System.gpus`.
  *
  * Config errors are KernelError(EINVAL) naming the JSON path ("parents[1].ports: must be an integer from 0 to
  * 1024"), and, for a file, the file. What this does not do: hot-plug (parents appear only at assembly; a later issue
@@ -17,11 +22,12 @@
  */
 import { readFileSync } from "node:fs";
 import { z } from "zod";
-import { Errno, KernelError } from "../core/index.ts";
+import { Errno, KernelError, type SchedulingClock, type Tracer } from "../core/index.ts";
 import { createMttyParent, MTTY_MAX_PORTS } from "../devices/index.ts";
 import { GiB, Host, type Sysfs } from "../host/index.ts";
 import { MdevCore, type MdevParentDriver } from "../mdev/index.ts";
-import { type Type1Driver, type1Driver, VfioCore } from "../vfio/index.ts";
+import { type Type1Driver, type1Driver, VfioCore, VfioPciDriver } from "../vfio/index.ts";
+import { createAssignedGpu, createMediatedGpu, type GpuInstance } from "./gpus.ts";
 
 /** What a parent kind's factory gets: the system assembled so far. */
 export interface SystemParts {
@@ -29,6 +35,57 @@ export interface SystemParts {
   readonly sysfs: Sysfs;
   readonly vfio: VfioCore;
   readonly mdev: MdevCore;
+  readonly vfioPci: VfioPciDriver;
+  /** GPUs assembled so far; a GPU kind appends its instance. */
+  readonly gpus: GpuInstance[];
+}
+
+const MiB = 1024 * 1024;
+
+/** A GPU's aperture: "512 MiB" or bytes, a power of two from 128 MiB to 2 GiB. */
+const apertureSchema = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const m = typeof v === "number" ? [String(v), String(v), "B"] : /^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$/.exec(v);
+  const bytes = m ? Number(m[1]) * UNITS[m[2] ?? "B"]! : Number.NaN;
+  if (!(bytes >= 128 * MiB && bytes <= 2 * GiB && (bytes & (bytes - 1)) === 0)) {
+    ctx.addIssue({ code: "custom", message: 'must be a power of two from 128 MiB to 2 GiB, e.g. "512 MiB"' });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const gpuOptionFields = {
+  name: z.string({ error: "must be a string" }).min(1, { error: "must not be empty" }).optional(),
+  bdf: z
+    .string({ error: 'must be a PCI address such as "0000:00:02.0"' })
+    .regex(/^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$/, { error: 'must be a PCI address such as "0000:00:02.0"' })
+    .optional(),
+  aperture: apertureSchema.optional(),
+  ats: z.boolean({ error: "must be true or false" }).optional(),
+  dmaMaskBits: z
+    .number({ error: "must be an integer from 24 to 64" })
+    .int({ error: "must be an integer from 24 to 64" })
+    .min(24, { error: "must be an integer from 24 to 64" })
+    .max(64, { error: "must be an integer from 24 to 64" })
+    .optional(),
+  cost: z.record(z.string(), z.number()).optional(),
+};
+
+function gpuOptions(c: {
+  name?: string | undefined;
+  bdf?: string | undefined;
+  aperture?: number | undefined;
+  ats?: boolean | undefined;
+  dmaMaskBits?: number | undefined;
+  cost?: Record<string, number> | undefined;
+}) {
+  return {
+    ...(c.name !== undefined ? { name: c.name } : {}),
+    ...(c.bdf !== undefined ? { bdf: c.bdf } : {}),
+    ...(c.aperture !== undefined ? { apertureSize: c.aperture } : {}),
+    ...(c.ats !== undefined ? { ats: c.ats } : {}),
+    ...(c.dmaMaskBits !== undefined ? { dmaMaskBits: c.dmaMaskBits } : {}),
+    ...(c.cost !== undefined ? { cost: c.cost } : {}),
+  };
 }
 
 /** One row of the parent-kind table. */
@@ -69,7 +126,32 @@ export const PARENT_KINDS: Readonly<Record<string, ParentKind<unknown>>> = {
         ...(c.ports !== undefined ? { ports: c.ports } : {}),
       }),
   ) as ParentKind<unknown>,
+  gvt: parentKind(
+    z.strictObject({
+      kind: z.literal("gvt"),
+      ...gpuOptionFields,
+      unsafeSkipAddressAudit: z.boolean({ error: "must be true or false" }).optional(),
+    }),
+    "a physical GPU driven by i915 and mediated into GVT-g vGPUs, parent named by its PCI address (options: name; " +
+      "bdf, default 0000:00:02.0; " +
+      "aperture, default 512 MiB; ats; dmaMaskBits; cost)",
+    (c, parts) => {
+      // The mdev parent is named by the GPU's PCI address, as in Linux; `name` is the config's handle for it.
+      const gpu = createMediatedGpu(parts.host, {
+        ...gpuOptions(c),
+        ...(c.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}),
+      });
+      parts.gpus.push(gpu);
+      return gpu.parent!;
+    },
+  ) as ParentKind<unknown>,
 };
+
+/** Devices an `assigned` entry may name: bound to vfio-pci for whole-device assignment. */
+const assignedEntrySchema = z.strictObject(
+  { kind: z.literal("gpu", { error: 'must be "gpu" (the only assignable device kind)' }), ...gpuOptionFields },
+  { error: "must be an object with a kind" },
+);
 
 const UNITS: Readonly<Record<string, number>> = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: GiB, TiB: 1024 * GiB };
 
@@ -116,6 +198,7 @@ export const systemConfigSchema = z.strictObject(
     iommu: z.boolean({ error: "must be true or false" }).optional(),
     seed: z.number().int().min(0).max(0xffff_ffff, { error: "must be an integer from 0 to 2^32-1" }).optional(),
     parents: z.array(parentEntrySchema, { error: "must be an array" }).optional(),
+    assigned: z.array(assignedEntrySchema, { error: "must be an array" }).optional(),
   },
   { error: "must be a JSON object" },
 );
@@ -128,6 +211,8 @@ export interface SystemConfig {
   readonly iommu: boolean;
   readonly seed: number;
   readonly parents: readonly Readonly<Record<string, unknown> & { kind: string }>[];
+  /** Devices bound to vfio-pci at assembly. */
+  readonly assigned: readonly z.output<typeof assignedEntrySchema>[];
 }
 
 /** The embedded host: 16 GiB, IOMMU on, one mtty parent. */
@@ -159,6 +244,7 @@ export function parseSystemConfig(value: unknown, source?: string): SystemConfig
     iommu: c.iommu ?? true,
     seed: c.seed ?? 1,
     parents: (c.parents ?? [{ kind: "mtty" }]) as SystemConfig["parents"],
+    assigned: c.assigned ?? [],
   };
 }
 
@@ -184,22 +270,41 @@ export function loadSystemConfigFile(path: string): SystemConfig {
 }
 
 /** An assembled system. */
-export interface System extends SystemParts {
+export interface System extends Omit<SystemParts, "gpus"> {
   readonly config: SystemConfig;
   readonly type1: Type1Driver;
   /** Registered parents, in config order. */
   readonly parents: readonly MdevParentDriver[];
+  readonly gpus: readonly GpuInstance[];
+}
+
+/** What the embedding program supplies instead of the defaults (a scenario runs on its own virtual clock). */
+export interface CreateSystemOptions {
+  /** Default: a VirtualClock at 0 (the Host's default). */
+  readonly clock?: SchedulingClock;
+  readonly tracer?: Tracer;
 }
 
 /** Builds the system a config describes. */
-export function createSystem(config: SystemConfig = parseSystemConfig(DEFAULT_SYSTEM_CONFIG)): System {
-  const host = new Host({ memoryBytes: config.memoryBytes, iommu: { enabled: config.iommu }, seed: config.seed });
+export function createSystem(
+  config: SystemConfig = parseSystemConfig(DEFAULT_SYSTEM_CONFIG),
+  opts: CreateSystemOptions = {},
+): System {
+  const host = new Host({
+    memoryBytes: config.memoryBytes,
+    iommu: { enabled: config.iommu },
+    seed: config.seed,
+    ...(opts.clock !== undefined ? { clock: opts.clock } : {}),
+    ...(opts.tracer !== undefined ? { tracer: opts.tracer } : {}),
+  });
   const sysfs = host.sysfs;
   const vfio = new VfioCore({ devfs: host.devfs, pci: host.pci, iommu: host.iommu, tracer: host.tracer });
   const type1 = type1Driver({ iommu: host.iommu, physmem: host.physmem, tracer: host.tracer });
   vfio.registerIommuDriver(type1);
   const mdev = new MdevCore({ sysfs, vfio, tracer: host.tracer });
-  const parts: SystemParts = { host, sysfs, vfio, mdev };
+  const vfioPci = new VfioPciDriver({ bus: host.pci, core: vfio, tracer: host.tracer });
+  const gpus: GpuInstance[] = [];
+  const parts: SystemParts = { host, sysfs, vfio, mdev, vfioPci, gpus };
   const parents: MdevParentDriver[] = [];
   const seen = new Map<string, number>();
   config.parents.forEach((entry, i) => {
@@ -221,5 +326,15 @@ export function createSystem(config: SystemConfig = parseSystemConfig(DEFAULT_SY
     mdev.registerParent(driver);
     parents.push(driver);
   });
-  return { config, host, sysfs, vfio, mdev, type1, parents };
+  config.assigned.forEach((entry, i) => {
+    const bdf = entry.bdf ?? "0000:00:02.0";
+    if (gpus.some((g) => g.bdf === bdf)) {
+      throw new KernelError(
+        Errno.EEXIST,
+        `invalid host config: assigned[${i}]: PCI address ${bdf} is already taken by another GPU: give it a bdf`,
+      );
+    }
+    gpus.push(createAssignedGpu(host, vfioPci, host.tracer, gpuOptions({ ...entry, bdf })));
+  });
+  return { config, host, sysfs, vfio, mdev, vfioPci, type1, parents, gpus };
 }

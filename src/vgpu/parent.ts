@@ -58,6 +58,11 @@ export interface GvtParentOptions {
   readonly tracer: Tracer;
   /** Name under /sys/class/mdev_bus (default: the GPU's PCI address). */
   readonly parentName?: string;
+  /**
+   * TEST ONLY: every vGPU's command scanner skips its address audit (a deliberately broken mediator), so that the
+   * scenario's isolation checker can be shown to catch what then reaches another VM's memory. Never set otherwise.
+   */
+  readonly unsafeSkipAddressAudit?: boolean;
 }
 
 export class GvtParent implements MdevParentDriver {
@@ -71,7 +76,10 @@ export class GvtParent implements MdevParentDriver {
   /** Destroyed vGPUs whose work is still on an engine: their partition and id return when it completes. */
   private readonly draining = new Set<Vgpu>();
 
+  private readonly unsafeSkipAddressAudit: boolean;
+
   constructor(opts: GvtParentOptions) {
+    this.unsafeSkipAddressAudit = opts.unsafeSkipAddressAudit ?? false;
     this.gpu = opts.gpu;
     this.tracer = opts.tracer;
     this.parentName = opts.parentName ?? opts.gpu.bdf;
@@ -114,6 +122,7 @@ export class GvtParent implements MdevParentDriver {
         gpu: this.gpu,
         scheduler: this.scheduler,
         tracer: this.tracer,
+        ...(this.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}),
       });
     } catch (e) {
       // The partition goes back onto the host's scratch page before our page is freed.

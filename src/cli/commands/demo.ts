@@ -1,152 +1,59 @@
 /**
- * `vgpu demo`: the main job. Today it walks one guest page through the host layer of the seed's chain — the four key
- * points of the thread, done by hand on the model:
+ * `vgpu demo`: the main command. Runs the default scenario (scenarios/demo.json) on a model host and tells its story
+ * top to bottom: one host with a GVT-g-like GPU; three VMs with different vGPU types running copy and fill workloads
+ * at once while the scheduler shares the engines by weight; a hostile guest whose attacks are all rejected or ignored;
+ * a VM whose VMM unplugs memory its vGPU has pinned (type1 makes the vendor driver unpin first); a second GPU
+ * assigned whole to a VM for contrast (type1 pins all of its RAM); the translation chain of one access layer by layer
+ * (GMA -> GPA -> HVA -> HPA, GFN -> IOVA, GMA -> IOVA -> HPA) and that the layers agree; the per-VM and per-vGPU
+ * figures; the isolation invariant checked on every DMA (0 violations); and a teardown that leaves nothing.
  *
- *   the type1 IOMMU stores GPA -> HVA          (here: the VMM's guest-RAM mapping, base + GPA)
- *   get_user_pages() on the HVA pins the page  (AddressSpace.pinUserPages -> host frame, HPA)
- *   dma_map_page() programs the system IOMMU   (DmaDevice.mapPage -> IOVA from iova.c's allocator)
- *   the GPU MMU is programmed with the IOVA    (the device DMAs to the IOVA, translated back to the HPA)
- *
- * and shows the host graphics driver's own coherent buffer sharing the same IOVA space, the IOTLB at work, a blocked
- * DMA in the fault log, and every count back to zero after teardown. Later issues replace the hand-driven steps with
- * the real vendor driver, VMM and guest.
+ * Deterministic (virtual clock, seeded choices): the output is golden-tested. `--trace FILE` writes every trace event
+ * as JSON lines; `--json` prints the report for tools; `--seed N` changes every random choice.
  */
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
-import { formatTrace, type Hva, hex, type Iova, type Pfn, TraceRecorder } from "../../core/index.ts";
-import {
-  DmaDirection,
-  GiB,
-  Host,
-  PciConfigSpace,
-  type PciDeviceModel,
-  PROT_READ,
-  PROT_WRITE,
-  parseBdf,
-  pfnToHpa,
-} from "../../host/index.ts";
+import { type CliIo, configureCommandOutput, processIo } from "./common.ts";
+import { runAndPrint, seedOption } from "./run.ts";
 
-/** A bare stand-in for the physical GPU until src/gpu exists: identity and BARs, no behaviour. */
-function gpuStub(): PciDeviceModel {
-  return {
-    bdf: parseBdf("0000:00:02.0"),
-    config: new PciConfigSpace({
-      vendorId: 0x8086,
-      deviceId: 0x1912,
-      classCode: 0x030000,
-      bars: [
-        { index: 0, size: 16 * 1024 * 1024, kind: "mem64" },
-        { index: 2, size: 256 * 1024 * 1024, kind: "mem64", prefetchable: true },
-      ],
-      msiVectors: 1,
-    }),
-    barRead: () => 0,
-    barWrite: () => {},
-    reset: () => {},
-  };
-}
+/** The default scenario, shipped with the package. */
+export const DEMO_SCENARIO = new URL("../../../scenarios/demo.json", import.meta.url);
 
 export interface DemoOptions {
-  readonly trace?: boolean;
   readonly seed?: string;
+  readonly json?: boolean;
+  readonly trace?: string;
 }
 
-export function runDemo(opts: DemoOptions, out: (line: string) => void): void {
-  const host = new Host({ memoryBytes: 16 * GiB, iommu: { enabled: true }, seed: Number(opts.seed ?? 1) });
-  const rec = new TraceRecorder(host.tracer);
-  const gpu = gpuStub();
-  const group = host.addPciDevice(gpu);
-  const dma = host.dmaApi(gpu.bdf);
-  const bus = host.deviceDma(gpu.bdf);
-
-  out("vgpu demo: one guest page through the host layer of the seed's chain");
-  out(`host: 16 GiB RAM, IOMMU on (VT-d style, 48-bit IOVA), GPU ${gpu.bdf} in IOMMU group ${group}`);
-  out("");
-
-  // The host graphics driver allocates its ring from the same IOVA space the vGPU's pages will use.
-  const ring = dma.allocCoherent(4 * 4096);
-  out(
-    `host driver  dma_alloc_coherent(16 KiB) for its ring: hpa ${hex(pfnToHpa(ring.pfn))} -> iova ${hex(ring.dmaAddr)}`,
-  );
-
-  // The VMM owns guest RAM as ordinary anonymous memory in its address space.
-  const vmm = host.spawn("qemu-vm1", { rlimitMemlockBytes: 64 * 1024 * 1024 });
-  const ramSize = 4 * GiB;
-  const ramBase = vmm.mm.mmap(ramSize, PROT_READ | PROT_WRITE, { name: "pc.ram" });
-  out(`VMM          mmap(4 GiB) guest RAM at hva ${hex(ramBase)} (nothing allocated until touched)`);
-
-  const gpa = 0x1234_5000;
-  const hva = (ramBase + gpa) as Hva;
-  const msg = new TextEncoder().encode("hello from the guest");
-  vmm.mm.write(hva, msg);
-  out(`guest        writes "hello from the guest" at gpa ${hex(gpa)} (hva ${hex(hva)}, faulted in on first touch)`);
-
-  // Key point 2: pin the page behind the HVA.
-  const frames: Pfn[] = [];
-  vmm.mm.accountLockedVm(1, true);
-  vmm.mm.pinUserPages(hva, 1, true, frames);
-  const pfn = frames[0]!;
-  out(
-    `vendor drv   pin_user_pages(hva) -> frame ${hex(pfn)} (hpa ${hex(pfnToHpa(pfn))}), locked_vm ${vmm.mm.lockedVm()} page`,
-  );
-
-  // Key point 3: dma_map_page through the system IOMMU.
-  const iova: Iova = dma.mapPage(pfn, 0, 4096, DmaDirection.BIDIRECTIONAL);
-  out(`vendor drv   dma_map_page(frame) -> iova ${hex(iova)} (top-down below 4 GiB, next to the ring: no collision)`);
-
-  // Key point 4: the device uses the IOVA; the IOMMU translates it back to the frame.
-  const buf = new Uint8Array(msg.length);
-  const before = host.iommu.stats();
-  bus.read(iova, buf);
-  bus.read(iova, buf);
-  const after = host.iommu.stats();
-  out(
-    `GPU          DMA read at iova ${hex(iova)}: "${new TextDecoder().decode(buf)}" ` +
-      `(IOTLB misses +${after.iotlbMisses - before.iotlbMisses}, page walks +${after.walks - before.walks}, hits +${after.iotlbHits - before.iotlbHits})`,
-  );
-  bus.write((iova + 64) as Iova, new TextEncoder().encode("and back from the GPU"));
-  const back = new Uint8Array(21);
-  vmm.mm.read((hva + 64) as Hva, back);
-  out(`guest        reads gpa ${hex(gpa + 64)}: "${new TextDecoder().decode(back)}"`);
-  out("");
-  out("translation chain of that access:");
-  out(`  GPA ${hex(gpa)} -> HVA ${hex(hva)} (VMM mapping) -> HPA ${hex(pfnToHpa(pfn))} (process page table)`);
-  out(
-    `  HPA -> IOVA ${hex(iova)} (dma_map_page) -> HPA ${hex(host.iommu.domainOf(gpu.bdf).iovaToPhys(iova))} (IOMMU page walk)`,
-  );
-  out("");
-
-  // A DMA to an IOVA nobody mapped is blocked and logged.
-  const stray = 0x8000_0000 as Iova;
-  const r = bus.write(stray, new Uint8Array([0xde, 0xad]));
-  const fault = host.iommu.lastFault();
-  out(
-    `GPU          stray DMA write to iova ${hex(stray)}: ${r === 0 ? "served (BUG)" : "blocked"}; fault log: ${fault ? `${fault.reason} in domain ${fault.domain}` : "empty"}`,
-  );
-
-  // Teardown: everything returns to zero.
-  dma.unmapPage(iova, 4096, DmaDirection.BIDIRECTIONAL);
-  vmm.mm.unpinUserPages([pfn]);
-  vmm.mm.accountLockedVm(1, false);
-  dma.dmaFreeCoherent(ring);
-  vmm.exit();
-  const mem = host.physmem.stats();
-  out("");
-  out(
-    `teardown     DMA mappings ${dma.mappings()}, pinned frames ${mem.pinnedFrames}, allocated frames ${mem.allocatedFrames}, ` +
-      `IOMMU faults ${host.iommu.stats().faults}, trace events ${rec.records.length}`,
-  );
-  if (opts.trace) {
-    out("");
-    out("trace:");
-    for (const t of rec.records) out(`  ${formatTrace(t)}`);
-  }
+/** Runs the demo, printing to `io`; returns the exit code. */
+export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
+  seedOption(opts.seed);
+  const { parseScenario } = await import("../../scenario/index.ts");
+  const scenario = parseScenario(JSON.parse(readFileSync(DEMO_SCENARIO, "utf8")), "scenarios/demo.json");
+  const header = [
+    "vgpu demo: VFIO mediated-device passthrough for virtual GPUs, on a deterministic model host",
+    "",
+    "The chain every guest DMA follows (the seed's design):",
+    "  guest driver writes a GTT entry     GMA -> GPA               (a trapped write into its vGPU's BAR0)",
+    "  vendor driver pins the page         GPA -> HVA -> HPA        (vfio_pin_pages: type1's MAP_DMA + the page table)",
+    "  ... and maps it for the GPU         HPA -> IOVA              (dma_map_page in the host driver's IOVA space)",
+    "  ... and writes the shadow entry     GMA -> IOVA              (the physical GGTT)",
+    "  the GPU's DMA                       IOVA -> HPA              (the system IOMMU: IOTLB or page walk)",
+    "",
+  ];
+  return runAndPrint(scenario, opts, io, header);
 }
 
-export function registerDemo(program: Command): void {
-  program
+export function registerDemo(program: Command, io: CliIo = processIo): void {
+  const cmd = program
     .command("demo")
-    .description("run the built-in host and walk a guest page through every layer of the chain")
-    .option("--trace", "print every trace event")
-    .option("--seed <n>", "seed of the host's random choices", "1")
-    .action((opts: DemoOptions) => runDemo(opts, (l) => console.log(l)));
+    .description(
+      "run the default scenario: vGPUs sharing a GPU, a hostile guest, memory unplugged while pinned, a whole GPU, " +
+        "the translation chain",
+    )
+    .option("--seed <n>", "seed of every random choice (default 1)")
+    .option("--json", "print the report as JSON")
+    .option("--trace <file>", "write every trace event, one JSON object per line");
+  configureCommandOutput(cmd, io).action(async (opts: DemoOptions) => {
+    process.exitCode = await runDemo(opts, io);
+  });
 }

@@ -1,0 +1,277 @@
+/**
+ * `vgpu explain`: the translation chain of one graphics memory address of a VM, layer by layer, read from the data
+ * structure that holds each translation, and whether the layers agree.
+ *
+ * A vGPU (the seed's chain):
+ *   1 guest GTT entry       the vGPU's virtual GTT (what the guest wrote at BAR0 + 8 MiB + 8 x index)   GMA -> GPA
+ *   2 VMM RAM block         the VMM's RAM block (QEMU's RAMBlock; type1's MAP_DMA entry holds the same)  GPA -> HVA
+ *   3 process page table    the VMM process's page table: the frame, pinned by vfio_pin_pages           HVA -> HPA
+ *   4 gfn cache / DMA API   the vGPU's gfn cache slot, made by dma_map_page on the pinned frame          GFN -> IOVA
+ *   5 physical GGTT entry   the physical GPU's GGTT (the shadow entry the vendor driver wrote)           GMA -> IOVA
+ *   6 IOMMU page table      the GPU's DMA domain (what a page walk finds; the IOTLB caches it)          IOVA -> HPA
+ * They agree when 4 and 5 give the same IOVA, and 3, 4 and 6 the same frame.
+ *
+ * A GPU assigned whole to the VM has no mediator: the guest writes the physical GGTT itself with guest-physical
+ * addresses, which are IOVAs of the VM's type1 domain:
+ *   1 physical GGTT entry (written by the guest)  GMA -> IOVA (= GPA);  2 VMM RAM block  GPA -> HVA;
+ *   3 process page table (pinned by type1 at MAP_DMA)  HVA -> HPA;  4 IOMMU page table (type1's domain)  IOVA -> HPA.
+ * They agree when 3 and 4 give the same frame.
+ *
+ * Reading changes nothing: no fault is taken, no IOTLB lookup counted (the IOMMU's page table is read directly).
+ */
+import { Errno, type Gpa, type Hva, hex, type Iova, KernelError, PAGE_SIZE, type Pfn } from "../core/index.ts";
+import { GTT_ENTRIES, gen8PteDecode } from "../gpu/index.ts";
+import type { Host } from "../host/index.ts";
+import type { Vgpu } from "../vgpu/index.ts";
+import type { Vmm } from "../vmm/index.ts";
+import type { GpuInstance } from "./gpus.ts";
+import { formatSize } from "./units.ts";
+
+/** One layer of the chain. */
+export interface ExplainLayer {
+  readonly layer: string;
+  /** The data structure that holds this translation. */
+  readonly holder: string;
+  /** "GMA 0x..." -> "GPA 0x..." */
+  readonly from: string;
+  readonly to: string;
+  /** The translated address (a GPA, HVA, HPA or IOVA), -1 if this layer has none. */
+  readonly value: number;
+}
+
+export interface Explanation {
+  readonly vm: string;
+  readonly gma: number;
+  readonly mode: "vgpu" | "assigned";
+  readonly layers: readonly ExplainLayer[];
+  /** Every layer translated and the layers agree. */
+  readonly agree: boolean;
+  /** Why not, or what is worth knowing. */
+  readonly note: string;
+}
+
+/** What explaining needs of a running VM. */
+export interface ExplainTarget {
+  readonly vm: string;
+  readonly vmm: Vmm;
+  readonly gpu: GpuInstance;
+  /** The vGPU, or undefined for a GPU assigned whole. */
+  readonly vgpu: Vgpu | undefined;
+  readonly host: Host;
+}
+
+const TWO32 = 4294967296;
+
+/** The chain of `gma` in `t` (EINVAL if the GMA is outside graphics memory). */
+export function explainGma(t: ExplainTarget, gma: number): Explanation {
+  if (!Number.isSafeInteger(gma) || gma < 0 || gma >= GTT_ENTRIES * PAGE_SIZE) {
+    throw new KernelError(Errno.EINVAL, `GMA ${hex(gma)} is outside the GPU's 4 GiB of graphics memory`);
+  }
+  return t.vgpu !== undefined ? explainVgpu(t, t.vgpu, gma) : explainAssigned(t, gma);
+}
+
+function explainVgpu(t: ExplainTarget, vgpu: Vgpu, gma: number): Explanation {
+  const layers: ExplainLayer[] = [];
+  const index = Math.floor(gma / PAGE_SIZE);
+  const offset = gma - index * PAGE_SIZE;
+  const done = (agree: boolean, note: string): Explanation => ({
+    vm: t.vm,
+    gma,
+    mode: "vgpu",
+    layers,
+    agree,
+    note,
+  });
+
+  // 1. The guest's own entry, in the vGPU's virtual GTT.
+  const pte = vgpu.gtt.readHalf(index, 0) + vgpu.gtt.readHalf(index, 1) * TWO32;
+  const gpaPage = gen8PteDecode(pte);
+  const gpa = gpaPage < 0 ? -1 : gpaPage + offset;
+  layers.push({
+    layer: "guest GTT entry",
+    holder: `vgpu${vgpu.id}'s virtual GTT[${hex(index)}] (the guest wrote ${hex(pte)} at BAR0 + ${hex(0x800000 + index * 8)})`,
+    from: `GMA ${hex(gma)}`,
+    to: gpa < 0 ? "not present" : `GPA ${hex(gpa)}`,
+    value: gpa,
+  });
+  if (gpa < 0) {
+    return done(
+      false,
+      vgpu.gtt.inPartition(gma, 1) ? "the guest has not mapped this GMA" : "outside the vGPU's partition",
+    );
+  }
+
+  // 2-3. The VMM's RAM block and its process page table.
+  const hpaFromMm = ramLayers(t, gpa, layers);
+
+  // 4. The gfn cache: the pinned frame and its DMA mapping.
+  const gfn = Math.floor(gpa / PAGE_SIZE);
+  const slot = vgpu.gtt.cache.slot(gfn);
+  const cacheIova = slot < 0 ? -1 : vgpu.gtt.cache.iova(slot) + offset;
+  const cachePfn = slot < 0 ? -1 : vgpu.gtt.cache.pfn(slot);
+  layers.push({
+    layer: "gfn cache / DMA API",
+    holder:
+      slot < 0
+        ? `vgpu${vgpu.id}'s gfn cache: no entry for gfn ${hex(gfn)}`
+        : `vgpu${vgpu.id}'s gfn cache slot ${slot} (pfn ${hex(cachePfn)}, ${vgpu.gtt.cache.ref(slot)} GTT reference(s)), ` +
+          `dma_map_page on ${t.gpu.bdf}`,
+    from: `GFN ${hex(gfn)}`,
+    to: cacheIova < 0 ? "not mapped" : `IOVA ${hex(cacheIova)}`,
+    value: cacheIova,
+  });
+
+  // 5. The physical GGTT entry the vendor driver wrote.
+  const physIova = physicalGgttLayer(t, index, offset, "the shadow entry the vendor driver wrote", layers);
+
+  // 6. The IOMMU.
+  const hpa = iommuLayer(t, physIova, layers);
+
+  const scratch = t.gpu.hostDriver?.scratch;
+  if (scratch !== undefined && physIova >= 0 && physIova - offset === scratch.dmaAddr) {
+    return done(
+      false,
+      "the physical entry is the scratch page: the vendor driver could not (or no longer) pin the page",
+    );
+  }
+  const agree =
+    cacheIova >= 0 &&
+    cacheIova === physIova &&
+    hpaFromMm >= 0 &&
+    hpa === hpaFromMm &&
+    Math.floor(hpa / PAGE_SIZE) === cachePfn;
+  return done(
+    agree,
+    agree
+      ? "the layers agree: the GPU's access reaches the very frame the guest's page is in"
+      : "the layers disagree (see each layer)",
+  );
+}
+
+function explainAssigned(t: ExplainTarget, gma: number): Explanation {
+  const layers: ExplainLayer[] = [];
+  const index = Math.floor(gma / PAGE_SIZE);
+  const offset = gma - index * PAGE_SIZE;
+  const iova = physicalGgttLayer(t, index, offset, "written by the guest itself: there is no mediator", layers);
+  const done = (agree: boolean, note: string): Explanation => ({
+    vm: t.vm,
+    gma,
+    mode: "assigned",
+    layers,
+    agree,
+    note,
+  });
+  if (iova < 0) return done(false, "the guest has not mapped this GMA");
+  // The IOVA is a GPA: type1 mapped guest RAM at IOVA = GPA.
+  const hpaFromMm = ramLayers(t, iova, layers);
+  const hpa = iommuLayer(t, iova, layers);
+  const agree = hpaFromMm >= 0 && hpa === hpaFromMm;
+  return done(
+    agree,
+    agree
+      ? "the layers agree: type1 maps guest RAM at IOVA = GPA and pinned every page of it at MAP_DMA"
+      : "the layers disagree (see each layer)",
+  );
+}
+
+/** Layers 2 and 3: RAM block (GPA -> HVA) and page table (HVA -> HPA). Returns the HPA or -1. */
+function ramLayers(t: ExplainTarget, gpa: number, layers: ExplainLayer[]): number {
+  const block = t.vmm.ramBlocks().find((b) => gpa >= b.gpa && gpa < b.gpa + b.size);
+  if (block === undefined) {
+    layers.push({
+      layer: "VMM RAM block",
+      holder: `${t.vm}: no RAM block holds it (RAM: ${t.vmm
+        .ramBlocks()
+        .map((b) => b.name)
+        .join(", ")})`,
+      from: `GPA ${hex(gpa)}`,
+      to: "not RAM",
+      value: -1,
+    });
+    return -1;
+  }
+  const hva = block.hva + (gpa - block.gpa);
+  layers.push({
+    layer: "VMM RAM block",
+    holder: `${t.vm} RAM block "${block.name}" (GPA ${hex(block.gpa)} + ${formatSize(block.size)} at HVA ${hex(block.hva)}; type1's MAP_DMA entry)`,
+    from: `GPA ${hex(gpa as Gpa)}`,
+    to: `HVA ${hex(hva)}`,
+    value: hva,
+  });
+  const mm = t.vmm.process.mm;
+  const pfn = mm.exited ? undefined : mm.translate(hva as Hva);
+  const pm = t.host.physmem;
+  const hpa = pfn === undefined ? -1 : pfn * PAGE_SIZE + (hva % PAGE_SIZE);
+  layers.push({
+    layer: "process page table",
+    holder:
+      pfn === undefined
+        ? `${t.vmm.process.comm} (pid ${t.vmm.process.pid}): no page mapped at this HVA`
+        : `${t.vmm.process.comm} (pid ${t.vmm.process.pid}) page table: pfn ${hex(pfn)}, pin count ${pm.pinCount(pfn as Pfn)}`,
+    from: `HVA ${hex(hva)}`,
+    to: hpa < 0 ? "not mapped" : `HPA ${hex(hpa)}`,
+    value: hpa,
+  });
+  return hpa;
+}
+
+function physicalGgttLayer(
+  t: ExplainTarget,
+  index: number,
+  offset: number,
+  what: string,
+  layers: ExplainLayer[],
+): number {
+  const pte = t.gpu.gpu.ggtt.read(index);
+  const page = gen8PteDecode(pte);
+  const iova = page < 0 ? -1 : page + offset;
+  layers.push({
+    layer: "physical GGTT entry",
+    holder: `${t.gpu.name} (${t.gpu.bdf}) GGTT[${hex(index)}] = ${hex(pte)} (${what})`,
+    from: `GMA ${hex(index * PAGE_SIZE + offset)}`,
+    to: iova < 0 ? "not present" : `IOVA ${hex(iova)}`,
+    value: iova,
+  });
+  return iova;
+}
+
+function iommuLayer(t: ExplainTarget, iova: number, layers: ExplainLayer[]): number {
+  const iommu = t.host.iommu;
+  if (iova < 0) return -1;
+  if (!iommu.enabled) {
+    layers.push({
+      layer: "IOMMU",
+      holder: "none: the host's IOMMU is off, DMA addresses are host-physical",
+      from: `DMA ${hex(iova)}`,
+      to: `HPA ${hex(iova)}`,
+      value: iova,
+    });
+    return iova;
+  }
+  const domain = iommu.domainOf(t.gpu.gpu.bdf);
+  const hpa = domain.iovaToPhys(iova as Iova);
+  const atc =
+    iommu.device(t.gpu.gpu.bdf).atc !== undefined ? "; the GPU's ATC caches it (ATS)" : "; the IOTLB caches it";
+  layers.push({
+    layer: "IOMMU page table",
+    holder: `IOMMU domain ${domain.id} (${domain.type}) of ${t.gpu.bdf}, group ${t.gpu.group}${atc}`,
+    from: `IOVA ${hex(iova)}`,
+    to: hpa < 0 ? "not mapped (a DMA here faults)" : `HPA ${hex(hpa)}`,
+    value: hpa,
+  });
+  return hpa;
+}
+
+/** The chain as aligned text lines. */
+export function formatExplanation(e: Explanation): string[] {
+  const out: string[] = [];
+  out.push(
+    `translation chain of ${e.vm}'s GMA ${hex(e.gma)} (${e.mode === "vgpu" ? "vGPU: the seed's chain" : "whole GPU assigned"})`,
+  );
+  const w = Math.max(...e.layers.map((l) => `${l.from} -> ${l.to}`.length));
+  e.layers.forEach((l, i) => {
+    out.push(`  ${i + 1} ${l.layer.padEnd(20)} ${`${l.from} -> ${l.to}`.padEnd(w)}  ${l.holder}`);
+  });
+  out.push(`  ${e.agree ? "agree" : "DISAGREE"}: ${e.note}`);
+  return out;
+}
