@@ -215,12 +215,13 @@ export interface SystemConfig {
   readonly assigned: readonly z.output<typeof assignedEntrySchema>[];
 }
 
-/** The embedded host: 16 GiB, IOMMU on, one mtty parent. */
+/** The embedded host: 16 GiB, IOMMU on, a GVT-g-like GPU at 0000:00:02.0 and the mtty sample parent. */
 export const DEFAULT_SYSTEM_CONFIG: SystemConfigInput = {
   memory: "16 GiB",
   iommu: true,
   seed: 1,
-  parents: [{ kind: "mtty" }],
+  // One GVT-g-like GPU (the project's subject) and the mtty sample (the smallest mdev, handy for interop tests).
+  parents: [{ kind: "gvt" }, { kind: "mtty" }],
 };
 
 function formatIssuePath(path: readonly PropertyKey[]): string {
