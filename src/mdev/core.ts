@@ -44,7 +44,7 @@
  * Invariants (`checkInvariants`): every device is in its parent's and its type's sets and vice versa; each device's
  * sysfs nodes (bus link, type link, device dir, group dir) exist; every parent's class link and type dirs exist.
  */
-import { defineTraceEvents, Errno, KernelError, type Tracer } from "../core/index.ts";
+import { defineTraceEvents, Errno, isKernelError, KernelError, type Tracer } from "../core/index.ts";
 import { IOMMU_GROUPS_DIR, isBdf, relativeLinkTarget, type Sysfs } from "../host/index.ts";
 import type { VfioDeviceOps } from "../vfio/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver, MdevTypeSpec } from "./driver.ts";
@@ -292,7 +292,9 @@ export class MdevCore {
     return [...p.types.values()]
       .sort((a, b) => byName(a.dirName, b.dirName))
       .map((t) => {
-        const a: MdevAvailability = t.offered ? p.driver.availability(t.spec.id) : { instances: 0 };
+        const a: MdevAvailability = t.offered
+          ? p.driver.availability(t.spec.id)
+          : hiddenAvailability(p.driver, t.spec.id);
         return {
           type: t.dirName,
           typeId: t.spec.id,
@@ -475,9 +477,11 @@ export class MdevCore {
         throw new KernelError(Errno.ENODEV, `mdev parent ${p.name} is being unregistered`);
       }
       if (!t.offered) {
+        const why = hiddenAvailability(p.driver, t.spec.id).reason;
         throw new KernelError(
           Errno.ENOSPC,
-          `parent ${p.name} no longer offers type ${t.dirName}; see mdev_supported_types for the types it offers now`,
+          `parent ${p.name} no longer offers type ${t.dirName}${why ? ` (${why})` : ""}; ` +
+            "see mdev_supported_types for the types it offers now",
         );
       }
       const avail = p.driver.availability(t.spec.id);
@@ -638,5 +642,16 @@ function byName(a: string, b: string): number {
 function checkName(what: string, name: string): void {
   if (name.length === 0 || name.includes("/") || name === "." || name === ".." || printable(name) !== name) {
     throw new KernelError(Errno.EINVAL, `mdev ${what} '${name}' cannot be a sysfs name (empty, '/', '.', '..')`);
+  }
+}
+
+/** Availability of a type the parent no longer lists: 0, with the parent's own reason when it can still give one. */
+function hiddenAvailability(driver: MdevParentDriver, typeId: string): MdevAvailability {
+  try {
+    const a = driver.availability(typeId);
+    return { instances: 0, ...(a.reason !== undefined ? { reason: a.reason } : {}) };
+  } catch (e) {
+    if (!isKernelError(e)) throw e;
+    return { instances: 0 };
   }
 }
