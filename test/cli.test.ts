@@ -221,6 +221,8 @@ before(async () => {
   host = await startHost({
     root,
     system,
+    // Golden output must not depend on the temporary root: vfio-user serving is tested in test/cli-serve.test.ts.
+    serve: false,
     log: (l) => hostLog.push(l),
     newUuid: () => `00000000-0000-4000-8000-${String(++n).padStart(12, "0")}`,
   });

@@ -3,12 +3,32 @@
  * mdev core; vendor attributes written through /sys, as mdevctl writes them (so a read-only attribute fails with
  * EACCES and a vendor's EINVAL comes back with its sentence).
  */
+import { join } from "node:path";
 import { Errno, KernelError } from "../core/index.ts";
 import type { System } from "../scenario/index.ts";
+import { serveDevice, type VfioUserServer } from "../vfio-user/index.ts";
 import type { MdevHostApi } from "./service.ts";
 
-export function systemHostApi(system: System): MdevHostApi {
+export interface SystemHostApiOptions {
+  /**
+   * Serve every started device over vfio-user on `<serveDir>/<uuid>.sock` (mode 0600), so a real VMM can attach it;
+   * the socket goes before the device is removed. Omitted: no sockets.
+   */
+  readonly serveDir?: string;
+}
+
+/** The host API plus the vfio-user servers it runs (closed by `closeServers`, e.g. at daemon shutdown). */
+export type SystemHostApi = MdevHostApi & { closeServers(): void };
+
+export function systemHostApi(system: System, opts: SystemHostApiOptions = {}): SystemHostApi {
   const { mdev, sysfs } = system;
+  const servers = new Map<string, { socket: string; server: VfioUserServer }>();
+  const stopServing = (uuid: string): void => {
+    const s = servers.get(uuid);
+    if (s === undefined) return;
+    servers.delete(uuid);
+    s.server.close();
+  };
   return {
     parents: () => mdev.parents().map((p) => p.name),
     types: (parent) =>
@@ -28,11 +48,28 @@ export function systemHostApi(system: System): MdevHostApi {
         iommuGroup: d.group,
         sysfsPath: d.sysfsPath,
         driver: d.driver,
+        ...(servers.has(d.uuid) ? { vfioUserSocket: servers.get(d.uuid)!.socket } : {}),
       })),
     create: (parent, type, uuid) => {
       mdev.create(parent, type, uuid);
+      if (opts.serveDir === undefined) return;
+      const socket = join(opts.serveDir, `${uuid}.sock`);
+      try {
+        servers.set(uuid, { socket, server: serveDevice({ socketPath: socket, system, uuid }) });
+      } catch (e) {
+        // Nothing half-done: a device the daemon cannot serve is not left running.
+        mdev.remove(uuid);
+        throw e;
+      }
     },
-    remove: (uuid) => mdev.remove(uuid),
+    remove: (uuid) => {
+      // The socket goes first: a connected VMM holds the device open, and removing it would fail with EBUSY.
+      stopServing(uuid);
+      mdev.remove(uuid);
+    },
+    closeServers: () => {
+      for (const uuid of [...servers.keys()]) stopServing(uuid);
+    },
     attributeNames: (uuid) => mdev.device(uuid)?.attributes ?? [],
     writeAttribute: (uuid, name, value) => {
       const d = mdev.device(uuid);

@@ -5,6 +5,8 @@
  */
 import { Command } from "commander";
 import { isKernelError } from "../core/index.ts";
+// By path, not through the vfio-user index: the serve command assembles a system (scenario), which the index avoids.
+import { registerServe } from "../vfio-user/serve-command.ts";
 import { configureCommandOutput } from "./commands/common.ts";
 import { registerDemo } from "./commands/demo.ts";
 import { registerExplain } from "./commands/explain.ts";
@@ -28,6 +30,7 @@ registerDemo(program);
 registerRun(program);
 registerExplain(program);
 registerMdevCommands(program, processIo);
+registerServe(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -49,6 +49,8 @@ export interface ListedDevice {
   readonly active: boolean;
   /** A definition exists under this parent. */
   readonly defined: boolean;
+  /** The daemon's vfio-user socket for this running device (shown by `list -v`; not an mdevctl field). */
+  readonly vfioUserSocket?: string;
 }
 
 /** One type of a parent, as `types` prints it. */
@@ -383,7 +385,10 @@ export function formatListText(devices: readonly ListedDevice[], defined: boolea
     if (defined && d.active) out += " (active)";
     if (!defined && d.defined) out += " (defined)";
     out += "\n";
-    if (verbose) out += formatAttrs(d.attrs);
+    if (verbose) {
+      out += formatAttrs(d.attrs);
+      if (d.vfioUserSocket !== undefined) out += `  vfio-user: ${d.vfioUserSocket}\n`;
+    }
   }
   return out;
 }

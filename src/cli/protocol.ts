@@ -34,6 +34,8 @@ const listedDevice = z.object({
   iommuGroup: z.number().int().optional(),
   sysfsPath: z.string().optional(),
   driver: z.string().optional(),
+  /** The vfio-user socket the daemon serves the device on (`<root>/<uuid>.sock`). */
+  vfioUserSocket: z.string().optional(),
 });
 
 const typeInfo = z.object({

@@ -48,6 +48,8 @@ export interface HostDevice {
   readonly iommuGroup?: number;
   readonly sysfsPath?: string;
   readonly driver?: string;
+  /** Where the daemon serves it over vfio-user, if it does. */
+  readonly vfioUserSocket?: string;
 }
 
 /** What the service needs from the host (implemented over MdevCore and sysfs by host-api.ts). */
@@ -657,5 +659,6 @@ function runningExtras(run: HostDevice): Partial<WireDevice> {
     ...(run.iommuGroup !== undefined ? { iommuGroup: run.iommuGroup } : {}),
     ...(run.sysfsPath !== undefined ? { sysfsPath: run.sysfsPath } : {}),
     ...(run.driver !== undefined ? { driver: run.driver } : {}),
+    ...(run.vfioUserSocket !== undefined ? { vfioUserSocket: run.vfioUserSocket } : {}),
   };
 }

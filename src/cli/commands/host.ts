@@ -28,13 +28,15 @@ import { type CliIo, type RootOption, rootOf } from "./common.ts";
 
 export interface StartHostOptions {
   readonly root: string;
-  /** Default: the embedded host (one mtty parent). */
+  /** Default: the embedded host (a GVT-g-like GPU and the mtty sample parent). */
   readonly config?: SystemConfig;
   /** Build the system yourself (tests add parents of their own); `config` is then ignored. */
   readonly system?: System;
   readonly log: (line: string) => void;
   /** Source of generated UUIDs (default crypto.randomUUID). */
   readonly newUuid?: () => string;
+  /** Serve each started device over vfio-user on `<root>/<uuid>.sock` (default true). */
+  readonly serve?: boolean;
 }
 
 export interface RunningHost {
@@ -48,8 +50,9 @@ export interface RunningHost {
 export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
   const system = opts.system ?? createSystem(opts.config ?? parseSystemConfig(DEFAULT_SYSTEM_CONFIG));
   const store = new DefinitionStore({ dir: definitionsDirOf(opts.root) });
+  const hostApi = systemHostApi(system, opts.serve === false ? {} : { serveDir: opts.root });
   const service = new MdevService({
-    host: systemHostApi(system),
+    host: hostApi,
     store,
     root: opts.root,
     ...(opts.newUuid ? { newUuid: opts.newUuid } : {}),
@@ -69,7 +72,15 @@ export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
       .map((p) => p.name)
       .join(", ") || "none";
   opts.log(`serving on ${daemon.socketPath} (parents: ${parents})`);
-  return { system, service, daemon, close: () => daemon.close() };
+  return {
+    system,
+    service,
+    daemon,
+    close: async () => {
+      hostApi.closeServers();
+      await daemon.close();
+    },
+  };
 }
 
 export interface HostOptions extends RootOption {

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Interop check by hand: a real QEMU (>= 10.1, with the vfio-user-pci client) attaches an mtty served by `vgpu serve`
+# over vfio-user, and this script acts as the guest through QEMU's qtest protocol:
+#   1. finds the device by scanning PCI config space (outl 0xcf8 / inl 0xcfc) for vendor:device 4348:3253;
+#   2. sizes and programs its I/O BAR0, enables I/O decoding;
+#   3. drives the UART through port I/O: IER = RDI, THR = 'A' (mtty loops it back), LSR shows data ready, IIR shows
+#      the receive interrupt, RBR returns 'A';
+#   4. checks that the device's INTx reached the guest's IOAPIC (qtest "IRQ raise" after irq_intercept_in ioapic);
+#   5. quits QEMU and checks that the server released the session cleanly ("problems: none").
+# Then a DMA check with the test-only DMA device (src/vfio-user/testing): the guest programs its memory BAR, makes it
+# fill guest RAM through vfio_dma_rw (memfd window, type1) and through pinned host frames, reads RAM and the BIOS ROM
+# back (the ROM window has no fd: the server reads it with DMA_READ messages in QEMU's layout), and the server's host
+# model is checked for leaks after QEMU leaves. Last, when the host model offers a vGPU type, QEMU attaches one and
+# reads the PVINFO magic from its BAR0 through MMIO.
+# The guest RAM is a shared memfd (memory-backend-memfd,share=on), so QEMU's DMA_MAP messages carry fds and the
+# server maps the RAM into the host model; its ROMs come without fds.
+#
+# usage: scripts/interop-qemu.sh            (QEMU from $QEMU, else /tmp/qemu-vfio-user/src/build/qemu-system-x86_64;
+#                                             build one with /work/shared/tools/build-qemu-vfio-user.sh)
+# Exit status: 0 passed or skipped (no QEMU; says so), 1 a check failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+QEMU=${QEMU:-/tmp/qemu-vfio-user/src/build/qemu-system-x86_64}
+if [ ! -x "$QEMU" ]; then
+  echo "SKIP: no QEMU with vfio-user-pci found (set QEMU=/path/to/qemu-system-x86_64, or build one with" \
+    "/work/shared/tools/build-qemu-vfio-user.sh /tmp/qemu-vfio-user)"
+  exit 0
+fi
+if ! "$QEMU" -device help 2>/dev/null | grep -q vfio-user-pci; then
+  echo "SKIP: $QEMU has no vfio-user-pci device (QEMU >= 10.1 built with CONFIG_VFIO_USER is needed)"
+  exit 0
+fi
+BIOSDIR=${BIOSDIR:-/usr/share/seabios}
+
+WORK=$(mktemp -d /tmp/vgpu-interop.XXXXXX)
+SOCK="$WORK/mtty.sock"
+SERVE_PID=
+cleanup() {
+  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null
+  [ -n "${QT_PID:-}" ] && kill "$QT_PID" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*"
+  echo "--- server log ---"; cat "$WORK/serve.err" 2>/dev/null
+  echo "--- qemu stderr ---"; cat "$WORK/qemu.err" 2>/dev/null
+  exit 1
+}
+
+# ---- the server ----
+node --import tsx src/vfio-user/serve-command.ts --type mtty-2 --socket "$SOCK" --once \
+  >"$WORK/serve.out" 2>"$WORK/serve.err" &
+SERVE_PID=$!
+for _ in $(seq 1 100); do
+  grep -q "serving" "$WORK/serve.out" 2>/dev/null && break
+  kill -0 "$SERVE_PID" 2>/dev/null || fail "vgpu serve exited early"
+  sleep 0.1
+done
+grep -q "serving" "$WORK/serve.out" || fail "vgpu serve did not come up within 10 s"
+echo "server: $(cat "$WORK/serve.out")"
+
+# ---- QEMU as a qtest target ----
+start_qemu() { # start_qemu <socket>
+  coproc QT {
+    exec "$QEMU" -M q35 -accel qtest -qtest stdio -qtest-log /dev/null -display none -nodefaults -L "$BIOSDIR" \
+      -object memory-backend-memfd,id=ram,size=256M,share=on -machine memory-backend=ram -m 256M \
+      -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$1\",\"type\":\"unix\"}}" 2>"$WORK/qemu.err"
+  }
+  QT_PID=$QT_PID
+  IRQS=()
+}
+stop_qemu() { # end of input: QEMU leaves, which closes its vfio-user connection
+  eval "exec ${QT[1]}>&-"
+  for _ in $(seq 1 50); do kill -0 "$QT_PID" 2>/dev/null || break; sleep 0.1; done
+  kill "$QT_PID" 2>/dev/null
+  wait "$QT_PID" 2>/dev/null
+  QT_PID=
+}
+# Sends one qtest command and sets REPLY_VALUE to its answer (the text after "OK", empty for none).
+qt() {
+  echo "$1" >&"${QT[1]}" || fail "QEMU went away (sending '$1')"
+  local line
+  while :; do
+    IFS= read -r -t 10 line <&"${QT[0]}" || fail "no answer from QEMU to '$1'"
+    case "$line" in
+      IRQ*) IRQS+=("$line") ;;
+      OK*) REPLY_VALUE=${line#OK}; REPLY_VALUE=${REPLY_VALUE# }; return 0 ;;
+      *) fail "QEMU answered '$line' to '$1'" ;;
+    esac
+  done
+}
+expect() { # expect <what> <got> <want>
+  if [ "$(($2))" -ne "$(($3))" ]; then fail "$1: got $2, expected $3"; fi
+  echo "ok: $1 = $2"
+}
+
+find_device() { # find_device <vendor:device as 0xDDDDVVVV> <name>: sets CFG to its config address
+  local s
+  for s in $(seq 0 31); do
+    qt "outl 0xcf8 $(printf '0x%x' $((0x80000000 | (s << 11))))"
+    qt "inl 0xcfc"
+    if [ "$((REPLY_VALUE))" -eq $(($1)) ]; then
+      CFG=$((0x80000000 | (s << 11)))
+      echo "ok: $2 found at 00:$(printf '%02x' "$s").0"
+      return 0
+    fi
+  done
+  fail "no $2 on bus 0"
+}
+cfg() { qt "outl 0xcf8 $(printf '0x%x' $((CFG | $1)))"; }
+
+echo "== mtty over vfio-user =="
+start_qemu "$SOCK"
+qt "irq_intercept_in ioapic"
+find_device 0x32534348 "mtty (4348:3253)"
+
+cfg 0x08; qt "inl 0xcfc"; expect "class/revision" "$REPLY_VALUE" 0x07000210
+cfg 0x10; qt "outl 0xcfc 0xffffffff"; qt "inl 0xcfc"; expect "BAR0 sizing (8-byte I/O)" "$REPLY_VALUE" 0xfffffff9
+IO=0xc000
+qt "outl 0xcfc $IO"; qt "inl 0xcfc"; expect "BAR0 programmed" "$REPLY_VALUE" $((IO | 1))
+cfg 0x3c; qt "inl 0xcfc"; expect "interrupt pin (INTA#)" "$(( (REPLY_VALUE >> 8) & 0xff ))" 1
+cfg 0x04; qt "outw 0xcfc 0x0001"; qt "inw 0xcfc"; expect "command (I/O on)" "$REPLY_VALUE" 1
+
+qt "outb $((IO + 1)) 0x01"                            # IER = RDI
+qt "outb $((IO + 0)) 0x41"                            # THR = 'A' (looped back)
+qt "inb $((IO + 5))"; expect "LSR data ready" "$((REPLY_VALUE & 1))" 1
+qt "inb $((IO + 2))"; expect "IIR receive interrupt" "$((REPLY_VALUE & 0x0f))" 0x04
+qt "inb $((IO + 0))"; expect "RBR" "$REPLY_VALUE" 0x41
+qt "inb $((IO + 5))"; expect "LSR empty again" "$((REPLY_VALUE & 1))" 0
+qt "outb $((IO + 7)) 0x5a"; qt "inb $((IO + 7))"; expect "SCR scratch" "$REPLY_VALUE" 0x5a
+# A posted-write burst, then a read that must see all of it (vfio-user messages are handled in order).
+for b in 1 2 3 4 5 6 7 8; do qt "outb $((IO + 0)) 0x3$b"; done
+qt "inb $((IO + 0))"; expect "first of 8 bytes looped back" "$REPLY_VALUE" 0x31
+qt "clock_step 1000000"
+if [ "${#IRQS[@]}" -eq 0 ]; then fail "no interrupt reached the IOAPIC"; fi
+echo "ok: interrupts seen by the guest: ${IRQS[*]}"
+
+stop_qemu
+
+for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$SERVE_PID" 2>/dev/null && fail "vgpu serve --once did not exit after QEMU left"
+wait "$SERVE_PID"; rc=$?
+SERVE_PID=
+[ "$rc" -eq 0 ] || fail "vgpu serve exited with $rc"
+grep -q "problem:" "$WORK/serve.err" && fail "the server reported problems releasing the session"
+grep "ended:" "$WORK/serve.err" | sed 's/^/server: /'
+
+# ---- DMA: the test device served by the test server process ----
+echo "== DMA test device over vfio-user =="
+mkfifo "$WORK/ctl"
+node --import tsx src/vfio-user/testing/server-child.ts "{\"dir\":\"$WORK\"}" <"$WORK/ctl" >"$WORK/child.out" \
+  2>"$WORK/serve.err" &
+SERVE_PID=$!
+exec {CTL}>"$WORK/ctl"
+for _ in $(seq 1 100); do grep -q ready "$WORK/child.out" 2>/dev/null && break; sleep 0.1; done
+grep -q ready "$WORK/child.out" || fail "the test server did not come up"
+start_qemu "$WORK/dma.sock"
+find_device 0x0d3a1b36 "DMA test device (1b36:0d3a)"
+BAR=0xfe000000
+cfg 0x10; qt "outl 0xcfc $BAR"
+cfg 0x04; qt "outw 0xcfc 0x0006"
+rl() { qt "readl $(printf '0x%x' $(($1)))"; }
+wl() { qt "writel $(printf '0x%x' $(($1))) $(printf '0x%x' $(($2)))"; }
+rl "$BAR + 0x00"; expect "device id register" "$REPLY_VALUE" 0x0d3a7e57
+# FILL 64 bytes of guest RAM at 1 MiB with 0xa5 (vfio_dma_rw through the memfd window and type1)
+wl "$BAR + 0x08" 0x100000; wl "$BAR + 0x0c" 0; wl "$BAR + 0x10" 64; wl "$BAR + 0x14" 0xa5; wl "$BAR + 0x18" 1
+rl "$BAR + 0x1c"; expect "FILL status" "$REPLY_VALUE" 0
+rl 0x100000; expect "guest RAM at 0x100000" "$REPLY_VALUE" 0xa5a5a5a5
+rl 0x10003c; expect "guest RAM at 0x10003c" "$REPLY_VALUE" 0xa5a5a5a5
+rl 0x100040; expect "guest RAM at 0x100040 untouched" "$REPLY_VALUE" 0
+# PIN_FILL across a page boundary: vfio_pin_pages, then writes through the host frames
+wl "$BAR + 0x08" 0x200ff0; wl "$BAR + 0x10" 32; wl "$BAR + 0x14" 0x3c; wl "$BAR + 0x18" 3
+rl "$BAR + 0x1c"; expect "PIN_FILL status" "$REPLY_VALUE" 0
+rl "$BAR + 0x20"; expect "pages pinned" "$REPLY_VALUE" 2
+rl 0x200ff0; expect "guest RAM at 0x200ff0" "$REPLY_VALUE" 0x3c3c3c3c
+rl 0x20100c; expect "guest RAM at 0x20100c" "$REPLY_VALUE" 0x3c3c3c3c
+# READ guest RAM the guest wrote
+qt "writel 0x300000 0x12345678"
+wl "$BAR + 0x08" 0x300000; wl "$BAR + 0x10" 16; wl "$BAR + 0x18" 2
+rl "$BAR + 0x100"; expect "device read of guest RAM" "$REPLY_VALUE" 0x12345678
+# READ the BIOS reset vector: a window without fd, so the server sends DMA_READ to QEMU
+rl 0xfffffff0; WANT=$REPLY_VALUE
+wl "$BAR + 0x08" 0xfffffff0; wl "$BAR + 0x10" 16; wl "$BAR + 0x18" 2
+rl "$BAR + 0x1c"; expect "READ of ROM status" "$REPLY_VALUE" 0
+rl "$BAR + 0x100"; expect "device read of the BIOS ROM (DMA_READ)" "$REPLY_VALUE" "$WANT"
+# A write into the read-only ROM window is refused by the server (EPERM = 1), not sent to QEMU
+wl "$BAR + 0x08" 0xfffffff0; wl "$BAR + 0x10" 4; wl "$BAR + 0x14" 0; wl "$BAR + 0x18" 1
+rl "$BAR + 0x1c"; expect "FILL of read-only ROM refused (EPERM)" "$REPLY_VALUE" 1
+stop_qemu
+sleep 0.5
+echo state >&"$CTL"
+for _ in $(seq 1 50); do [ "$(grep -c . "$WORK/child.out")" -ge 2 ] && break; sleep 0.1; done
+STATE=$(sed -n 2p "$WORK/child.out")
+echo "server state after QEMU left: $STATE" | cut -c1-400
+node -e '
+const s = JSON.parse(process.argv[1]);
+const bad = [];
+if (s.externalRegions !== 0) bad.push(`external regions ${s.externalRegions}`);
+if (s.pinnedFrames !== 0) bad.push(`pinned frames ${s.pinnedFrames}`);
+if (s.liveProcesses !== 0) bad.push(`host processes ${s.liveProcesses}`);
+if (s.openDevices.length !== 0) bad.push(`open devices ${s.openDevices}`);
+if (s.dma.pinned !== 0) bad.push(`device pins ${s.dma.pinned}`);
+if (s.servers.dma.problems.length !== 0) bad.push(`problems ${s.servers.dma.problems}`);
+if (bad.length) { console.log("leaks: " + bad.join(", ")); process.exit(1); }
+console.log(`ok: nothing left in the host model (${s.dma.unmaps} dma_unmap notification(s) unpinned the device)`);
+' "$STATE" || fail "the server kept state after QEMU left"
+echo exit >&"$CTL"
+exec {CTL}>&-
+wait "$SERVE_PID" 2>/dev/null
+SERVE_PID=
+
+# ---- a vGPU, when the host model offers one ----
+echo "== vGPU (i915-GVTg_V5_4) over vfio-user =="
+VSOCK="$WORK/vgpu.sock"
+node --import tsx src/vfio-user/serve-command.ts --type i915-GVTg_V5_4 --socket "$VSOCK" --once \
+  >"$WORK/serve.out" 2>"$WORK/serve.err" &
+SERVE_PID=$!
+for _ in $(seq 1 100); do
+  grep -q "serving" "$WORK/serve.out" 2>/dev/null && break
+  kill -0 "$SERVE_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if ! grep -q "serving" "$WORK/serve.out"; then
+  echo "skipped: $(tail -1 "$WORK/serve.err")"
+  SERVE_PID=
+  VGPU=skipped
+else
+  start_qemu "$VSOCK"
+  find_device 0x19128086 "vGPU (8086:1912)"
+  cfg 0x08; qt "inl 0xcfc"; expect "class (display controller)" "$(( REPLY_VALUE >> 8 ))" 0x030000
+  cfg 0x10; qt "outl 0xcfc 0xe0000000"; cfg 0x14; qt "outl 0xcfc 0"
+  cfg 0x04; qt "outw 0xcfc 0x0006"
+  rl 0xe0078000; expect "PVINFO magic, low dword (BAR0 MMIO through vfio-user)" "$REPLY_VALUE" 0x76544776
+  rl 0xe0078004; expect "PVINFO magic, high dword" "$REPLY_VALUE" 0x47765447
+  stop_qemu
+  for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
+  wait "$SERVE_PID" 2>/dev/null
+  SERVE_PID=
+  grep -q "problem:" "$WORK/serve.err" && fail "the vGPU server reported problems releasing the session"
+  VGPU=passed
+fi
+echo "PASS: QEMU $("$QEMU" --version | head -1 | awk '{print $4}') attached the devices over vfio-user: UART, INTx," \
+  "DMA into guest RAM (memfd, pinned frames) and DMA_READ of its ROM; vGPU MMIO: $VGPU"

@@ -1,0 +1,302 @@
+/**
+ * Channel over real socketpairs in process: framing across reads, fds matched to their message, protocol errors that
+ * drop the connection, synchronous waits and their timeout, and the two bounds on a peer that stops reading.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Errno, isKernelError, SystemClock } from "../core/index.ts";
+import { Channel, type ChannelOptions, type Frame, type ProtocolErrorInfo } from "./connection.ts";
+import {
+  closeFd,
+  eventfdCreate,
+  MsgIo,
+  NativeBuffer,
+  SO_RCVBUF,
+  SO_SNDBUF,
+  setSocketBuffer,
+  unixSocketPair,
+} from "./native.ts";
+import { HEADER_SIZE, VfioUserHeader } from "./protocol.ts";
+
+const OPTS: ChannelOptions = {
+  label: "test channel",
+  maxMsgSize: 4096,
+  maxRecvFds: 4,
+  maxSendFds: 4,
+  writeTimeoutMs: 300,
+  maxQueuedBytes: 1 << 20,
+  clock: new SystemClock(),
+  watch: false,
+  ref: false,
+};
+
+function message(id: number, cmd: number, payload: number[] | Uint8Array = [], size?: number): Uint8Array {
+  const p = payload instanceof Uint8Array ? payload : Uint8Array.from(payload);
+  const out = new Uint8Array(HEADER_SIZE + p.length);
+  VfioUserHeader.encode({ msg_id: id, cmd, msg_size: size ?? out.length, flags: 0, error_no: 0 }, out);
+  out.set(p, HEADER_SIZE);
+  return out;
+}
+
+/** Raw sender: writes exactly these bytes (and fds) with one sendmsg. */
+class Raw {
+  private readonly io = new MsgIo(8);
+  private readonly buf = new NativeBuffer(1 << 16);
+  constructor(readonly fd: number) {}
+  send(bytes: Uint8Array, fds?: number[]): number {
+    this.buf.bytes.set(bytes);
+    return this.io.send(this.fd, this.buf.address, bytes.length, fds, false);
+  }
+  free(): void {
+    this.io.free();
+    this.buf.free();
+  }
+}
+
+function setup(opts: Partial<ChannelOptions> = {}) {
+  const [a, b] = unixSocketPair(true);
+  const frames: { id: number; cmd: number; payload: number[]; fds: number[] }[] = [];
+  const errors: ProtocolErrorInfo[] = [];
+  let closed: string | undefined;
+  let keepFds = false;
+  const ch = new Channel(
+    b,
+    { ...OPTS, ...opts },
+    {
+      onFrame: (f: Frame) => {
+        frames.push({ id: f.id, cmd: f.cmd, payload: [...f.payload], fds: [...f.fds] });
+        if (keepFds) for (let i = 0; i < f.fds.length; i++) f.fds[i] = -1;
+      },
+      onClose: (r) => {
+        closed = r;
+      },
+      onProtocolError: (info) => errors.push(info),
+    },
+  );
+  const raw = new Raw(a);
+  return {
+    ch,
+    raw,
+    peer: a,
+    frames,
+    errors,
+    closed: () => closed,
+    keep: () => {
+      keepFds = true;
+    },
+    done: () => {
+      ch.close();
+      raw.free();
+      closeFd(a);
+    },
+  };
+}
+
+describe("Channel framing", () => {
+  it("splits several messages arriving in one read and joins one arriving byte by byte", () => {
+    const t = setup();
+    const many = [message(1, 9, [1, 2]), message(2, 10), message(3, 4, new Uint8Array(300).fill(7))];
+    t.raw.send(Uint8Array.from(many.flatMap((m) => [...m])));
+    t.ch.drain();
+    assert.deepEqual(
+      t.frames.map((f) => [f.id, f.cmd, f.payload.length]),
+      [
+        [1, 9, 2],
+        [2, 10, 0],
+        [3, 4, 300],
+      ],
+    );
+    const one = message(7, 13, [9, 8, 7, 6]);
+    for (const byte of one) {
+      t.raw.send(Uint8Array.of(byte));
+      t.ch.drain();
+    }
+    assert.equal(t.frames.length, 4);
+    assert.deepEqual(t.frames[3]!.payload, [9, 8, 7, 6]);
+    assert.equal(t.closed(), undefined);
+    t.done();
+  });
+
+  it("gives fds to the message they were sent with, even when read together with an earlier one", () => {
+    const t = setup();
+    t.keep();
+    const e = eventfdCreate();
+    t.raw.send(message(1, 9, [0, 0]));
+    t.raw.send(message(2, 8, new Uint8Array(20)), [e]);
+    t.raw.send(message(3, 9));
+    t.ch.drain();
+    assert.deepEqual(
+      t.frames.map((f) => f.fds.length),
+      [0, 1, 0],
+    );
+    const got = t.frames[1]!.fds[0]!;
+    assert.equal(closeFd(got), 0, "the kept fd is open and ours");
+    closeFd(e);
+    t.done();
+  });
+
+  it("closes fds a handler did not keep", () => {
+    const t = setup();
+    const e = eventfdCreate();
+    t.raw.send(message(1, 2, new Uint8Array(32)), [e]);
+    t.ch.drain();
+    const got = t.frames[0]!.fds[0]!;
+    assert.equal(closeFd(got), -Errno.EBADF, "already closed by the channel");
+    closeFd(e);
+    t.done();
+  });
+
+  it("drops the connection for a msg_size below the header, after an error reply chance", () => {
+    const t = setup();
+    t.raw.send(message(5, 9, [], 8));
+    t.ch.drain();
+    assert.equal(t.errors.length, 1);
+    assert.deepEqual([t.errors[0]!.id, t.errors[0]!.cmd, t.errors[0]!.errno], [5, 9, Errno.EINVAL]);
+    assert.match(t.closed()!, /smaller than the 16-byte header/);
+    t.done();
+  });
+
+  it("drops the connection for a msg_size above the limit (4 GiB) with E2BIG", () => {
+    const t = setup();
+    t.raw.send(message(6, 10, [], 0xffff_ffff));
+    t.ch.drain();
+    assert.equal(t.errors[0]!.errno, Errno.E2BIG);
+    assert.match(t.closed()!, /exceeds the limit/);
+    t.done();
+  });
+
+  it("treats fds that arrive with no message start as a protocol error", () => {
+    const t = setup();
+    const e = eventfdCreate();
+    const m = message(1, 9, [1, 2, 3, 4]);
+    t.raw.send(m.subarray(0, 10));
+    t.ch.drain();
+    t.raw.send(m.subarray(10), [e]);
+    t.ch.drain();
+    assert.match(t.closed()!, /no message to carry them/);
+    closeFd(e);
+    t.done();
+  });
+
+  it("treats more fds than allowed as a protocol error", () => {
+    const t = setup({ maxRecvFds: 2 });
+    const fds = [eventfdCreate(), eventfdCreate(), eventfdCreate()];
+    t.raw.send(message(1, 8, new Uint8Array(20)), fds);
+    t.ch.drain();
+    assert.match(t.closed()!, /more than 2 fds/);
+    for (const f of fds) closeFd(f);
+    t.done();
+  });
+
+  it("reports the peer closing", () => {
+    const t = setup();
+    closeFd(t.peer);
+    t.ch.drain();
+    assert.match(t.closed()!, /peer closed/);
+    t.raw.free();
+    t.ch.close();
+  });
+});
+
+describe("Channel waits and sending", () => {
+  it("waitFor returns the matching frame and defers the others in order", () => {
+    const t = setup();
+    t.raw.send(message(1, 9));
+    t.raw.send(message(2, 12, [4, 4]));
+    t.raw.send(message(3, 9));
+    const f = t.ch.waitFor((x) => x.id === 2, 1000, "defer", "test reply");
+    assert.deepEqual([f.id, [...f.payload]], [2, [4, 4]]);
+    assert.equal(t.frames.length, 0);
+    t.ch.drain();
+    assert.deepEqual(
+      t.frames.map((x) => x.id),
+      [1, 3],
+    );
+    t.done();
+  });
+
+  it("waitFor gives up after its timeout with ETIMEDOUT and closes", () => {
+    const t = setup();
+    const t0 = performance.now();
+    let err: unknown;
+    try {
+      t.ch.waitFor(() => true, 100, "dispatch", "nothing");
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(isKernelError(err) && err.errno === Errno.ETIMEDOUT);
+    assert.ok(performance.now() - t0 >= 90);
+    assert.equal(t.ch.closed, true);
+    t.done();
+  });
+
+  it("sends messages with fds that the peer receives", () => {
+    const [a, b] = unixSocketPair(true);
+    const got: Frame[] = [];
+    const rx = new Channel(b, OPTS, {
+      onFrame: (f) => got.push({ ...f, payload: f.payload.slice(), fds: f.fds.slice() }),
+      onClose: () => {},
+    });
+    const tx = new Channel(a, OPTS, { onFrame: () => {}, onClose: () => {} });
+    const e = eventfdCreate();
+    tx.send(77, 8, 0, 0, new Uint8Array(20), [e]);
+    const view = tx.payloadBuffer(3);
+    view.set([5, 6, 7]);
+    tx.commit(78, 9, 1, 22, 3);
+    rx.drain();
+    assert.deepEqual(
+      got.map((f) => [f.id, f.cmd, f.flags, f.errorNo, f.payload.length, f.fds.length]),
+      [
+        [77, 8, 0, 0, 20, 1],
+        [78, 9, 1, 22, 3, 0],
+      ],
+    );
+    closeFd(e);
+    tx.close();
+    rx.close();
+  });
+
+  it("drops a peer that stops reading once the write timeout passes without progress", async () => {
+    const [a, b] = unixSocketPair(true);
+    setSocketBuffer(a, SO_SNDBUF, 4096);
+    setSocketBuffer(b, SO_RCVBUF, 4096);
+    let reason: string | undefined;
+    const tx = new Channel(
+      a,
+      { ...OPTS, watch: true, writeTimeoutMs: 200 },
+      {
+        onFrame: () => {},
+        onClose: (r) => {
+          reason = r;
+        },
+      },
+    );
+    const payload = new Uint8Array(1000);
+    for (let i = 0; i < 200 && !tx.closed; i++) tx.send(i, 9, 1, 0, payload);
+    assert.ok(tx.pendingBytes > 0, "the socket filled up and the rest was queued");
+    const t0 = performance.now();
+    while (!tx.closed && performance.now() - t0 < 3000) await new Promise((r) => setTimeout(r, 20));
+    assert.match(reason ?? "", /read nothing for 200 ms/);
+    closeFd(b);
+  });
+
+  it("drops a peer that lets more than maxQueuedBytes pile up", () => {
+    const [a, b] = unixSocketPair(true);
+    setSocketBuffer(a, SO_SNDBUF, 4096);
+    let reason: string | undefined;
+    const tx = new Channel(
+      a,
+      { ...OPTS, watch: true, maxQueuedBytes: 20_000 },
+      {
+        onFrame: () => {},
+        onClose: (r) => {
+          reason = r;
+        },
+      },
+    );
+    const payload = new Uint8Array(1000);
+    for (let i = 0; i < 500 && !tx.closed; i++) tx.send(i, 9, 1, 0, payload);
+    assert.match(reason ?? "", /stopped reading/);
+    closeFd(b);
+  });
+});

@@ -1,0 +1,393 @@
+/**
+ * One connection's DMA windows (vfio-user DMA_MAP / DMA_UNMAP), and how they reach the device through the host model.
+ *
+ * A window that arrives with an fd (guest RAM from a memory-backend-memfd) is made real memory of the model:
+ * 1. mmap(MAP_SHARED) of the client's fd in this OS process (a zero-copy view of the guest's RAM);
+ * 2. `physmem.registerExternal(view)`: those bytes become host frames of the model;
+ * 3. `mm.mmap` with external backing: the frames appear at an HVA of the connection's host Process;
+ * 4. VFIO_IOMMU_MAP_DMA on the connection's type1 container: iova = the guest address, vaddr = that HVA.
+ * From then on the device's vfio_pin_pages / vfio_dma_rw, the vendor driver's dma_map_page, the system IOMMU and the
+ * GPU engines all touch the guest's real RAM, exactly as for an in-process VMM. Unmapping runs the steps backwards,
+ * UNMAP_DMA first so that type1 calls the device's dma_unmap and the device unpins.
+ *
+ * A window without an fd (QEMU's ROM/BIOS) is only recorded: the device reaches it through `remoteAt` and the
+ * connection's DMA_READ/DMA_WRITE messages (server.ts interposes on the device's vfio_dma_rw); pinning it is
+ * impossible (no host frames), and type1 answers such pins as for an unmapped IOVA.
+ *
+ * Checks (the order libvfio-user uses, errno as it answers): unknown flags, size 0, unaligned addr/size/offset, an
+ * address range past 2^53 EINVAL; overlap with a live window EEXIST; more than max_dma_maps windows ENOSPC; an fd
+ * shorter than offset + size EINVAL (a mapping past the end of a file would SIGBUS this process on first touch); the
+ * fd is sealed against shrinking when the memfd allows it, for the same reason (QEMU seals its memfds itself). UNMAP
+ * must name a live window exactly (ENOENT otherwise).
+ *
+ * Safety invariant: the real mapping stays until physmem reports the external region gone (no page table or pin
+ * references left). UNMAP of a window whose pins the device keeps through every dma_unmap fails with type1's EBUSY and
+ * the window stays. At disconnect the teardown goes on regardless: a window whose frames are still referenced is kept
+ * mapped as a "zombie" and retried after the connection's process exits (type1's release drops its pins); if
+ * references outlive even that, the memory is deliberately leaked, since unmapping it would let the model fault this
+ * process.
+ */
+import { defineTraceEvents, Errno, type Hva, KernelError, PAGE_SIZE, type Pfn, type Tracer } from "../core/index.ts";
+import { type PhysicalMemory, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
+import {
+  VFIO_DMA_MAP_FLAG_READ,
+  VFIO_DMA_MAP_FLAG_WRITE,
+  VFIO_IOMMU_MAP_DMA,
+  VFIO_IOMMU_UNMAP_DMA,
+  VfioIommuType1DmaMap,
+  VfioIommuType1DmaUnmap,
+} from "../vfio/index.ts";
+import {
+  addSeals,
+  closeFd,
+  F_SEAL_SHRINK,
+  fileSize,
+  getSeals,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  type Mapping,
+  mmapFd,
+  PROT_READ as OS_PROT_READ,
+  PROT_WRITE as OS_PROT_WRITE,
+} from "./native.ts";
+import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from "./protocol.ts";
+
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "vfiouser.dma.map": { device: string; iova: number; size: number; prot: string; backing: string; hva: number };
+    "vfiouser.dma.unmap": { device: string; iova: number; size: number; backing: string };
+    "vfiouser.dma.seal": { device: string; iova: number; sealed: boolean; reason: string };
+    "vfiouser.dma.zombie": { device: string; iova: number; size: number; released: boolean };
+  }
+}
+defineTraceEvents("vfio-user", {
+  "vfiouser.dma.map": "{device}: DMA window {iova}+{size} ({prot}) mapped, {backing}, at hva {hva}",
+  "vfiouser.dma.unmap": "{device}: DMA window {iova}+{size} ({backing}) unmapped",
+  "vfiouser.dma.seal": "{device}: DMA window {iova}: shrink seal {sealed} ({reason})",
+  "vfiouser.dma.zombie":
+    "{device}: DMA window {iova}+{size} still pinned after unmap; memory kept mapped (released later: {released})",
+});
+
+const TWO_53 = 2 ** 53;
+const ENOENT_MSG = "no DMA window";
+
+export interface DmaWindow {
+  readonly iova: number;
+  readonly size: number;
+  /** VFIO_USER_F_DMA_REGION_READ | WRITE. */
+  readonly prot: number;
+  /** "fd": real memory mapped and in the container; "remote": reached by DMA_READ/DMA_WRITE. */
+  readonly backing: "fd" | "remote";
+  /** fd windows: where the frames sit in the connection's address space, and the first frame. */
+  readonly hva: Hva | undefined;
+  readonly basePfn: Pfn | undefined;
+}
+
+interface Window extends DmaWindow {
+  readonly mapping: Mapping | undefined;
+}
+
+export interface DmaTableOptions {
+  /** The connection's host process: its address space holds the windows; `containerFd` is its type1 container. */
+  readonly proc: Process;
+  readonly containerFd: number;
+  readonly physmem: PhysicalMemory;
+  readonly maxWindows: number;
+  readonly tracer: Tracer;
+  /** Names the device in messages and trace events. */
+  readonly device: string;
+}
+
+export interface DmaMapRequest {
+  readonly iova: number;
+  readonly size: number;
+  /** Offset of the window in the fd. */
+  readonly offset: number;
+  readonly prot: number;
+}
+
+function protName(prot: number): string {
+  return `${(prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? "r" : "-"}${(prot & VFIO_USER_F_DMA_REGION_WRITE) !== 0 ? "w" : "-"}`;
+}
+
+export class DmaTable {
+  private readonly opts: DmaTableOptions;
+  /** Sorted by iova, non-overlapping. */
+  private readonly list: Window[] = [];
+  private readonly zombies: { window: Window }[] = [];
+  private released = false;
+
+  constructor(opts: DmaTableOptions) {
+    this.opts = opts;
+  }
+
+  get size(): number {
+    return this.list.length;
+  }
+
+  /** Live windows, by iova. */
+  windows(): readonly DmaWindow[] {
+    return this.list.map(({ mapping: _m, ...w }) => w);
+  }
+
+  /** Windows kept mapped because their frames were still pinned when unmapped. */
+  get zombieCount(): number {
+    return this.zombies.length;
+  }
+
+  /**
+   * DMA_MAP. Takes ownership of `fd` (closed whether the map succeeds or not). Returns the window.
+   */
+  map(req: DmaMapRequest, fd: number | undefined): DmaWindow {
+    try {
+      return this.mapInner(req, fd);
+    } finally {
+      if (fd !== undefined) closeFd(fd);
+    }
+  }
+
+  private mapInner(req: DmaMapRequest, fd: number | undefined): DmaWindow {
+    const { iova, size, offset, prot } = req;
+    const dev = this.opts.device;
+    if (this.released) throw new KernelError(Errno.ENODEV, `${dev}: the connection is gone`);
+    if ((prot & ~(VFIO_USER_F_DMA_REGION_READ | VFIO_USER_F_DMA_REGION_WRITE)) !== 0) {
+      throw new KernelError(Errno.EINVAL, `DMA_MAP on ${dev}: unknown flags 0x${prot.toString(16)}`);
+    }
+    if (!Number.isSafeInteger(size) || size <= 0 || !Number.isSafeInteger(iova) || iova + size > TWO_53) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `DMA_MAP on ${dev}: window ${iova}+${size} is empty or reaches past 2^53, which this server cannot address`,
+      );
+    }
+    if (iova % PAGE_SIZE !== 0 || size % PAGE_SIZE !== 0 || offset % PAGE_SIZE !== 0) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `DMA_MAP on ${dev}: addr 0x${iova.toString(16)}, size 0x${size.toString(16)} and offset 0x${offset.toString(16)} must be multiples of 4096`,
+      );
+    }
+    const at = this.insertionIndex(iova);
+    const prev = this.list[at - 1];
+    const next = this.list[at];
+    if ((prev !== undefined && prev.iova + prev.size > iova) || (next !== undefined && next.iova < iova + size)) {
+      const o = prev !== undefined && prev.iova + prev.size > iova ? prev : next!;
+      throw new KernelError(
+        Errno.EEXIST,
+        `DMA_MAP on ${dev}: window 0x${iova.toString(16)}+0x${size.toString(16)} overlaps the live window 0x${o.iova.toString(16)}+0x${o.size.toString(16)}`,
+      );
+    }
+    if (this.list.length >= this.opts.maxWindows) {
+      throw new KernelError(
+        Errno.ENOSPC,
+        `DMA_MAP on ${dev}: ${this.list.length} windows are live, the negotiated max_dma_maps is ${this.opts.maxWindows}`,
+      );
+    }
+    let w: Window;
+    if (fd === undefined) {
+      w = { iova, size, prot, backing: "remote", hva: undefined, basePfn: undefined, mapping: undefined };
+    } else {
+      w = this.mapFd(iova, size, offset, prot, fd);
+    }
+    this.list.splice(at, 0, w);
+    const t = this.opts.tracer;
+    if (t.enabled) {
+      t.emit("vfiouser.dma.map", {
+        device: dev,
+        iova,
+        size,
+        prot: protName(prot),
+        backing: w.backing,
+        hva: w.hva ?? 0,
+      });
+    }
+    return { iova, size, prot, backing: w.backing, hva: w.hva, basePfn: w.basePfn };
+  }
+
+  private mapFd(iova: number, size: number, offset: number, prot: number, fd: number): Window {
+    const { proc, physmem, device: dev, tracer } = this.opts;
+    const fsize = fileSize(fd);
+    if (fsize < 0) throw new KernelError(-fsize as Errno, `DMA_MAP on ${dev}: fstat of the window's fd failed`);
+    if (fsize < offset + size) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `DMA_MAP on ${dev}: the fd holds ${fsize} bytes but the window needs offset 0x${offset.toString(16)} + size 0x${size.toString(16)}`,
+      );
+    }
+    const seals = getSeals(fd);
+    let sealed = seals >= 0 && (seals & F_SEAL_SHRINK) !== 0;
+    let reason = sealed ? "already sealed" : "";
+    if (!sealed) {
+      const r = seals >= 0 ? addSeals(fd, F_SEAL_SHRINK) : seals;
+      sealed = r === 0;
+      reason = sealed ? "sealed now" : `cannot seal (errno ${-r}): the client could still truncate the file`;
+    }
+    if (tracer.enabled) tracer.emit("vfiouser.dma.seal", { device: dev, iova, sealed, reason });
+
+    const writable = (prot & VFIO_USER_F_DMA_REGION_WRITE) !== 0;
+    let m = mmapFd(fd, size, OS_PROT_READ | OS_PROT_WRITE, MAP_SHARED, offset);
+    if (typeof m === "number" && !writable && m === -Errno.EACCES) {
+      // A read-only fd: a private writable mapping keeps every model write (which the model's own permission checks
+      // forbid anyway) from faulting this process.
+      m = mmapFd(fd, size, OS_PROT_READ | OS_PROT_WRITE, MAP_PRIVATE, offset);
+    }
+    if (typeof m === "number") {
+      throw new KernelError(-m as Errno, `DMA_MAP on ${dev}: mmap of the window's fd failed with errno ${-m}`);
+    }
+    const mapping = m;
+    const label = `vfio-user:${dev}@0x${iova.toString(16)}`;
+    let basePfn: Pfn | undefined;
+    let hva: Hva | undefined;
+    try {
+      basePfn = physmem.registerExternal(mapping.bytes, label, proc.pid);
+      const mprot = ((prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? PROT_READ : 0) | (writable ? PROT_WRITE : 0);
+      hva = proc.mm.mmap(size, mprot === 0 ? PROT_READ : mprot, {
+        backing: { kind: "external", basePfn, label },
+        name: label,
+      });
+      const flags =
+        ((prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? VFIO_DMA_MAP_FLAG_READ : 0) |
+        (writable ? VFIO_DMA_MAP_FLAG_WRITE : 0);
+      const arg = VfioIommuType1DmaMap.encode({ argsz: VfioIommuType1DmaMap.sizeof, flags, vaddr: hva, iova, size });
+      proc.ioctl(this.opts.containerFd, VFIO_IOMMU_MAP_DMA, arg);
+    } catch (e) {
+      if (hva !== undefined) proc.mm.munmap(hva, size);
+      if (basePfn !== undefined) physmem.releaseExternal(basePfn);
+      if (basePfn === undefined || this.externalGone(basePfn)) mapping.unmap();
+      throw e;
+    }
+    return { iova, size, prot, backing: "fd", hva, basePfn, mapping };
+  }
+
+  /**
+   * DMA_UNMAP of exactly one live window. If type1 refuses (EBUSY: the device kept its pins through every dma_unmap
+   * notification) the window stays live, as the mapping stays in type1.
+   */
+  unmap(iova: number, size: number): DmaWindow {
+    const i = this.indexOf(iova);
+    const w = i >= 0 ? this.list[i] : undefined;
+    if (w === undefined || w.size !== size) {
+      throw new KernelError(
+        Errno.ENOENT,
+        `DMA_UNMAP on ${this.opts.device}: ${ENOENT_MSG} 0x${iova.toString(16)}+0x${size.toString(16)} is mapped` +
+          (w !== undefined ? ` (the window at that address is 0x${w.size.toString(16)} bytes)` : ""),
+      );
+    }
+    this.teardown(w, false);
+    this.list.splice(i, 1);
+    return { iova: w.iova, size: w.size, prot: w.prot, backing: w.backing, hva: w.hva, basePfn: w.basePfn };
+  }
+
+  /** DMA_UNMAP with UNMAP_ALL: every window (those type1 refuses stay). Returns how many went. */
+  unmapAll(force = false): number {
+    let firstError: unknown;
+    let n = 0;
+    for (const w of [...this.list]) {
+      try {
+        this.teardown(w, force);
+        this.list.splice(this.list.indexOf(w), 1);
+        n++;
+      } catch (e) {
+        if (force) this.list.splice(this.list.indexOf(w), 1);
+        firstError ??= e;
+      }
+    }
+    if (firstError !== undefined) throw firstError;
+    return n;
+  }
+
+  /** The remote (fd-less) window holding all of [iova, iova+len), if any. */
+  remoteAt(iova: number, len: number): DmaWindow | undefined {
+    const i = this.insertionIndex(iova + 1) - 1;
+    const w = this.list[i];
+    if (w === undefined || w.backing !== "remote") return undefined;
+    if (iova < w.iova || iova + len > w.iova + w.size) return undefined;
+    return w;
+  }
+
+  /**
+   * The connection is going: every window torn down even if type1 refuses some (the first refusal is thrown after
+   * everything was done); zombies retried. Idempotent.
+   */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    try {
+      this.unmapAll(true);
+    } finally {
+      this.retryZombies(true);
+    }
+  }
+
+  /**
+   * Undoes a window: UNMAP_DMA (type1 calls the device's dma_unmap), then the VMA, the external frames and the real
+   * mapping (or a zombie). Without `force`, a failing UNMAP_DMA changes nothing and is thrown; with it (the client is
+   * gone) the rest goes on, type1's own release at process exit dropping what it kept.
+   */
+  private teardown(w: Window, force: boolean): void {
+    const { proc, physmem, tracer, device } = this.opts;
+    if (w.backing === "remote") {
+      if (tracer.enabled) tracer.emit("vfiouser.dma.unmap", { device, iova: w.iova, size: w.size, backing: w.backing });
+      return;
+    }
+    let err: unknown;
+    try {
+      const arg = VfioIommuType1DmaUnmap.encode({
+        argsz: VfioIommuType1DmaUnmap.sizeof,
+        flags: 0,
+        iova: w.iova,
+        size: w.size,
+      });
+      if (proc.isAlive) proc.ioctl(this.opts.containerFd, VFIO_IOMMU_UNMAP_DMA, arg);
+    } catch (e) {
+      if (!force) throw e;
+      err = e;
+    }
+    if (tracer.enabled) tracer.emit("vfiouser.dma.unmap", { device, iova: w.iova, size: w.size, backing: w.backing });
+    if (proc.isAlive && !proc.mm.exited) proc.mm.munmap(w.hva!, w.size);
+    physmem.releaseExternal(w.basePfn!);
+    if (this.externalGone(w.basePfn!)) w.mapping!.unmap();
+    else {
+      this.zombies.push({ window: w });
+      if (tracer.enabled) tracer.emit("vfiouser.dma.zombie", { device, iova: w.iova, size: w.size, released: false });
+    }
+    if (err !== undefined) throw err;
+  }
+
+  /** Unmaps the real memory of zombies whose frames are free now. */
+  retryZombies(final = false): void {
+    const { tracer, device } = this.opts;
+    for (let i = this.zombies.length - 1; i >= 0; i--) {
+      const z = this.zombies[i]!;
+      if (this.externalGone(z.window.basePfn!)) {
+        z.window.mapping!.unmap();
+        this.zombies.splice(i, 1);
+        if (tracer.enabled) {
+          tracer.emit("vfiouser.dma.zombie", { device, iova: z.window.iova, size: z.window.size, released: true });
+        }
+      } else if (final && tracer.enabled) {
+        tracer.emit("vfiouser.dma.zombie", { device, iova: z.window.iova, size: z.window.size, released: false });
+      }
+    }
+  }
+
+  private externalGone(base: Pfn): boolean {
+    for (const r of this.opts.physmem.externalRegions()) if (r.base === base) return false;
+    return true;
+  }
+
+  /** First index whose iova is >= `iova`. */
+  private insertionIndex(iova: number): number {
+    let lo = 0;
+    let hi = this.list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.list[mid]!.iova < iova) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  private indexOf(iova: number): number {
+    const i = this.insertionIndex(iova);
+    return this.list[i]?.iova === iova ? i : -1;
+  }
+}

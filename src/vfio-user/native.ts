@@ -1,0 +1,498 @@
+/**
+ * The real-OS layer of vfio-user: the libc calls Node does not offer, through the koffi FFI (prebuilt binaries, no
+ * build step). AF_UNIX stream sockets (socket/bind/listen/accept4/connect), sendmsg/recvmsg with SCM_RIGHTS,
+ * memfd_create/ftruncate/fstat, mmap/munmap with zero-copy views (`koffi.view`), eventfd read/write, poll, fcntl,
+ * close. Everything else in src/vfio-user reaches the OS only through this file.
+ *
+ * Conventions: calls that can fail return -errno as a number (the syscall convention) or throw
+ * `KernelError(errno, "<call> of <what> failed: ...")` (the `*OrThrow` helpers); fds are plain numbers owned by
+ * whoever holds them (close exactly once). Every fd is created close-on-exec.
+ *
+ * Message I/O (`MsgIo`): one native block holds a struct msghdr, one iovec and a control buffer, allocated once per
+ * socket; each sendmsg/recvmsg only rewrites the iovec and control lengths, so a message costs no allocation beyond
+ * koffi's own argument marshalling. Data travels through native buffers (`NativeBuffer`, koffi.alloc + koffi.view):
+ * recvmsg writes straight into the receive buffer that the framing code parses.
+ *
+ * Layouts assumed (x86_64 and arm64 Linux, glibc): struct msghdr 56 bytes (iov @16, iovlen @24, control @32,
+ * controllen @40, flags @48), struct iovec 16, struct cmsghdr 16 (len u64, level, type), st_size at offset 48 of
+ * struct stat, struct pollfd 8, struct epoll_event 12 (packed on x86_64; see reactor.ts). Not supported: other OSes.
+ *
+ * Safety: a view over mmap'd memory must not be touched after `munmap`: the owner (dma.ts, client.ts) drops every
+ * reference (including physmem registrations) before unmapping, and keeps the mapping when it cannot prove that.
+ */
+import { createRequire } from "node:module";
+import koffi from "koffi";
+import { Errno, KernelError } from "../core/index.ts";
+
+const libc = koffi.load("libc.so.6");
+
+const c = {
+  socket: libc.func("int socket(int domain, int type, int protocol)"),
+  socketpair: libc.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
+  bind: libc.func("int bind(int fd, const void *addr, uint32_t len)"),
+  listen: libc.func("int listen(int fd, int backlog)"),
+  accept4: libc.func("int accept4(int fd, void *addr, void *len, int flags)"),
+  connect: libc.func("int connect(int fd, const void *addr, uint32_t len)"),
+  shutdown: libc.func("int shutdown(int fd, int how)"),
+  sendmsg: libc.func("intptr_t sendmsg(int fd, void *msg, int flags)"),
+  recvmsg: libc.func("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  setsockopt: libc.func("int setsockopt(int fd, int level, int name, const void *val, uint32_t len)"),
+  close: libc.func("int close(int fd)"),
+  fcntl: libc.func("int fcntl(int fd, int cmd, ...)"),
+  memfdCreate: libc.func("int memfd_create(const char *name, unsigned int flags)"),
+  ftruncate: libc.func("int ftruncate(int fd, int64_t length)"),
+  fstat: libc.func("int fstat(int fd, void *st)"),
+  mmap: libc.func("void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)"),
+  munmap: libc.func("int munmap(void *addr, size_t length)"),
+  eventfd: libc.func("int eventfd(unsigned int initval, int flags)"),
+  read: libc.func("intptr_t read(int fd, void *buf, size_t count)"),
+  write: libc.func("intptr_t write(int fd, const void *buf, size_t count)"),
+  poll: libc.func("int poll(void *fds, unsigned long nfds, int timeout)"),
+  epollCreate1: libc.func("int epoll_create1(int flags)"),
+  epollCtl: libc.func("int epoll_ctl(int epfd, int op, int fd, void *event)"),
+};
+
+// ---- constants (Linux, x86_64/arm64) ----
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SCM_RIGHTS = 1;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_CTRUNC = 0x8;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const SHUT_RDWR = 2;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const F_DUPFD_CLOEXEC = 1030;
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SHRINK = 0x0002;
+export const O_NONBLOCK = 0o4000;
+export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+export const POLLIN = 1;
+export const POLLOUT = 4;
+export const POLLERR = 8;
+export const POLLHUP = 0x10;
+export const EPOLL_CLOEXEC = 0o2000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLL_CTL_MOD = 3;
+/** Longest sun_path (108 bytes with its NUL). */
+export const UNIX_PATH_MAX = 107;
+
+const EAGAIN = 11;
+const EINTR = 4;
+
+/** The errno of the last failed call on this thread. */
+export function lastErrno(): number {
+  return koffi.errno();
+}
+
+/** A KernelError for a failed libc call; errno values Linux defines but the model does not list pass through as is. */
+export function errnoError(errno: number, message: string): KernelError {
+  return new KernelError(errno as Errno, message);
+}
+
+function check(ret: number, what: string): number {
+  if (ret < 0) {
+    const e = koffi.errno();
+    throw errnoError(e, `${what} failed: errno ${e}`);
+  }
+  return ret;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Native memory
+
+/** Memory outside the JS heap with a stable address (what iovecs and the kernel need), viewed as bytes; zeroed. */
+export class NativeBuffer {
+  readonly size: number;
+  /** The address as a number (user-space addresses are below 2^47, exact in a double). */
+  readonly address: number;
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  private ptr: unknown;
+
+  constructor(size: number) {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`native buffer size ${size}`);
+    this.size = size;
+    this.ptr = koffi.alloc("uint8_t", size);
+    this.address = Number(koffi.address(this.ptr));
+    const ab = koffi.view(this.ptr, size);
+    this.bytes = new Uint8Array(ab);
+    this.view = new DataView(ab);
+    // malloc'd memory: a struct left with garbage (msg_namelen) would make the kernel refuse the call.
+    this.bytes.fill(0);
+  }
+
+  /** The koffi pointer, for `void *` parameters. */
+  get pointer(): unknown {
+    if (this.ptr === null) throw new Error("native buffer used after free");
+    return this.ptr;
+  }
+
+  get freed(): boolean {
+    return this.ptr === null;
+  }
+
+  /** Frees the memory; every view of it becomes invalid (the owner must not touch `bytes` again). */
+  free(): void {
+    if (this.ptr === null) return;
+    koffi.free(this.ptr);
+    this.ptr = null;
+  }
+}
+
+/**
+ * A scratch block for small fixed-size arguments (sockaddr_un, pollfd, struct stat, eventfd counters, epoll_event),
+ * each call using it from offset 0: single-threaded use only, never across a call that could re-enter.
+ */
+const scratch = new NativeBuffer(256);
+
+function writeAddr(view: DataView, at: number, addr: number): void {
+  view.setUint32(at, addr % 0x1_0000_0000, true);
+  view.setUint32(at + 4, Math.floor(addr / 0x1_0000_0000), true);
+}
+
+function readU64(view: DataView, at: number): number {
+  return view.getUint32(at + 4, true) * 0x1_0000_0000 + view.getUint32(at, true);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Sockets
+
+function sockaddrUn(path: string): number {
+  const bytes = Buffer.from(path, "utf8");
+  if (bytes.length === 0 || bytes.length > UNIX_PATH_MAX) {
+    throw new KernelError(
+      Errno.ENAMETOOLONG,
+      `socket path ${path} is ${bytes.length} bytes; a UNIX socket path must be 1 to ${UNIX_PATH_MAX} bytes`,
+    );
+  }
+  const b = scratch.bytes;
+  b.fill(0, 0, 110);
+  scratch.view.setUint16(0, AF_UNIX, true);
+  b.set(bytes, 2);
+  return 2 + bytes.length + 1;
+}
+
+/** socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
+export function unixSocket(nonblock: boolean): number {
+  return check(c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0), "socket(AF_UNIX)");
+}
+
+/** A connected pair of AF_UNIX stream sockets (tests, benchmarks). */
+export function unixSocketPair(nonblock: boolean): [number, number] {
+  const sv = [-1, -1];
+  check(c.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0, sv), "socketpair");
+  return [sv[0]!, sv[1]!];
+}
+
+/** bind + listen on a path; the caller removes a stale socket file first and sets its mode. */
+export function listenUnix(path: string, backlog: number): number {
+  const fd = unixSocket(true);
+  try {
+    const len = sockaddrUn(path);
+    check(c.bind(fd, scratch.pointer, len), `bind(${path})`);
+    check(c.listen(fd, backlog), `listen(${path})`);
+  } catch (e) {
+    c.close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** accept4 (non-blocking, close-on-exec): the new fd, or -errno (-EAGAIN when no connection is waiting). */
+export function acceptUnix(listenFd: number): number {
+  const fd = c.accept4(listenFd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC) as number;
+  return fd < 0 ? -koffi.errno() : fd;
+}
+
+/** A blocking connect to a path; returns the fd in non-blocking mode. Throws ENOENT/ECONNREFUSED as Linux reports. */
+export function connectUnix(path: string): number {
+  const fd = unixSocket(false);
+  try {
+    const len = sockaddrUn(path);
+    check(c.connect(fd, scratch.pointer, len), `connect(${path})`);
+    setNonblocking(fd, true);
+  } catch (e) {
+    c.close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+export function shutdownSocket(fd: number): void {
+  c.shutdown(fd, SHUT_RDWR);
+}
+
+/** SO_SNDBUF / SO_RCVBUF (tests shrink them to provoke backpressure). */
+export function setSocketBuffer(fd: number, opt: typeof SO_SNDBUF | typeof SO_RCVBUF, bytes: number): void {
+  scratch.view.setInt32(0, bytes, true);
+  check(c.setsockopt(fd, SOL_SOCKET, opt, scratch.pointer, 4), "setsockopt");
+}
+
+export function setNonblocking(fd: number, on: boolean): void {
+  const fl = check(c.fcntl(fd, F_GETFL, "int", 0), "fcntl(F_GETFL)");
+  check(c.fcntl(fd, F_SETFL, "int", on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK), "fcntl(F_SETFL)");
+}
+
+/** fcntl(F_DUPFD_CLOEXEC): a new fd for the same open file, or throws. */
+export function dupCloexec(fd: number): number {
+  return check(c.fcntl(fd, F_DUPFD_CLOEXEC, "int", 0), `dup of fd ${fd}`);
+}
+
+/** close(2); errors (EBADF for a bug, EINTR) are returned, not thrown: close never fails twice. */
+export function closeFd(fd: number): number {
+  if (fd < 0) return 0;
+  const r = c.close(fd) as number;
+  return r < 0 ? -koffi.errno() : 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// sendmsg / recvmsg with SCM_RIGHTS
+
+const MSGHDR = 0;
+const IOVEC = 64;
+const CONTROL = 96;
+const CMSG_HDR = 16;
+
+/**
+ * One socket's message I/O block. `maxFds` bounds the fds one recvmsg accepts: more arrive with MSG_CTRUNC (the
+ * kernel closes the ones that did not fit), reported in `truncated`.
+ */
+export class MsgIo {
+  private readonly block: NativeBuffer;
+  private readonly controlSize: number;
+  /** After recv: the fds received (valid for `fdCount` entries), and whether the kernel truncated the control data. */
+  readonly fds: Int32Array;
+  fdCount = 0;
+  truncated = false;
+
+  constructor(readonly maxFds: number) {
+    this.controlSize = CMSG_HDR + 4 * Math.max(1, maxFds);
+    this.block = new NativeBuffer(CONTROL + ((this.controlSize + 7) & ~7));
+    this.fds = new Int32Array(Math.max(1, maxFds));
+    const v = this.block.view;
+    writeAddr(v, MSGHDR + 16, this.block.address + IOVEC);
+    writeAddr(v, MSGHDR + 24, 1);
+  }
+
+  /** sendmsg of [addr, addr+len) with `fds` as SCM_RIGHTS: bytes sent, or -errno (-EAGAIN: the socket is full). */
+  send(fd: number, addr: number, len: number, fds: ArrayLike<number> | undefined, block: boolean): number {
+    const v = this.block.view;
+    writeAddr(v, IOVEC, addr);
+    writeAddr(v, IOVEC + 8, len);
+    const n = fds === undefined ? 0 : fds.length;
+    if (fds !== undefined && n > 0) {
+      if (n > this.maxFds) return -Errno.EINVAL;
+      const clen = CMSG_HDR + 4 * n;
+      writeAddr(v, CONTROL, clen);
+      v.setInt32(CONTROL + 8, SOL_SOCKET, true);
+      v.setInt32(CONTROL + 12, SCM_RIGHTS, true);
+      for (let i = 0; i < n; i++) v.setInt32(CONTROL + CMSG_HDR + 4 * i, fds[i]!, true);
+      writeAddr(v, MSGHDR + 32, this.block.address + CONTROL);
+      writeAddr(v, MSGHDR + 40, (clen + 7) & ~7);
+    } else {
+      writeAddr(v, MSGHDR + 32, 0);
+      writeAddr(v, MSGHDR + 40, 0);
+    }
+    for (;;) {
+      const r = c.sendmsg(fd, this.block.pointer, MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT)) as number;
+      if (r >= 0) return r;
+      const e = koffi.errno();
+      if (e !== EINTR) return -e;
+    }
+  }
+
+  /** recvmsg into [addr, addr+len): bytes read (0 = peer closed), or -errno. Fills `fds`/`fdCount`/`truncated`. */
+  recv(fd: number, addr: number, len: number): number {
+    const v = this.block.view;
+    writeAddr(v, IOVEC, addr);
+    writeAddr(v, IOVEC + 8, len);
+    writeAddr(v, MSGHDR + 32, this.block.address + CONTROL);
+    writeAddr(v, MSGHDR + 40, this.controlSize);
+    v.setInt32(MSGHDR + 48, 0, true);
+    this.fdCount = 0;
+    this.truncated = false;
+    let r: number;
+    for (;;) {
+      r = c.recvmsg(fd, this.block.pointer, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) as number;
+      if (r >= 0) break;
+      const e = koffi.errno();
+      if (e !== EINTR) return -e;
+    }
+    const flags = v.getInt32(MSGHDR + 48, true);
+    this.truncated = (flags & MSG_CTRUNC) !== 0;
+    const controlLen = readU64(v, MSGHDR + 40);
+    let at = 0;
+    while (at + CMSG_HDR <= controlLen) {
+      const clen = readU64(v, CONTROL + at);
+      if (clen < CMSG_HDR || at + clen > controlLen) break;
+      if (v.getInt32(CONTROL + at + 8, true) === SOL_SOCKET && v.getInt32(CONTROL + at + 12, true) === SCM_RIGHTS) {
+        const count = Math.floor((clen - CMSG_HDR) / 4);
+        for (let i = 0; i < count; i++) {
+          const got = v.getInt32(CONTROL + at + CMSG_HDR + 4 * i, true);
+          if (this.fdCount < this.fds.length) this.fds[this.fdCount++] = got;
+          else {
+            closeFd(got);
+            this.truncated = true;
+          }
+        }
+      }
+      at += (clen + 7) & ~7;
+    }
+    return r;
+  }
+
+  free(): void {
+    this.block.free();
+  }
+}
+
+/** poll(2) on one fd: the revents, 0 on timeout, or -errno. `timeoutMs` -1 waits forever. */
+export function pollFd(fd: number, events: number, timeoutMs: number): number {
+  const v = scratch.view;
+  v.setInt32(0, fd, true);
+  v.setInt16(4, events, true);
+  v.setInt16(6, 0, true);
+  for (;;) {
+    const r = c.poll(scratch.pointer, 1, timeoutMs) as number;
+    if (r >= 0) return r === 0 ? 0 : v.getUint16(6, true);
+    const e = koffi.errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// memfd, fstat, mmap
+
+/** memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING) sized to `size` bytes. */
+export function memfdCreate(name: string, size: number): number {
+  const fd = check(c.memfdCreate(name, MFD_CLOEXEC | MFD_ALLOW_SEALING), `memfd_create(${name})`);
+  if (c.ftruncate(fd, size) < 0) {
+    const e = koffi.errno();
+    c.close(fd);
+    throw errnoError(e, `ftruncate of memfd ${name} to ${size} bytes failed: errno ${e}`);
+  }
+  return fd;
+}
+
+/** st_size of an fd, or -errno. */
+export function fileSize(fd: number): number {
+  const r = c.fstat(fd, scratch.pointer) as number;
+  if (r < 0) return -koffi.errno();
+  return readU64(scratch.view, 48);
+}
+
+/** F_GET_SEALS, or -errno (EINVAL for a file that is not a memfd/shmem). */
+export function getSeals(fd: number): number {
+  const r = c.fcntl(fd, F_GET_SEALS, "int", 0) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** F_ADD_SEALS; 0 or -errno. */
+export function addSeals(fd: number, seals: number): number {
+  const r = c.fcntl(fd, F_ADD_SEALS, "int", seals) as number;
+  return r < 0 ? -koffi.errno() : 0;
+}
+
+/** A live mmap: its pointer, address and a zero-copy view. `unmap` exactly once, after every user let go. */
+export class Mapping {
+  readonly bytes: Uint8Array;
+  readonly address: number;
+  private ptr: unknown;
+
+  constructor(
+    ptr: unknown,
+    readonly length: number,
+  ) {
+    this.ptr = ptr;
+    this.address = Number(koffi.address(ptr));
+    this.bytes = new Uint8Array(koffi.view(ptr, length));
+  }
+
+  get mapped(): boolean {
+    return this.ptr !== null;
+  }
+
+  unmap(): void {
+    if (this.ptr === null) return;
+    c.munmap(this.ptr, this.length);
+    this.ptr = null;
+  }
+}
+
+/** mmap(NULL, length, prot, flags, fd, offset): a Mapping, or -errno. */
+export function mmapFd(fd: number, length: number, prot: number, flags: number, offset: number): Mapping | number {
+  const ptr = c.mmap(null, length, prot, flags, fd, offset);
+  if (ptr === null || koffi.address(ptr) === 0xffff_ffff_ffff_ffffn) return -koffi.errno();
+  return new Mapping(ptr, length);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// eventfd
+
+/** eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK). */
+export function eventfdCreate(initval = 0): number {
+  return check(c.eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK), "eventfd");
+}
+
+/** Adds `n` to an eventfd's counter (eventfd_write): 0, or -errno. */
+export function eventfdWrite(fd: number, n = 1): number {
+  const v = scratch.view;
+  writeAddr(v, 0, n);
+  const r = c.write(fd, scratch.pointer, 8) as number;
+  return r < 0 ? -koffi.errno() : 0;
+}
+
+/** Reads and resets an eventfd's counter: the count (0 when it was 0, for a non-blocking fd), or -errno. */
+export function eventfdRead(fd: number): number {
+  const r = c.read(fd, scratch.pointer, 8) as number;
+  if (r < 0) {
+    const e = koffi.errno();
+    return e === EAGAIN ? 0 : -e;
+  }
+  return readU64(scratch.view, 0);
+}
+
+/** Writes all of `bytes` to a (blocking or not) fd; bytes written or -errno. For pipes and tests. */
+export function writeFd(fd: number, bytes: Uint8Array): number {
+  const r = c.write(fd, bytes, bytes.length) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// epoll (the reactor's main-thread side; the waiting happens in its worker)
+
+export function epollCreate(): number {
+  return check(c.epollCreate1(EPOLL_CLOEXEC), "epoll_create1");
+}
+
+/** epoll_ctl with data = `token` (u64 low half; the high half 0). 0 or -errno. */
+export function epollCtl(epfd: number, op: number, fd: number, events: number, token: number): number {
+  const v = scratch.view;
+  v.setUint32(0, events >>> 0, true);
+  v.setUint32(4, token >>> 0, true);
+  v.setUint32(8, 0, true);
+  const r = c.epollCtl(epfd, op, fd, scratch.pointer) as number;
+  return r < 0 ? -koffi.errno() : 0;
+}
+
+/** The path of the koffi package, for the reactor's worker (which loads it on its own thread). */
+export function koffiModulePath(): string {
+  return KOFFI_PATH;
+}
+const KOFFI_PATH = createRequire(import.meta.url).resolve("koffi");

@@ -1,0 +1,123 @@
+/**
+ * `vgpu serve --type mtty-2 --socket /tmp/mtty.sock [--uuid U] [--config FILE] [--once] [--trace]`: builds a model
+ * host (the embedded default, or a config file), creates one mdev of the given type on the first parent that offers
+ * it, and serves it over vfio-user until SIGINT/SIGTERM (or, with --once, until the first client leaves). A real VMM
+ * attaches it with `-device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/mtty.sock","type":"unix"}}'`.
+ *
+ * Output: one line "vgpu serve: serving <type> <uuid> on <path>" on stdout when the socket is ready (scripts wait
+ * for it), disconnects and problems on stderr; with --trace every vfio-user and device trace event on stderr.
+ * Errors are KernelErrors (unknown type: ENOENT naming the types on offer). Also runnable directly with tsx
+ * (`node --import tsx src/vfio-user/serve-command.ts --type mtty-2 --socket PATH`).
+ */
+import { pathToFileURL } from "node:url";
+import { Command } from "commander";
+import { Errno, formatTrace, KernelError } from "../core/index.ts";
+import { createSystem, DEFAULT_SYSTEM_CONFIG, loadSystemConfigFile, parseSystemConfig } from "../scenario/index.ts";
+import { serveDevice, type VfioUserServer } from "./server.ts";
+
+/** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
+export const DEFAULT_SERVE_UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+
+export interface ServeCommandOptions {
+  readonly type: string;
+  readonly socket: string;
+  readonly uuid?: string;
+  readonly config?: string;
+  readonly once?: boolean;
+  readonly trace?: boolean;
+}
+
+export interface RunningServe {
+  readonly server: VfioUserServer;
+  readonly uuid: string;
+  readonly type: string;
+  stop(): void;
+}
+
+/** Starts serving (without signal handling): what the command does, for tests. */
+export function startServe(o: ServeCommandOptions, log: (line: string) => void): RunningServe {
+  const config = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
+  const system = createSystem(config);
+  if (o.trace) system.host.tracer.subscribe((r) => log(formatTrace(r)));
+  const offered: string[] = [];
+  let parent: string | undefined;
+  for (const p of system.mdev.parents()) {
+    for (const t of system.mdev.types(p.name)) {
+      offered.push(t.type);
+      if (parent === undefined && t.type === o.type) parent = p.name;
+    }
+  }
+  if (parent === undefined) {
+    throw new KernelError(
+      Errno.ENOENT,
+      `no parent offers mdev type ${o.type}; the host offers: ${offered.join(", ") || "none"}`,
+    );
+  }
+  const uuid = (o.uuid ?? DEFAULT_SERVE_UUID).toLowerCase();
+  system.mdev.create(parent, o.type, uuid);
+  const server = serveDevice({ socketPath: o.socket, system, uuid });
+  return {
+    server,
+    uuid,
+    type: o.type,
+    stop: () => {
+      server.close();
+      try {
+        system.mdev.remove(uuid);
+      } catch {
+        // The process is ending: an mdev that cannot go now goes with it.
+      }
+    },
+  };
+}
+
+/** Registers `vgpu serve` on the program. */
+export function registerServe(program: Command): void {
+  program
+    .command("serve")
+    .description("serve one mediated device over vfio-user on a UNIX socket (for QEMU's vfio-user-pci)")
+    .requiredOption("-t, --type <type>", "mdev type to create, e.g. mtty-2")
+    .requiredOption("-s, --socket <path>", "UNIX socket path to serve on (created with mode 0600)")
+    .option("-u, --uuid <uuid>", `UUID of the mdev (default ${DEFAULT_SERVE_UUID})`)
+    .option("-c, --config <file>", "host config file (default: the embedded host with one mtty parent)")
+    .option("--once", "exit after the first client disconnects")
+    .option("--trace", "print trace events on stderr")
+    .action(async (o: ServeCommandOptions) => {
+      const log = (line: string): void => {
+        process.stderr.write(`vgpu serve: ${line}\n`);
+      };
+      const running = startServe(o, log);
+      process.stdout.write(`vgpu serve: serving ${running.type} ${running.uuid} on ${running.server.socketPath}\n`);
+      await new Promise<void>((resolve) => {
+        let stopped = false;
+        const stop = (why: string): void => {
+          if (stopped) return;
+          stopped = true;
+          log(`stopping (${why})`);
+          running.stop();
+          resolve();
+        };
+        process.once("SIGINT", () => stop("SIGINT"));
+        process.once("SIGTERM", () => stop("SIGTERM"));
+        running.server.onConnect((id) => log(`client connection ${id} accepted`));
+        running.server.onDisconnect((id, reason) => {
+          log(`client connection ${id} ended: ${reason}`);
+          if (o.once) stop("the client left (--once)");
+        });
+      });
+      for (const p of running.server.state().problems) log(`problem: ${p}`);
+    });
+}
+
+// Runnable on its own (`node --import tsx src/vfio-user/serve-command.ts --type mtty-2 --socket PATH`) until the
+// command is registered in the main CLI.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const program = new Command().name("vgpu");
+  registerServe(program);
+  try {
+    await program.parseAsync(["node", "vgpu", "serve", ...process.argv.slice(2)]);
+  } catch (e) {
+    process.stderr.write(`vgpu serve: ${e instanceof KernelError ? e.describe() : String(e)}\n`);
+    process.exitCode = 1;
+  }
+}
