@@ -92,18 +92,36 @@ export async function runHost(opts: HostOptions, io: CliIo): Promise<void> {
   const root = rootOf(opts, io);
   const config = opts.config !== undefined ? loadSystemConfigFile(opts.config) : undefined;
   const log = (line: string) => io.err(`vgpu host: ${line}\n`);
-  const host = await startHost({ root, log, ...(config ? { config } : {}) });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      process.off("SIGTERM", stop);
-      process.off("SIGINT", stop);
-      log(`${signal}: stopping`);
-      host.close().then(() => {
-        log(`stopped; removed ${host.daemon.socketPath}`);
-        resolve();
-      }, resolve);
-    };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
+  // Signal handlers go in before the host announces itself: a supervisor (or a test) may send SIGTERM the moment
+  // "serving on" appears, and Node's default action would kill the process without removing the socket.
+  let host: RunningHost | undefined;
+  let pending: NodeJS.Signals | undefined;
+  let finish: () => void = () => {};
+  const done = new Promise<void>((resolve) => {
+    finish = resolve;
   });
+  const shutDown = (signal: NodeJS.Signals, running: RunningHost) => {
+    log(`${signal}: stopping`);
+    running.close().then(() => {
+      log(`stopped; removed ${running.daemon.socketPath}`);
+      finish();
+    }, finish);
+  };
+  const stop = (signal: NodeJS.Signals) => {
+    process.off("SIGTERM", stop);
+    process.off("SIGINT", stop);
+    if (host === undefined) pending = signal;
+    else shutDown(signal, host);
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  try {
+    host = await startHost({ root, log, ...(config ? { config } : {}) });
+  } catch (e) {
+    process.off("SIGTERM", stop);
+    process.off("SIGINT", stop);
+    throw e;
+  }
+  if (pending !== undefined) shutDown(pending, host);
+  await done;
 }
