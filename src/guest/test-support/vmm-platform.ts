@@ -13,8 +13,10 @@
  * Not modelled: guest NUMA, page reclaim, a guest IOMMU.
  */
 import { Errno, type Gpa, gpa, hex, KernelError, PAGE_SIZE, type VirtualClock } from "../../core/index.ts";
+// Test support may reach up: the scenario layer owns the VMM-side adapters (guest time, the PCI function).
+import { ClockGuestTime, VmmPciFunction } from "../../scenario/index.ts";
 import type { GuestPciDevice, Vmm } from "../../vmm/index.ts";
-import type { GuestMemory, GuestPageAllocator, GuestPciFunction, GuestPlatform, GuestTime } from "../platform.ts";
+import type { GuestMemory, GuestPageAllocator, GuestPlatform } from "../platform.ts";
 
 /** First guest-physical byte the page allocator hands out. */
 export const GUEST_ALLOC_START = 0x10_0000;
@@ -70,61 +72,6 @@ export class ExtentPageAllocator implements GuestPageAllocator {
     } else if (prev && prev.end === at) prev.end = end;
     else if (next && next.start === end) next.start = at;
     else this.free.splice(i, 0, { start: at, end });
-  }
-}
-
-/** Guest time over the host's virtual clock. */
-export class ClockGuestTime implements GuestTime {
-  constructor(
-    private readonly clock: VirtualClock,
-    private readonly maxStepNs = 100_000,
-  ) {}
-
-  now(): number {
-    return this.clock.now();
-  }
-
-  waitUntil(done: () => boolean, timeoutNs: number): boolean {
-    const deadline = this.clock.now() + timeoutNs;
-    let step = 1000;
-    while (!done()) {
-      const now = this.clock.now();
-      if (now >= deadline) return false;
-      this.clock.advance(Math.min(step, deadline - now));
-      if (step < this.maxStepNs) step = Math.min(this.maxStepNs, step * 2);
-    }
-    return true;
-  }
-}
-
-/** The attached PCI function as the guest's CPU reaches it through the VMM. */
-export class VmmPciFunction implements GuestPciFunction {
-  constructor(
-    private readonly vmm: Vmm,
-    readonly device: GuestPciDevice,
-  ) {}
-
-  configRead(offset: number, size: 1 | 2 | 4): number {
-    return this.device.configRead(offset, size);
-  }
-  configWrite(offset: number, size: 1 | 2 | 4, value: number): void {
-    this.device.configWrite(offset, size, value);
-  }
-  barAddress(index: number): Gpa | undefined {
-    const b = this.device.bars.find((x) => x.index === index);
-    return b ? gpa(this.device.barAddress(index)) : undefined;
-  }
-  barSize(index: number): number {
-    return this.device.bars.find((x) => x.index === index)?.size ?? 0;
-  }
-  mmioRead(at: Gpa, size: 1 | 2 | 4 | 8): number {
-    return this.vmm.mmioRead(at, size);
-  }
-  mmioWrite(at: Gpa, size: 1 | 2 | 4 | 8, value: number): void {
-    this.vmm.mmioWrite(at, size, value);
-  }
-  onInterrupt(handler: (vector: number) => void): void {
-    this.vmm.onInterrupt(this.device, handler);
   }
 }
 
