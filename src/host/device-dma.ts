@@ -151,10 +151,16 @@ export class DeviceDma {
       if (left < n) n = left;
       // The common case inlined (a device the IOMMU knows); xlate handles the rest.
       const dev = this.dev;
-      const known = dev !== undefined && dev.present;
-      const hs = known ? this.iommu.translateDevice(dev, s as Iova, IOMMU_READ) : this.xlate(s, IOMMU_READ);
+      let hs: number;
+      let hd: number;
+      if (dev?.present) {
+        hs = this.iommu.translateDevice(dev, s as Iova, IOMMU_READ);
+        hd = hs < 0 ? -1 : this.iommu.translateDevice(dev, d as Iova, IOMMU_WRITE);
+      } else {
+        hs = this.xlate(s, IOMMU_READ);
+        hd = hs < 0 ? -1 : this.xlate(d, IOMMU_WRITE);
+      }
       if (hs < 0) return this.failed(s, IOMMU_READ, len - left, "c");
-      const hd = known ? this.iommu.translateDevice(dev, d as Iova, IOMMU_WRITE) : this.xlate(d, IOMMU_WRITE);
       if (hd < 0) return this.failed(d, IOMMU_WRITE, len - left, "c");
       const sframe = (hs - so) / PAGE_SIZE;
       const dframe = (hd - dof) / PAGE_SIZE;
