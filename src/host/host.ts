@@ -11,7 +11,7 @@
  *
  * Upper layers (vfio, mdev, the GPU) receive these objects, never a Host, so each depends only on what it uses.
  */
-import { Rng, type SchedulingClock, Tracer, VirtualClock } from "../core/index.ts";
+import { Errno, KernelError, Rng, type SchedulingClock, Tracer, VirtualClock } from "../core/index.ts";
 import type { Bdf } from "./bdf.ts";
 import { Devfs } from "./devfs.ts";
 import { DeviceDma } from "./device-dma.ts";
@@ -97,6 +97,19 @@ export class Host {
 
   processes(): Process[] {
     return [...this.procs.values()].filter((p) => p.isAlive);
+  }
+
+  /**
+   * wait(2) for an exited process: forgets it, so hosts that start processes endlessly (a vfio-user server, one per
+   * connection) do not accumulate them. Until reaped, an exited process stays inspectable through `process(pid)`.
+   * ECHILD if no such process, EBUSY while it is alive.
+   */
+  reap(pid: number): Process {
+    const p = this.procs.get(pid);
+    if (p === undefined) throw new KernelError(Errno.ECHILD, `no process ${pid} to reap`);
+    if (p.isAlive) throw new KernelError(Errno.EBUSY, `process ${pid} (${p.comm}) is still running: exit it first`);
+    this.procs.delete(pid);
+    return p;
   }
 
   /** Plugs a PCI device model in: onto the bus and into an IOMMU group. Returns the group number. */

@@ -96,3 +96,16 @@ describe("Process", () => {
     );
   });
 });
+
+describe("Host.reap", () => {
+  it("forgets an exited process and refuses a live or unknown one", () => {
+    const host = new Host({ memoryBytes: GiB });
+    const p = host.spawn("worker");
+    assert.throws(() => host.reap(p.pid), errno(Errno.EBUSY));
+    p.exit();
+    assert.equal(host.process(p.pid)?.isAlive, false, "an exited process stays inspectable until reaped");
+    assert.equal(host.reap(p.pid), p);
+    assert.equal(host.process(p.pid), undefined);
+    assert.throws(() => host.reap(p.pid), errno(Errno.ECHILD));
+  });
+});

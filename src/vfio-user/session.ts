@@ -881,6 +881,7 @@ export class Session {
       attempt("close group", () => dev.group.close());
       attempt("close container", () => dev.container.close());
       attempt("process exit", () => proc.exit());
+      attempt("reap process", () => this.cfg.host.reap(proc.pid));
       attempt("release zombies", () => dev.dma.retryZombies(true));
       if (dev.dma.zombieCount > 0) {
         problems.push(`${dev.dma.zombieCount} DMA window(s) still pinned by the device: their memory stays mapped`);
