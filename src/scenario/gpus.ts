@@ -13,7 +13,7 @@
  *
  * Not modelled: GPUs added or removed at run time, a GPU moved between i915 and vfio-pci.
  */
-import type { Tracer } from "../core/index.ts";
+import type { Pfn, Tracer } from "../core/index.ts";
 import {
   type CostModel,
   createGpu,
@@ -85,6 +85,12 @@ export class ObservedHostGpu implements HostGpu {
   }
   writeGgtt(index: number, pte: number): void {
     this.inner.writeGgtt(index, pte);
+  }
+  fillGgtt(first: number, count: number, pte: number): void {
+    this.inner.fillGgtt(first, count, pte);
+  }
+  zeroPage(pfn: Pfn): void {
+    this.inner.zeroPage(pfn);
   }
   readGgtt(index: number): number {
     return this.inner.readGgtt(index);
