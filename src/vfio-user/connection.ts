@@ -136,6 +136,8 @@ export class Channel {
   private queuedBytes = 0;
   private writeTimer: TimerHandle | undefined;
   private depth = 0;
+  /** The last recvSome was short and carried no fds: the socket was empty then. */
+  private drained = false;
   /** Buffer offset below which bytes must not move: the end of the frame whose handler is running. */
   private keep = 0;
   private closedReason: string | undefined;
@@ -356,11 +358,17 @@ export class Channel {
   private onEvents(ev: number): void {
     if (this.closed) return;
     if ((ev & EPOLLOUT) !== 0 && this.queue.length > 0) this.flushQueue();
-    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) !== 0) this.drain();
+    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) !== 0)
+      this.drain((ev & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) === 0);
   }
 
-  /** Dispatches every complete frame and reads until EAGAIN. */
-  drain(): void {
+  /**
+   * Dispatches every complete frame and reads until EAGAIN. With `mayStopShort` (the event reported data only, no
+   * hang-up) a short read without fds ends the drain: it emptied the socket, and anything arriving after the event was
+   * reported (data or the peer's close) re-arms the edge. Not after a hang-up event: the close was already consumed
+   * by that report, and only a read returning 0 will see it.
+   */
+  drain(mayStopShort = false): void {
     if (this.closed) return;
     this.depth++;
     try {
@@ -375,6 +383,12 @@ export class Channel {
         }
         if (r < 0) {
           this.close(`recv failed: errno ${-r}`);
+          break;
+        }
+        // AF_UNIX stream reads stop early only after an skb carrying fds or when the queue runs dry: skip the
+        // recvmsg that would return EAGAIN.
+        if (mayStopShort && this.drained) {
+          this.dispatchReady();
           break;
         }
       }
@@ -506,7 +520,10 @@ export class Channel {
     }
   }
 
-  /** One recvmsg into the free space: bytes, 0 at EOF, or -errno. */
+  /**
+   * One recvmsg into the free space: bytes, 0 at EOF, or -errno. Sets `drained` when the read was short and carried
+   * no fds, which proves the socket was empty at that moment.
+   */
   private recvSome(): number {
     let space = this.rbuf.size - this.end;
     if (space < READ_CHUNK && this.start > this.keep) {
@@ -526,6 +543,7 @@ export class Channel {
     const r = this.io.recv(this.fd, this.rbuf.address + this.end, space);
     if (r > 0) this.end += r;
     const n = this.io.fdCount;
+    this.drained = r > 0 && r < space && n === 0;
     if (n > 0 || this.io.truncated) {
       const fds: number[] = [];
       for (let i = 0; i < n; i++) fds.push(this.io.fds[i]!);

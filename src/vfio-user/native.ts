@@ -20,7 +20,7 @@
  * Safety: a view over mmap'd memory must not be touched after `munmap`: the owner (dma.ts, client.ts) drops every
  * reference (including physmem registrations) before unmapping, and keeps the mapping when it cannot prove that.
  */
-import { createRequire } from "node:module";
+import { isMainThread } from "node:worker_threads";
 import koffi from "koffi";
 import { Errno, KernelError } from "../core/index.ts";
 
@@ -50,6 +50,7 @@ const c = {
   poll: libc.func("int poll(void *fds, unsigned long nfds, int timeout)"),
   epollCreate1: libc.func("int epoll_create1(int flags)"),
   epollCtl: libc.func("int epoll_ctl(int epfd, int op, int fd, void *event)"),
+  epollWait: libc.func("int epoll_wait(int epfd, void *events, int maxevents, int timeout)"),
 };
 
 // ---- constants (Linux, x86_64/arm64) ----
@@ -475,7 +476,7 @@ export function writeFd(fd: number, bytes: Uint8Array): number {
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// epoll (the reactor's main-thread side; the waiting happens in its worker)
+// epoll (the reactor's fd set; libuv tells the main thread when it has ready fds, see below)
 
 export function epollCreate(): number {
   return check(c.epollCreate1(EPOLL_CLOEXEC), "epoll_create1");
@@ -491,8 +492,143 @@ export function epollCtl(epfd: number, op: number, fd: number, events: number, t
   return r < 0 ? -koffi.errno() : 0;
 }
 
-/** The path of the koffi package, for the reactor's worker (which loads it on its own thread). */
-export function koffiModulePath(): string {
-  return KOFFI_PATH;
+/** Size of struct epoll_event (packed on x86_64: events u32, data u64). */
+export const EPOLL_EVENT_SIZE = 12;
+
+/**
+ * epoll_wait without blocking into `events` (room for `events.size / 12` entries); the count or -errno. Entry i:
+ * events at 12*i, the token (data's low half) at 12*i + 4.
+ */
+export function epollWaitNow(epfd: number, events: NativeBuffer): number {
+  const r = c.epollWait(epfd, events.pointer, Math.floor(events.size / EPOLL_EVENT_SIZE), 0) as number;
+  return r < 0 ? -koffi.errno() : r;
 }
-const KOFFI_PATH = createRequire(import.meta.url).resolve("koffi");
+
+// ---------------------------------------------------------------------------------------------------------------------
+// libuv: a poll handle on Node's own event loop
+//
+// Node exports libuv's API from its executable (addons link against it), so koffi can reach it through the main
+// program's symbol table (dlopen(NULL)). A uv_poll_t on the main thread's loop makes libuv's own epoll_wait report
+// readiness of an fd Node knows nothing about, and libuv calls back on the main thread in the poll phase: no thread,
+// no hop. The callback runs JS through koffi; microtasks queued there run when it returns.
+
+const UV_POLL = 8;
+const UV_READABLE = 1;
+
+interface UvApi {
+  readonly defaultLoop: () => unknown;
+  readonly handleSize: (type: number) => number | bigint;
+  readonly pollInit: (loop: unknown, handle: unknown, fd: number) => number;
+  readonly pollStart: (handle: unknown, events: number, cb: unknown) => number;
+  readonly pollStop: (handle: unknown) => number;
+  readonly close: (handle: unknown, cb: unknown) => void;
+  readonly ref: (handle: unknown) => void;
+  readonly unref: (handle: unknown) => void;
+  readonly strerror: (err: number) => string;
+  readonly pollCb: koffi.IKoffiCType;
+  readonly closeCb: koffi.IKoffiCType;
+}
+
+let uvApi: UvApi | undefined;
+
+function uv(): UvApi {
+  if (uvApi !== undefined) return uvApi;
+  let self: koffi.IKoffiLib;
+  try {
+    self = koffi.load(null);
+    self.func("void *uv_default_loop()");
+  } catch (e) {
+    throw new KernelError(
+      Errno.ENOSYS,
+      `this Node executable does not export libuv's API (${(e as Error).message}); vfio-user needs an official Node build`,
+    );
+  }
+  const pollCb = koffi.proto("void vfu_uv_poll_cb(void *handle, int status, int events)");
+  const closeCb = koffi.proto("void vfu_uv_close_cb(void *handle)");
+  uvApi = {
+    defaultLoop: self.func("void *uv_default_loop()"),
+    handleSize: self.func("size_t uv_handle_size(int type)"),
+    pollInit: self.func("int uv_poll_init(void *loop, void *handle, int fd)"),
+    pollStart: self.func("int uv_poll_start(void *handle, int events, vfu_uv_poll_cb *cb)"),
+    pollStop: self.func("int uv_poll_stop(void *handle)"),
+    close: self.func("void uv_close(void *handle, vfu_uv_close_cb *cb)"),
+    ref: self.func("void uv_ref(void *handle)"),
+    unref: self.func("void uv_unref(void *handle)"),
+    strerror: self.func("const char *uv_strerror(int err)"),
+    pollCb,
+    closeCb,
+  };
+  return uvApi;
+}
+
+/**
+ * A libuv poll handle watching one fd for readability on the main thread's loop. `onReadable(status)` runs on the
+ * main thread in libuv's poll phase (status < 0 is a libuv error code). Starts unref'd (does not keep the process
+ * alive); `ref(true)` changes that. Level-triggered, as libuv polls are: the callback repeats while the fd is readable.
+ */
+export class UvPoll {
+  private handle: unknown;
+  private readonly callback: koffi.IKoffiRegisteredCallback;
+  private closed = false;
+
+  constructor(fd: number, onReadable: (status: number) => void) {
+    if (!isMainThread) {
+      throw new KernelError(Errno.EINVAL, "the vfio-user reactor runs on the main thread only (not in a worker)");
+    }
+    const api = uv();
+    this.handle = koffi.alloc("uint8_t", Number(api.handleSize(UV_POLL)));
+    this.callback = koffi.register((_handle: unknown, status: number) => {
+      // An exception must not unwind into libuv: report it and go on.
+      try {
+        onReadable(status);
+      } catch (e) {
+        process.nextTick(() => {
+          throw e;
+        });
+      }
+    }, koffi.pointer(api.pollCb));
+    let r = api.pollInit(api.defaultLoop(), this.handle, fd);
+    if (r === 0) r = api.pollStart(this.handle, UV_READABLE, this.callback);
+    if (r !== 0) {
+      koffi.unregister(this.callback);
+      koffi.free(this.handle);
+      throw new KernelError(Errno.EINVAL, `uv_poll on fd ${fd} failed: ${api.strerror(r)}`);
+    }
+    api.unref(this.handle);
+  }
+
+  /** Whether the handle keeps Node's event loop (and so the process) alive. */
+  ref(on: boolean): void {
+    if (this.closed) return;
+    if (on) uv().ref(this.handle);
+    else uv().unref(this.handle);
+  }
+
+  /**
+   * Stops polling without closing the handle: for process exit, after which Node's teardown may still spin the loop
+   * and a callback into JS would be fatal.
+   */
+  stop(): void {
+    if (!this.closed) uv().pollStop(this.handle);
+  }
+
+  /** Stops polling and releases the handle (its memory once libuv has closed it). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const api = uv();
+    api.pollStop(this.handle);
+    const handle = this.handle;
+    const callback = this.callback;
+    let onClosed: koffi.IKoffiRegisteredCallback | undefined;
+    onClosed = koffi.register(() => {
+      koffi.free(handle);
+      koffi.unregister(callback);
+      // Unregistering a callback from inside itself is not allowed: defer.
+      const self = onClosed;
+      if (self !== undefined) setImmediate(() => koffi.unregister(self));
+      onClosed = undefined;
+    }, koffi.pointer(api.closeCb));
+    api.close(handle, onClosed);
+  }
+}
