@@ -27,7 +27,7 @@
  * and handled after the current handler (the server, which must not re-enter the device). The event loop is blocked
  * meanwhile; the deadline bounds it.
  *
- * Readiness comes from the process's Reactor (edge-triggered): each event drains the socket until EAGAIN.
+ * Readiness comes from the process's Reactor (level-triggered): each event drains the socket until EAGAIN or a short read.
  */
 import {
   Errno,
@@ -358,17 +358,14 @@ export class Channel {
   private onEvents(ev: number): void {
     if (this.closed) return;
     if ((ev & EPOLLOUT) !== 0 && this.queue.length > 0) this.flushQueue();
-    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) !== 0)
-      this.drain((ev & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) === 0);
+    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) !== 0) this.drain();
   }
 
   /**
-   * Dispatches every complete frame and reads until EAGAIN. With `mayStopShort` (the event reported data only, no
-   * hang-up) a short read without fds ends the drain: it emptied the socket, and anything arriving after the event was
-   * reported (data or the peer's close) re-arms the edge. Not after a hang-up event: the close was already consumed
-   * by that report, and only a read returning 0 will see it.
+   * Dispatches every complete frame and reads until EAGAIN, or until a short read without fds, which emptied the
+   * socket (the reactor is level-triggered: anything left, a later arrival or the peer's close, is reported again).
    */
-  drain(mayStopShort = false): void {
+  drain(): void {
     if (this.closed) return;
     this.depth++;
     try {
@@ -387,7 +384,7 @@ export class Channel {
         }
         // AF_UNIX stream reads stop early only after an skb carrying fds or when the queue runs dry: skip the
         // recvmsg that would return EAGAIN.
-        if (mayStopShort && this.drained) {
+        if (this.drained) {
           this.dispatchReady();
           break;
         }

@@ -3,7 +3,7 @@
  * mdev vGPU, an mtty, a vfio-pci device) to a real VMM such as QEMU >= 10.1 (vfio-user-pci) or to our client;
  * `VfioUserClient` and `RemoteVfioDevice` let our VMM use a device that lives in another process through the same
  * VfioDeviceOps interface as a local one. Depends on core, host and vfio; the OS is reached only through native.ts
- * (koffi) and reactor.ts (one epoll worker thread).
+ * (koffi) and reactor.ts (libuv poll handles on Node's own loop).
  */
 export {
   capsJson,

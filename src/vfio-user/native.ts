@@ -15,7 +15,7 @@
  *
  * Layouts assumed (x86_64 and arm64 Linux, glibc): struct msghdr 56 bytes (iov @16, iovlen @24, control @32,
  * controllen @40, flags @48), struct iovec 16, struct cmsghdr 16 (len u64, level, type), st_size at offset 48 of
- * struct stat, struct pollfd 8, struct epoll_event 12 (packed on x86_64; see reactor.ts). Not supported: other OSes.
+ * struct stat, struct pollfd 8. Not supported: other OSes.
  *
  * Safety: a view over mmap'd memory must not be touched after `munmap`: the owner (dma.ts, client.ts) drops every
  * reference (including physmem registrations) before unmapping, and keeps the mapping when it cannot prove that.
@@ -48,9 +48,6 @@ const c = {
   read: libc.func("intptr_t read(int fd, void *buf, size_t count)"),
   write: libc.func("intptr_t write(int fd, const void *buf, size_t count)"),
   poll: libc.func("int poll(void *fds, unsigned long nfds, int timeout)"),
-  epollCreate1: libc.func("int epoll_create1(int flags)"),
-  epollCtl: libc.func("int epoll_ctl(int epfd, int op, int fd, void *event)"),
-  epollWait: libc.func("int epoll_wait(int epfd, void *events, int maxevents, int timeout)"),
 };
 
 // ---- constants (Linux, x86_64/arm64) ----
@@ -86,10 +83,6 @@ export const POLLIN = 1;
 export const POLLOUT = 4;
 export const POLLERR = 8;
 export const POLLHUP = 0x10;
-export const EPOLL_CLOEXEC = 0o2000000;
-export const EPOLL_CTL_ADD = 1;
-export const EPOLL_CTL_DEL = 2;
-export const EPOLL_CTL_MOD = 3;
 /** Longest sun_path (108 bytes with its NUL). */
 export const UNIX_PATH_MAX = 107;
 
@@ -157,7 +150,7 @@ export class NativeBuffer {
 }
 
 /**
- * A scratch block for small fixed-size arguments (sockaddr_un, pollfd, struct stat, eventfd counters, epoll_event),
+ * A scratch block for small fixed-size arguments (sockaddr_un, pollfd, struct stat, eventfd counters),
  * each call using it from offset 0: single-threaded use only, never across a call that could re-enter.
  */
 const scratch = new NativeBuffer(256);
@@ -476,63 +469,45 @@ export function writeFd(fd: number, bytes: Uint8Array): number {
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// epoll (the reactor's fd set; libuv tells the main thread when it has ready fds, see below)
-
-export function epollCreate(): number {
-  return check(c.epollCreate1(EPOLL_CLOEXEC), "epoll_create1");
-}
-
-/** epoll_ctl with data = `token` (u64 low half; the high half 0). 0 or -errno. */
-export function epollCtl(epfd: number, op: number, fd: number, events: number, token: number): number {
-  const v = scratch.view;
-  v.setUint32(0, events >>> 0, true);
-  v.setUint32(4, token >>> 0, true);
-  v.setUint32(8, 0, true);
-  const r = c.epollCtl(epfd, op, fd, scratch.pointer) as number;
-  return r < 0 ? -koffi.errno() : 0;
-}
-
-/** Size of struct epoll_event (packed on x86_64: events u32, data u64). */
-export const EPOLL_EVENT_SIZE = 12;
-
-/**
- * epoll_wait without blocking into `events` (room for `events.size / 12` entries); the count or -errno. Entry i:
- * events at 12*i, the token (data's low half) at 12*i + 4.
- */
-export function epollWaitNow(epfd: number, events: NativeBuffer): number {
-  const r = c.epollWait(epfd, events.pointer, Math.floor(events.size / EPOLL_EVENT_SIZE), 0) as number;
-  return r < 0 ? -koffi.errno() : r;
-}
-
-// ---------------------------------------------------------------------------------------------------------------------
-// libuv: a poll handle on Node's own event loop
+// libuv: poll handles on Node's own event loop
 //
-// Node exports libuv's API from its executable (addons link against it), so koffi can reach it through the main
-// program's symbol table (dlopen(NULL)). A uv_poll_t on the main thread's loop makes libuv's own epoll_wait report
-// readiness of an fd Node knows nothing about, and libuv calls back on the main thread in the poll phase: no thread,
-// no hop. The callback runs JS through koffi; microtasks queued there run when it returns.
+// Node exports libuv's API from its executable (addons link against it), so koffi reaches it through the main
+// program's symbol table (dlopen(NULL)). A uv_poll_t on the main thread's loop puts an fd Node knows nothing about
+// into libuv's own epoll set: libuv reports its readiness in the poll phase, on the main thread, with no thread and
+// no extra syscall. The handle memory comes from malloc and libuv frees it itself once closed (free is the close
+// callback), so closing calls no JS. One koffi callback serves every handle (it gets the handle's address); koffi
+// runs the microtasks queued in it when it returns.
 
 const UV_POLL = 8;
-const UV_READABLE = 1;
+/** libuv's poll event bits. */
+export const UV_READABLE = 1;
+export const UV_WRITABLE = 2;
+export const UV_DISCONNECT = 4;
 
 interface UvApi {
-  readonly defaultLoop: () => unknown;
-  readonly handleSize: (type: number) => number | bigint;
-  readonly pollInit: (loop: unknown, handle: unknown, fd: number) => number;
-  readonly pollStart: (handle: unknown, events: number, cb: unknown) => number;
-  readonly pollStop: (handle: unknown) => number;
-  readonly close: (handle: unknown, cb: unknown) => void;
-  readonly ref: (handle: unknown) => void;
-  readonly unref: (handle: unknown) => void;
+  readonly loop: unknown;
+  readonly handleSize: number;
+  readonly free: number;
+  readonly malloc: (size: number) => number;
+  readonly pollInit: (loop: unknown, handle: number, fd: number) => number;
+  readonly pollStart: (handle: number, events: number, cb: unknown) => number;
+  readonly pollStop: (handle: number) => number;
+  readonly close: (handle: number, cb: number) => void;
+  readonly ref: (handle: number) => void;
+  readonly unref: (handle: number) => void;
   readonly strerror: (err: number) => string;
-  readonly pollCb: koffi.IKoffiCType;
-  readonly closeCb: koffi.IKoffiCType;
+  readonly callback: koffi.IKoffiRegisteredCallback;
 }
 
 let uvApi: UvApi | undefined;
+/** Open polls by handle address. */
+const uvPolls = new Map<number, UvPoll>();
 
 function uv(): UvApi {
   if (uvApi !== undefined) return uvApi;
+  if (!isMainThread) {
+    throw new KernelError(Errno.EINVAL, "the vfio-user reactor runs on the main thread only (not in a worker)");
+  }
   let self: koffi.IKoffiLib;
   try {
     self = koffi.load(null);
@@ -543,92 +518,116 @@ function uv(): UvApi {
       `this Node executable does not export libuv's API (${(e as Error).message}); vfio-user needs an official Node build`,
     );
   }
-  const pollCb = koffi.proto("void vfu_uv_poll_cb(void *handle, int status, int events)");
-  const closeCb = koffi.proto("void vfu_uv_close_cb(void *handle)");
+  const dlsym = libc.func("uintptr_t dlsym(uintptr_t handle, const char *name)");
+  const cb = koffi.proto("void vfu_uv_poll_cb(uintptr_t handle, int status, int events)");
+  const defaultLoop = self.func("void *uv_default_loop()");
+  const handleSize = self.func("size_t uv_handle_size(int type)");
   uvApi = {
-    defaultLoop: self.func("void *uv_default_loop()"),
-    handleSize: self.func("size_t uv_handle_size(int type)"),
-    pollInit: self.func("int uv_poll_init(void *loop, void *handle, int fd)"),
-    pollStart: self.func("int uv_poll_start(void *handle, int events, vfu_uv_poll_cb *cb)"),
-    pollStop: self.func("int uv_poll_stop(void *handle)"),
-    close: self.func("void uv_close(void *handle, vfu_uv_close_cb *cb)"),
-    ref: self.func("void uv_ref(void *handle)"),
-    unref: self.func("void uv_unref(void *handle)"),
+    loop: defaultLoop(),
+    handleSize: Number(handleSize(UV_POLL)),
+    // RTLD_DEFAULT: the free that malloc below pairs with.
+    free: dlsym(0, "free") as number,
+    malloc: libc.func("uintptr_t malloc(size_t size)"),
+    pollInit: self.func("int uv_poll_init(void *loop, uintptr_t handle, int fd)"),
+    pollStart: self.func("int uv_poll_start(uintptr_t handle, int events, vfu_uv_poll_cb *cb)"),
+    pollStop: self.func("int uv_poll_stop(uintptr_t handle)"),
+    close: self.func("void uv_close(uintptr_t handle, uintptr_t cb)"),
+    ref: self.func("void uv_ref(uintptr_t handle)"),
+    unref: self.func("void uv_unref(uintptr_t handle)"),
     strerror: self.func("const char *uv_strerror(int err)"),
-    pollCb,
-    closeCb,
+    callback: koffi.register((handle: number, status: number, events: number) => {
+      const p = uvPolls.get(handle);
+      // An exception must not unwind into libuv: rethrow it outside the callback.
+      if (p !== undefined) {
+        try {
+          p.onEvent(status, events);
+        } catch (e) {
+          process.nextTick(() => {
+            throw e;
+          });
+        }
+      }
+    }, koffi.pointer(cb)),
   };
+  if (uvApi.free === 0) throw new KernelError(Errno.ENOSYS, "dlsym(free) failed");
+  // Node's teardown after 'exit' may spin the loop once more, and a call into JS then is fatal: stop every poll.
+  process.once("exit", () => {
+    for (const p of uvPolls.values()) p.stop();
+  });
   return uvApi;
 }
 
 /**
- * A libuv poll handle watching one fd for readability on the main thread's loop. `onReadable(status)` runs on the
- * main thread in libuv's poll phase (status < 0 is a libuv error code). Starts unref'd (does not keep the process
- * alive); `ref(true)` changes that. Level-triggered, as libuv polls are: the callback repeats while the fd is readable.
+ * A libuv poll handle watching one fd on the main thread's loop (level-triggered, as libuv polls are: the callback
+ * repeats each loop iteration while the fd stays ready). `onEvent(status, events)` gets UV_* bits, or status < 0
+ * (a libuv error code; libuv then has stopped the poll). Starts unref'd (does not keep the process alive). libuv
+ * makes the fd non-blocking.
  */
 export class UvPoll {
-  private handle: unknown;
-  private readonly callback: koffi.IKoffiRegisteredCallback;
+  readonly address: number;
   private closed = false;
 
-  constructor(fd: number, onReadable: (status: number) => void) {
-    if (!isMainThread) {
-      throw new KernelError(Errno.EINVAL, "the vfio-user reactor runs on the main thread only (not in a worker)");
-    }
+  constructor(
+    fd: number,
+    events: number,
+    readonly onEvent: (status: number, events: number) => void,
+  ) {
     const api = uv();
-    this.handle = koffi.alloc("uint8_t", Number(api.handleSize(UV_POLL)));
-    this.callback = koffi.register((_handle: unknown, status: number) => {
-      // An exception must not unwind into libuv: report it and go on.
-      try {
-        onReadable(status);
-      } catch (e) {
-        process.nextTick(() => {
-          throw e;
-        });
-      }
-    }, koffi.pointer(api.pollCb));
-    let r = api.pollInit(api.defaultLoop(), this.handle, fd);
-    if (r === 0) r = api.pollStart(this.handle, UV_READABLE, this.callback);
+    const h = api.malloc(api.handleSize);
+    if (h === 0) throw new KernelError(Errno.ENOMEM, `no memory for a libuv poll handle for fd ${fd}`);
+    this.address = h;
+    let r = api.pollInit(api.loop, h, fd);
     if (r !== 0) {
-      koffi.unregister(this.callback);
-      koffi.free(this.handle);
-      throw new KernelError(Errno.EINVAL, `uv_poll on fd ${fd} failed: ${api.strerror(r)}`);
+      // Not initialised: not libuv's yet.
+      freeNative(h);
+      throw new KernelError(Errno.EINVAL, `uv_poll_init on fd ${fd} failed: ${api.strerror(r)}`);
     }
-    api.unref(this.handle);
+    uvPolls.set(h, this);
+    api.unref(h);
+    r = api.pollStart(h, events, api.callback);
+    if (r !== 0) {
+      this.close();
+      throw new KernelError(Errno.EINVAL, `uv_poll_start on fd ${fd} failed: ${api.strerror(r)}`);
+    }
+  }
+
+  /** Changes the events polled (UV_* bits; 0 stops polling until the next call). */
+  start(events: number): void {
+    if (this.closed) return;
+    const api = uv();
+    if (events === 0) api.pollStop(this.address);
+    else api.pollStart(this.address, events, api.callback);
   }
 
   /** Whether the handle keeps Node's event loop (and so the process) alive. */
   ref(on: boolean): void {
     if (this.closed) return;
-    if (on) uv().ref(this.handle);
-    else uv().unref(this.handle);
+    if (on) uv().ref(this.address);
+    else uv().unref(this.address);
   }
 
-  /**
-   * Stops polling without closing the handle: for process exit, after which Node's teardown may still spin the loop
-   * and a callback into JS would be fatal.
-   */
+  /** Stops polling, keeping the handle (process exit). */
   stop(): void {
-    if (!this.closed) uv().pollStop(this.handle);
+    if (!this.closed) uv().pollStop(this.address);
   }
 
-  /** Stops polling and releases the handle (its memory once libuv has closed it). */
+  /** Stops polling and closes the handle; libuv frees its memory once closed. Call before closing the fd. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    uvPolls.delete(this.address);
     const api = uv();
-    api.pollStop(this.handle);
-    const handle = this.handle;
-    const callback = this.callback;
-    let onClosed: koffi.IKoffiRegisteredCallback | undefined;
-    onClosed = koffi.register(() => {
-      koffi.free(handle);
-      koffi.unregister(callback);
-      // Unregistering a callback from inside itself is not allowed: defer.
-      const self = onClosed;
-      if (self !== undefined) setImmediate(() => koffi.unregister(self));
-      onClosed = undefined;
-    }, koffi.pointer(api.closeCb));
-    api.close(handle, onClosed);
+    api.pollStop(this.address);
+    api.close(this.address, api.free);
   }
+}
+
+/** Open libuv poll handles (leak checks). */
+export function uvPollCount(): number {
+  return uvPolls.size;
+}
+
+const freeFn = libc.func("void free(uintptr_t p)");
+function freeNative(p: number): void {
+  freeFn(p);
 }

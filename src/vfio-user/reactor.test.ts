@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { describe, it } from "node:test";
-import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "./native.ts";
-import { EPOLLIN, Reactor } from "./reactor.ts";
+import { closeFd, eventfdCreate, eventfdRead, eventfdWrite, unixSocketPair } from "./native.ts";
+import { EPOLLIN, EPOLLOUT, EPOLLRDHUP, Reactor } from "./reactor.ts";
 
 const threads = () => readdirSync("/proc/self/task").length;
 
@@ -23,7 +23,7 @@ function nextEvent(fd: number): Promise<number> {
   });
 }
 
-describe("reactor (epoll set polled by libuv on the main thread)", () => {
+describe("reactor (libuv poll handles on the main thread)", () => {
   it("delivers readiness on the main thread without starting a thread, and promise reactions run after it", async () => {
     const before = threads();
     const fd = eventfdCreate();
@@ -36,7 +36,7 @@ describe("reactor (epoll set polled by libuv on the main thread)", () => {
     closeFd(fd);
   });
 
-  it("reports an fd once per arrival (edge-triggered) and runs 2,000 ping-pongs in order", async () => {
+  it("runs 2,000 ping-pongs in order through one fd", async () => {
     const fd = eventfdCreate();
     for (let i = 0; i < 2000; i++) {
       const got = nextEvent(fd);
@@ -47,46 +47,97 @@ describe("reactor (epoll set polled by libuv on the main thread)", () => {
     closeFd(fd);
   });
 
-  it("drops the event of a watch removed by a handler earlier in the same batch, and reuses its slot safely", async () => {
+  it("is level-triggered: a handler that leaves its fd ready is called again on the next loop iteration", async () => {
+    const fd = eventfdCreate();
+    let calls = 0;
+    await new Promise<void>((resolve) => {
+      const w = Reactor.shared().watch(
+        fd,
+        EPOLLIN,
+        () => {
+          calls++;
+          if (calls < 3) return;
+          eventfdRead(fd);
+          // Nothing is ready any more: no fourth call may come before the timer.
+          setTimeout(() => {
+            w.close();
+            resolve();
+          }, 30);
+        },
+        true,
+      );
+      eventfdWrite(fd, 1);
+    });
+    assert.equal(calls, 3);
+    closeFd(fd);
+  });
+
+  it("does not call the handler of a watch that a handler before it in the same poll phase closed", async () => {
     const a = eventfdCreate();
     const b = eventfdCreate();
-    const c = eventfdCreate();
     const calls: string[] = [];
     const r = Reactor.shared();
-    // Both ready before the reactor runs: one epoll_wait returns both; whichever runs first removes the other and
-    // puts a new watch (on c) in the freed slot, which must not receive the removed watch's event.
+    const handles = r.handles;
     let wa: ReturnType<Reactor["watch"]> | undefined;
     let wb: ReturnType<Reactor["watch"]> | undefined;
-    let wc: ReturnType<Reactor["watch"]> | undefined;
+    // Both ready before the loop polls: one epoll_wait reports both, and whichever runs first closes the other.
     const done = new Promise<void>((resolve) => {
-      const first = (name: string, other: () => ReturnType<Reactor["watch"]> | undefined) => () => {
+      const first = (name: string, fd: number, other: () => ReturnType<Reactor["watch"]> | undefined) => () => {
         calls.push(name);
+        eventfdRead(fd);
         other()?.close();
-        wc = r.watch(c, EPOLLIN, () => calls.push("c"));
-        setTimeout(resolve, 20);
+        setTimeout(resolve, 30);
       };
       wa = r.watch(
         a,
         EPOLLIN,
-        first("a", () => wb),
+        first("a", a, () => wb),
         true,
       );
       wb = r.watch(
         b,
         EPOLLIN,
-        first("b", () => wa),
+        first("b", b, () => wa),
         true,
       );
     });
     eventfdWrite(a, 1);
     eventfdWrite(b, 1);
     await done;
-    assert.equal(calls.length, 1, `one handler ran and the other's event was dropped: ${calls.join(",")}`);
+    assert.equal(calls.length, 1, `one handler ran and the other was not called: ${calls.join(",")}`);
     wa?.close();
     wb?.close();
-    wc?.close();
     assert.equal(r.size, 0);
-    for (const fd of [a, b, c]) closeFd(fd);
+    assert.equal(r.handles, handles, "every libuv handle was closed");
+    for (const fd of [a, b]) closeFd(fd);
+  });
+
+  it("delivers EPOLLOUT only while asked for, and EPOLLRDHUP when the peer closes", async () => {
+    const [x, y] = unixSocketPair(true);
+    const seen: number[] = [];
+    const r = Reactor.shared();
+    await new Promise<void>((resolve) => {
+      const w = r.watch(
+        x,
+        EPOLLIN | EPOLLRDHUP | EPOLLOUT,
+        (ev) => {
+          seen.push(ev);
+          if (seen.length === 1) {
+            // Writable at once; stop asking, then let the peer go.
+            w.modify(EPOLLIN | EPOLLRDHUP);
+            closeFd(y);
+          } else {
+            w.close();
+            resolve();
+          }
+        },
+        true,
+      );
+    });
+    assert.equal(seen[0]! & EPOLLOUT, EPOLLOUT);
+    assert.equal(seen[1]! & EPOLLOUT, 0, "no EPOLLOUT once unasked");
+    assert.equal(seen[1]! & EPOLLRDHUP, EPOLLRDHUP);
+    closeFd(x);
   });
 
   it("keeps the process alive only while a watch asks for it", () => {

@@ -154,7 +154,7 @@ export class VfioUserServer {
     this.watchHandle = Reactor.shared().watch(this.listenFd, EPOLLIN, () => this.acceptAll(), true);
     if (this.host.tracer.enabled)
       this.host.tracer.emit("vfiouser.listen", { device: this.device, path: this.socketPath });
-    // A connection may already wait (the reactor only reports new arrivals).
+    // A connection may already wait: take it now rather than one loop iteration later.
     this.acceptAll();
   }
 
