@@ -14,7 +14,9 @@
  * argument (offset or length outside the caller's array) is a bug and throws EINVAL.
  *
  * Costs. Page offsets are computed with Math.floor rather than `%`: IOVAs are often above 2^31, where `%` becomes a
- * floating-point modulo that costs as much as a translation. No allocation per page in the common case: whole-page transfers use `Uint8Array.set` on frame views;
+ * floating-point modulo that costs as much as a translation. Translations go by page and frame number
+ * (`Iommu.translateFrame`), never by byte address: an address above 2^31 crossing a call the JIT did not inline is a
+ * heap-allocated double each way, which cost more than the IOTLB lookup itself. No allocation per page in the common case: whole-page transfers use `Uint8Array.set` on frame views;
  * partial pages take a `subarray` view (or a byte loop for short pieces). The observer hook, for the isolation
  * checker, is called once per page piece touched `(bdf, iova, pfn, offset, len, write)` and costs one comparison
  * when unset. `copy` has memcpy semantics across pages (ascending order); within one page, overlap is handled as
@@ -91,11 +93,11 @@ export class DeviceDma {
     let o = off;
     let left = len;
     while (left > 0) {
-      const po = a - Math.floor(a / PAGE_SIZE) * PAGE_SIZE;
+      const page = Math.floor(a / PAGE_SIZE);
+      const po = a - page * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
-      const h = this.xlate(a, IOMMU_READ);
-      if (h < 0) return this.failed(a, IOMMU_READ, len - left, "r");
-      const frame = (h - po) / PAGE_SIZE;
+      const frame = this.xlate(page, po, IOMMU_READ);
+      if (frame < 0) return this.failed(a, IOMMU_READ, len - left, "r");
       const src = mem.frameForRead(frame as Pfn);
       if (n === PAGE_SIZE) dst.set(src, o);
       else if (n <= SMALL_COPY) for (let i = 0; i < n; i++) dst[o + i] = src[po + i]!;
@@ -118,11 +120,11 @@ export class DeviceDma {
     let o = off;
     let left = len;
     while (left > 0) {
-      const po = a - Math.floor(a / PAGE_SIZE) * PAGE_SIZE;
+      const page = Math.floor(a / PAGE_SIZE);
+      const po = a - page * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
-      const h = this.xlate(a, IOMMU_WRITE);
-      if (h < 0) return this.failed(a, IOMMU_WRITE, len - left, "w");
-      const frame = (h - po) / PAGE_SIZE;
+      const frame = this.xlate(page, po, IOMMU_WRITE);
+      if (frame < 0) return this.failed(a, IOMMU_WRITE, len - left, "w");
       const dst = mem.frameForWrite(frame as Pfn);
       if (n === PAGE_SIZE && o === 0 && src.length === PAGE_SIZE) dst.set(src);
       else if (n <= SMALL_COPY) for (let i = 0; i < n; i++) dst[po + i] = src[o + i]!;
@@ -145,25 +147,16 @@ export class DeviceDma {
     let d: number = dstIova;
     let left = len;
     while (left > 0) {
-      const so = s - Math.floor(s / PAGE_SIZE) * PAGE_SIZE;
-      const dof = d - Math.floor(d / PAGE_SIZE) * PAGE_SIZE;
+      const sp = Math.floor(s / PAGE_SIZE);
+      const dp = Math.floor(d / PAGE_SIZE);
+      const so = s - sp * PAGE_SIZE;
+      const dof = d - dp * PAGE_SIZE;
       let n = PAGE_SIZE - Math.max(so, dof);
       if (left < n) n = left;
-      // The common case inlined (a device the IOMMU knows); xlate handles the rest.
-      const dev = this.dev;
-      let hs: number;
-      let hd: number;
-      if (dev?.present) {
-        hs = this.iommu.translateDevice(dev, s as Iova, IOMMU_READ);
-        hd = hs < 0 ? -1 : this.iommu.translateDevice(dev, d as Iova, IOMMU_WRITE);
-      } else {
-        hs = this.xlate(s, IOMMU_READ);
-        hd = hs < 0 ? -1 : this.xlate(d, IOMMU_WRITE);
-      }
-      if (hs < 0) return this.failed(s, IOMMU_READ, len - left, "c");
-      if (hd < 0) return this.failed(d, IOMMU_WRITE, len - left, "c");
-      const sframe = (hs - so) / PAGE_SIZE;
-      const dframe = (hd - dof) / PAGE_SIZE;
+      const sframe = this.xlate(sp, so, IOMMU_READ);
+      if (sframe < 0) return this.failed(s, IOMMU_READ, len - left, "c");
+      const dframe = this.xlate(dp, dof, IOMMU_WRITE);
+      if (dframe < 0) return this.failed(d, IOMMU_WRITE, len - left, "c");
       const sf = mem.frameForRead(sframe as Pfn);
       const df = mem.frameForWrite(dframe as Pfn);
       if (sf === df) df.copyWithin(dof, so, so + n);
@@ -191,11 +184,11 @@ export class DeviceDma {
     let a: number = iova;
     let left = len;
     while (left > 0) {
-      const po = a - Math.floor(a / PAGE_SIZE) * PAGE_SIZE;
+      const page = Math.floor(a / PAGE_SIZE);
+      const po = a - page * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
-      const h = this.xlate(a, IOMMU_WRITE);
-      if (h < 0) return this.failed(a, IOMMU_WRITE, len - left, "w");
-      const frame = (h - po) / PAGE_SIZE;
+      const frame = this.xlate(page, po, IOMMU_WRITE);
+      if (frame < 0) return this.failed(a, IOMMU_WRITE, len - left, "w");
       mem.frameForWrite(frame as Pfn).fill(byte, po, po + n);
       if (obs !== undefined) obs(this.bdf, a as Iova, frame as Pfn, po, n, true);
       a += n;
@@ -207,18 +200,18 @@ export class DeviceDma {
 
   /** Little-endian u32 at iova, or -1 on a fault. */
   readU32(iova: Iova): number {
-    const po = iova - Math.floor(iova / PAGE_SIZE) * PAGE_SIZE;
+    const page = Math.floor(iova / PAGE_SIZE);
+    const po = iova - page * PAGE_SIZE;
     if (po > PAGE_SIZE - 4) {
       const b = this.scratch;
       if (this.read(iova, b, 0, 4) !== DMA_OK) return -1;
       return (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
     }
-    const h = this.xlate(iova, IOMMU_READ);
-    if (h < 0) {
+    const frame = this.xlate(page, po, IOMMU_READ);
+    if (frame < 0) {
       this.failed(iova, IOMMU_READ, 0, "r");
       return -1;
     }
-    const frame = (h - po) / PAGE_SIZE;
     const f = this.mem.frameForRead(frame as Pfn);
     if (this.observer !== undefined) this.observer(this.bdf, iova, frame as Pfn, po, 4, false);
     this.bytesRead += 4;
@@ -240,7 +233,8 @@ export class DeviceDma {
   }
 
   writeU32(iova: Iova, value: number): DmaResult {
-    const po = iova - Math.floor(iova / PAGE_SIZE) * PAGE_SIZE;
+    const page = Math.floor(iova / PAGE_SIZE);
+    const po = iova - page * PAGE_SIZE;
     if (po > PAGE_SIZE - 4) {
       const b = this.scratch;
       b[0] = value & 0xff;
@@ -249,9 +243,8 @@ export class DeviceDma {
       b[3] = (value >>> 24) & 0xff;
       return this.write(iova, b, 0, 4);
     }
-    const h = this.xlate(iova, IOMMU_WRITE);
-    if (h < 0) return this.failed(iova, IOMMU_WRITE, 0, "w");
-    const frame = (h - po) / PAGE_SIZE;
+    const frame = this.xlate(page, po, IOMMU_WRITE);
+    if (frame < 0) return this.failed(iova, IOMMU_WRITE, 0, "w");
     const f = this.mem.frameForWrite(frame as Pfn);
     f[po] = value & 0xff;
     f[po + 1] = (value >>> 8) & 0xff;
@@ -279,19 +272,23 @@ export class DeviceDma {
 
   // ---- internals -----------------------------------------------------------------------------------------------------
 
-  /** Translation of one access; tiny so that it and the IOMMU's hit path inline into the copy loops. */
-  private xlate(iova: number, access: DmaAccess): number {
+  /**
+   * The host frame behind IOVA page `page` (the access at byte `offset` in it), or -1 after a fault. Page and frame
+   * numbers, not byte addresses, cross the call: see `Iommu.translateFrame`.
+   */
+  private xlate(page: number, offset: number, access: DmaAccess): number {
     const dev = this.dev;
-    if (dev?.present) return this.iommu.translateDevice(dev, iova as Iova, access);
-    return this.xlateSlow(iova, access);
+    if (dev?.present) return this.iommu.translateFrame(dev, page, offset, access);
+    return this.xlateSlow(page, offset, access);
   }
 
   /** The device was not (or is no longer) known to the IOMMU: look it up again; unknown devices fault 'no-domain'. */
-  private xlateSlow(iova: number, access: DmaAccess): number {
+  private xlateSlow(page: number, offset: number, access: DmaAccess): number {
     const dev = this.iommu.hasDevice(this.bdf) ? this.iommu.device(this.bdf) : undefined;
     this.dev = dev;
-    if (dev === undefined) return this.iommu.translate(this.bdf, iova as Iova, access);
-    return this.iommu.translateDevice(dev, iova as Iova, access);
+    if (dev !== undefined) return this.iommu.translateFrame(dev, page, offset, access);
+    const h = this.iommu.translate(this.bdf, (page * PAGE_SIZE + offset) as Iova, access);
+    return h < 0 ? -1 : Math.floor(h / PAGE_SIZE);
   }
 
   /** Builds the fault result; `completed` bytes were read (op "r"), written ("w") or both ("c", a copy). */

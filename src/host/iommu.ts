@@ -119,6 +119,8 @@ export const FAULT_REASONS: readonly FaultReason[] = [
 /** The x86 MSI address window (include/asm/msidef.h: 0xfee00000, 1 MiB). */
 export const MSI_WINDOW_START = 0xfee00000;
 export const MSI_WINDOW_END = 0xfeefffff;
+const MSI_WINDOW_FIRST_PAGE = MSI_WINDOW_START / PAGE_SIZE;
+const MSI_WINDOW_LAST_PAGE = Math.floor(MSI_WINDOW_END / PAGE_SIZE);
 
 export type ReservedRegionType = "msi" | "direct" | "reserved";
 
@@ -224,6 +226,8 @@ export class IommuDomain {
   readonly kind: number;
   /** @internal Inclusive end of the aperture, as a plain number for the hot path. */
   readonly apertureEnd: number;
+  /** @internal The aperture's last page number. */
+  readonly aperturePageEnd: number;
   /** @internal Groups currently attached. */
   readonly attached = new Set<IommuGroup>();
   /** @internal ATS-enabled devices of the attached groups (the targets of device-IOTLB invalidations). */
@@ -241,6 +245,7 @@ export class IommuDomain {
     this.type = type;
     this.kind = type === "identity" ? KIND_IDENTITY : type === "blocked" ? KIND_BLOCKED : KIND_PAGING;
     this.apertureEnd = 2 ** addressWidth - 1;
+    this.aperturePageEnd = Math.floor(this.apertureEnd / PAGE_SIZE);
     this.aperture = { start: 0 as Iova, end: this.apertureEnd as Iova };
     this.pgtable = this.kind === KIND_PAGING ? new IoPageTable({ addressWidth }) : undefined;
   }
@@ -689,36 +694,50 @@ export class Iommu {
   }
 
   /**
-   * `translate` for a device record already looked up (what DeviceDma uses: no Map lookup per access).
-   * Kept small so that callers' JITs inline it: the ATC and IOTLB hit paths are here, everything else is out of line.
+   * `translate` for a device record already looked up (no Map lookup per access).
    */
   translateDevice(dev: IommuDevice, iova: Iova, access: DmaAccess): Hpa | -1 {
+    const page = Math.floor(iova / PAGE_SIZE);
+    const offset = iova - page * PAGE_SIZE;
+    const f = this.translateFrame(dev, page, offset, access);
+    return f < 0 ? -1 : ((f * PAGE_SIZE + offset) as Hpa);
+  }
+
+  /**
+   * The translation DeviceDma uses: the host frame backing IOVA page `page` for `access`, or -1 after a fault
+   * (recorded for the IOVA `page * 4096 + offset`). Page and frame numbers rather than byte addresses: below 8 TiB
+   * they are small integers, so a caller the JIT does not inline this into passes and gets back no boxed doubles
+   * (byte addresses above 2 GiB would cost a heap allocation per call each way). Kept small: the ATC and IOTLB hit
+   * paths are here, everything else is out of line.
+   */
+  translateFrame(dev: IommuDevice, page: number, offset: number, access: DmaAccess): number {
     this.nTranslations++;
     const dom = dev.group.domain;
     if (
       dom.kind !== KIND_PAGING ||
       !this.enabled ||
-      !(iova >= 0 && iova <= dom.apertureEnd) ||
-      (iova >= MSI_WINDOW_START && iova <= MSI_WINDOW_END)
+      !(page >= 0 && page <= dom.aperturePageEnd) ||
+      (page >= MSI_WINDOW_FIRST_PAGE && page <= MSI_WINDOW_LAST_PAGE)
     ) {
-      return this.translateSpecial(dev, dom, iova, access);
+      return this.frameOf(this.translateSpecial(dev, dom, (page * PAGE_SIZE + offset) as Iova, access));
     }
-    const page = Math.floor(iova / PAGE_SIZE);
     const atc = dev.atc;
     if (atc !== undefined) {
       const s = atc.lookup(page);
       if (s >= 0 && (atc.prot(s) & access) !== 0) {
         this.nAtsHits++;
-        return (atc.frame(s) * PAGE_SIZE + (iova - page * PAGE_SIZE)) as Hpa;
+        return atc.frame(s);
       }
-      return this.translateMiss(dev, dom, iova, page, access);
+      return this.frameOf(this.translateMiss(dev, dom, (page * PAGE_SIZE + offset) as Iova, page, access));
     }
     const iotlb = this.iotlb;
     const slot = iotlb.lookup(dom.id, page);
-    if (slot >= 0 && (iotlb.prot(slot) & access) !== 0) {
-      return (iotlb.frame(slot) * PAGE_SIZE + (iova - page * PAGE_SIZE)) as Hpa;
-    }
-    return this.translateMiss(dev, dom, iova, page, access, slot);
+    if (slot >= 0 && (iotlb.prot(slot) & access) !== 0) return iotlb.frame(slot);
+    return this.frameOf(this.translateMiss(dev, dom, (page * PAGE_SIZE + offset) as Iova, page, access, slot));
+  }
+
+  private frameOf(h: Hpa | -1): number {
+    return h < 0 ? -1 : Math.floor(h / PAGE_SIZE);
   }
 
   // ---- faults and stats ------------------------------------------------------------------------------------------
