@@ -101,6 +101,55 @@ describe("PhysicalMemory", () => {
     assert.throws(() => mem.registerExternal(new Uint8Array(100), "bad"), /multiple of 4096/);
     assert.throws(() => mem.releaseExternal(base), /no external buffer/);
   });
+  it("reuses the frame numbers of a released external region only after its last pin, and shrinks back", () => {
+    const { mem } = mk();
+    const a = mem.registerExternal(new Uint8Array(3 * 4096), "a");
+    const b = mem.registerExternal(new Uint8Array(2 * 4096), "b");
+    mem.pin((a + 2) as Pfn);
+    mem.releaseExternal(a);
+    const c = mem.registerExternal(new Uint8Array(2 * 4096), "c");
+    assert.notEqual(c, a, "a pinned frame keeps its region's numbers out of the pool");
+    mem.unpin((a + 2) as Pfn);
+    const cBuf = new Uint8Array(2 * 4096).fill(5);
+    const d = mem.registerExternal(cBuf, "d");
+    assert.equal(d, a, "first fit: the released range is reused");
+    assert.equal(mem.frameForRead(d)[0], 5, "the reused numbers reach the new buffer");
+    assert.deepEqual(mem.externalSpan(), { top: 7, free: 1 });
+    for (const r of [b, c, d]) mem.releaseExternal(r);
+    assert.deepEqual(mem.externalSpan(), { top: 0, free: 0 }, "all numbers back to the fresh pool");
+    assert.equal(mem.frameForRead(a)[0], 0, "nothing reachable through released numbers");
+  });
+  it("external regions: any register/release sequence keeps live regions disjoint and ends with nothing held", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ pages: fc.integer({ min: 1, max: 9000 }), release: fc.nat(7) }), { maxLength: 40 }),
+        (ops) => {
+          const { mem } = mk();
+          const live: { base: number; pages: number; buf: Uint8Array }[] = [];
+          for (const op of ops) {
+            if (op.release < 3 && live.length > 0) {
+              const [r] = live.splice(op.release % live.length, 1);
+              mem.releaseExternal(r!.base as Pfn);
+              continue;
+            }
+            const buf = new Uint8Array(op.pages * 4096);
+            buf[0] = live.length + 1;
+            const base = mem.registerExternal(buf, "r");
+            for (const o of live) {
+              assert.ok(base + op.pages <= o.base || o.base + o.pages <= base, "live regions never overlap");
+            }
+            live.push({ base, pages: op.pages, buf });
+          }
+          for (const o of live)
+            assert.equal(mem.frameForRead(o.base as Pfn)[0], o.buf[0], "each region sees its bytes");
+          for (const o of live) mem.releaseExternal(o.base as Pfn);
+          assert.deepEqual(mem.externalSpan(), { top: 0, free: 0 });
+          assert.equal(mem.externalRegions().length, 0);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
   it("balances: any sequence of alloc/get/put/pin/unpin returns to empty", () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 4 }), fc.nat()), { maxLength: 200 }), (ops) => {

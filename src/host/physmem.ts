@@ -4,7 +4,9 @@
  * A host may declare terabytes and pays only for what is touched: frame metadata lives in 16 MiB chunks created on
  * first use, and a frame's 4 KiB of data is created on its first write (reads of untouched frames see zeros).
  * Frames can also be backed by external buffers (guest RAM a real VMM shares with us over vfio-user, mmap'd from a
- * memfd): those get frame numbers above RAM and their data is a view into the caller's buffer.
+ * memfd): those get frame numbers above RAM and their data is a view into the caller's buffer. A region's numbers
+ * return to a first-fit pool once every frame of it dropped its last reference (released and unpinned), and chunks
+ * left with no live frame are dropped, so a daemon serving client after client does not grow.
  *
  * Each frame has a reference count (page tables, kernel allocations and pins each hold references) and a pin count
  * (pin_user_pages). A frame is freed when its reference count drops to 0; pinning takes a reference, so a pinned frame
@@ -88,6 +90,8 @@ export class PhysicalMemory {
   private touched = 0;
   private pinned = 0;
   private externalTop: number;
+  /** Frame ranges of fully released external regions, sorted by base, merged, below `externalTop`: reused first. */
+  private readonly externalFree: { base: number; pages: number }[] = [];
   private readonly externals = new Map<number, ExternalRegion>();
   private readonly tracer: Tracer;
 
@@ -224,8 +228,7 @@ export class PhysicalMemory {
       );
     }
     const pages = buf.byteLength / PAGE_SIZE;
-    const base = this.externalTop;
-    this.externalTop += pages;
+    const base = this.takeExternalRange(pages);
     for (let k = 0; k < pages; k++) {
       const f = base + k;
       const c = this.chunk(f);
@@ -361,6 +364,59 @@ export class PhysicalMemory {
     return c;
   }
 
+  /**
+   * Frame numbers for a new external region: the first released range that fits (first fit), else fresh ones at the
+   * top. Numbers are reused only once every frame of the old region dropped its last reference (no pin, no mapping
+   * holds one), so nothing can still reach the old buffer through them.
+   */
+  private takeExternalRange(pages: number): number {
+    const free = this.externalFree;
+    for (let k = 0; k < free.length; k++) {
+      const r = free[k]!;
+      if (r.pages < pages) continue;
+      const base = r.base;
+      if (r.pages === pages) free.splice(k, 1);
+      else free[k] = { base: base + pages, pages: r.pages - pages };
+      return base;
+    }
+    const base = this.externalTop;
+    this.externalTop += pages;
+    return base;
+  }
+
+  /** A released region's frame numbers go back to the pool; chunks left with no live frame are dropped. */
+  private giveExternalRange(base: number, pages: number): void {
+    const free = this.externalFree;
+    let k = 0;
+    while (k < free.length && free[k]!.base < base) k++;
+    free.splice(k, 0, { base, pages });
+    // Merge with the following, then the preceding range.
+    if (k + 1 < free.length && free[k]!.base + free[k]!.pages === free[k + 1]!.base) {
+      free[k] = { base: free[k]!.base, pages: free[k]!.pages + free[k + 1]!.pages };
+      free.splice(k + 1, 1);
+    }
+    if (k > 0 && free[k - 1]!.base + free[k - 1]!.pages === free[k]!.base) {
+      free[k - 1] = { base: free[k - 1]!.base, pages: free[k - 1]!.pages + free[k]!.pages };
+      free.splice(k, 1);
+      k--;
+    }
+    // The top range gives its numbers back to the fresh pool.
+    const last = free[free.length - 1];
+    if (last !== undefined && last.base + last.pages === this.externalTop) {
+      this.externalTop = last.base;
+      free.pop();
+    }
+    for (let ci = Math.floor(base / CHUNK_FRAMES); ci <= Math.floor((base + pages - 1) / CHUNK_FRAMES); ci++) {
+      const c = this.chunks[ci];
+      if (c !== undefined && c.ref.every((x) => x === 0)) this.chunks[ci] = undefined;
+    }
+  }
+
+  /** Frame numbers handed out to external regions and not yet back in the pool (tests: reuse and no growth). */
+  externalSpan(): { top: number; free: number } {
+    return { top: this.externalTop - this.externalBase, free: this.externalFree.reduce((n, r) => n + r.pages, 0) };
+  }
+
   private chunkOf(f: Pfn, op: string): Chunk {
     const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
     if (c === undefined || c.ref[f % CHUNK_FRAMES] === 0) {
@@ -378,6 +434,7 @@ export class PhysicalMemory {
           r.live--;
           if (r.live === 0) {
             this.externals.delete(r.base);
+            this.giveExternalRange(r.base, r.pages);
             if (this.tracer.enabled) {
               this.tracer.emit("mem.external.release", { pfn: r.base, pages: r.pages, label: r.label });
             }

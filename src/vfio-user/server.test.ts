@@ -271,6 +271,7 @@ describe("vfio-user server (in process)", () => {
     assert.ok(!isError(ok));
     assert.equal(ok.payload.length, 24, "the request echoed");
     assert.equal(t.system.host.physmem.externalRegions().length, 0);
+    assert.deepEqual(t.system.host.physmem.externalSpan(), { top: 0, free: 0 }, "frame numbers back in the pool");
     assert.ok(!isError(await map(0x100000, ram.size, ram.fd)));
     assert.ok(!isError(await unmap(0, 0, 2)));
     assert.equal(t.dma.state().windows, 0);
