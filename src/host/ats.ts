@@ -13,7 +13,7 @@
  *
  * The cache is an `Iotlb` with one key space (the device only ever sees its own domain's IOVAs), so it shares that
  * module's replacement policies and its no-allocation lookup. The translation logic itself lives in `Iommu`
- * (`translateDevice`), which consults this cache first for ATS-enabled devices.
+ * (`translateFrame`, and `translateDevice` on top of it), which consults this cache first for ATS-enabled devices.
  *
  * Not modelled: PRI (page requests), PASID-tagged requests, invalidation queue latency, untrusted devices abusing
  * pre-translated requests (VT-d lets any ATS-enabled device send them; the model only ever sends what the ATC holds).

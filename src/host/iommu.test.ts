@@ -4,6 +4,7 @@ import fc from "fast-check";
 import {
   Errno,
   hpa,
+  type Iova,
   iova,
   KernelError,
   Rng,
@@ -335,6 +336,63 @@ describe("Iommu: translation and faults", () => {
 
 describe("Iommu: properties", () => {
   const sizeArb = fc.constantFrom(SZ_4K, SZ_2M, SZ_1G);
+
+  it("translateFrame(page, offset): the page table's frame or the documented fault, with the full IOVA recorded", () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            // Mapped pages (the second half read-only), unmapped ones, the MSI window and its edges, past the 48-bit
+            // aperture, negative.
+            page: fc.oneof(
+              fc.integer({ min: 0x100, max: 0x10f }),
+              fc.integer({ min: 0, max: 2 ** 36 + 5 }),
+              fc.integer({ min: MSI_WINDOW_START / SZ_4K, max: Math.floor(MSI_WINDOW_END / SZ_4K) }),
+              // Edges: around the MSI window and the end of the aperture.
+              fc.constantFrom(0xfedff, 0xfee00, 0xfeeff, 0xfef00, 2 ** 36 - 1, 2 ** 36),
+              fc.integer({ min: -3, max: -1 }),
+            ),
+            offset: fc.integer({ min: 0, max: SZ_4K - 1 }),
+            write: fc.boolean(),
+          }),
+          { maxLength: 60 },
+        ),
+        fc.boolean(),
+        (accesses, ats) => {
+          const { iommu } = mk();
+          iommu.addDevice(GPU, { ats });
+          const d = iommu.domainOf(GPU);
+          d.map(iova(0x100 * SZ_4K), hpa(0x5000 * SZ_4K), 8 * SZ_4K, RW);
+          d.map(iova(0x108 * SZ_4K), hpa(0x7000 * SZ_4K), 8 * SZ_4K, IOMMU_READ);
+          const dev = iommu.device(GPU);
+          for (const x of accesses) {
+            const access = x.write ? IOMMU_WRITE : IOMMU_READ;
+            const addr = x.page * SZ_4K + x.offset;
+            const before = iommu.stats().faults;
+            const f = iommu.translateFrame(dev, x.page, x.offset, access);
+            let reason: string | undefined;
+            let frame = -1;
+            if (addr < 0 || addr > 2 ** 48 - 1) reason = "outside-aperture";
+            else if (addr >= MSI_WINDOW_START && addr <= MSI_WINDOW_END) reason = "msi-window";
+            else {
+              const pa = d.iovaToPhys(addr as Iova);
+              if (pa < 0) reason = "not-present";
+              else if (x.write && x.page >= 0x108) reason = "write-denied";
+              else frame = Math.floor(pa / SZ_4K);
+            }
+            assert.equal(f, frame, `page 0x${x.page.toString(16)}`);
+            if (reason === undefined) assert.equal(iommu.stats().faults, before, "no fault");
+            else {
+              const rec = iommu.lastFault()!;
+              assert.equal(rec.reason, reason);
+              assert.equal(rec.iova, addr, "the fault records the full IOVA, offset included");
+            }
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
 
   it("translate(map(x)) = x for random mappings of all page sizes, and unmapped addresses fault", () => {
     fc.assert(
