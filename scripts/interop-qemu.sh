@@ -208,6 +208,38 @@ if (s.servers.dma.problems.length !== 0) bad.push(`problems ${s.servers.dma.prob
 if (bad.length) { console.log("leaks: " + bad.join(", ")); process.exit(1); }
 console.log(`ok: nothing left in the host model (${s.dma.unmaps} dma_unmap notification(s) unpinned the device)`);
 ' "$STATE" || fail "the server kept state after QEMU left"
+# ---- mmap: the same device with BAR2's second page mmap-able, exported as a memfd ----
+echo "== mmap-able BAR over vfio-user (memfd export) =="
+start_qemu "$WORK/dma-mmap.sock"
+find_device 0x0d3a1b36 "DMA test device with an mmap-able BAR2"
+BAR2=0xfd000000
+cfg 0x18; qt "outl 0xcfc $BAR2"
+cfg 0x04; qt "outw 0xcfc 0x0006"
+# QEMU mapped the page: this store goes to the memfd the device's frames live in, with no message.
+wl "$BAR2 + 0x1000" 0xcafef00d
+rl "$BAR2 + 0x1000"; expect "BAR2 mmap page read back" "$REPLY_VALUE" 0xcafef00d
+wl "$BAR2 + 0x0" 0x5a5a5a5a
+rl "$BAR2 + 0x0"; expect "BAR2 first page, trapped (REGION_WRITE/READ)" "$REPLY_VALUE" 0x5a5a5a5a
+echo state >&"$CTL"
+for _ in $(seq 1 50); do [ "$(grep -c . "$WORK/child.out")" -ge 3 ] && break; sleep 0.1; done
+MAPPED=$(sed -n 3p "$WORK/child.out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).dma.bar2Mapped))')
+expect "the device sees QEMU's store through the mapping" "$MAPPED" 0xcafef00d
+TRAPPED=$(sed -n 3p "$WORK/child.out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).dma.bar2Trapped))')
+expect "BAR2 messages: only the first page's write and read (the mmap page sent none)" "$TRAPPED" 2
+stop_qemu
+sleep 0.5
+echo state >&"$CTL"
+for _ in $(seq 1 50); do [ "$(grep -c . "$WORK/child.out")" -ge 4 ] && break; sleep 0.1; done
+node -e '
+const s = JSON.parse(process.argv[1]);
+const bad = [];
+if (s.externalRegions !== 0) bad.push(`external regions ${s.externalRegions}`);
+if (s.openDevices.length !== 0) bad.push(`open devices ${s.openDevices}`);
+if (s.servers.dmaMmap.problems.length !== 0) bad.push(`problems ${s.servers.dmaMmap.problems}`);
+if (s.dma.bar2Mapped !== 0xcafef00d) bad.push("BAR2 lost its bytes when the export was undone");
+if (bad.length) { console.log("leaks: " + bad.join(", ")); process.exit(1); }
+console.log("ok: export undone after QEMU left (BAR2 kept its bytes, nothing left in the host model)");
+' "$(sed -n 4p "$WORK/child.out")" || fail "the server kept state after QEMU left the mmap device"
 echo exit >&"$CTL"
 exec {CTL}>&-
 wait "$SERVE_PID" 2>/dev/null
@@ -244,4 +276,5 @@ else
   VGPU=passed
 fi
 echo "PASS: QEMU $("$QEMU" --version | head -1 | awk '{print $4}') attached the devices over vfio-user: UART, INTx," \
-  "DMA into guest RAM (memfd, pinned frames) and DMA_READ of its ROM; vGPU MMIO: $VGPU"
+  "DMA into guest RAM (memfd, pinned frames) and DMA_READ of its ROM; an mmap-able BAR exported as a memfd;" \
+  "vGPU MMIO: $VGPU"

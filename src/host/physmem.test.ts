@@ -150,6 +150,27 @@ describe("PhysicalMemory", () => {
       { numRuns: 60 },
     );
   });
+  it("shares frames with an outside buffer (a memfd export) and takes them back with their bytes", () => {
+    const { mem } = mk();
+    const f = mem.allocContiguous(2);
+    mem.frameForWrite(f)[5] = 42;
+    const backing = new Uint8Array(2 * 4096).fill(0xee);
+    mem.shareFrames(f, 2, backing);
+    assert.equal(backing[5], 42, "the frame's bytes moved into the buffer");
+    assert.equal(backing[4096], 0, "an untouched frame is zeros there");
+    backing[4096 + 1] = 7;
+    assert.equal(mem.frameForRead((f + 1) as Pfn)[1], 7, "stores into the buffer are the frame's");
+    mem.frameForWrite(f)[6] = 9;
+    assert.equal(backing[6], 9, "and the frame's stores are the buffer's");
+    mem.unshareFrames(f, 2);
+    backing[5] = 0;
+    assert.equal(mem.frameForRead(f)[5], 42, "after unsharing the frame keeps its bytes, detached");
+    assert.equal(mem.frameForRead((f + 1) as Pfn)[1], 7);
+    assert.throws(() => mem.shareFrames(f, 2, new Uint8Array(4096)), /needs 8192 bytes/);
+    const ext = mem.registerExternal(new Uint8Array(4096), "x");
+    assert.throws(() => mem.shareFrames(ext, 1, new Uint8Array(4096)), /external/);
+    assert.throws(() => mem.shareFrames((f + 5) as Pfn, 1, new Uint8Array(4096)), /not allocated/);
+  });
   it("balances: any sequence of alloc/get/put/pin/unpin returns to empty", () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 4 }), fc.nat()), { maxLength: 200 }), (ops) => {

@@ -242,6 +242,46 @@ export class PhysicalMemory {
     return base as Pfn;
   }
 
+  /**
+   * Moves the data of `count` allocated RAM frames from `first` into `backing` (4 KiB per frame, in order): the bytes
+   * are copied there and the frames then read and write `backing` itself, so whoever else maps it (a vfio-user client
+   * that mmap'd the memfd behind it) shares the frames with the device. `unshareFrames` moves the data back; call it
+   * before `backing` goes away.
+   */
+  shareFrames(first: Pfn, count: number, backing: Uint8Array): void {
+    if (backing.byteLength < count * PAGE_SIZE) {
+      throw new KernelError(Errno.EINVAL, `sharing ${count} frame(s) needs ${count * PAGE_SIZE} bytes of backing`);
+    }
+    for (let k = 0; k < count; k++) {
+      const f = (first + k) as Pfn;
+      if (f >= this.externalBase) throw new KernelError(Errno.EINVAL, `pfn ${hex(f)} is external: not shareable`);
+      this.chunkOf(f, "shareFrames");
+    }
+    for (let k = 0; k < count; k++) {
+      const f = first + k;
+      const c = this.chunk(f);
+      const i = f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES;
+      const view = backing.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE);
+      const old = c.data[i];
+      if (old === undefined) {
+        view.fill(0);
+        this.touched++;
+      } else view.set(old);
+      c.data[i] = view;
+    }
+  }
+
+  /** Gives frames shared with `shareFrames` their own memory again, with the bytes they hold now. */
+  unshareFrames(first: Pfn, count: number): void {
+    for (let k = 0; k < count; k++) {
+      const f = first + k;
+      const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
+      const i = f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES;
+      const d = c?.data[i];
+      if (c !== undefined && d !== undefined) c.data[i] = d.slice();
+    }
+  }
+
   /** Drops the registration's references. Frames still pinned stay readable until their last pin goes. */
   releaseExternal(base: Pfn): void {
     const r = this.externals.get(base);

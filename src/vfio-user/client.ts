@@ -48,7 +48,9 @@ import {
   VFIO_IRQ_SET_DATA_BOOL,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_FLAG_CAPS,
+  VFIO_REGION_INFO_FLAG_MMAP,
   type VfioCapability,
   type VfioDeviceInfo,
   type VfioDeviceOps,
@@ -680,11 +682,16 @@ export class RemoteVfioDevice implements VfioDeviceOps {
 
   regionInfo(index: number): VfioRegionInfo {
     const r = this.client.regionInfo(index);
+    // The model VMM cannot map a real fd into its model address space: the region is trapped (REGION_READ/WRITE),
+    // so MMAP and its areas are withdrawn, as a kernel driver does for a BAR it cannot map.
     if (r.fd !== undefined) closeFd(r.fd);
-    const caps: VfioCapability[] = r.caps.map((c) => ({ id: c.id, version: c.version, body: c.bytes.slice(8) }));
+    const flags = r.flags & ~VFIO_REGION_INFO_FLAG_MMAP;
+    const caps: VfioCapability[] = r.caps
+      .filter((c) => c.id !== VFIO_REGION_INFO_CAP_SPARSE_MMAP)
+      .map((c) => ({ id: c.id, version: c.version, body: c.bytes.slice(8) }));
     return caps.length > 0
-      ? { index, flags: r.flags & ~VFIO_REGION_INFO_FLAG_CAPS, size: r.size, caps }
-      : { index, flags: r.flags, size: r.size };
+      ? { index, flags: flags & ~VFIO_REGION_INFO_FLAG_CAPS, size: r.size, caps }
+      : { index, flags: flags & ~VFIO_REGION_INFO_FLAG_CAPS, size: r.size };
   }
 
   irqInfo(index: number): VfioIrqInfo {

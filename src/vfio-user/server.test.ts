@@ -8,17 +8,19 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Errno, isKernelError, readU32LE, writeU32LE } from "../core/index.ts";
 import {
+  decodeSparseMmapCap,
   parseCapChain,
   uapi,
   VFIO_IRQ_SET_ACTION_TRIGGER,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_CAP_TYPE,
   VFIO_REGION_INFO_FLAG_CAPS,
   VFIO_REGION_INFO_FLAG_MMAP,
 } from "../vfio/index.ts";
 import { GuestMemory } from "./client.ts";
-import { closeFd, eventfdCreate, eventfdRead } from "./native.ts";
+import { closeFd, eventfdCreate, eventfdRead, MAP_SHARED, mmapFd, PROT_READ, PROT_WRITE } from "./native.ts";
 import {
   VFIO_USER_DEVICE_FEATURE,
   VFIO_USER_DEVICE_GET_INFO,
@@ -156,34 +158,74 @@ describe("vfio-user server (in process)", () => {
     t.close();
   });
 
-  it("withdraws MMAP and its sparse areas from region info, keeps the other caps, sets argsz to the full size", async () => {
+  it("exports an mmap-able region as a memfd: MMAP and its areas kept, the mapping shares the device's memory", async () => {
     const t = setup();
     const c = await connected(t.dmaSock);
     const ask = async (argsz: number) => {
       const q = new Uint8Array(argsz);
       writeU32LE(q, 0, argsz);
       writeU32LE(q, 8, 2);
-      return (await c.request(VFIO_USER_DEVICE_GET_REGION_INFO, q)).payload;
+      return c.request(VFIO_USER_DEVICE_GET_REGION_INFO, q);
     };
     const short = await ask(32);
-    assert.equal(short.length, 32);
-    const needed = readU32LE(short, 0);
+    for (const fd of short.fds) closeFd(fd);
+    assert.equal(short.payload.length, 32);
+    const needed = readU32LE(short.payload, 0);
     assert.ok(needed > 32);
-    assert.equal(readU32LE(short, 12), 0, "no chain when it does not fit");
-    assert.equal(readU32LE(short, 4) & VFIO_REGION_INFO_FLAG_CAPS, 0, "nor the CAPS flag (QEMU rejects it)");
-    const full = await ask(needed);
+    assert.equal(readU32LE(short.payload, 12), 0, "no chain when it does not fit");
+    assert.equal(readU32LE(short.payload, 4) & VFIO_REGION_INFO_FLAG_CAPS, 0, "nor the CAPS flag (QEMU rejects it)");
+    const reply = await ask(needed);
+    const full = reply.payload;
     const flags = readU32LE(full, 4);
-    assert.equal(flags & VFIO_REGION_INFO_FLAG_MMAP, 0);
+    assert.equal(flags & VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_MMAP, "MMAP kept");
     assert.equal(flags & VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_CAPS);
     assert.equal(readU32LE(full, 0), full.length);
-    assert.equal(readU32LE(full, 24), 0, "offset 0");
+    assert.equal(readU32LE(full, 24), 0, "offset 0 into the fd");
+    const chain = parseCapChain(full, readU32LE(full, 12));
     assert.deepEqual(
-      parseCapChain(full, readU32LE(full, 12)).map((x) => x.id),
-      [VFIO_REGION_INFO_CAP_TYPE],
+      chain.map((x) => x.id),
+      [VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_CAP_TYPE],
     );
-    const plain = await ask(64);
-    assert.equal(readU32LE(plain, 0), plain.length);
+    assert.deepEqual(
+      decodeSparseMmapCap(chain[0]!.bytes).areas.map((a) => [Number(a.offset), Number(a.size)]),
+      [[0x1000, 0x1000]],
+    );
+    assert.equal(reply.fds.length, 1, "the region's fd comes with the reply");
+    const fd = reply.fds[0]!;
+    const m = mmapFd(fd, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
+    assert.ok(typeof m !== "number");
+    // Client store through the mapping -> the device's frames (REGION_READ goes through the model).
+    m.bytes.set([1, 2, 3, 4], 0x1000);
+    assert.deepEqual(
+      [...(await c.request(VFIO_USER_REGION_READ, access(0x1000, 2, 4))).payload.subarray(16)],
+      [1, 2, 3, 4],
+    );
+    // Device-side store -> the client's mapping.
+    assert.ok(!isError(await c.request(VFIO_USER_REGION_WRITE, access(0x1ffc, 2, 4, [9, 8, 7, 6]))));
+    assert.deepEqual([...m.bytes.subarray(0x1ffc, 0x2000)], [9, 8, 7, 6]);
+    // The first page is not an mmap area: not shared.
+    assert.ok(!isError(await c.request(VFIO_USER_REGION_WRITE, access(0, 2, 1, [0x55]))));
+    assert.equal(m.bytes[0], 0);
+    // A second REGION_INFO hands out the same memory (another fd for it), exported once.
+    const again = await ask(needed);
+    assert.equal(again.fds.length, 1);
+    const m2 = mmapFd(again.fds[0]!, 8192, PROT_READ, MAP_SHARED, 0);
+    assert.ok(typeof m2 !== "number");
+    assert.equal(m2.bytes[0x1001], 2);
+    m2.unmap();
+    closeFd(again.fds[0]!);
     c.close();
+    await t.dma.idle();
+    // The device's frames have their own memory again, with the bytes they held; our mapping no longer reaches them.
+    m.bytes[0x1000] = 0x77;
+    const d = await connected(t.dmaSock);
+    assert.deepEqual(
+      [...(await d.request(VFIO_USER_REGION_READ, access(0x1000, 2, 4))).payload.subarray(16)],
+      [1, 2, 3, 4],
+    );
+    d.close();
+    m.unmap();
+    closeFd(fd);
     t.close();
   });
 

@@ -14,8 +14,13 @@
  *   superseded by a later SET_IRQS (or disabled with count 0) are closed, real fd included.
  * - REGION_INFO: the offset field is 0 (vfio-user regions carry their index, not an fd offset), argsz is the size
  *   of the full reply, CAPS is set only when the chain fits (libvfio-user's rule, which QEMU relies on; the kernel
- *   sets it either way), and MMAP (with SPARSE_MMAP caps) is withdrawn: exporting a BAR as an fd needs the device's
- *   frames in a memfd, which model frames are not; the client then traps every access (REGION_READ/WRITE).
+ *   sets it either way). An mmap-able region (MMAP, with or without SPARSE_MMAP areas) is exported with an fd, as
+ *   libvfio-user does: on the first REGION_INFO for it the session creates a memfd of the region's size, maps it,
+ *   mmaps the device fd over each mmap-able area in the model (the device's regionMmap gives its frames) and moves
+ *   those frames' bytes into the memfd (`PhysicalMemory.shareFrames`), so the client's mapping and the device share
+ *   the memory; the reply carries the fd (offset 0) and keeps MMAP and the areas. If any step fails, MMAP and its
+ *   areas are withdrawn instead and the client traps every access (REGION_READ/WRITE). On release the frames get
+ *   their own memory back (with the bytes they hold) before the device is closed, then the memfd goes.
  * - DMA windows (dma.ts), and DMA_READ/DMA_WRITE to the client for windows without an fd: the device's vfio_dma_rw
  *   is wrapped so an access inside such a window becomes a synchronous round trip (others wait, deferred).
  *
@@ -26,6 +31,7 @@
  * (so the device is in its post-reset state for the next client), every DMA window unmapped through type1 while the
  * device is open (it gets dma_unmap and unpins), the device fd closed (close_device), eventfds closed, group and
  * container closed, the Process exits (address space torn down), then external frames and real mappings released.
+ * Region exports are undone right after the reset, while the device is still open.
  */
 import {
   defineTraceEvents,
@@ -33,6 +39,8 @@ import {
   type Iova,
   isKernelError,
   KernelError,
+  PAGE_SIZE,
+  type Pfn,
   readU32LE,
   readU64Number,
   writeU32LE,
@@ -40,6 +48,7 @@ import {
 } from "../core/index.ts";
 import type { EventFd, Host, Process } from "../host/index.ts";
 import {
+  decodeSparseMmapCap,
   infoCap,
   parseCapChain,
   regionInfoReply,
@@ -69,7 +78,16 @@ import {
 import { decodeVersion, type NegotiatedCaps, negotiate } from "./caps.ts";
 import { type Channel, type Frame, isReply } from "./connection.ts";
 import { DmaTable } from "./dma.ts";
-import { closeFd, eventfdWrite } from "./native.ts";
+import {
+  closeFd,
+  eventfdWrite,
+  MAP_SHARED,
+  type Mapping,
+  memfdCreate,
+  mmapFd,
+  PROT_READ,
+  PROT_WRITE,
+} from "./native.ts";
 import {
   commandInfo,
   commandName,
@@ -173,9 +191,18 @@ interface DeviceHandles {
   readonly dma: DmaTable;
 }
 
+/** An mmap-able region exported as a memfd: the frames it shares with the device. */
+interface RegionExport {
+  readonly fd: number;
+  readonly mapping: Mapping;
+  readonly areas: { readonly pfn: Pfn; readonly pages: number }[];
+}
+
 export class Session {
   readonly cfg: SessionConfig;
   readonly channel: Channel;
+  /** Exported regions by index (undefined: tried and withdrawn). */
+  private readonly exports = new Map<number, RegionExport | undefined>();
   private caps: NegotiatedCaps | undefined;
   private dev: DeviceHandles | undefined;
   private readonly irqs = new Map<string, IrqEntry>();
@@ -587,20 +614,96 @@ export class Session {
     }
     const r = uapi.VfioRegionInfo.decode(full);
     let flags = r.flags & ~VFIO_REGION_INFO_FLAG_CAPS;
-    let caps: Uint8Array[] = [];
-    if ((r.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 && r.cap_offset !== 0) {
-      caps = parseCapChain(full, r.cap_offset)
-        .filter((c) => c.id !== VFIO_REGION_INFO_CAP_SPARSE_MMAP)
-        .map((c) => infoCap(c.id, c.version, c.bytes.subarray(8)));
-    }
-    flags &= ~VFIO_REGION_INFO_FLAG_MMAP;
+    const chain =
+      (r.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 && r.cap_offset !== 0 ? parseCapChain(full, r.cap_offset) : [];
+    const exported =
+      (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0 ? this.exportRegion(dev, index, Number(r.size), chain) : undefined;
+    const caps = chain
+      .filter((c) => exported !== undefined || c.id !== VFIO_REGION_INFO_CAP_SPARSE_MMAP)
+      .map((c) => infoCap(c.id, c.version, c.bytes.subarray(8)));
+    if (exported === undefined) flags &= ~VFIO_REGION_INFO_FLAG_MMAP;
     const out = regionInfoReply({ flags, index, size: r.size, offset: 0 }, caps, argsz);
     // argsz in the reply is the size of the full reply (vfio-user.rst, "Message sizes"); when the chain did not fit,
     // regionInfoReply has already raised it to that and left the chain out. Unlike the kernel, CAPS is then cleared,
     // as libvfio-user answers: QEMU's vfio-user client rejects CAPS with cap_offset 0 (EINVAL) instead of retrying.
     if (readU32LE(out, 0) <= argsz) writeU32LE(out, 0, out.length);
     else writeU32LE(out, 4, readU32LE(out, 4) & ~VFIO_REGION_INFO_FLAG_CAPS);
-    this.replyBytes(f, out);
+    if (exported === undefined || (f.flags & VFIO_USER_F_NO_REPLY) !== 0) this.replyBytes(f, out);
+    else this.channel.send(f.id, f.cmd, VFIO_USER_F_TYPE_REPLY, 0, out, [exported.fd]);
+  }
+
+  /**
+   * The memfd export of mmap-able region `index` (made on first use), or undefined when it cannot be exported: the
+   * caller then withdraws MMAP. The areas are the SPARSE_MMAP ones, or the whole region.
+   */
+  private exportRegion(
+    dev: DeviceHandles,
+    index: number,
+    size: number,
+    chain: readonly { id: number; bytes: Uint8Array }[],
+  ): RegionExport | undefined {
+    if (this.exports.has(index)) return this.exports.get(index);
+    const bytes = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
+    const sparse = chain.find((c) => c.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP);
+    let fd = -1;
+    let mapping: Mapping | undefined;
+    const areas: { pfn: Pfn; pages: number }[] = [];
+    const physmem = this.cfg.host.physmem;
+    try {
+      if (bytes === 0 || !Number.isSafeInteger(bytes)) throw new KernelError(Errno.EINVAL, `region size ${size}`);
+      const wanted =
+        sparse === undefined
+          ? [{ offset: 0, size: bytes }]
+          : decodeSparseMmapCap(sparse.bytes).areas.map((a) => ({ offset: Number(a.offset), size: Number(a.size) }));
+      fd = memfdCreate(`vfio-user ${this.cfg.device} region ${index}`, bytes);
+      const m = mmapFd(fd, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
+      if (typeof m === "number") throw new KernelError(-m as Errno, `mmap of the region's memfd failed: errno ${-m}`);
+      mapping = m;
+      const file = dev.proc.file(dev.deviceFd);
+      for (const a of wanted) {
+        if (a.size === 0) continue;
+        if (a.offset % PAGE_SIZE !== 0 || a.size % PAGE_SIZE !== 0 || a.offset + a.size > bytes) {
+          throw new KernelError(Errno.EINVAL, `mmap area [${a.offset}, +${a.size}) is not page-aligned in the region`);
+        }
+        if (file.ops.mmap === undefined) throw new KernelError(Errno.ENODEV, "the device file has no mmap");
+        const fm = file.ops.mmap(vfioPciIndexToOffset(index) + a.offset, a.size, PROT_READ | PROT_WRITE);
+        const pages = a.size / PAGE_SIZE;
+        physmem.shareFrames(fm.basePfn, pages, m.bytes.subarray(a.offset, a.offset + a.size));
+        areas.push({ pfn: fm.basePfn, pages });
+      }
+    } catch (e) {
+      for (const a of areas) physmem.unshareFrames(a.pfn, a.pages);
+      mapping?.unmap();
+      if (fd >= 0) closeFd(fd);
+      this.exports.set(index, undefined);
+      const t = this.cfg.host.tracer;
+      if (t.enabled) {
+        t.emit("vfiouser.error", {
+          device: this.cfg.device,
+          cmd: "DEVICE_GET_REGION_INFO",
+          id: 0,
+          errno: e instanceof KernelError ? e.errno : Errno.EIO,
+          posted: false,
+          message: `region ${index} cannot be exported for mmap (trapped instead): ${e instanceof Error ? e.message : String(e)}`,
+        });
+      }
+      return undefined;
+    }
+    const ex: RegionExport = { fd, mapping, areas };
+    this.exports.set(index, ex);
+    return ex;
+  }
+
+  /** Gives exported frames their own memory back and closes the memfds (before the device file closes). */
+  private releaseExports(): void {
+    const physmem = this.cfg.host.physmem;
+    for (const ex of this.exports.values()) {
+      if (ex === undefined) continue;
+      for (const a of ex.areas) physmem.unshareFrames(a.pfn, a.pages);
+      ex.mapping.unmap();
+      closeFd(ex.fd);
+    }
+    this.exports.clear();
   }
 
   private getRegionIoFds(f: Frame, dev: DeviceHandles): void {
@@ -873,6 +976,7 @@ export class Session {
           reset = true;
         });
       }
+      attempt("release mmap exports", () => this.releaseExports());
       windows = dev.dma.size;
       attempt("unmap DMA windows", () => dev.dma.release());
       attempt("close device", () => proc.close(dev.deviceFd));

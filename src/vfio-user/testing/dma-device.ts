@@ -18,13 +18,16 @@
  * | 0x24   | UNMAPS  | RO dma_unmap notifications received                                                        |
  * | 0x100  | BUF     | RO 256 bytes: the first bytes READ fetched                                                 |
  * Each command signals MSI (index 1) when an eventfd is set. Config space: 256 bytes, vendor 0x1b36 device 0x0d3a.
- * BAR2 (8 KiB) only exists to describe itself as mmap-able with SPARSE_MMAP and TYPE capabilities (for region info
- * tests); accesses to it read zeros and ignore writes.
+ * BAR2 (8 KiB): plain memory in two host frames, read and written by REGION_READ/WRITE and mmap-able in its second
+ * page (SPARSE_MMAP area [0x1000, 0x2000), plus a TYPE capability): what a framebuffer BAR looks like, for the
+ * server's export of mmap-able regions with an fd. With `mmapBar2: false` BAR2 is the same memory, trapped (no MMAP):
+ * QEMU stops posting region writes to a device once any of its regions is mmap-able, and a synchronous MMIO write
+ * whose handling needs a DMA_READ from QEMU then waits for QEMU's main loop, which is the one blocked on that write.
  *
  * Not a model of any real device; not exported from the vfio-user index.
  */
 import { Errno, type Iova, isKernelError, KernelError, PAGE_SIZE, type Pfn } from "../../core/index.ts";
-import type { PhysicalMemory } from "../../host/index.ts";
+import type { FileMapping, PhysicalMemory } from "../../host/index.ts";
 import {
   type IrqTrigger,
   VFIO_DEVICE_FLAGS_PCI,
@@ -82,11 +85,18 @@ export class DmaTestDevice implements VfioDeviceOps {
   /** A buggy device: keeps its pins through dma_unmap (tests of type1's EBUSY and the server's zombie windows). */
   ignoreUnmap = false;
 
+  /** Whether BAR2's second page is mmap-able (MMAP + SPARSE_MMAP); without it BAR2 is trapped memory. */
+  readonly mmapBar2: boolean;
+  /** BAR2 accesses that came as region reads and writes (trapped), as opposed to through a mapping. */
+  bar2Trapped = 0;
+
   constructor(
     name: string,
     private readonly physmem: PhysicalMemory,
+    opts: { readonly mmapBar2?: boolean } = {},
   ) {
     this.name = name;
+    this.mmapBar2 = opts.mmapBar2 ?? true;
     const c = new DataView(this.config.buffer);
     c.setUint16(0, 0x1b36, true);
     c.setUint16(2, 0x0d3a, true);
@@ -130,6 +140,9 @@ export class DmaTestDevice implements VfioDeviceOps {
       const type = new Uint8Array(8);
       new DataView(type.buffer).setUint32(0, 0x8000_1b36, true);
       new DataView(type.buffer).setUint32(4, 7, true);
+      if (!this.mmapBar2) {
+        return { index, flags: rw, size: BAR2_SIZE, caps: [{ id: VFIO_REGION_INFO_CAP_TYPE, version: 1, body: type }] };
+      }
       return {
         index,
         flags: rw | VFIO_REGION_INFO_FLAG_MMAP,
@@ -162,6 +175,10 @@ export class DmaTestDevice implements VfioDeviceOps {
 
   regionRead(index: number, offset: number, buf: Uint8Array): number {
     const src = this.region(index, offset, buf.length);
+    if (index === VFIO_PCI_BAR2_REGION_INDEX) {
+      this.bar2Trapped++;
+      return this.bar2Access(offset, buf, false);
+    }
     buf.set(src.subarray(offset, offset + buf.length));
     return buf.length;
   }
@@ -172,7 +189,10 @@ export class DmaTestDevice implements VfioDeviceOps {
       dst.set(buf, offset);
       return buf.length;
     }
-    if (index === VFIO_PCI_BAR2_REGION_INDEX) return buf.length;
+    if (index === VFIO_PCI_BAR2_REGION_INDEX) {
+      this.bar2Trapped++;
+      return this.bar2Access(offset, buf, true);
+    }
     for (let i = 0; i < buf.length; i++) {
       const at = offset + i;
       if (at < DMA_TEST_REG.STATUS) dst[at] = buf[i]!;
@@ -197,14 +217,47 @@ export class DmaTestDevice implements VfioDeviceOps {
     this.regs.setUint32(DMA_TEST_REG.PINNED, this.pins.size, true);
   }
 
-  private readonly bar2 = new Uint8Array(BAR2_SIZE);
+  /** BAR2's two frames (allocated on first use; the device lives as long as its host). */
+  private bar2Pfn: Pfn | undefined;
+
+  private bar2Frames(): Pfn {
+    this.bar2Pfn ??= this.physmem.allocContiguous(BAR2_SIZE / PAGE_SIZE);
+    return this.bar2Pfn;
+  }
+
+  regionMmap(index: number, offset: number, length: number, _prot: number): FileMapping {
+    if (!this.mmapBar2 || index !== VFIO_PCI_BAR2_REGION_INDEX || offset < PAGE_SIZE || offset + length > BAR2_SIZE) {
+      throw new KernelError(Errno.EINVAL, `${this.name}: only BAR2's second page may be mmapped`);
+    }
+    return { basePfn: (this.bar2Frames() + offset / PAGE_SIZE) as Pfn, label: `${this.name} BAR2` };
+  }
+
+  /** The u32 at `offset` of BAR2 as the device's memory holds it (not an access: tests and state dumps). */
+  peekBar2(offset: number): number {
+    const b = new Uint8Array(4);
+    this.bar2Access(offset, b, false);
+    return new DataView(b.buffer).getUint32(0, true);
+  }
+
+  private bar2Access(offset: number, buf: Uint8Array, write: boolean): number {
+    const base = this.bar2Frames();
+    for (let done = 0; done < buf.length; ) {
+      const at = offset + done;
+      const page = Math.floor(at / PAGE_SIZE);
+      const po = at - page * PAGE_SIZE;
+      const n = Math.min(buf.length - done, PAGE_SIZE - po);
+      if (write) this.physmem.frameForWrite((base + page) as Pfn).set(buf.subarray(done, done + n), po);
+      else buf.set(this.physmem.frameForRead((base + page) as Pfn).subarray(po, po + n), done);
+      done += n;
+    }
+    return buf.length;
+  }
 
   private region(index: number, offset: number, len: number): Uint8Array {
     const size = this.regionInfo(index).size;
     if (size === 0 || offset + len > size) {
       throw new KernelError(Errno.EINVAL, `${this.name}: access ${offset}+${len} outside region ${index} (${size})`);
     }
-    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.bar2.fill(0);
     return index === VFIO_PCI_CONFIG_REGION_INDEX ? this.config : new Uint8Array(this.regs.buffer);
   }
 

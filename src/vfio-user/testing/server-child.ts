@@ -2,7 +2,7 @@
  * A vfio-user server process for tests and benchmarks: `node --import tsx server-child.ts '<json>'`.
  *
  * Builds the default model system (mtty parent), creates an mtty-2 mdev and registers a DmaTestDevice, serves both on
- * `<dir>/mtty.sock` and `<dir>/dma.sock`, then prints one JSON line `{"ready": true, ...}` on stdout. Commands, one
+ * `<dir>/mtty.sock`, `<dir>/dma.sock` (BAR2 trapped) and `<dir>/dma-mmap.sock` (BAR2's second page mmap-able), then prints one JSON line `{"ready": true, ...}` on stdout. Commands, one
  * per stdin line, each answered by one JSON line: `state` (what a leak check needs: the process's open fds, model
  * external regions, pinned frames, live host processes, vfio containers, the devices' state, server states), `exit`.
  * stdin closing also ends the process. Options (JSON): dir, and server options (writeTimeoutMs, replyTimeoutMs,
@@ -29,8 +29,12 @@ const opts = JSON.parse(process.argv[2] ?? "{}") as ChildOptions;
 const system = createSystem(parseSystemConfig({ memory: "4 GiB", parents: [{ kind: "mtty" }] }));
 const mtty = system.parents[0] as MttyParent;
 system.mdev.create("mtty", "mtty-2", CHILD_MTTY_UUID);
-const dmaDev = new DmaTestDevice(CHILD_DMA_DEVICE, system.host.physmem);
+// Trapped BAR2: QEMU keeps posting region writes (see dma-device.ts), which the fd-less DMA_READ checks rely on.
+const dmaDev = new DmaTestDevice(CHILD_DMA_DEVICE, system.host.physmem, { mmapBar2: false });
 const dmaGroup = system.vfio.registerEmulatedDevice(dmaDev);
+// The same device with BAR2's second page mmap-able: exported to the client as a memfd.
+const mmapDev = new DmaTestDevice(`${CHILD_DMA_DEVICE}-mmap`, system.host.physmem);
+const mmapGroup = system.vfio.registerEmulatedDevice(mmapDev);
 
 const common = {
   ...(opts.writeTimeoutMs !== undefined ? { writeTimeoutMs: opts.writeTimeoutMs } : {}),
@@ -38,13 +42,20 @@ const common = {
   ...(opts.maxDataXferSize !== undefined ? { maxDataXferSize: opts.maxDataXferSize } : {}),
   ...(opts.dmaRwLayout !== undefined ? { dmaRwLayout: opts.dmaRwLayout } : {}),
 };
-const servers: { readonly mtty: VfioUserServer; readonly dma: VfioUserServer } = {
+const servers: { readonly mtty: VfioUserServer; readonly dma: VfioUserServer; readonly dmaMmap: VfioUserServer } = {
   mtty: serveDevice({ socketPath: `${opts.dir}/mtty.sock`, system, uuid: CHILD_MTTY_UUID, ...common }),
   dma: serveDevice({
     socketPath: `${opts.dir}/dma.sock`,
     host: system.host,
     group: dmaGroup,
     device: CHILD_DMA_DEVICE,
+    ...common,
+  }),
+  dmaMmap: serveDevice({
+    socketPath: `${opts.dir}/dma-mmap.sock`,
+    host: system.host,
+    group: mmapGroup,
+    device: `${CHILD_DMA_DEVICE}-mmap`,
     ...common,
   }),
 };
@@ -64,7 +75,15 @@ function state(): unknown {
       .filter((d) => d.openCount > 0)
       .map((d) => d.name),
     mtty: { irq: m.irqState(), uart: m.ports[0]!.inspect(), bar0: m.config.read(0x10, 4) },
-    dma: { pinned: dmaDev.pinnedPages, unmaps: dmaDev.unmapNotifications, opened: dmaDev.opened },
+    dma: {
+      pinned: dmaDev.pinnedPages,
+      unmaps: dmaDev.unmapNotifications,
+      opened: dmaDev.opened,
+      // The first u32 of the mmap device's BAR2 mmap page, as the device sees it (interop: QEMU's store through its
+      // mapping of the exported memfd).
+      bar2Mapped: mmapDev.peekBar2(0x1000),
+      bar2Trapped: mmapDev.bar2Trapped,
+    },
     reactorWatches: Reactor.shared().size,
     servers: Object.fromEntries(Object.entries(servers).map(([k, s]) => [k, s.state()])),
   };
@@ -88,4 +107,8 @@ rl.on("line", (line) => {
 });
 rl.on("close", shutdown);
 process.on("SIGTERM", shutdown);
-reply({ ready: true, pid: process.pid, sockets: { mtty: servers.mtty.socketPath, dma: servers.dma.socketPath } });
+reply({
+  ready: true,
+  pid: process.pid,
+  sockets: { mtty: servers.mtty.socketPath, dma: servers.dma.socketPath, dmaMmap: servers.dmaMmap.socketPath },
+});
