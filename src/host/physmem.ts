@@ -448,7 +448,7 @@ export class PhysicalMemory {
     }
     for (let ci = Math.floor(base / CHUNK_FRAMES); ci <= Math.floor((base + pages - 1) / CHUNK_FRAMES); ci++) {
       const c = this.chunks[ci];
-      if (c !== undefined && c.ref.every((x) => x === 0)) this.chunks[ci] = undefined;
+      if (c?.ref.every((x) => x === 0)) this.chunks[ci] = undefined;
     }
   }
 
