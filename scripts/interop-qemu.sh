@@ -222,9 +222,9 @@ wl "$BAR2 + 0x0" 0x5a5a5a5a
 rl "$BAR2 + 0x0"; expect "BAR2 first page, trapped (REGION_WRITE/READ)" "$REPLY_VALUE" 0x5a5a5a5a
 echo state >&"$CTL"
 for _ in $(seq 1 50); do [ "$(grep -c . "$WORK/child.out")" -ge 3 ] && break; sleep 0.1; done
-MAPPED=$(sed -n 3p "$WORK/child.out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).dma.bar2Mapped))')
+read -r MAPPED TRAPPED < <(node -e 'const d = JSON.parse(process.argv[1]).dma; console.log(d.bar2Mapped, d.bar2Trapped)' \
+  "$(sed -n 3p "$WORK/child.out")")
 expect "the device sees QEMU's store through the mapping" "$MAPPED" 0xcafef00d
-TRAPPED=$(sed -n 3p "$WORK/child.out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).dma.bar2Trapped))')
 expect "BAR2 messages: only the first page's write and read (the mmap page sent none)" "$TRAPPED" 2
 stop_qemu
 sleep 0.5

@@ -685,13 +685,11 @@ export class RemoteVfioDevice implements VfioDeviceOps {
     // The model VMM cannot map a real fd into its model address space: the region is trapped (REGION_READ/WRITE),
     // so MMAP and its areas are withdrawn, as a kernel driver does for a BAR it cannot map.
     if (r.fd !== undefined) closeFd(r.fd);
-    const flags = r.flags & ~VFIO_REGION_INFO_FLAG_MMAP;
+    const flags = r.flags & ~VFIO_REGION_INFO_FLAG_MMAP & ~VFIO_REGION_INFO_FLAG_CAPS;
     const caps: VfioCapability[] = r.caps
       .filter((c) => c.id !== VFIO_REGION_INFO_CAP_SPARSE_MMAP)
       .map((c) => ({ id: c.id, version: c.version, body: c.bytes.slice(8) }));
-    return caps.length > 0
-      ? { index, flags: flags & ~VFIO_REGION_INFO_FLAG_CAPS, size: r.size, caps }
-      : { index, flags: flags & ~VFIO_REGION_INFO_FLAG_CAPS, size: r.size };
+    return { index, flags, size: r.size, ...(caps.length > 0 ? { caps } : {}) };
   }
 
   irqInfo(index: number): VfioIrqInfo {

@@ -579,7 +579,7 @@ export class UvPoll {
     let r = api.pollInit(api.loop, h, fd);
     if (r !== 0) {
       // Not initialised: not libuv's yet.
-      freeNative(h);
+      freeFn(h);
       throw new KernelError(Errno.EINVAL, `uv_poll_init on fd ${fd} failed: ${api.strerror(r)}`);
     }
     uvPolls.set(h, this);
@@ -628,6 +628,3 @@ export function uvPollCount(): number {
 }
 
 const freeFn = libc.func("void free(uintptr_t p)");
-function freeNative(p: number): void {
-  freeFn(p);
-}

@@ -52,40 +52,33 @@ function fromUv(status: number, events: number): number {
 /** One registered fd. */
 export class Watch {
   private readonly poll: UvPoll;
-  private open = true;
 
   constructor(
-    private readonly reactor: Reactor,
     readonly fd: number,
     public events: number,
     readonly ref: boolean,
     readonly handler: ReadyHandler,
   ) {
-    this.poll = new UvPoll(fd, toUv(events), (status, uvEvents) => {
-      if (this.open) handler(fromUv(status, uvEvents));
-    });
+    // A closed poll is out of native.ts's table at once, so its handler is never called after close().
+    this.poll = new UvPoll(fd, toUv(events), (status, uvEvents) => handler(fromUv(status, uvEvents)));
     if (ref) this.poll.ref(true);
   }
 
-  /** Changes the events watched (EPOLLIN, EPOLLOUT, EPOLLRDHUP). */
+  /** Changes the events watched (EPOLLIN, EPOLLOUT, EPOLLRDHUP). No-op once closed. */
   modify(events: number): void {
-    if (!this.open || events === this.events) return;
+    if (events === this.events) return;
     this.events = events;
     this.poll.start(toUv(events));
   }
 
-  /** Stops watching; call before closing the fd. */
+  /** Stops watching; call before closing the fd. Idempotent. */
   close(): void {
-    if (!this.open) return;
-    this.open = false;
     this.poll.close();
-    this.reactor.forget(this);
   }
 }
 
 export class Reactor {
   private static instance: Reactor | undefined;
-  private count = 0;
 
   /** The process's reactor. */
   static shared(): Reactor {
@@ -97,23 +90,11 @@ export class Reactor {
 
   /** Registers `fd` for `events`. `ref` keeps the process alive while the watch exists. */
   watch(fd: number, events: number, handler: ReadyHandler, ref = false): Watch {
-    const w = new Watch(this, fd, events, ref, handler);
-    this.count++;
-    return w;
+    return new Watch(fd, events, ref, handler);
   }
 
-  /** A watch closed itself. */
-  forget(_w: Watch): void {
-    this.count--;
-  }
-
-  /** Watches registered now (for leak checks). */
+  /** Watches open now, i.e. libuv poll handles not yet closed (for leak checks). */
   get size(): number {
-    return this.count;
-  }
-
-  /** libuv poll handles open now (each watch has one; for leak checks). */
-  get handles(): number {
     return uvPollCount();
   }
 }
