@@ -242,7 +242,7 @@ describe("mtty device: info, regions, irqs", () => {
     assert.equal(VFIO_PCI_NUM_IRQS, 5);
   });
 
-  it("sizes CONFIG 0xff, BAR0 8, BAR1 8 only for the dual type, everything else 0, all READ|WRITE", () => {
+  it("sizes CONFIG 0x100, BAR0 8, BAR1 8 only for the dual type, everything else 0, all READ|WRITE", () => {
     const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     const expected = (dual: boolean) => [8, dual ? 8 : 0, 0, 0, 0, 0, 0, MTTY_CONFIG_SPACE_SIZE, 0];
     for (const [type, dual] of [
@@ -261,7 +261,7 @@ describe("mtty device: info, regions, irqs", () => {
       }
       assert.throws(() => dev.regionInfo(VFIO_PCI_NUM_REGIONS), errno(Errno.EINVAL));
     }
-    assert.equal(MTTY_CONFIG_SPACE_SIZE, 0xff);
+    assert.equal(MTTY_CONFIG_SPACE_SIZE, 0x100);
   });
 
   it("answers INTx and MSI with count 1 and mtty's flags; MSI-X, ERR and REQ are EINVAL", () => {
@@ -307,15 +307,38 @@ describe("mtty device: config space", () => {
     assert.equal(cfg(device("2").dev, 0x14, 4), 0x00000001);
   });
 
-  it("reads the whole 0xff-byte region as QEMU does, and refuses accesses past it", () => {
+  it("reads the whole 256-byte config space as QEMU does, and refuses accesses past it", () => {
     const { dev } = device();
-    const all = new Uint8Array(MTTY_CONFIG_SPACE_SIZE);
-    assert.equal(dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, 0, all), 0xff);
+    const all = new Uint8Array(0x100);
+    assert.equal(dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, 0, all), 0x100);
     assert.equal(all[0], 0x48);
     assert.equal(all[0x3d], 1);
-    assert.throws(() => dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, 0xfc, new Uint8Array(4)), errno(Errno.EINVAL));
+    assert.deepEqual([...all.subarray(0xfc)], [0, 0, 0, 0]);
     assert.throws(() => dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, 0x100, new Uint8Array(1)), errno(Errno.EINVAL));
-    assert.equal(dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, 0xfc, new Uint8Array(3)), 3);
+    assert.throws(() => dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, 0xfd, new Uint8Array(4)), errno(Errno.EINVAL));
+  });
+
+  it("serves every naturally aligned read a config-space scan makes, up to offset 0xff (QEMU's dword at 0xfc)", () => {
+    const { dev } = device("2");
+    for (const size of [1, 2, 4]) {
+      for (let off = 0; off + size <= 0x100; off += size) {
+        const buf = new Uint8Array(size);
+        assert.equal(dev.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, off, buf), size, `read ${size} at ${off}`);
+        assert.deepEqual(buf, dev.config.bytes.subarray(off, off + size), `read ${size} at ${off}`);
+      }
+    }
+    assert.equal(cfg(dev, 0xfc, 4), 0);
+    assert.equal(cfg(dev, 0xff, 1), 0);
+  });
+
+  it("ignores writes to the top of config space, as to every byte mtty does not emulate", () => {
+    const { dev } = device("2");
+    const before = dev.config.bytes.slice();
+    cfgWrite(dev, 0xfc, 4, 0xffffffff);
+    cfgWrite(dev, 0xfe, 2, 0xabcd);
+    cfgWrite(dev, 0xff, 1, 0x5a);
+    assert.deepEqual(dev.config.bytes, before);
+    assert.equal(cfg(dev, 0xfc, 4), 0);
   });
 
   it("answers BAR sizing probes and takes addresses, as handle_pci_cfg_write", () => {

@@ -10,9 +10,11 @@
  * A device (`MttyDevice`, a VfioDeviceOps named by its UUID), as mtty reports it:
  * - info: PCI | RESET, 9 regions, 5 irq indices. (mtty reports PCI only but accepts VFIO_DEVICE_RESET; vfio-core
  *   refuses RESET without the flag, so the flag is set here.)
- * - regions: CONFIG 0xff bytes (MTTY_CONFIG_SPACE_SIZE, one short of 256, as mtty says), BAR0 8 bytes (port 0's
- *   registers), BAR1 8 bytes on the dual type only; every other index has size 0. All nine report READ|WRITE, as
- *   mtty does even for the empty ones. No mmap.
+ * - regions: CONFIG the full 256 bytes of a PCI config space (0x100), BAR0 8 bytes (port 0's registers), BAR1 8 bytes
+ *   on the dual type only; every other index has size 0. All nine report READ|WRITE, as mtty does even for the empty
+ *   ones. No mmap. (mtty declares MTTY_CONFIG_SPACE_SIZE 0xff yet serves reads past it from its 0x100-byte buffer;
+ *   taken literally, 0xff makes QEMU's dword read at 0xfc fail with EINVAL and a guest's `lspci -xxx` log an error,
+ *   so the region here is what a PCI function has: 256 bytes, every offset up to 0xff readable.)
  * - irqs: INTx count 1 EVENTFD|MASKABLE|AUTOMASKED, MSI count 1 EVENTFD|NORESIZE; MSI-X, ERR and REQ are EINVAL
  *   (current mtty_get_irq_info; older kernels, 4.x, also answered REQ with count 1).
  * - config space, byte by byte as mtty_create_config_space: ids 0x4348:0x3253, command 0x0001 (I/O), status 0x0200,
@@ -103,8 +105,11 @@ defineTraceEvents("devices", {
 
 /** MAX_MTTYS: the ports the parent shares among its devices. */
 export const MTTY_MAX_PORTS = 24;
-/** MTTY_CONFIG_SPACE_SIZE: mtty's config region is 0xff bytes, not 0x100. */
-export const MTTY_CONFIG_SPACE_SIZE = 0xff;
+/**
+ * The CONFIG region's size: a whole 256-byte PCI config space. (mtty.c's MTTY_CONFIG_SPACE_SIZE says 0xff, one short,
+ * but its buffer and its reads cover 0x100; see the module comment.)
+ */
+export const MTTY_CONFIG_SPACE_SIZE = 0x100;
 export const MTTY_VENDOR_ID = 0x4348;
 export const MTTY_DEVICE_ID = 0x3253;
 /** Simple communication controller, serial, 16550-compatible. */
@@ -176,7 +181,7 @@ export interface MttyIrqState {
 /** One mtty mediated device: the VfioDeviceOps that vfio-core registers in the device's emulated group. */
 export class MttyDevice implements VfioDeviceOps {
   readonly name: string;
-  /** The virtual config space; region CONFIG exposes its first MTTY_CONFIG_SPACE_SIZE bytes. */
+  /** The virtual config space; region CONFIG exposes all of it (MTTY_CONFIG_SPACE_SIZE = 256 bytes). */
   readonly config: PciConfigSpace;
   readonly ports: readonly MttyUart[];
   private irqIndex = IRQ_NONE;
