@@ -74,7 +74,7 @@ describe("DeviceDma", () => {
     assert.equal(f.reason, "not-present");
     assert.equal(f.completed, 2 * SZ_4K - 0x800);
     assert.equal(dma.lastFault, f);
-    assert.equal(physmem.frameForRead(f1)[SZ_4K - 1], 0xab, "the page before the fault was written");
+    assert.equal(physmem.frameForRead(f1)![SZ_4K - 1], 0xab, "the page before the fault was written");
     assert.equal(iommu.stats().faults, 1);
     // Read of a read-protected region: the reason comes from the IOMMU.
     domain.map(iova(0x300000), pfnToHpa(physmem.allocFrame()), SZ_4K, IOMMU_WRITE);
@@ -121,9 +121,9 @@ describe("DeviceDma", () => {
     const base = physmem.allocContiguous(2);
     domain.map(iova(0x10000), pfnToHpa(base), 2 * SZ_4K, RW);
     assert.equal(dma.fill(iova(0x10000 + 4090), 0x5a, 10), DMA_OK);
-    assert.equal(physmem.frameForRead(base)[4095], 0x5a);
-    assert.equal(physmem.frameForRead((base + 1) as Pfn)[3], 0x5a);
-    assert.equal(physmem.frameForRead((base + 1) as Pfn)[4], 0);
+    assert.equal(physmem.frameForRead(base)![4095], 0x5a);
+    assert.equal(physmem.frameForRead((base + 1) as Pfn)![3], 0x5a);
+    assert.equal(physmem.frameForRead((base + 1) as Pfn)![4], 0);
     assert.equal(dma.writeU32(iova(0x10010), 0xdeadbeef), DMA_OK);
     assert.equal(dma.readU32(iova(0x10010)), 0xdeadbeef);
     assert.equal(physmem.readU32(pfnToHpa(base, 0x10)), 0xdeadbeef);
@@ -142,7 +142,7 @@ describe("DeviceDma", () => {
     assert.equal(dma.lastFault?.iova, 0x12000);
     const wf = asFault(dma.writeU64(iova(0x11ffc), 7));
     assert.equal(wf.completed, 4);
-    assert.equal(physmem.frameForRead((base + 1) as Pfn)[4092], 7, "low half written before the fault");
+    assert.equal(physmem.frameForRead((base + 1) as Pfn)![4092], 7, "low half written before the fault");
     assert.throws(
       () => dma.writeU64(iova(0x10000), -1),
       (e: unknown) => e instanceof KernelError && e.errno === Errno.EINVAL,

@@ -38,8 +38,11 @@ export interface DmaFault {
   /** The IOVA whose translation faulted (start of the faulting piece). */
   readonly iova: Iova;
   readonly access: DmaAccess;
-  /** The IOMMU's reason (undefined only if the fault record was not found, which would be a bug). */
-  readonly reason: FaultReason | undefined;
+  /**
+   * The IOMMU's reason (undefined only if the fault record was not found, which would be a bug), or "memory-gone":
+   * translated, but the frame's external memory could not be reached (a client shrank the file behind a window).
+   */
+  readonly reason: FaultReason | "memory-gone" | undefined;
   /** Bytes transferred before the fault. */
   readonly completed: number;
 }
@@ -99,6 +102,7 @@ export class DeviceDma {
       const frame = this.xlate(page, po, IOMMU_READ);
       if (frame < 0) return this.failed(a, IOMMU_READ, len - left, "r");
       const src = mem.frameForRead(frame as Pfn);
+      if (src === undefined) return this.memoryGone(a, IOMMU_READ, len - left, "r");
       if (n === PAGE_SIZE) dst.set(src, o);
       else if (n <= SMALL_COPY) for (let i = 0; i < n; i++) dst[o + i] = src[po + i]!;
       else dst.set(src.subarray(po, po + n), o);
@@ -125,10 +129,7 @@ export class DeviceDma {
       const n = Math.min(left, PAGE_SIZE - po);
       const frame = this.xlate(page, po, IOMMU_WRITE);
       if (frame < 0) return this.failed(a, IOMMU_WRITE, len - left, "w");
-      const dst = mem.frameForWrite(frame as Pfn);
-      if (n === PAGE_SIZE && o === 0 && src.length === PAGE_SIZE) dst.set(src);
-      else if (n <= SMALL_COPY) for (let i = 0; i < n; i++) dst[po + i] = src[o + i]!;
-      else dst.set(src.subarray(o, o + n), po);
+      if (!mem.writeBytes(frame as Pfn, po, src, o, n)) return this.memoryGone(a, IOMMU_WRITE, len - left, "w");
       if (obs !== undefined) obs(this.bdf, a as Iova, frame as Pfn, po, n, true);
       a += n;
       o += n;
@@ -158,11 +159,9 @@ export class DeviceDma {
       const dframe = this.xlate(dp, dof, IOMMU_WRITE);
       if (dframe < 0) return this.failed(d, IOMMU_WRITE, len - left, "c");
       const sf = mem.frameForRead(sframe as Pfn);
-      const df = mem.frameForWrite(dframe as Pfn);
-      if (sf === df) df.copyWithin(dof, so, so + n);
-      else if (n === PAGE_SIZE) df.set(sf);
-      else if (n <= SMALL_COPY) for (let i = 0; i < n; i++) df[dof + i] = sf[so + i]!;
-      else df.set(sf.subarray(so, so + n), dof);
+      if (sf === undefined) return this.memoryGone(s, IOMMU_READ, len - left, "c");
+      // writeBytes copies through set(), which is correct for overlapping ranges of one frame.
+      if (!mem.writeBytes(dframe as Pfn, dof, sf, so, n)) return this.memoryGone(d, IOMMU_WRITE, len - left, "c");
       if (obs !== undefined) {
         obs(this.bdf, s as Iova, sframe as Pfn, so, n, false);
         obs(this.bdf, d as Iova, dframe as Pfn, dof, n, true);
@@ -189,7 +188,7 @@ export class DeviceDma {
       const n = Math.min(left, PAGE_SIZE - po);
       const frame = this.xlate(page, po, IOMMU_WRITE);
       if (frame < 0) return this.failed(a, IOMMU_WRITE, len - left, "w");
-      mem.frameForWrite(frame as Pfn).fill(byte, po, po + n);
+      if (!mem.fillBytes(frame as Pfn, po, byte, n)) return this.memoryGone(a, IOMMU_WRITE, len - left, "w");
       if (obs !== undefined) obs(this.bdf, a as Iova, frame as Pfn, po, n, true);
       a += n;
       left -= n;
@@ -213,6 +212,10 @@ export class DeviceDma {
       return -1;
     }
     const f = this.mem.frameForRead(frame as Pfn);
+    if (f === undefined) {
+      this.memoryGone(iova, IOMMU_READ, 0, "r");
+      return -1;
+    }
     if (this.observer !== undefined) this.observer(this.bdf, iova, frame as Pfn, po, 4, false);
     this.bytesRead += 4;
     return (f[po]! | (f[po + 1]! << 8) | (f[po + 2]! << 16) | (f[po + 3]! << 24)) >>> 0;
@@ -245,11 +248,12 @@ export class DeviceDma {
     }
     const frame = this.xlate(page, po, IOMMU_WRITE);
     if (frame < 0) return this.failed(iova, IOMMU_WRITE, 0, "w");
-    const f = this.mem.frameForWrite(frame as Pfn);
-    f[po] = value & 0xff;
-    f[po + 1] = (value >>> 8) & 0xff;
-    f[po + 2] = (value >>> 16) & 0xff;
-    f[po + 3] = (value >>> 24) & 0xff;
+    const b = this.scratch;
+    b[0] = value & 0xff;
+    b[1] = (value >>> 8) & 0xff;
+    b[2] = (value >>> 16) & 0xff;
+    b[3] = (value >>> 24) & 0xff;
+    if (!this.mem.writeBytes(frame as Pfn, po, b, 0, 4)) return this.memoryGone(iova, IOMMU_WRITE, 0, "w");
     if (this.observer !== undefined) this.observer(this.bdf, iova, frame as Pfn, po, 4, true);
     this.bytesWritten += 4;
     return DMA_OK;
@@ -292,6 +296,16 @@ export class DeviceDma {
   }
 
   /** Builds the fault result; `completed` bytes were read (op "r"), written ("w") or both ("c", a copy). */
+  /**
+   * The IOMMU translated the access but the frame's memory could not be reached (an external region whose backing
+   * failed: a client shrank the file behind a DMA window). A fault like any other, with its own reason.
+   */
+  private memoryGone(iova: number, access: DmaAccess, completed: number, op: "r" | "w" | "c"): DmaFault {
+    const f: DmaFault = { ...this.failed(iova, access, completed, op), reason: "memory-gone" };
+    this.lastFault = f;
+    return f;
+  }
+
   private failed(iova: number, access: DmaAccess, completed: number, op: "r" | "w" | "c"): DmaFault {
     this.faultCount++;
     if (op !== "w") this.bytesRead += completed;

@@ -147,7 +147,7 @@ describe("DMA API without translation (dma-direct)", () => {
     const iova = dma.mapPage(f, 8, 16, DmaDirection.BIDIRECTIONAL);
     assert.equal(iova, f * 4096 + 8);
     assert.equal(bus.write(iova, new Uint8Array([5])), 0);
-    assert.equal(host.physmem.frameForRead(f)[8], 5);
+    assert.equal(host.physmem.frameForRead(f)![8], 5);
     const buf = dma.allocCoherent(4096);
     assert.equal(buf.dmaAddr, pfnToHpa(buf.pfn));
     dma.dmaFreeCoherent(buf);

@@ -336,7 +336,7 @@ describe("AddressSpace faults and CPU access", () => {
     as.read(at(a + 2 * PAGE_SIZE - 5), smallBack);
     assert.deepEqual(smallBack, small);
     const f1 = as.translate(at(a + PAGE_SIZE))!;
-    assert.equal(physmem.frameForRead(f1)[0], data[100]);
+    assert.equal(physmem.frameForRead(f1)![0], data[100]);
     assert.equal(as.translate(a) !== undefined && as.translate(at(a + 2 * PAGE_SIZE)) !== undefined, true);
   });
 });
@@ -439,7 +439,7 @@ describe("AddressSpace get_user_pages and pin_user_pages", () => {
     assert.equal(physmem.pinCount(list[0]!), 2);
     as.munmap(a, 2 * PAGE_SIZE);
     as.exit();
-    assert.equal(physmem.frameForRead(out[1] as Pfn)[5], 0xab);
+    assert.equal(physmem.frameForRead(out[1] as Pfn)![5], 0xab);
     as.unpinUserPages(list);
     as.unpinUserPages(out, 1);
     assert.equal(physmem.isAllocated(out[0] as Pfn), false);
@@ -912,7 +912,7 @@ describe("AddressSpace properties", () => {
           assert.equal(physmem.stats().allocatedFrames, count, "only the pinned frames survive");
           for (let k = 0; k < count; k++) {
             const f = pinned[k] as Pfn;
-            assert.equal(physmem.frameForRead(f)[pinFrom + k], bytes[pinFrom + k]);
+            assert.equal(physmem.frameForRead(f)![pinFrom + k], bytes[pinFrom + k]);
           }
           as.unpinUserPages(pinned);
           for (let k = 0; k < count; k++) assert.equal(physmem.isAllocated(pinned[k] as Pfn), false);

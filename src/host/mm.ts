@@ -510,6 +510,7 @@ export class AddressSpace {
       const po = a - vpn * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
       const frame = this.physmem.frameForRead(this.fault(a as Hva, false));
+      if (frame === undefined) throw this.memoryGone(a);
       if (n <= SMALL_COPY) for (let k = 0; k < n; k++) dst[o + k] = frame[po + k]!;
       else dst.set(frame.subarray(po, po + n), o);
       a += n;
@@ -527,9 +528,7 @@ export class AddressSpace {
       const vpn = Math.floor(a / PAGE_SIZE);
       const po = a - vpn * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
-      const frame = this.physmem.frameForWrite(this.fault(a as Hva, true));
-      if (n <= SMALL_COPY) for (let k = 0; k < n; k++) frame[po + k] = src[o + k]!;
-      else frame.set(src.subarray(o, o + n), po);
+      if (!this.physmem.writeBytes(this.fault(a as Hva, true), po, src, o, n)) throw this.memoryGone(a);
       a += n;
       o += n;
       left -= n;
@@ -866,6 +865,14 @@ export class AddressSpace {
   }
 
   /** The run of frames an fd mapping names must exist (its first and last frame are checked; faults check each). */
+  /** A load or store reached a frame whose external memory is gone (Linux would raise SIGBUS; here EFAULT). */
+  private memoryGone(a: number): KernelError {
+    return new KernelError(
+      Errno.EFAULT,
+      `process ${this.pid}: access at ${hex(a)} reached external memory that is gone (its file shrank or failed)`,
+    );
+  }
+
   private checkExternal(basePfn: Pfn, pages: number, label: string): void {
     if (
       !Number.isSafeInteger(basePfn) ||

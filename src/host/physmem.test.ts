@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Errno, hpa, KernelError, type Pfn, TraceRecorder, Tracer, VirtualClock } from "../core/index.ts";
-import { hpaToPfn, PhysicalMemory, pfnToHpa } from "./physmem.ts";
+import { type ExternalBacking, hpaToPfn, PhysicalMemory, pfnToHpa } from "./physmem.ts";
 
 const mk = (bytes = 64 * 1024 * 1024) => {
   const tracer = new Tracer(new VirtualClock());
@@ -16,7 +16,7 @@ describe("PhysicalMemory", () => {
     const f = mem.allocFrame();
     assert.equal(mem.stats().touchedFrames, 0);
     assert.equal(
-      mem.frameForRead(f).every((b) => b === 0),
+      mem.frameForRead(f)!.every((b) => b === 0),
       true,
     );
     mem.write(pfnToHpa(f, 10), new Uint8Array([1, 2, 3]));
@@ -36,7 +36,7 @@ describe("PhysicalMemory", () => {
     mem.writeU32(pfnToHpa(base, 4094), 0xdeadbeef);
     assert.equal(mem.readU32(pfnToHpa(base, 4094)), 0xdeadbeef);
     mem.fill(pfnToHpa(base, 4090), 0xaa, 10);
-    assert.equal(mem.frameForRead((base + 1) as Pfn)[3], 0xaa);
+    assert.equal(mem.frameForRead((base + 1) as Pfn)![3], 0xaa);
   });
   it("frees a frame when its last reference goes and hands out zeroed frames", () => {
     const { mem } = mk();
@@ -91,7 +91,7 @@ describe("PhysicalMemory", () => {
     mem.write(pfnToHpa(base, 4096 + 5), new Uint8Array([9]));
     assert.equal(buf[4096 + 5], 9, "writes land in the external buffer");
     buf[2 * 4096] = 77;
-    assert.equal(mem.frameForRead((base + 2) as Pfn)[0], 77);
+    assert.equal(mem.frameForRead((base + 2) as Pfn)![0], 77);
     mem.pin((base + 1) as Pfn);
     mem.releaseExternal(base);
     assert.equal(mem.externalRegions().length, 1, "a pinned frame keeps the region listed");
@@ -113,11 +113,11 @@ describe("PhysicalMemory", () => {
     const cBuf = new Uint8Array(2 * 4096).fill(5);
     const d = mem.registerExternal(cBuf, "d");
     assert.equal(d, a, "first fit: the released range is reused");
-    assert.equal(mem.frameForRead(d)[0], 5, "the reused numbers reach the new buffer");
-    assert.deepEqual(mem.externalSpan(), { top: 7, free: 1 });
+    assert.equal(mem.frameForRead(d)![0], 5, "the reused numbers reach the new buffer");
+    assert.deepEqual(mem.externalSpan(), { top: 3 * 4096, free: 0 }, "regions take whole 16 MiB chunks");
     for (const r of [b, c, d]) mem.releaseExternal(r);
     assert.deepEqual(mem.externalSpan(), { top: 0, free: 0 }, "all numbers back to the fresh pool");
-    assert.equal(mem.frameForRead(a)[0], 0, "nothing reachable through released numbers");
+    assert.equal(mem.frameForRead(a), undefined, "nothing reachable through released numbers");
   });
   it("external regions: any register/release sequence keeps live regions disjoint and ends with nothing held", () => {
     fc.assert(
@@ -141,7 +141,7 @@ describe("PhysicalMemory", () => {
             live.push({ base, pages: op.pages, buf });
           }
           for (const o of live)
-            assert.equal(mem.frameForRead(o.base as Pfn)[0], o.buf[0], "each region sees its bytes");
+            assert.equal(mem.frameForRead(o.base as Pfn)![0], o.buf[0], "each region sees its bytes");
           for (const o of live) mem.releaseExternal(o.base as Pfn);
           assert.deepEqual(mem.externalSpan(), { top: 0, free: 0 });
           assert.equal(mem.externalRegions().length, 0);
@@ -149,6 +149,75 @@ describe("PhysicalMemory", () => {
       ),
       { numRuns: 60 },
     );
+  });
+  it("registers a 64 GiB external region in O(1): frames materialise on use and go with the region", () => {
+    const { mem } = mk();
+    const bytes = 64 * 2 ** 30;
+    const views: number[] = [];
+    const store = new Map<number, Uint8Array>();
+    // A fake memory backing: a 2 MiB block per view, made on demand (as the vfio-user server's mmap views are).
+    const backing: ExternalBacking = {
+      bytes,
+      view: (offset, len) => {
+        views.push(offset);
+        let v = store.get(offset);
+        if (v === undefined) store.set(offset, (v = new Uint8Array(len)));
+        return v;
+      },
+      read: () => Errno.EIO,
+      write: () => Errno.EIO,
+    };
+    const chunksBefore = mem.chunkCount();
+    const base = mem.registerExternal(backing, "guest-64g", 7);
+    assert.equal(mem.chunkCount(), chunksBefore, "no metadata until a frame is used");
+    assert.equal(mem.refCount((base + 16 * 2 ** 20 - 1) as Pfn), 1, "the last frame is held by the registration");
+    assert.equal(mem.owner((base + 12345) as Pfn), 7);
+    const far = (base + 15 * 2 ** 20 + 3) as Pfn;
+    mem.pin(far);
+    mem.write(pfnToHpa(far, 10), new Uint8Array([1, 2, 3]));
+    assert.deepEqual([...mem.frameForRead(far)!.subarray(10, 13)], [1, 2, 3]);
+    assert.equal(mem.chunkCount(), chunksBefore + 1, "one chunk materialised for the pinned frame");
+    assert.equal(views.length - 1, 1, "one 2 MiB view made beyond the probe at registration");
+    mem.releaseExternal(base);
+    assert.equal(mem.externalRegions().length, 1, "the pin keeps the region");
+    assert.equal(mem.externalRegions()[0]!.live, 1);
+    assert.deepEqual([...mem.frameForRead(far)!.subarray(10, 13)], [1, 2, 3], "a pinned frame stays readable");
+    assert.equal(mem.frameForRead((far + 1) as Pfn), undefined, "an unpinned frame of a released region is gone");
+    mem.unpin(far);
+    assert.equal(mem.externalRegions().length, 0);
+    assert.equal(mem.chunkCount(), chunksBefore, "its chunks went with it");
+    assert.deepEqual(mem.externalSpan(), { top: 0, free: 0 });
+  });
+  it("a copy-backed region whose backing fails reads as undefined and refuses writes (a fault, not a crash)", () => {
+    const { mem } = mk();
+    const data = new Uint8Array(2 * 4096);
+    let size = data.length;
+    const backing: ExternalBacking = {
+      bytes: data.length,
+      view: () => undefined,
+      read: (offset, dst, off, len) => {
+        if (offset + len > size) return Errno.EFAULT;
+        dst.set(data.subarray(offset, offset + len), off);
+        return 0;
+      },
+      write: (offset, src, off, len) => {
+        if (offset + len > size) return Errno.EFAULT;
+        data.set(src.subarray(off, off + len), offset);
+        return 0;
+      },
+    };
+    const base = mem.registerExternal(backing, "file");
+    mem.write(pfnToHpa((base + 1) as Pfn, 4), new Uint8Array([5, 6]));
+    assert.deepEqual([...data.subarray(4096 + 4, 4096 + 6)], [5, 6], "writes go through the backing");
+    assert.equal(mem.frameForRead((base + 1) as Pfn)![5], 6);
+    assert.throws(() => mem.frameForWrite(base), /writeBytes/, "no view of a copy-backed frame");
+    size = 4096; // the client shrank the file
+    assert.equal(mem.frameForRead((base + 1) as Pfn), undefined);
+    assert.equal(mem.writeBytes((base + 1) as Pfn, 0, new Uint8Array(1), 0, 1), false);
+    assert.equal(mem.fillBytes((base + 1) as Pfn, 0, 1, 8), false);
+    assert.throws(() => mem.read(pfnToHpa((base + 1) as Pfn), new Uint8Array(4)), { errno: Errno.EFAULT });
+    assert.equal(mem.frameForRead(base)![0], 0, "the first page is still there");
+    mem.releaseExternal(base);
   });
   it("shares frames with an outside buffer (a memfd export) and takes them back with their bytes", () => {
     const { mem } = mk();
@@ -159,13 +228,13 @@ describe("PhysicalMemory", () => {
     assert.equal(backing[5], 42, "the frame's bytes moved into the buffer");
     assert.equal(backing[4096], 0, "an untouched frame is zeros there");
     backing[4096 + 1] = 7;
-    assert.equal(mem.frameForRead((f + 1) as Pfn)[1], 7, "stores into the buffer are the frame's");
+    assert.equal(mem.frameForRead((f + 1) as Pfn)![1], 7, "stores into the buffer are the frame's");
     mem.frameForWrite(f)[6] = 9;
     assert.equal(backing[6], 9, "and the frame's stores are the buffer's");
     mem.unshareFrames(f, 2);
     backing[5] = 0;
-    assert.equal(mem.frameForRead(f)[5], 42, "after unsharing the frame keeps its bytes, detached");
-    assert.equal(mem.frameForRead((f + 1) as Pfn)[1], 7);
+    assert.equal(mem.frameForRead(f)![5], 42, "after unsharing the frame keeps its bytes, detached");
+    assert.equal(mem.frameForRead((f + 1) as Pfn)![1], 7);
     assert.throws(() => mem.shareFrames(f, 2, new Uint8Array(4096)), /needs 8192 bytes/);
     const ext = mem.registerExternal(new Uint8Array(4096), "x");
     assert.throws(() => mem.shareFrames(ext, 1, new Uint8Array(4096)), /external/);

@@ -3,10 +3,15 @@
  *
  * A host may declare terabytes and pays only for what is touched: frame metadata lives in 16 MiB chunks created on
  * first use, and a frame's 4 KiB of data is created on its first write (reads of untouched frames see zeros).
- * Frames can also be backed by external buffers (guest RAM a real VMM shares with us over vfio-user, mmap'd from a
- * memfd): those get frame numbers above RAM and their data is a view into the caller's buffer. A region's numbers
- * return to a first-fit pool once every frame of it dropped its last reference (released and unpinned), and chunks
- * left with no live frame are dropped, so a daemon serving client after client does not grow.
+ * Frames can also be external: guest RAM a real VMM shares with us over vfio-user. An external region is one record
+ * and an `ExternalBacking` (a mapped memfd, or a file reached by copying): registering 64 GiB costs O(1) and no
+ * per-page object. Its frames get numbers above RAM (each region starts on a 16 MiB chunk boundary, so a metadata
+ * chunk belongs to one region) and materialise on first use: a pin or a reference creates the chunk's counters, a
+ * data access the page's view (memory backings, in 2 MiB views made on demand) or a copy through the backing (backings
+ * that are not memory: the access can fail, and then reads as `undefined` / a false write, which the DMA path turns
+ * into a fault). The registration holds an implicit reference on every frame, not stored per frame. A region's numbers
+ * return to a first-fit pool once it is released and none of its frames holds a reference (pin, mapping), and its
+ * chunks are dropped with it, so a daemon serving client after client does not grow.
  *
  * Each frame has a reference count (page tables, kernel allocations and pins each hold references) and a pin count
  * (pin_user_pages). A frame is freed when its reference count drops to 0; pinning takes a reference, so a pinned frame
@@ -50,15 +55,59 @@ interface Chunk {
   pin: Int32Array;
   owner: Int32Array;
   data: (Uint8Array | undefined)[];
+  /** The external region this chunk's frames belong to (external chunks only). */
+  region: ExternalRegion | undefined;
 }
+
+/**
+ * What the bytes of an external region are. Offsets and lengths are bytes within the region.
+ * Memory backings give zero-copy views; others are reached by copying, and a copy may fail (a file that shrank).
+ */
+export interface ExternalBacking {
+  /** Size in bytes: a non-zero multiple of 4 KiB. */
+  readonly bytes: number;
+  /** A zero-copy view of [offset, offset + len) (page-aligned, at most 2 MiB), or undefined if not memory. */
+  view(offset: number, len: number): Uint8Array | undefined;
+  /** Copies `len` bytes at `offset` into dst[off..]: 0, or a positive errno (EFAULT: the memory is gone). */
+  read(offset: number, dst: Uint8Array, off: number, len: number): number;
+  /** Copies src[off..off+len) to `offset`: 0, or a positive errno. */
+  write(offset: number, src: Uint8Array, off: number, len: number): number;
+}
+
+/** A backing over bytes already in this process (tests, in-process buffers). */
+export function bufferBacking(buf: Uint8Array): ExternalBacking {
+  return {
+    bytes: buf.byteLength,
+    view: (offset, len) => buf.subarray(offset, offset + len),
+    read: (offset, dst, off, len) => {
+      dst.set(buf.subarray(offset, offset + len), off);
+      return 0;
+    },
+    write: (offset, src, off, len) => {
+      buf.set(src.subarray(off, off + len), offset);
+      return 0;
+    },
+  };
+}
+
+/** Bytes of one lazily made view of a memory backing. */
+const VIEW_BYTES = 2 * 1024 * 1024;
+const VIEW_FRAMES = VIEW_BYTES / PAGE_SIZE;
 
 interface ExternalRegion {
   readonly base: number;
   readonly pages: number;
   readonly label: string;
-  /** True once the registrant let go; frames are released as their references drop. */
+  readonly owner: number;
+  readonly backing: ExternalBacking;
+  /** Whether the backing gives views (memory) or is reached by copying. */
+  readonly memory: boolean;
+  /** 2 MiB views of a memory backing, made on first use. */
+  readonly views: Map<number, Uint8Array>;
+  /** True once the registrant let go (its implicit reference on every frame is gone). */
   released: boolean;
-  live: number;
+  /** Frames with a stored reference (a pin, a mapping, get_page): what keeps a released region alive. */
+  held: number;
 }
 
 export interface PhysicalMemoryOptions {
@@ -92,7 +141,10 @@ export class PhysicalMemory {
   private externalTop: number;
   /** Frame ranges of fully released external regions, sorted by base, merged, below `externalTop`: reused first. */
   private readonly externalFree: { base: number; pages: number }[] = [];
-  private readonly externals = new Map<number, ExternalRegion>();
+  /** Live external regions, sorted by base. */
+  private readonly regions: ExternalRegion[] = [];
+  /** Where a copy-backed frame is read to (`frameForRead` returns it: valid until the next call). */
+  private readonly ioPage = new Uint8Array(PAGE_SIZE);
   private readonly tracer: Tracer;
 
   constructor(opts: PhysicalMemoryOptions) {
@@ -160,15 +212,19 @@ export class PhysicalMemory {
   /** Takes another reference on an allocated frame. */
   get(f: Pfn): void {
     const c = this.chunkOf(f, "get");
-    c.ref[f % CHUNK_FRAMES]!++;
+    this.ref(f, c, f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES);
   }
 
   /** Drops a reference; the frame is freed (its data discarded) when none remain. */
   put(f: Pfn): void {
     const c = this.chunkOf(f, "put");
-    const i = f % CHUNK_FRAMES;
+    const i = f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES;
     const r = c.ref[i]! - 1;
-    if (r < 0) throw new Error(`physmem: reference count of pfn ${hex(f)} went negative (double free)`);
+    if (r < 0) {
+      throw new Error(
+        `physmem: reference count of pfn ${hex(f)} went negative (double free${f >= this.externalBase ? "; an external frame's registration reference is dropped by releaseExternal" : ""})`,
+      );
+    }
     c.ref[i] = r;
     if (r === 0) this.release(f, c, i);
   }
@@ -176,24 +232,29 @@ export class PhysicalMemory {
   /** Pins a frame: pin count + 1 and a reference held by the pin. */
   pin(f: Pfn): void {
     const c = this.chunkOf(f, "pin");
-    const i = f % CHUNK_FRAMES;
+    const i = f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES;
     if (c.pin[i] === 0) this.pinned++;
     c.pin[i]!++;
-    c.ref[i]!++;
+    this.ref(f, c, i);
   }
 
   unpin(f: Pfn): void {
     const c = this.chunkOf(f, "unpin");
-    const i = f % CHUNK_FRAMES;
+    const i = f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES;
     if (c.pin[i]! <= 0) throw new Error(`physmem: unpin of pfn ${hex(f)} that is not pinned`);
     c.pin[i]!--;
     if (c.pin[i] === 0) this.pinned--;
     this.put(f);
   }
 
+  /** References on a frame; for an external frame, its registration counts as one while the region is registered. */
   refCount(f: Pfn): number {
-    const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
-    return c ? c.ref[f % CHUNK_FRAMES]! : 0;
+    const ci = Math.floor(f / CHUNK_FRAMES);
+    const c = this.chunks[ci];
+    const stored = c ? c.ref[f - ci * CHUNK_FRAMES]! : 0;
+    if (f < this.externalBase) return stored;
+    const r = c?.region ?? this.regionAt(f);
+    return r !== undefined && f < r.base + r.pages && !r.released ? stored + 1 : stored;
   }
 
   pinCount(f: Pfn): number {
@@ -202,8 +263,15 @@ export class PhysicalMemory {
   }
 
   owner(f: Pfn): number {
-    const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
-    return c ? c.owner[f % CHUNK_FRAMES]! : 0;
+    const ci = Math.floor(f / CHUNK_FRAMES);
+    const c = this.chunks[ci];
+    if (f >= this.externalBase) {
+      const r = c?.region ?? this.regionAt(f);
+      return r !== undefined && f < r.base + r.pages && (!r.released || (c?.ref[f - ci * CHUNK_FRAMES] ?? 0) > 0)
+        ? r.owner
+        : 0;
+    }
+    return c ? c.owner[f - ci * CHUNK_FRAMES]! : 0;
   }
 
   isAllocated(f: Pfn): boolean {
@@ -217,27 +285,35 @@ export class PhysicalMemory {
   // ---- external buffers ----------------------------------------------------------------------------------------
 
   /**
-   * Makes `buf` (a multiple of 4 KiB, e.g. a view of an mmap'd memfd) addressable as host frames. Returns the first
-   * frame; the registration holds one reference on each frame until `releaseExternal`.
+   * Makes an external backing (e.g. a mapped memfd) addressable as host frames. O(1): no frame materialises until it
+   * is used. Returns the first frame; the registration holds a reference on every frame until `releaseExternal`.
+   * A Uint8Array is taken as a memory backing over those bytes.
    */
-  registerExternal(buf: Uint8Array, label: string, owner = 0): Pfn {
-    if (buf.byteLength === 0 || buf.byteLength % PAGE_SIZE !== 0) {
+  registerExternal(backing: ExternalBacking | Uint8Array, label: string, owner = 0): Pfn {
+    const b = backing instanceof Uint8Array ? bufferBacking(backing) : backing;
+    if (!Number.isSafeInteger(b.bytes) || b.bytes <= 0 || b.bytes % PAGE_SIZE !== 0) {
       throw new KernelError(
         Errno.EINVAL,
-        `external buffer '${label}' is ${buf.byteLength} bytes: it must be a non-empty multiple of 4096`,
+        `external buffer '${label}' is ${b.bytes} bytes: it must be a non-empty multiple of 4096`,
       );
     }
-    const pages = buf.byteLength / PAGE_SIZE;
+    const pages = b.bytes / PAGE_SIZE;
     const base = this.takeExternalRange(pages);
-    for (let k = 0; k < pages; k++) {
-      const f = base + k;
-      const c = this.chunk(f);
-      const i = f % CHUNK_FRAMES;
-      c.ref[i] = 1;
-      c.owner[i] = owner;
-      c.data[i] = buf.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE);
-    }
-    this.externals.set(base, { base, pages, label, released: false, live: pages });
+    const memory = b.view(0, Math.min(PAGE_SIZE, b.bytes)) !== undefined;
+    const region: ExternalRegion = {
+      base,
+      pages,
+      label,
+      owner,
+      backing: b,
+      memory,
+      views: new Map(),
+      released: false,
+      held: 0,
+    };
+    let k = 0;
+    while (k < this.regions.length && this.regions[k]!.base < base) k++;
+    this.regions.splice(k, 0, region);
     if (this.tracer.enabled) this.tracer.emit("mem.external.register", { pfn: base, pages, label });
     return base as Pfn;
   }
@@ -282,37 +358,60 @@ export class PhysicalMemory {
     }
   }
 
-  /** Drops the registration's references. Frames still pinned stay readable until their last pin goes. */
+  /** Drops the registration's references. Frames still referenced (pinned, mapped) stay usable until they let go. */
   releaseExternal(base: Pfn): void {
-    const r = this.externals.get(base);
+    const r = this.regions.find((x) => x.base === base);
     if (!r || r.released) {
       throw new KernelError(Errno.EINVAL, `no external buffer registered at pfn ${hex(base)}`);
     }
     r.released = true;
-    for (let k = 0; k < r.pages; k++) this.put((base + k) as Pfn);
+    if (r.held === 0) this.regionGone(r);
   }
 
-  /** External regions still holding frames (registered, or released but with frames pinned). */
+  /** External regions still holding frames (registered, or released with frames still referenced). */
   externalRegions(): { base: Pfn; pages: number; label: string; released: boolean; live: number }[] {
-    return [...this.externals.values()].map((r) => ({ ...r, base: r.base as Pfn }));
+    return this.regions.map((r) => ({
+      base: r.base as Pfn,
+      pages: r.pages,
+      label: r.label,
+      released: r.released,
+      live: r.released ? r.held : r.pages,
+    }));
   }
 
   // ---- data access ---------------------------------------------------------------------------------------------
 
-  /** The 4 KiB of a frame, for reading. Untouched frames read as a shared zero page: never write to it. */
-  frameForRead(f: Pfn): Uint8Array {
+  /**
+   * The 4 KiB of a frame, for reading. Untouched RAM frames read as a shared zero page: never write to it. A frame of
+   * a copy-backed external region is read into a scratch page valid until the next call; `undefined` means the frame
+   * cannot be read (its backing failed, or it belongs to no live region): the caller faults.
+   */
+  frameForRead(f: Pfn): Uint8Array | undefined {
     // No `%`: a frame number computed by division is a double to the JIT, and a double modulo is a C call.
     const ci = Math.floor(f / CHUNK_FRAMES);
     const c = this.chunks[ci];
-    return c?.data[f - ci * CHUNK_FRAMES] ?? ZERO_FRAME;
+    const d = c?.data[f - ci * CHUNK_FRAMES];
+    if (d !== undefined) return d;
+    return f < this.externalBase ? ZERO_FRAME : this.externalRead(f);
   }
 
-  /** The 4 KiB of a frame, for writing (creates its data on first touch). */
+  /**
+   * The 4 KiB of a RAM frame or a memory-backed external frame, for writing (creates its data on first touch).
+   * Frames of copy-backed regions have no such view: write them with `writeBytes` (EFAULT here).
+   */
   frameForWrite(f: Pfn): Uint8Array {
+    if (f >= this.externalBase && this.regionAt(f) === undefined) throw this.gone(f, "write");
     const c = this.chunk(f);
     const i = f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES;
     let d = c.data[i];
     if (d === undefined) {
+      if (f >= this.externalBase) {
+        d = this.externalView(f, c, i);
+        if (d === undefined) {
+          throw new KernelError(Errno.EFAULT, `pfn ${hex(f)} has no memory view (copy-backed or gone): use writeBytes`);
+        }
+        return d;
+      }
       d = new Uint8Array(PAGE_SIZE);
       c.data[i] = d;
       this.touched++;
@@ -320,7 +419,39 @@ export class PhysicalMemory {
     return d;
   }
 
-  /** Reads `len` bytes at host-physical `addr` into `dst[off..]`, crossing frames as needed. */
+  /** Copies src[off..off+len) into frame `f` at `po` (within the page). False: the frame cannot be written. */
+  writeBytes(f: Pfn, po: number, src: Uint8Array, off: number, len: number): boolean {
+    const ci = Math.floor(f / CHUNK_FRAMES);
+    const c = this.chunks[ci];
+    let d = c?.data[f - ci * CHUNK_FRAMES];
+    if (d === undefined) {
+      if (f >= this.externalBase) return this.externalWrite(f, po, src, off, len);
+      d = this.frameForWrite(f);
+    }
+    if (len === PAGE_SIZE && off === 0 && src.length === PAGE_SIZE) d.set(src);
+    else if (len <= SMALL_COPY) for (let k = 0; k < len; k++) d[po + k] = src[off + k]!;
+    else d.set(src.subarray(off, off + len), po);
+    return true;
+  }
+
+  /** Writes `len` copies of `byte` into frame `f` at `po`. False: the frame cannot be written. */
+  fillBytes(f: Pfn, po: number, byte: number, len: number): boolean {
+    const ci = Math.floor(f / CHUNK_FRAMES);
+    const c = this.chunks[ci];
+    const d = c?.data[f - ci * CHUNK_FRAMES];
+    if (d !== undefined) {
+      d.fill(byte, po, po + len);
+      return true;
+    }
+    if (f < this.externalBase) {
+      this.frameForWrite(f).fill(byte, po, po + len);
+      return true;
+    }
+    const page = new Uint8Array(len).fill(byte);
+    return this.externalWrite(f, po, page, 0, len);
+  }
+
+  /** Reads `len` bytes at host-physical `addr` into `dst[off..]`, crossing frames as needed. EFAULT if one is gone. */
   read(addr: Hpa, dst: Uint8Array, off = 0, len = dst.length - off): void {
     let a: number = addr;
     let o = off;
@@ -330,6 +461,7 @@ export class PhysicalMemory {
       const po = a - f * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
       const src = this.frameForRead(f as Pfn);
+      if (src === undefined) throw this.gone(f, "read");
       dst.set(src.subarray(po, po + n), o);
       a += n;
       o += n;
@@ -345,7 +477,7 @@ export class PhysicalMemory {
       const f = Math.floor(a / PAGE_SIZE);
       const po = a - f * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
-      this.frameForWrite(f as Pfn).set(src.subarray(o, o + n), po);
+      if (!this.writeBytes(f as Pfn, po, src, o, n)) throw this.gone(f, "write");
       a += n;
       o += n;
       left -= n;
@@ -369,7 +501,7 @@ export class PhysicalMemory {
       const f = Math.floor(a / PAGE_SIZE);
       const po = a - f * PAGE_SIZE;
       const n = Math.min(left, PAGE_SIZE - po);
-      this.frameForWrite(f as Pfn).fill(byte, po, po + n);
+      if (!this.fillBytes(f as Pfn, po, byte, n)) throw this.gone(f, "fill");
       a += n;
       left -= n;
     }
@@ -377,7 +509,7 @@ export class PhysicalMemory {
 
   stats(): PhysMemStats {
     let ext = 0;
-    for (const r of this.externals.values()) ext += r.live;
+    for (const r of this.regions) ext += r.released ? r.held : r.pages;
     return {
       totalFrames: this.totalFrames,
       allocatedFrames: this.allocated,
@@ -387,7 +519,26 @@ export class PhysicalMemory {
     };
   }
 
+  /** Frame numbers handed out to external regions and not yet back in the pool (tests: reuse and no growth). */
+  externalSpan(): { top: number; free: number } {
+    return { top: this.externalTop - this.externalBase, free: this.externalFree.reduce((n, r) => n + r.pages, 0) };
+  }
+
+  /** Metadata chunks in existence (tests: external frames materialise on use and go with their region). */
+  chunkCount(): number {
+    let n = 0;
+    for (const c of this.chunks) if (c !== undefined) n++;
+    return n;
+  }
+
   // ---- internals ----------------------------------------------------------------------------------------------
+
+  private gone(f: number, op: string): KernelError {
+    return new KernelError(
+      Errno.EFAULT,
+      `physmem ${op} of pfn ${hex(f)}: the frame's external memory is gone or failed (the client shrank or unmapped it)`,
+    );
+  }
 
   private chunk(f: number): Chunk {
     const ci = Math.floor(f / CHUNK_FRAMES);
@@ -398,33 +549,110 @@ export class PhysicalMemory {
         pin: new Int32Array(CHUNK_FRAMES),
         owner: new Int32Array(CHUNK_FRAMES),
         data: new Array<Uint8Array | undefined>(CHUNK_FRAMES),
+        region: f >= this.externalBase ? this.regionAt(f) : undefined,
       };
       this.chunks[ci] = c;
     }
     return c;
   }
 
+  /** The live region whose chunk-aligned range holds `f` (binary search; regions are few). */
+  private regionAt(f: number): ExternalRegion | undefined {
+    const rs = this.regions;
+    let lo = 0;
+    let hi = rs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (rs[mid]!.base <= f) lo = mid + 1;
+      else hi = mid;
+    }
+    const r = rs[lo - 1];
+    return r !== undefined && f < r.base + roundChunks(r.pages) ? r : undefined;
+  }
+
+  /** Takes a reference (stored). For an external frame, the first stored reference holds its region. */
+  private ref(f: number, c: Chunk, i: number): void {
+    if (c.ref[i]!++ === 0 && f >= this.externalBase) c.region!.held++;
+  }
+
+  /** A memory-backed external frame's view, made (and cached in its chunk) on first use; undefined otherwise. */
+  private externalView(f: number, c: Chunk, i: number): Uint8Array | undefined {
+    const r = c.region;
+    if (r === undefined || !r.memory || f >= r.base + r.pages || (r.released && c.ref[i] === 0)) return undefined;
+    const k = f - r.base;
+    const vi = Math.floor(k / VIEW_FRAMES);
+    let v = r.views.get(vi);
+    if (v === undefined) {
+      const at = vi * VIEW_BYTES;
+      v = r.backing.view(at, Math.min(VIEW_BYTES, r.backing.bytes - at));
+      if (v === undefined) return undefined;
+      r.views.set(vi, v);
+    }
+    const po = (k - vi * VIEW_FRAMES) * PAGE_SIZE;
+    const d = v.subarray(po, po + PAGE_SIZE);
+    c.data[i] = d;
+    return d;
+  }
+
+  private externalRead(f: number): Uint8Array | undefined {
+    const r = this.regionAt(f);
+    if (r === undefined || f >= r.base + r.pages) return undefined;
+    if (r.memory) {
+      const c = this.chunk(f);
+      return this.externalView(f, c, f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES);
+    }
+    const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
+    if (r.released && (c?.ref[f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES] ?? 0) === 0) return undefined;
+    return r.backing.read((f - r.base) * PAGE_SIZE, this.ioPage, 0, PAGE_SIZE) === 0 ? this.ioPage : undefined;
+  }
+
+  private externalWrite(f: number, po: number, src: Uint8Array, off: number, len: number): boolean {
+    const r = this.regionAt(f);
+    if (r === undefined || f >= r.base + r.pages) return false;
+    if (r.memory) {
+      const c = this.chunk(f);
+      const d = this.externalView(f, c, f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES);
+      if (d === undefined) return false;
+      d.set(src.subarray(off, off + len), po);
+      return true;
+    }
+    const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
+    if (r.released && (c?.ref[f - Math.floor(f / CHUNK_FRAMES) * CHUNK_FRAMES] ?? 0) === 0) return false;
+    return r.backing.write((f - r.base) * PAGE_SIZE + po, src, off, len) === 0;
+  }
+
   /**
-   * Frame numbers for a new external region: the first released range that fits (first fit), else fresh ones at the
-   * top. Numbers are reused only once every frame of the old region dropped its last reference (no pin, no mapping
-   * holds one), so nothing can still reach the old buffer through them.
+   * Frame numbers for a new external region, whole chunks: the first released range that fits (first fit), else
+   * fresh ones at the top. Numbers are reused only once every frame of the old region dropped its last reference (no
+   * pin, no mapping holds one), so nothing can still reach the old backing through them.
    */
   private takeExternalRange(pages: number): number {
+    const want = roundChunks(pages);
     const free = this.externalFree;
     for (let k = 0; k < free.length; k++) {
       const r = free[k]!;
-      if (r.pages < pages) continue;
+      if (r.pages < want) continue;
       const base = r.base;
-      if (r.pages === pages) free.splice(k, 1);
-      else free[k] = { base: base + pages, pages: r.pages - pages };
+      if (r.pages === want) free.splice(k, 1);
+      else free[k] = { base: base + want, pages: r.pages - want };
       return base;
     }
     const base = this.externalTop;
-    this.externalTop += pages;
+    this.externalTop += want;
     return base;
   }
 
-  /** A released region's frame numbers go back to the pool; chunks left with no live frame are dropped. */
+  /** A region with no registration and no referenced frame: its chunks and numbers go. */
+  private regionGone(r: ExternalRegion): void {
+    this.regions.splice(this.regions.indexOf(r), 1);
+    const span = roundChunks(r.pages);
+    for (let ci = r.base / CHUNK_FRAMES; ci < (r.base + span) / CHUNK_FRAMES; ci++) this.chunks[ci] = undefined;
+    r.views.clear();
+    this.giveExternalRange(r.base, span);
+    if (this.tracer.enabled) this.tracer.emit("mem.external.release", { pfn: r.base, pages: r.pages, label: r.label });
+  }
+
+  /** A released region's frame numbers go back to the pool (merged with their neighbours). */
   private giveExternalRange(base: number, pages: number): void {
     const free = this.externalFree;
     let k = 0;
@@ -438,7 +666,6 @@ export class PhysicalMemory {
     if (k > 0 && free[k - 1]!.base + free[k - 1]!.pages === free[k]!.base) {
       free[k - 1] = { base: free[k - 1]!.base, pages: free[k - 1]!.pages + free[k]!.pages };
       free.splice(k, 1);
-      k--;
     }
     // The top range gives its numbers back to the fresh pool.
     const last = free[free.length - 1];
@@ -446,44 +673,28 @@ export class PhysicalMemory {
       this.externalTop = last.base;
       free.pop();
     }
-    for (let ci = Math.floor(base / CHUNK_FRAMES); ci <= Math.floor((base + pages - 1) / CHUNK_FRAMES); ci++) {
-      const c = this.chunks[ci];
-      if (c?.ref.every((x) => x === 0)) this.chunks[ci] = undefined;
-    }
   }
 
-  /** Frame numbers handed out to external regions and not yet back in the pool (tests: reuse and no growth). */
-  externalSpan(): { top: number; free: number } {
-    return { top: this.externalTop - this.externalBase, free: this.externalFree.reduce((n, r) => n + r.pages, 0) };
-  }
-
+  /** The chunk of an allocated frame (for an external frame: of a live one, made on first use). */
   private chunkOf(f: Pfn, op: string): Chunk {
-    const c = this.chunks[Math.floor(f / CHUNK_FRAMES)];
-    if (c === undefined || c.ref[f % CHUNK_FRAMES] === 0) {
-      throw new Error(`physmem.${op}: pfn ${hex(f)} is not allocated (a reference-counting bug in the caller)`);
-    }
-    return c;
+    const ci = Math.floor(f / CHUNK_FRAMES);
+    const c = this.chunks[ci];
+    if (c !== undefined && c.ref[f - ci * CHUNK_FRAMES] !== 0) return c;
+    if (f >= this.externalBase && this.refCount(f) > 0) return this.chunk(f);
+    throw new Error(`physmem.${op}: pfn ${hex(f)} is not allocated (a reference-counting bug in the caller)`);
   }
 
   private release(f: Pfn, c: Chunk, i: number): void {
-    c.owner[i] = 0;
     if (f >= this.externalBase) {
-      c.data[i] = undefined;
-      for (const r of this.externals.values()) {
-        if (f >= r.base && f < r.base + r.pages) {
-          r.live--;
-          if (r.live === 0) {
-            this.externals.delete(r.base);
-            this.giveExternalRange(r.base, r.pages);
-            if (this.tracer.enabled) {
-              this.tracer.emit("mem.external.release", { pfn: r.base, pages: r.pages, label: r.label });
-            }
-          }
-          break;
-        }
+      const r = c.region!;
+      r.held--;
+      if (r.released) {
+        c.data[i] = undefined;
+        if (r.held === 0) this.regionGone(r);
       }
       return;
     }
+    c.owner[i] = 0;
     if (c.data[i] !== undefined) {
       c.data[i] = undefined;
       this.touched--;
@@ -492,6 +703,14 @@ export class PhysicalMemory {
     this.freeList.push(f);
   }
 }
+
+/** Frames, rounded up to whole metadata chunks. */
+function roundChunks(pages: number): number {
+  return Math.ceil(pages / CHUNK_FRAMES) * CHUNK_FRAMES;
+}
+
+/** Copies of at most this many bytes are done by a loop (cheaper than subarray + set). */
+const SMALL_COPY = 16;
 
 /** Frame number of a host-physical address. */
 export function hpaToPfn(a: Hpa): Pfn {

@@ -3,12 +3,15 @@
  * device's DMA, libvfio-user's checks, and the EBUSY/zombie path of a device that keeps its pins.
  */
 import assert from "node:assert/strict";
+import { ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Errno, isKernelError } from "../core/index.ts";
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_TYPE1v2_IOMMU, VfioContainerHandle, VfioGroupHandle } from "../vfio/index.ts";
 import { GuestMemory } from "./client.ts";
 import { DmaTable } from "./dma.ts";
-import { closeFd, dupCloexec } from "./native.ts";
+import { closeFd, dupCloexec, memfdCreate } from "./native.ts";
 import { VFIO_USER_F_DMA_REGION_READ as R, VFIO_USER_F_DMA_REGION_WRITE as W } from "./protocol.ts";
 import { DMA_TEST_CMD, DMA_TEST_REG } from "./testing/dma-device.ts";
 import { serverSystem } from "./testing/harness.ts";
@@ -170,5 +173,56 @@ describe("DmaTable", () => {
     assert.equal(c.table.zombieCount, 0);
     assert.equal(c.host.physmem.externalRegions().length, 0);
     ram.close();
+  });
+
+  it("maps a window larger than 4 GiB lazily: DMA and pins above 4 GiB reach the client's bytes", () => {
+    const c = connection();
+    const size = 8 * 2 ** 30;
+    const fd = memfdCreate("ram-8g", size);
+    const chunks = c.host.physmem.chunkCount();
+    const w = c.table.map({ iova: 2 ** 32, size, offset: 0, prot: R | W }, dupCloexec(fd));
+    assert.equal(w.backing, "fd");
+    assert.equal(w.guarded, false, "a memfd made with sealing is sealed and shared");
+    assert.equal(c.host.physmem.chunkCount(), chunks, "registering 8 GiB materialises no frame");
+    const high = 2 ** 32 + 6 * 2 ** 30 + 0x1234;
+    assert.equal(c.command(DMA_TEST_CMD.FILL, high, 8, 0xab), 0);
+    const got = Buffer.alloc(10);
+    readSync(fd, got, 0, 10, high - 2 ** 32 - 1);
+    assert.deepEqual([...got], [0, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0]);
+    assert.equal(c.command(DMA_TEST_CMD.PIN_FILL, 2 ** 32 + size - 4096, 16, 0x5a), 0);
+    readSync(fd, got, 0, 2, size - 4096);
+    assert.deepEqual([...got.subarray(0, 2)], [0x5a, 0x5a]);
+    c.table.unmap(2 ** 32, size);
+    assert.equal(c.host.physmem.externalRegions().length, 0);
+    assert.equal(c.host.physmem.chunkCount(), chunks, "the frames that materialised went with the window");
+    closeFd(fd);
+  });
+
+  it("serves a window it cannot seal by guarded copies: a shrunk file is a DMA fault, not a SIGBUS", () => {
+    const c = connection();
+    const dir = mkdtempSync(join(tmpdir(), "vgpu-dma-"));
+    const path = join(dir, "ram");
+    const fd = openSync(path, "w+");
+    try {
+      ftruncateSync(fd, 4 * 4096);
+      const w = c.table.map({ iova: 0x200000, size: 4 * 4096, offset: 0, prot: R | W }, dupCloexec(fd));
+      assert.equal(w.guarded, true, "a regular file cannot be sealed");
+      assert.equal(c.command(DMA_TEST_CMD.FILL, 0x200000 + 3 * 4096, 4, 0x42), 0);
+      assert.equal(readFileSync(path)[3 * 4096 + 3], 0x42, "DMA reaches the file");
+      writeSync(fd, Buffer.from([7, 7, 7, 7]), 0, 4, 4096);
+      assert.equal(c.command(DMA_TEST_CMD.READ, 0x200000 + 4096, 4), 0);
+      assert.equal(c.read(DMA_TEST_REG.BUF), 0x07070707);
+      assert.equal(c.command(DMA_TEST_CMD.PIN_FILL, 0x200000 + 2 * 4096, 4, 0x33), 0, "pins work on guarded frames");
+      assert.equal(readFileSync(path)[2 * 4096], 0x33);
+      ftruncateSync(fd, 4096); // the client shrinks the file under the window
+      assert.equal(c.command(DMA_TEST_CMD.FILL, 0x200000 + 3 * 4096, 4, 1), Errno.EFAULT, "a fault, the process lives");
+      assert.equal(c.command(DMA_TEST_CMD.READ, 0x200000 + 3 * 4096, 4), Errno.EFAULT);
+      assert.equal(c.command(DMA_TEST_CMD.FILL, 0x200000, 4, 9), 0, "what is left of the file still works");
+      c.table.release();
+      assert.equal(c.host.physmem.externalRegions().length, 0);
+    } finally {
+      closeFd(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,9 +1,12 @@
 /**
  * One connection's DMA windows (vfio-user DMA_MAP / DMA_UNMAP), and how they reach the device through the host model.
  *
- * A window that arrives with an fd (guest RAM from a memory-backend-memfd) is made real memory of the model:
- * 1. mmap(MAP_SHARED) of the client's fd in this OS process (a zero-copy view of the guest's RAM);
- * 2. `physmem.registerExternal(view)`: those bytes become host frames of the model;
+ * A window that arrives with an fd (guest RAM from a memory-backend-memfd or -file) is made real memory of the model:
+ * 1. mmap(MAP_SHARED) of the client's fd in this OS process, the whole window at once (address space only: a 64 GiB
+ *    guest costs no memory until touched);
+ * 2. `physmem.registerExternal(backing)`: one record, O(1); frames materialise when they are pinned or reached, and
+ *    a memory backing makes its zero-copy views 2 MiB at a time on first use (no view of more than 2 MiB is made:
+ *    koffi aborts the process for one above 4 GiB);
  * 3. `mm.mmap` with external backing: the frames appear at an HVA of the connection's host Process;
  * 4. VFIO_IOMMU_MAP_DMA on the connection's type1 container: iova = the guest address, vaddr = that HVA.
  * From then on the device's vfio_pin_pages / vfio_dma_rw, the vendor driver's dma_map_page, the system IOMMU and the
@@ -16,9 +19,17 @@
  *
  * Checks (the order libvfio-user uses, errno as it answers): unknown flags, size 0, unaligned addr/size/offset, an
  * address range past 2^53 EINVAL; overlap with a live window EEXIST; more than max_dma_maps windows ENOSPC; an fd
- * shorter than offset + size EINVAL (a mapping past the end of a file would SIGBUS this process on first touch); the
- * fd is sealed against shrinking when the memfd allows it, for the same reason (QEMU seals its memfds itself). UNMAP
+ * shorter than offset + size EINVAL (a mapping past the end of a file would SIGBUS this process on first touch). UNMAP
  * must name a live window exactly (ENOENT otherwise).
+ *
+ * Shrinking: a client that truncates the file behind a window would make the next load or store of it a SIGBUS,
+ * which kills the server. So the fd is sealed against shrinking (F_SEAL_SHRINK) when it allows it (memfds made with
+ * sealing: QEMU's memory-backend-memfd seals them itself), and the window is then shared memory, zero-copy. A window
+ * that cannot be sealed (a regular file, hugetlbfs, a memfd without MFD_ALLOW_SEALING: QEMU's memory-backend-file
+ * share=on) is still served, but "guarded": mapped, never touched directly, every access a process_vm_readv/writev on
+ * our own pid, which the kernel answers with EFAULT where a direct access would SIGBUS. A shrunk file then becomes a
+ * DMA fault ("memory-gone") or an EFAULT to the caller, and the server lives. Guarded copies cost a syscall each
+ * (BENCHMARKS.md).
  *
  * Safety invariant: the real mapping stays until physmem reports the external region gone (no page table or pin
  * references left). UNMAP of a window whose pins the device keeps through every dma_unmap fails with type1's EBUSY and
@@ -28,7 +39,7 @@
  * process.
  */
 import { defineTraceEvents, Errno, type Hva, KernelError, PAGE_SIZE, type Pfn, type Tracer } from "../core/index.ts";
-import { type PhysicalMemory, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
+import { type ExternalBacking, type PhysicalMemory, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
 import {
   VFIO_DMA_MAP_FLAG_READ,
   VFIO_DMA_MAP_FLAG_WRITE,
@@ -43,6 +54,8 @@ import {
   F_SEAL_SHRINK,
   fileSize,
   getSeals,
+  guardedRead,
+  guardedWrite,
   MAP_PRIVATE,
   MAP_SHARED,
   type Mapping,
@@ -78,6 +91,8 @@ export interface DmaWindow {
   readonly prot: number;
   /** "fd": real memory mapped and in the container; "remote": reached by DMA_READ/DMA_WRITE. */
   readonly backing: "fd" | "remote";
+  /** fd windows that could not be sealed against shrinking: reached only by guarded copies (see the module doc). */
+  readonly guarded: boolean;
   /** fd windows: where the frames sit in the connection's address space, and the first frame. */
   readonly hva: Hva | undefined;
   readonly basePfn: Pfn | undefined;
@@ -183,7 +198,16 @@ export class DmaTable {
     }
     let w: Window;
     if (fd === undefined) {
-      w = { iova, size, prot, backing: "remote", hva: undefined, basePfn: undefined, mapping: undefined };
+      w = {
+        iova,
+        size,
+        prot,
+        backing: "remote",
+        guarded: false,
+        hva: undefined,
+        basePfn: undefined,
+        mapping: undefined,
+      };
     } else {
       w = this.mapFd(iova, size, offset, prot, fd);
     }
@@ -199,7 +223,7 @@ export class DmaTable {
         hva: w.hva ?? 0,
       });
     }
-    return { iova, size, prot, backing: w.backing, hva: w.hva, basePfn: w.basePfn };
+    return { iova, size, prot, backing: w.backing, guarded: w.guarded, hva: w.hva, basePfn: w.basePfn };
   }
 
   private mapFd(iova: number, size: number, offset: number, prot: number, fd: number): Window {
@@ -214,11 +238,13 @@ export class DmaTable {
     }
     const seals = getSeals(fd);
     let sealed = seals >= 0 && (seals & F_SEAL_SHRINK) !== 0;
-    let reason = sealed ? "already sealed" : "";
+    let reason = sealed ? "already sealed: shared mapping" : "";
     if (!sealed) {
       const r = seals >= 0 ? addSeals(fd, F_SEAL_SHRINK) : seals;
       sealed = r === 0;
-      reason = sealed ? "sealed now" : `cannot seal (errno ${-r}): the client could still truncate the file`;
+      reason = sealed
+        ? "sealed now: shared mapping"
+        : `cannot seal (errno ${-r}): every access is a guarded copy, a shrunk file is a DMA fault`;
     }
     if (tracer.enabled) tracer.emit("vfiouser.dma.seal", { device: dev, iova, sealed, reason });
 
@@ -237,7 +263,7 @@ export class DmaTable {
     let basePfn: Pfn | undefined;
     let hva: Hva | undefined;
     try {
-      basePfn = physmem.registerExternal(mapping.bytes, label, proc.pid);
+      basePfn = physmem.registerExternal(sealed ? mappedBacking(mapping) : guardedBacking(mapping), label, proc.pid);
       const mprot = ((prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? PROT_READ : 0) | (writable ? PROT_WRITE : 0);
       hva = proc.mm.mmap(size, mprot === 0 ? PROT_READ : mprot, {
         backing: { kind: "external", basePfn, label },
@@ -254,7 +280,7 @@ export class DmaTable {
       if (basePfn === undefined || this.externalGone(basePfn)) mapping.unmap();
       throw e;
     }
-    return { iova, size, prot, backing: "fd", hva, basePfn, mapping };
+    return { iova, size, prot, backing: "fd", guarded: !sealed, hva, basePfn, mapping };
   }
 
   /**
@@ -273,7 +299,8 @@ export class DmaTable {
     }
     this.teardown(w, false);
     this.list.splice(i, 1);
-    return { iova: w.iova, size: w.size, prot: w.prot, backing: w.backing, hva: w.hva, basePfn: w.basePfn };
+    const { mapping: _m, ...out } = w;
+    return out;
   }
 
   /** DMA_UNMAP with UNMAP_ALL: every window (those type1 refuses stay). Returns how many went. */
@@ -390,4 +417,34 @@ export class DmaTable {
     const i = this.insertionIndex(iova);
     return this.list[i]?.iova === iova ? i : -1;
   }
+}
+
+/** A sealed window: the frames are zero-copy views of the mapping, made 2 MiB at a time as they are used. */
+function mappedBacking(m: Mapping): ExternalBacking {
+  return {
+    bytes: m.length,
+    view: (offset, len) => m.view(offset, len),
+    read: (offset, dst, off, len) => {
+      dst.set(m.view(offset, len), off);
+      return 0;
+    },
+    write: (offset, src, off, len) => {
+      m.view(offset, len).set(src.subarray(off, off + len));
+      return 0;
+    },
+  };
+}
+
+/**
+ * A window the client could still shrink: mapped, but never touched by this process directly. Every access is a
+ * process_vm_readv/writev on our own pid (`guardedRead/Write`), which returns EFAULT where a load or store would raise
+ * SIGBUS, so the model sees a DMA fault and the server lives.
+ */
+function guardedBacking(m: Mapping): ExternalBacking {
+  return {
+    bytes: m.length,
+    view: () => undefined,
+    read: (offset, dst, off, len) => guardedRead(m.address + offset, dst, off, len),
+    write: (offset, src, off, len) => guardedWrite(m.address + offset, src, off, len),
+  };
 }

@@ -219,10 +219,10 @@ describe("shadow GTT", () => {
     w.checkInvariants();
     w.driver.checkInvariants();
     // When A's VMM lets go (close_device), A's scratch page is cleared: the next VMM to open A reads zeros there.
-    assert.equal(w.host.physmem.frameForRead(va.scratch.pfn)[0], 0x01);
+    assert.equal(w.host.physmem.frameForRead(va.scratch.pfn)![0], 0x01);
     va.close();
     assert.equal(
-      w.host.physmem.frameForRead(va.scratch.pfn).every((x) => x === 0),
+      w.host.physmem.frameForRead(va.scratch.pfn)!.every((x) => x === 0),
       true,
       "closing the vGPU zeroes its scratch page",
     );

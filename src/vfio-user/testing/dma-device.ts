@@ -247,7 +247,7 @@ export class DmaTestDevice implements VfioDeviceOps {
       const po = at - page * PAGE_SIZE;
       const n = Math.min(buf.length - done, PAGE_SIZE - po);
       if (write) this.physmem.frameForWrite((base + page) as Pfn).set(buf.subarray(done, done + n), po);
-      else buf.set(this.physmem.frameForRead((base + page) as Pfn).subarray(po, po + n), done);
+      else buf.set(this.physmem.frameForRead((base + page) as Pfn)!.subarray(po, po + n), done);
       done += n;
     }
     return buf.length;
@@ -295,9 +295,9 @@ export class DmaTestDevice implements VfioDeviceOps {
           for (let a = addr; a < addr + len; ) {
             const page = Math.floor(a / PAGE_SIZE);
             const n = Math.min(addr + len, (page + 1) * PAGE_SIZE) - a;
-            this.physmem
-              .frameForWrite(this.pins.get(page)!)
-              .fill(pattern, a - page * PAGE_SIZE, a - page * PAGE_SIZE + n);
+            if (!this.physmem.fillBytes(this.pins.get(page)!, a - page * PAGE_SIZE, pattern, n)) {
+              throw new KernelError(Errno.EFAULT, `${this.name}: pinned frame of page ${page} is gone`);
+            }
             a += n;
           }
           break;
