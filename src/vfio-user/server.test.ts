@@ -3,7 +3,7 @@
  * in-process server from running): every command's wire handling, errors, refusal, and cleanup on disconnect.
  */
 import assert from "node:assert/strict";
-import { statSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Errno, isKernelError, readU32LE, writeU32LE } from "../core/index.ts";
@@ -20,7 +20,18 @@ import {
   VFIO_REGION_INFO_FLAG_MMAP,
 } from "../vfio/index.ts";
 import { GuestMemory } from "./client.ts";
-import { closeFd, eventfdCreate, eventfdRead, MAP_SHARED, mmapFd, PROT_READ, PROT_WRITE } from "./native.ts";
+import {
+  closeFd,
+  eventfdCreate,
+  eventfdRead,
+  MAP_SHARED,
+  mmapFd,
+  PROT_READ,
+  PROT_WRITE,
+  setNonblocking,
+  unixSocketPair,
+  writeFd,
+} from "./native.ts";
 import {
   VFIO_USER_DEVICE_FEATURE,
   VFIO_USER_DEVICE_GET_INFO,
@@ -249,6 +260,45 @@ describe("vfio-user server (in process)", () => {
     const withFd = await c.request(VFIO_USER_REGION_READ, access(0, 0, 1), [efd]);
     assert.equal(withFd.errorNo, Errno.EINVAL, "fds on a command that takes none");
     closeFd(efd);
+    c.close();
+    t.close();
+  });
+
+  it("refuses SET_IRQS fds that are not eventfds, and never blocks on a client's full eventfd", async () => {
+    const t = setup();
+    const c = await connected(t.mttySock);
+    const set = (index: number, fds: number[]) =>
+      c.request(
+        VFIO_USER_DEVICE_SET_IRQS,
+        uapi.VfioIrqSet.encode({
+          argsz: 20,
+          flags: VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD,
+          index,
+          start: 0,
+          count: fds.length,
+        }),
+        fds,
+      );
+    const [sock, peer] = unixSocketPair(false);
+    const devnull = openSync("/dev/null", "r");
+    for (const fd of [sock, devnull]) {
+      const r = await set(1, [fd]);
+      assert.equal(r.errorNo, Errno.EINVAL, "a socket or a file is not an eventfd");
+    }
+    assert.equal(t.mtty.state().eventfds, 0, "nothing was bridged");
+    // A blocking eventfd whose counter is one below its maximum: a blocking write of 1 would wait forever.
+    const efd = eventfdCreate();
+    setNonblocking(efd, false);
+    const max = new Uint8Array([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert.equal(writeFd(efd, max), 8);
+    assert.ok(!isError(await set(1, [efd])));
+    await c.request(VFIO_USER_REGION_WRITE, access(1, 0, 1, [1]));
+    for (let i = 0; i < 3; i++) await c.request(VFIO_USER_REGION_WRITE, access(0, 0, 1, [0x41 + i]));
+    const r = await c.request(VFIO_USER_REGION_READ, access(0, 0, 1));
+    assert.equal(r.payload[16], 0x41, "the server still answers: the full counter cost edges, not a hang");
+    assert.ok(t.mtty.state().lostSignals >= 1, "the lost edges are counted");
+    for (const fd of [sock, peer, efd]) closeFd(fd);
+    closeSync(devnull);
     c.close();
     t.close();
   });

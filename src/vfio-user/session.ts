@@ -9,9 +9,11 @@
  * the ioctl structs: payloads go to the ioctls nearly as they come.
  *
  * What the session adds between the wire and the fds:
- * - SET_IRQS with DATA_EVENTFD: the eventfds come as SCM_RIGHTS fds (none: every vector de-assigned). Each becomes a
- *   model EventFd in the Process whose signal writes the real eventfd; the ioctl gets the model fds. Entries
- *   superseded by a later SET_IRQS (or disabled with count 0) are closed, real fd included.
+ * - SET_IRQS with DATA_EVENTFD: the eventfds come as SCM_RIGHTS fds (none: every vector de-assigned); any fd that is
+ *   not an eventfd is refused with EINVAL before anything changes. Each becomes a model EventFd in the Process whose
+ *   signal adds 1 to the real eventfd without ever blocking (made non-blocking first: a full counter is a lost edge,
+ *   counted in `lostSignals`, not a server frozen by a client that never reads). The ioctl gets the model fds.
+ *   Entries superseded by a later SET_IRQS (or disabled with count 0) are closed, real fd included.
  * - REGION_INFO: the offset field is 0 (vfio-user regions carry their index, not an fd offset), argsz is the size
  *   of the full reply, CAPS is set only when the chain fits (libvfio-user's rule, which QEMU relies on; the kernel
  *   sets it either way). An mmap-able region (MMAP, with or without SPARSE_MMAP areas) is exported with an fd, as
@@ -80,7 +82,9 @@ import { type Channel, type Frame, isReply } from "./connection.ts";
 import { DmaTable } from "./dma.ts";
 import {
   closeFd,
-  eventfdWrite,
+  eventfdSignal,
+  fdTarget,
+  isEventfd,
   MAP_SHARED,
   type Mapping,
   memfdCreate,
@@ -211,6 +215,8 @@ export class Session {
   private released = false;
   /** Commands handled and failed (for stats). */
   handled = 0;
+  /** Interrupt signals the client's eventfd could not take (counter full, or the fd failed). */
+  lostSignals = 0;
   failed = 0;
 
   constructor(cfg: SessionConfig, channel: Channel) {
@@ -770,6 +776,15 @@ export class Session {
         `DEVICE_SET_IRQS: count ${hdr.count} but ${f.fds.length} eventfd(s) came (all of them, or none to de-assign)`,
       );
     }
+    // Every fd must be an eventfd: the server signals them, and a pipe (or anything else) could block it.
+    for (let i = 0; i < f.fds.length; i++) {
+      if (!isEventfd(f.fds[i]!)) {
+        throw new KernelError(
+          Errno.EINVAL,
+          `DEVICE_SET_IRQS: fd ${i} of index ${hdr.index} is not an eventfd (it is ${fdTarget(f.fds[i]!) ?? "unknown"})`,
+        );
+      }
+    }
     const arg = new Uint8Array(minsz + 4 * hdr.count);
     arg.set(f.payload.subarray(0, minsz));
     writeU32LE(arg, 0, arg.length);
@@ -818,7 +833,9 @@ export class Session {
     const ev: EventFd = proc.eventfdOf(modelFd);
     const off = ev.onSignal((x) => {
       x.consume();
-      eventfdWrite(realFd, 1);
+      // Never blocks: a full counter (the client does not read it) loses this edge instead of freezing the server.
+      const r = eventfdSignal(realFd);
+      if (r < 0) this.lostSignals++;
     });
     return { realFd, modelFd, off };
   }
