@@ -246,10 +246,16 @@ export class Session {
   /** A frame from the channel. Never throws (see the module comment). */
   onFrame(f: Frame): void {
     if (isReply(f) || (f.flags & VFIO_USER_F_TYPE_MASK) !== VFIO_USER_F_TYPE_COMMAND) {
-      // Replies are claimed by the waits that expect them; any other is a protocol violation.
-      this.channel.close(
-        `unexpected message type ${f.flags & VFIO_USER_F_TYPE_MASK} (id ${f.id}, ${commandName(f.cmd)})`,
-      );
+      // Replies are claimed by the waits that expect them; any other is answered with EINVAL, as libvfio-user does,
+      // and the connection goes on.
+      this.failed++;
+      const why = `a message of type ${f.flags & VFIO_USER_F_TYPE_MASK} where a command was expected (nobody waits for a reply with id ${f.id})`;
+      this.traceError(f, Errno.EINVAL, why, false);
+      try {
+        this.replyError(f, Errno.EINVAL);
+      } catch {
+        // The client is gone.
+      }
       return;
     }
     const posted = (f.flags & VFIO_USER_F_NO_REPLY) !== 0;
@@ -286,7 +292,8 @@ export class Session {
   private handle(f: Frame): void {
     const info = commandInfo(f.cmd);
     if (info === undefined) {
-      throw new KernelError(Errno.ENOSYS, `command ${f.cmd} is not a vfio-user command`);
+      // libvfio-user's answer to a command it does not know (the spec names none).
+      throw new KernelError(Errno.EINVAL, `command ${f.cmd} is not a vfio-user command`);
     }
     if (info.direction !== "client-to-server") {
       throw new KernelError(Errno.EINVAL, `${info.name} is sent by the server, not to it`);
@@ -594,11 +601,12 @@ export class Session {
   }
 
   private getInfo(f: Frame, dev: DeviceHandles): void {
-    const argsz = this.argsz(f, uapi.VfioDeviceInfo.minsz, "DEVICE_GET_INFO");
-    const buf = new Uint8Array(argsz);
-    buf.set(f.payload.subarray(0, Math.min(argsz, f.payload.length)));
-    writeU32LE(buf, 0, argsz);
+    this.argsz(f, uapi.VfioDeviceInfo.minsz, "DEVICE_GET_INFO");
+    // The reply is the 16-byte struct with argsz 16 whatever the client offered (libvfio-user; QEMU reads 16 bytes).
+    const buf = new Uint8Array(uapi.VfioDeviceInfo.minsz);
+    writeU32LE(buf, 0, buf.length);
     dev.proc.ioctl(dev.deviceFd, VFIO_DEVICE_GET_INFO, buf);
+    writeU32LE(buf, 0, buf.length);
     this.replyBytes(f, buf);
   }
 

@@ -117,11 +117,11 @@ export class AsyncClient {
   }
 
   /** Sends a command; resolves with its reply (a message with id -1 if the connection closed first). */
-  request(cmd: number, payload?: Uint8Array, fds?: readonly number[]): Promise<Message> {
+  request(cmd: number, payload?: Uint8Array, fds?: readonly number[], type = VFIO_USER_F_TYPE_COMMAND): Promise<Message> {
     const id = this.nextId;
     this.nextId = (this.nextId + 1) & 0xffff;
     const p = new Promise<Message>((resolve) => this.pending.set(id, resolve));
-    this.channel.send(id, cmd, VFIO_USER_F_TYPE_COMMAND, 0, payload, fds);
+    this.channel.send(id, cmd, type, 0, payload, fds);
     return p;
   }
 
