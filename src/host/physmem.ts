@@ -66,6 +66,8 @@ interface Chunk {
 export interface ExternalBacking {
   /** Size in bytes: a non-zero multiple of 4 KiB. */
   readonly bytes: number;
+  /** True if `view` gives views (memory); false if the bytes are reached only by `read`/`write`. */
+  readonly memory: boolean;
   /** A zero-copy view of [offset, offset + len) (page-aligned, at most 2 MiB), or undefined if not memory. */
   view(offset: number, len: number): Uint8Array | undefined;
   /** Copies `len` bytes at `offset` into dst[off..]: 0, or a positive errno (EFAULT: the memory is gone). */
@@ -78,6 +80,7 @@ export interface ExternalBacking {
 export function bufferBacking(buf: Uint8Array): ExternalBacking {
   return {
     bytes: buf.byteLength,
+    memory: true,
     view: (offset, len) => buf.subarray(offset, offset + len),
     read: (offset, dst, off, len) => {
       dst.set(buf.subarray(offset, offset + len), off);
@@ -299,7 +302,7 @@ export class PhysicalMemory {
     }
     const pages = b.bytes / PAGE_SIZE;
     const base = this.takeExternalRange(pages);
-    const memory = b.view(0, Math.min(PAGE_SIZE, b.bytes)) !== undefined;
+    const memory = b.memory;
     const region: ExternalRegion = {
       base,
       pages,

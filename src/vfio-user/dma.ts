@@ -423,6 +423,7 @@ export class DmaTable {
 function mappedBacking(m: Mapping): ExternalBacking {
   return {
     bytes: m.length,
+    memory: true,
     view: (offset, len) => m.view(offset, len),
     read: (offset, dst, off, len) => {
       dst.set(m.view(offset, len), off);
@@ -443,6 +444,7 @@ function mappedBacking(m: Mapping): ExternalBacking {
 function guardedBacking(m: Mapping): ExternalBacking {
   return {
     bytes: m.length,
+    memory: false,
     view: () => undefined,
     read: (offset, dst, off, len) => guardedRead(m.address + offset, dst, off, len),
     write: (offset, src, off, len) => guardedWrite(m.address + offset, src, off, len),
