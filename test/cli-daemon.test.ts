@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -126,6 +126,32 @@ describe("vgpu host (a real process)", () => {
     third.proc.kill("SIGINT");
     assert.equal((await third.exited).code, 0);
     assert.equal(existsSync(sock), false);
+  });
+
+  it("refuses a --root whose sockets would not fit in sun_path: ENAMETOOLONG, no stack trace, nothing created", async () => {
+    const parent = join(base, "long");
+    mkdirSync(parent);
+    // vgpu.sock does not fit: the root is 99 bytes, the socket path 109.
+    const tooLong = join(parent, "r".repeat(99 - parent.length - 1));
+    const r = await vgpuProcess(["host", "--root", tooLong]).exited;
+    assert.equal(r.code, 1);
+    assert.equal(
+      r.stderr,
+      `vgpu: ENAMETOOLONG (File name too long): socket path ${tooLong}/vgpu.sock is 109 bytes, longer than the 107 ` +
+        "bytes a UNIX socket path can hold (sun_path is 108 bytes with its NUL): nothing was created; pick a --root " +
+        "of at most 65 bytes\n",
+    );
+    // vgpu.sock fits, a device's <uuid>.sock does not: refused as well, before the host is up.
+    const deviceTooLong = join(parent, "d".repeat(70 - parent.length - 1));
+    const d = await vgpuProcess(["host", "--root", deviceTooLong]).exited;
+    assert.equal(d.code, 1);
+    assert.equal(
+      d.stderr,
+      `vgpu: ENAMETOOLONG (File name too long): socket path ${deviceTooLong}/<uuid>.sock is 112 bytes, longer than ` +
+        "the 107 bytes a UNIX socket path can hold (sun_path is 108 bytes with its NUL): nothing was created; pick a " +
+        "--root of at most 65 bytes (each started device is served on <root>/<uuid>.sock)\n",
+    );
+    assert.deepEqual(readdirSync(parent), [], "no root, and no socket at a cut path beside it");
   });
 
   it("rejects a bad config file naming the file and the field", async () => {

@@ -17,6 +17,7 @@ import { describeZodError } from "./mdevctl-json.ts";
 import {
   encodeLine,
   LineSplitter,
+  MAX_LINE_BYTES,
   type Method,
   methods,
   type ParamsOf,
@@ -73,14 +74,17 @@ export class HostClient {
         () => fail(Errno.ETIMEDOUT, `the host at ${path} did not answer within ${this.timeoutMs / 1000} s`),
         this.timeoutMs,
       );
-      const lines = new LineSplitter();
-      sock.setEncoding("utf8");
+      const lines = new LineSplitter(MAX_LINE_BYTES);
       sock.on("connect", () => sock.write(encodeLine({ id, method, params })));
-      sock.on("data", (chunk: string) => {
+      sock.on("data", (chunk: Buffer) => {
         const got = lines.push(chunk);
-        if (got === "overflow") return fail(Errno.EPROTO, `the host at ${path} sent an answer longer than 1 MiB`);
-        const line = got[0];
-        if (line === undefined) return;
+        const line = got.lines[0];
+        if (line === undefined) {
+          if (got.overflow) {
+            return fail(Errno.EPROTO, `the host at ${path} sent an answer longer than ${MAX_LINE_BYTES} bytes`);
+          }
+          return;
+        }
         let raw: unknown;
         try {
           raw = JSON.parse(line);

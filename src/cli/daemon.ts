@@ -3,6 +3,7 @@
  * protocol.ts.
  *
  * Start-up guards the socket path:
+ * - a path longer than a UNIX socket can hold: ENAMETOOLONG before anything is created (socket-path.ts);
  * - another daemon answering `hello` there: refuse ("a host is already running at ...");
  * - a socket file nobody listens on (a daemon that died): remove it and say so;
  * - something else at that path (a regular file, a listener that does not speak the protocol): refuse, naming it.
@@ -11,18 +12,46 @@
  * the `vgpu host` command, which calls it.
  *
  * Requests are handled one line at a time in arrival order per connection; the service is synchronous, so a request
- * runs to completion before any other starts. A malformed line gets an EPROTO (or EMSGSIZE) answer, never a crash.
+ * runs to completion before any other starts. A malformed line gets an EPROTO answer, never a crash.
  *
- * What it does not do: authenticate peers beyond the socket's file mode, or lock the root against a daemon started
- * at the same instant (the second bind fails with "already running").
+ * What one client can make the daemon hold is bounded (`ConnectionLimits`):
+ * - a request line: at most `maxLineBytes` bytes are buffered; a longer line is answered EMSGSIZE and the connection
+ *   is closed, the rest of the line never read;
+ * - replies the client has not taken: once more than `maxUnsentBytes` wait in the socket's write buffer (a client
+ *   that writes requests and never reads), the daemon stops reading that client's requests, so the kernel's socket
+ *   buffer, then the client's own writes, take the pressure; it reads again when the client has taken them down to
+ *   half the bound. A client still over the bound `stuckTimeoutMs` after the daemon stopped reading it (or that does
+ *   not take its last answer before a close) is dropped, with a log line. The timer runs on the injected clock.
+ * So a connection holds at most one read chunk of requests, the bound plus one reply, and one line.
+ *
+ * What it does not do: authenticate peers beyond the socket's file mode, limit the number of connections, or lock
+ * the root against a daemon started at the same instant (the second bind fails with "already running").
  */
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
-import { Errno, errnoName, isKernelError, KernelError } from "../core/index.ts";
+import {
+  Errno,
+  errnoName,
+  isKernelError,
+  KernelError,
+  NS_PER_MS,
+  type SchedulingClock,
+  SystemClock,
+  type TimerHandle,
+} from "../core/index.ts";
 import { describeZodError } from "./mdevctl-json.ts";
-import { encodeLine, LineSplitter, type Method, methods, type Response, requestSchema } from "./protocol.ts";
+import {
+  encodeLine,
+  LineSplitter,
+  MAX_LINE_BYTES,
+  type Method,
+  methods,
+  type Response,
+  requestSchema,
+} from "./protocol.ts";
 import type { MdevService } from "./service.ts";
+import { checkSocketPathLength, UNIX_SOCKET_PATH_MAX } from "./socket-path.ts";
 
 export const SOCKET_NAME = "vgpu.sock";
 
@@ -41,15 +70,53 @@ export function definitionsDirOf(root: string): string {
   return join(root, "mdevctl.d");
 }
 
+/** What one client may make the daemon hold; see the module comment. */
+export interface ConnectionLimits {
+  /** The longest request line, in bytes without its newline. */
+  readonly maxLineBytes: number;
+  /** Replies written but not yet taken by the client, in bytes, past which the daemon stops reading its requests. */
+  readonly maxUnsentBytes: number;
+  /** How long a client may stay over `maxUnsentBytes` (or leave its last answer untaken at close) before it is dropped. */
+  readonly stuckTimeoutMs: number;
+}
+
+export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
+  maxLineBytes: MAX_LINE_BYTES,
+  maxUnsentBytes: 1 << 20,
+  stuckTimeoutMs: 30_000,
+};
+
 export interface DaemonOptions {
   readonly root: string;
   readonly service: MdevService;
   /** One line of the daemon's log (no trailing newline). */
   readonly log: (line: string) => void;
+  /** Per-connection bounds (default DEFAULT_CONNECTION_LIMITS, field by field). */
+  readonly limits?: Partial<ConnectionLimits>;
+  /** Runs the stuck-client timers (default: a SystemClock). */
+  readonly clock?: SchedulingClock;
+}
+
+/** One open connection, as `inspect()` shows it. */
+export interface ConnectionState {
+  /** Numbered from 1 in accept order; the log names clients by it. */
+  readonly client: number;
+  /** Reply bytes in the socket's write buffer, not yet taken by the client. */
+  readonly unsentBytes: number;
+  /** Request lines read and not yet answered. */
+  readonly queuedRequests: number;
+  /** Requests answered so far. */
+  readonly answered: number;
+  /** Whether the daemon is reading this client's requests (false while it waits for the client to take replies). */
+  readonly reading: boolean;
+  /** The daemon has sent its last answer and closes the connection. */
+  readonly closing: boolean;
 }
 
 export interface Daemon {
   readonly socketPath: string;
+  /** The open connections. */
+  inspect(): { readonly connections: readonly ConnectionState[] };
   /** Stops serving and removes the socket file. Idempotent. */
   close(): Promise<void>;
 }
@@ -74,12 +141,11 @@ export async function probeSocket(path: string, timeoutMs = 2000): Promise<Socke
     };
     const timer = setTimeout(() => done("foreign"), timeoutMs);
     const lines = new LineSplitter();
-    sock.setEncoding("utf8");
     sock.on("connect", () => sock.write(encodeLine({ id: 0, method: "hello", params: {} })));
-    sock.on("data", (chunk: string) => {
+    sock.on("data", (chunk: Buffer) => {
       const got = lines.push(chunk);
-      if (got === "overflow") return done("foreign");
-      for (const line of got) {
+      if (got.overflow) return done("foreign");
+      for (const line of got.lines) {
         try {
           const msg = JSON.parse(line) as { ok?: unknown; result?: { server?: unknown } };
           done(msg.ok === true && msg.result?.server === "vgpu host" ? "live" : "foreign");
@@ -96,6 +162,12 @@ export async function probeSocket(path: string, timeoutMs = 2000): Promise<Socke
 /** Binds the socket and starts serving. Throws KernelError when the path is taken. */
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const socketPath = socketPathOf(opts.root);
+  checkSocketPathLength(
+    socketPath,
+    `nothing was created; pick a --root of at most ${UNIX_SOCKET_PATH_MAX - 1 - SOCKET_NAME.length} bytes`,
+  );
+  const limits: ConnectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits };
+  const clock = opts.clock ?? new SystemClock();
   try {
     mkdirSync(opts.root, { recursive: true, mode: 0o700 });
   } catch (e) {
@@ -123,8 +195,14 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       break;
   }
 
-  const connections = new Set<Socket>();
-  const server: Server = createServer((sock) => serveConnection(sock, opts.service, connections));
+  const connections = new Set<Connection>();
+  let clients = 0;
+  // Half-open: a client may send its requests and shut its side; the answers still go out, then the daemon closes.
+  const server: Server = createServer({ allowHalfOpen: true }, (sock) => {
+    const c = new Connection(++clients, sock, { service: opts.service, log: opts.log, limits, clock });
+    connections.add(c);
+    sock.on("close", () => connections.delete(c));
+  });
   await new Promise<void>((resolve, reject) => {
     const onError = (e: NodeJS.ErrnoException) => {
       reject(
@@ -150,6 +228,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   let closed: Promise<void> | undefined;
   return {
     socketPath,
+    inspect: () => ({ connections: [...connections].map((c) => c.state()) }),
     close(): Promise<void> {
       closed ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -170,8 +249,11 @@ function errorResponse(id: number, e: KernelError, warnings: string[]): Response
   return { id, ok: false, error: { errno: e.errno, code: errnoName(e.errno), message: e.message }, warnings };
 }
 
-/** Answers one request line. */
-export function handleLine(service: MdevService, line: string): Response {
+/**
+ * Answers one request line. A thrown value that is not a KernelError is a bug in the host: the client gets EIO with
+ * its message (never a stack trace), and `onBug` (the daemon's log) gets the whole error.
+ */
+export function handleLine(service: MdevService, line: string, onBug?: (e: unknown) => void): Response {
   const warnings: string[] = [];
   let raw: unknown;
   try {
@@ -195,24 +277,164 @@ export function handleLine(service: MdevService, line: string): Response {
     return { id, ok: true, result, warnings };
   } catch (e) {
     if (isKernelError(e)) return errorResponse(id, e, warnings);
-    const msg = e instanceof Error ? (e.stack ?? e.message) : String(e);
-    return errorResponse(id, new KernelError(Errno.EIO, `internal error in the host: ${msg}`), warnings);
+    onBug?.(e);
+    const msg = e instanceof Error ? e.message : String(e);
+    const bug = new KernelError(Errno.EIO, `internal error in the host: ${msg} (the host's log has the details)`);
+    return errorResponse(id, bug, warnings);
   }
 }
 
-function serveConnection(sock: Socket, service: MdevService, connections: Set<Socket>): void {
-  connections.add(sock);
-  sock.setEncoding("utf8");
-  const lines = new LineSplitter();
-  sock.on("data", (chunk: string) => {
-    const got = lines.push(chunk);
-    if (got === "overflow") {
-      const e = new KernelError(Errno.EMSGSIZE, "bad request: line longer than 1 MiB");
-      sock.end(encodeLine(errorResponse(0, e, [])));
+interface ConnectionContext {
+  readonly service: MdevService;
+  readonly log: (line: string) => void;
+  readonly limits: ConnectionLimits;
+  readonly clock: SchedulingClock;
+}
+
+/**
+ * One client: reads request lines, answers them in order, and applies the bounds of the module comment. Requests
+ * wait in `queue` only while the daemon is not reading (at most what one read delivered).
+ */
+class Connection {
+  private readonly lines: LineSplitter;
+  private queue: string[] = [];
+  private head = 0;
+  private answered = 0;
+  private reading = true;
+  /** The client shut its side: close once every queued request is answered. */
+  private ended = false;
+  private closing = false;
+  private stalledBefore = false;
+  private stuck: TimerHandle | undefined;
+
+  constructor(
+    readonly client: number,
+    private readonly sock: Socket,
+    private readonly ctx: ConnectionContext,
+  ) {
+    this.lines = new LineSplitter(ctx.limits.maxLineBytes);
+    sock.on("data", (chunk: Buffer) => this.onData(chunk));
+    sock.on("end", () => {
+      this.ended = true;
+      this.pump();
+    });
+    sock.on("error", () => sock.destroy());
+    sock.on("close", () => this.cancelStuck());
+  }
+
+  state(): ConnectionState {
+    return {
+      client: this.client,
+      unsentBytes: this.sock.writableLength,
+      queuedRequests: this.queue.length - this.head,
+      answered: this.answered,
+      reading: this.reading,
+      closing: this.closing,
+    };
+  }
+
+  destroy(): void {
+    this.cancelStuck();
+    this.sock.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closing) return;
+    const got = this.lines.push(chunk);
+    for (const line of got.lines) this.queue.push(line);
+    if (got.overflow) {
+      // Answer what came before the long line, then refuse it; nothing more is read from this client.
+      this.pump();
+      const max = this.ctx.limits.maxLineBytes;
+      const e = new KernelError(
+        Errno.EMSGSIZE,
+        `bad request: a request line is longer than ${max} bytes (the limit); the connection is closed`,
+      );
+      this.close(encodeLine(errorResponse(0, e, [])));
       return;
     }
-    for (const line of got) sock.write(encodeLine(handleLine(service, line)));
-  });
-  sock.on("error", () => sock.destroy());
-  sock.on("close", () => connections.delete(sock));
+    this.pump();
+  }
+
+  /** Answers queued requests while the client keeps up; stops reading it when it does not. */
+  private pump(): void {
+    const { service, limits } = this.ctx;
+    while (this.head < this.queue.length && !this.closing) {
+      if (this.sock.writableLength > limits.maxUnsentBytes) {
+        this.stopReading();
+        return;
+      }
+      const line = this.queue[this.head++]!;
+      this.answered++;
+      const reply = handleLine(service, line, (e) =>
+        this.ctx.log(
+          `client ${this.client}: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+        ),
+      );
+      this.sock.write(encodeLine(reply), () => this.onFlushed());
+    }
+    this.queue = this.queue.slice(this.head);
+    this.head = 0;
+    if (this.closing) return;
+    if (this.sock.writableLength > limits.maxUnsentBytes) this.stopReading();
+    else if (this.ended) this.close();
+  }
+
+  /** A reply went out to the kernel: read again once the client has taken enough. */
+  private onFlushed(): void {
+    if (this.reading || this.closing || this.sock.destroyed) return;
+    if (this.sock.writableLength > this.ctx.limits.maxUnsentBytes / 2) return;
+    this.reading = true;
+    this.cancelStuck();
+    this.pump();
+    if (this.reading && !this.closing) this.sock.resume();
+  }
+
+  private stopReading(): void {
+    if (!this.reading) return;
+    this.reading = false;
+    this.sock.pause();
+    const { limits } = this.ctx;
+    // Once per client: a client that reads slowly stops and starts many times, and one line says what happens.
+    if (!this.stalledBefore) {
+      this.stalledBefore = true;
+      this.ctx.log(
+        `client ${this.client}: ${this.sock.writableLength} bytes of replies not taken (bound ${limits.maxUnsentBytes}); ` +
+          `not reading its requests until it takes them (dropped if stuck for ${limits.stuckTimeoutMs / 1000} s)`,
+      );
+    }
+    this.armStuck("left its replies unread");
+  }
+
+  /** Sends `last` (if any) and closes; a client that does not take it within the time limit is dropped. */
+  private close(last?: string): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.reading = false;
+    this.sock.pause();
+    this.queue = [];
+    this.head = 0;
+    this.cancelStuck();
+    this.armStuck("did not take its last answer");
+    // destroy, not just end: the rest of an over-long line is never read, and the socket must not linger for it.
+    this.sock.end(last ?? "", () => this.destroy());
+  }
+
+  private armStuck(why: string): void {
+    const { limits, clock } = this.ctx;
+    this.stuck = clock.after(limits.stuckTimeoutMs * NS_PER_MS, () => {
+      this.stuck = undefined;
+      if (this.sock.destroyed) return;
+      this.ctx.log(
+        `client ${this.client}: dropped: it ${why} for ${limits.stuckTimeoutMs / 1000} s ` +
+          `(${this.sock.writableLength} bytes pending)`,
+      );
+      this.sock.destroy();
+    });
+  }
+
+  private cancelStuck(): void {
+    this.stuck?.cancel();
+    this.stuck = undefined;
+  }
 }

@@ -3,11 +3,11 @@
  * mdev core; vendor attributes written through /sys, as mdevctl writes them (so a read-only attribute fails with
  * EACCES and a vendor's EINVAL comes back with its sentence).
  */
-import { join } from "node:path";
 import { Errno, KernelError } from "../core/index.ts";
 import type { System } from "../scenario/index.ts";
 import { serveDevice, type VfioUserServer } from "../vfio-user/index.ts";
 import type { MdevHostApi } from "./service.ts";
+import { deviceSocketPathOf } from "./socket-path.ts";
 
 export interface SystemHostApiOptions {
   /**
@@ -53,7 +53,7 @@ export function systemHostApi(system: System, opts: SystemHostApiOptions = {}): 
     create: (parent, type, uuid) => {
       mdev.create(parent, type, uuid);
       if (opts.serveDir === undefined) return;
-      const socket = join(opts.serveDir, `${uuid}.sock`);
+      const socket = deviceSocketPathOf(opts.serveDir, uuid);
       try {
         servers.set(uuid, { socket, server: serveDevice({ socketPath: socket, system, uuid }) });
       } catch (e) {

@@ -11,7 +11,7 @@
  * itself (the daemon never opens a path a client names); the daemon checks everything that depends on state.
  * Methods and their params/result schemas are a table (`methods`), so a new method is one entry.
  *
- * A line longer than `MAX_LINE_BYTES` is refused (EMSGSIZE) and the connection closed.
+ * A line longer than `MAX_LINE_BYTES` bytes is refused (EMSGSIZE) and the connection closed.
  */
 import { z } from "zod";
 
@@ -155,26 +155,58 @@ export function encodeLine(message: unknown): string {
   return `${JSON.stringify(message)}\n`;
 }
 
+/** What `LineSplitter.push` found in one chunk. */
+export interface SplitLines {
+  /** The complete lines, decoded as UTF-8, without their newline; blank lines are dropped. */
+  readonly lines: string[];
+  /**
+   * A line ran past the limit after `lines`: the caller answers EMSGSIZE and closes. The splitter then holds nothing
+   * and ignores everything pushed after.
+   */
+  readonly overflow: boolean;
+}
+
 /**
- * Splits a byte stream into lines. `push` returns the complete lines; a line over the limit makes it return
- * `"overflow"` (the caller answers EMSGSIZE and closes).
+ * Splits a byte stream into lines, holding at most `maxBytes` bytes of an unfinished line: a line is measured in
+ * bytes (UTF-8), not in characters, and the rest of a line past the limit is never buffered. Each chunk is scanned
+ * once, so a long line arriving in many chunks costs linear time.
  */
 export class LineSplitter {
-  private pending = "";
+  private parts: Buffer[] = [];
+  private pendingBytes = 0;
+  private spent = false;
+
   constructor(private readonly maxBytes: number = MAX_LINE_BYTES) {}
 
-  push(chunk: string): string[] | "overflow" {
-    this.pending += chunk;
+  push(chunk: Buffer | string): SplitLines {
     const lines: string[] = [];
-    let nl = this.pending.indexOf("\n");
-    while (nl >= 0) {
-      const line = this.pending.slice(0, nl);
-      this.pending = this.pending.slice(nl + 1);
-      if (line.length > this.maxBytes) return "overflow";
-      if (line.trim() !== "") lines.push(line);
-      nl = this.pending.indexOf("\n");
+    if (this.spent) return { lines, overflow: true };
+    const buf = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;
+    let start = 0;
+    for (let nl = buf.indexOf(0x0a); nl >= 0; nl = buf.indexOf(0x0a, start)) {
+      const piece = buf.subarray(start, nl);
+      if (this.pendingBytes + piece.length > this.maxBytes) return this.overflow(lines);
+      const line = this.parts.length === 0 ? piece : Buffer.concat([...this.parts, piece]);
+      this.parts = [];
+      this.pendingBytes = 0;
+      const text = line.toString("utf8");
+      if (text.trim() !== "") lines.push(text);
+      start = nl + 1;
     }
-    if (this.pending.length > this.maxBytes) return "overflow";
-    return lines;
+    const rest = buf.length - start;
+    if (this.pendingBytes + rest > this.maxBytes) return this.overflow(lines);
+    if (rest > 0) {
+      // A copy: a view would keep the whole chunk alive.
+      this.parts.push(Buffer.from(buf.subarray(start)));
+      this.pendingBytes += rest;
+    }
+    return { lines, overflow: false };
+  }
+
+  private overflow(lines: string[]): SplitLines {
+    this.spent = true;
+    this.parts = [];
+    this.pendingBytes = 0;
+    return { lines, overflow: true };
   }
 }

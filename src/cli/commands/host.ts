@@ -2,10 +2,11 @@
  * `vgpu host [--config FILE] [--root DIR]`: runs a model host in the foreground and serves the control API on
  * `<root>/vgpu.sock` until SIGTERM or SIGINT, which stop it cleanly (socket removed, exit 0).
  *
- * Start-up, in order: build the system from the config (the embedded default: one mtty parent); remove temporary
- * files left in `<root>/mdevctl.d` by an interrupted write; bind the socket (refusing if a host answers there,
- * replacing a stale socket with a message); then auto-start the `start: auto` definitions of every parent, as udev's
- * `mdevctl start-parent-mdevs` does when a parent appears. A definition that fails to start is logged with its
+ * Start-up, in order: check that every socket path under the root fits in sun_path (ENAMETOOLONG naming the path,
+ * its length and the limit, before anything is created); build the system from the config (the embedded default:
+ * one mtty parent); remove temporary files left in `<root>/mdevctl.d` by an interrupted write; bind the socket
+ * (refusing if a host answers there, replacing a stale socket with a message); then auto-start the `start: auto`
+ * definitions of every parent, as udev's `mdevctl start-parent-mdevs` does when a parent appears. A definition that fails to start is logged with its
  * reason and the others still start (mdevctl #53). The log goes to stderr, one "vgpu host: ..." line per event.
  *
  * `startHost` is the same without the signal handling, for tests that want a real daemon in process. The command is
@@ -20,10 +21,11 @@ import {
   type System,
   type SystemConfig,
 } from "../../scenario/index.ts";
-import { type Daemon, definitionsDirOf, startDaemon } from "../daemon.ts";
+import { type Daemon, definitionsDirOf, SOCKET_NAME, socketPathOf, startDaemon } from "../daemon.ts";
 import { DefinitionStore } from "../definitions.ts";
 import { systemHostApi } from "../host-api.ts";
 import { MdevService } from "../service.ts";
+import { checkSocketPathLength, deviceSocketPathOf, SAMPLE_UUID, UNIX_SOCKET_PATH_MAX } from "../socket-path.ts";
 import { type CliIo, type RootOption, rootOf } from "./common.ts";
 
 export interface StartHostOptions {
@@ -46,8 +48,26 @@ export interface RunningHost {
   close(): Promise<void>;
 }
 
+/**
+ * Throws ENAMETOOLONG, before anything is created, unless every socket the host will bind under `root` fits in
+ * sun_path: `<root>/vgpu.sock`, and when it serves devices, each `<root>/<uuid>.sock`.
+ */
+export function checkHostSocketPaths(root: string, serve: boolean): void {
+  const longest = serve ? `${SAMPLE_UUID}.sock` : SOCKET_NAME;
+  const remedy = `nothing was created; pick a --root of at most ${UNIX_SOCKET_PATH_MAX - 1 - longest.length} bytes`;
+  checkSocketPathLength(socketPathOf(root), remedy);
+  if (serve) {
+    checkSocketPathLength(
+      deviceSocketPathOf(root, SAMPLE_UUID),
+      `${remedy} (each started device is served on <root>/<uuid>.sock)`,
+      deviceSocketPathOf(root, "<uuid>"),
+    );
+  }
+}
+
 /** Builds the system, binds the socket, auto-starts definitions. Throws KernelError if the socket is taken. */
 export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
+  checkHostSocketPaths(opts.root, opts.serve !== false);
   const system = opts.system ?? createSystem(opts.config ?? parseSystemConfig(DEFAULT_SYSTEM_CONFIG));
   const store = new DefinitionStore({ dir: definitionsDirOf(opts.root) });
   const hostApi = systemHostApi(system, opts.serve === false ? {} : { serveDir: opts.root });
