@@ -278,12 +278,17 @@ describe("vgpu CLI golden files", () => {
     await step("define/jsonfile-missing", ["define", "-p", GPU, "--jsonfile", "nope.json"]);
     await step("define/jsonfile-with-type", ["define", "-p", GPU, "-t", "x", "--jsonfile", "dev.json"]);
     assert.equal(existsSync(join(defsDir(), GPU, U6)), false, "a rejected definition leaves no file");
+    // A parent name `list -d` would skip is refused, even with -f.
+    await step("define/editor-backup-parent", ["define", "-u", U6, "-p", "gpu~", "-t", "x", "-f"]);
+    await step("define/scripts-parent", ["define", "-u", U6, "-p", "scripts.d", "-t", "x", "-f"]);
+    assert.equal(existsSync(join(defsDir(), "gpu~")), false, "no folder for a refused parent");
   });
 
   it("modify", async () => {
     await step("modify/addattr", ["modify", "-u", U1, "--addattr", "knob", "--value", "1"]);
     await step("modify/addattr-index", ["modify", "-u", U1, "--addattr=knob", "--value=0", "-i", "0"]);
     await step("modify/addattr-no-value", ["modify", "-u", U1, "--addattr", "knob"]);
+    await step("modify/addattr-bad-name", ["modify", "-u", U1, "--addattr", "../../x", "--value", "1"]);
     await step("modify/bad-index", ["modify", "-u", U1, "--delattr", "-i", "5"]);
     await step("modify/addattr-again", ["modify", "-u", U1, "--addattr", "knob", "--value", "9"]);
     await step("modify/delattr", ["modify", "-u", U1, "--delattr"]);

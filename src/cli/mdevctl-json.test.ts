@@ -83,6 +83,13 @@ describe("definition files", () => {
       ['{"mdev_type":"t","start":"auto","attrs":[{"a":"1"},{"b":2}]}', "attrs[1].b: must be a string"],
       ['{"mdev_type":"t","start":"auto","attrs":[{"a":"1","b":"2"}]}', "attrs[0]: must have exactly one member"],
       ['{"mdev_type":"t","start":"auto","attrs":["a"]}', "attrs[0]: must be an object"],
+      [
+        '{"mdev_type":"t","start":"auto","attrs":[{"../../x":"1"}]}',
+        `attrs[0]: attribute name "../../x" has a '..' path component (it must stay inside the device's folder)`,
+      ],
+      ['{"mdev_type":"t","start":"auto","attrs":[{"a//b":"1"}]}', 'attrs[0]: attribute name "a//b" has an empty'],
+      ['{"mdev_type":"t","start":"auto","attrs":[{"/x":"1"}]}', "attrs[0]: attribute name \"/x\" starts with '/'"],
+      ['{"mdev_type":"","start":"auto"}', "mdev_type: must not be empty"],
     ];
     for (const [text, want] of cases) {
       const r = parseDefinitionText(text);
@@ -155,6 +162,32 @@ describe("listings", () => {
     assert.equal(formatListJson([], false), "[]");
     assert.equal(formatListJson([], true), "[]");
     assert.equal(formatListJson([devices[0]!], true), '{\n  "mdev_type": "t2",\n  "start": "auto",\n  "attrs": []\n}');
+  });
+
+  it("keeps names such as __proto__ and constructor as members in every JSON it prints", () => {
+    const attrs = [
+      { name: "__proto__", value: "1" },
+      { name: "constructor", value: "2" },
+    ];
+    const file = formatDefinitionFile({ mdevType: "toString", start: "auto", attrs });
+    const back = parseDefinitionText(file);
+    assert.ok(back.ok);
+    assert.deepEqual(back.definition.attrs, attrs);
+    const list = formatListJson([dev({ uuid: U1, parent: "__proto__", attrs })], false);
+    assert.match(list, /^\[\n {2}\{\n {4}"__proto__": \[\n {6}\{\n {8}"976d8cc2/);
+    assert.match(list, /"__proto__": "1"/);
+    const types = formatTypesJson([
+      {
+        parent: "__proto__",
+        types: [{ type: "__proto__", availableInstances: 1, deviceApi: "vfio-pci", name: "", description: "" }],
+      },
+    ]);
+    assert.deepEqual(JSON.parse(types), [
+      Object.fromEntries([
+        ["__proto__", [Object.fromEntries([["__proto__", { available_instances: 1, device_api: "vfio-pci" }]])]],
+      ]),
+    ]);
+    assert.match(types, /"__proto__": \[\n\s+\{\n\s+"__proto__": \{/);
   });
 
   it("prints types as mdevctl does, omitting an empty name or description", () => {

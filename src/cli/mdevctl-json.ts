@@ -17,9 +17,14 @@
  * What it does not model: mdevctl's callout scripts (no `get-attributes` callout: a running device reports the
  * attributes the host applied when it started it), and the `lsmdev` executable name.
  *
- * Validation is stricter than mdevctl in one place, on purpose: `start` must be "auto" or "manual" (mdevctl reads
- * anything else as manual), so a typo in a hand-edited file is reported instead of silently changing behaviour.
+ * Validation is stricter than mdevctl in two places, on purpose: `start` must be "auto" or "manual" (mdevctl reads
+ * anything else as manual), so a typo in a hand-edited file is reported instead of silently changing behaviour; and
+ * an attribute name must be a path inside the device's sysfs folder (`attrNameProblem`; mdevctl joins any name to the
+ * device path). The same field schemas serve the file, the control API (protocol.ts) and the store's writer.
  * Problems are reported with the JSON path of the bad field (`attrs[2].assign_adapter: must be a string`).
+ *
+ * Names are data, never object keys to look up: attributes are lists of `{name, value}`, and the JSON objects the
+ * formats need are built with Object.fromEntries, so `__proto__`, `constructor` or `toString` are ordinary names.
  */
 import { z } from "zod";
 
@@ -97,6 +102,14 @@ export function isCanonicalUuid(text: string): boolean {
   return HYPHENATED.test(text) && text === text.toLowerCase();
 }
 
+/** Bytes of `s` in UTF-8: what a file system counts against NAME_MAX. */
+export function utf8Length(s: string): number {
+  return new TextEncoder().encode(s).length;
+}
+
+/** NAME_MAX: the longest file name, in bytes. */
+const NAME_MAX = 255;
+
 /**
  * A parent or type name is used as a directory name: it must be a single, visible path component. Returns the
  * problem as a sentence fragment, or undefined when the name is usable.
@@ -106,32 +119,100 @@ export function badComponentName(name: string): string | undefined {
   if (name.includes("/")) return "contains '/'";
   if (name.includes("\0")) return "contains a NUL byte";
   if (name.startsWith(".")) return "starts with '.'";
-  if (name.length > 255) return "is longer than 255 bytes";
+  if (utf8Length(name) > NAME_MAX) return `is longer than ${NAME_MAX} bytes`;
   return undefined;
+}
+
+/**
+ * The one rule for a vendor attribute name, wherever a name comes in (a definition file, `--jsonfile`, `--addattr`,
+ * a control-socket request) and before the store writes one: a path relative to the device's sysfs folder made of
+ * plain components, as the mdev core names vendor attributes ("assign_adapter", GVT-g's "intel_vgpu/vgpu_id"). So
+ * `../../x`, `/etc/x`, `a//b` and "" are refused everywhere. Names such as `__proto__` or `constructor` are ordinary
+ * names (nothing here keeps attributes in a plain object). Returns the problem as a sentence fragment, or undefined.
+ */
+export function attrNameProblem(name: string): string | undefined {
+  if (name.length === 0) return "is empty";
+  if (name.includes("\0")) return "contains a NUL byte";
+  if (name.startsWith("/")) return "starts with '/' (it is a path inside the device's sysfs folder)";
+  for (const part of name.split("/")) {
+    if (part === "") return "has an empty path component ('//' or a trailing '/')";
+    if (part === "." || part === "..")
+      return `has a '${part}' path component (it must stay inside the device's folder)`;
+    if (utf8Length(part) > NAME_MAX) return `has a path component longer than ${NAME_MAX} bytes`;
+  }
+  return undefined;
+}
+
+/** The rule for an mdev type name in a definition: not empty (the loader refuses an empty `mdev_type`). */
+export function mdevTypeProblem(type: string): string | undefined {
+  return type.length === 0 ? "is empty" : undefined;
 }
 
 // ---- the definition file -------------------------------------------------------------------------------------------
 
-const attrName = z.string().refine((n) => n.length > 0 && !n.includes("/") && n !== "." && n !== "..", {
-  error: "an attribute name must be a sysfs file name (not empty, no '/')",
+/** The sentence for a refused attribute name. */
+function attrNameMessage(name: string, problem: string): string {
+  return `attribute name ${JSON.stringify(name)} ${problem}; an attribute name is a path inside the device's sysfs folder, like "assign_adapter" or "vendor/name"`;
+}
+
+/** An attribute name (see `attrNameProblem`), for every schema that carries one. */
+export const attrNameSchema = z.string().superRefine((name, ctx) => {
+  const problem = attrNameProblem(name);
+  if (problem !== undefined) ctx.addIssue({ code: "custom", message: attrNameMessage(name, problem) });
 });
 
-/** `{"name": "value"}`: exactly one member, whose value is a string. */
-const attrEntry = z
-  .record(attrName, z.string({ error: "must be a string" }), { error: 'must be an object {"name": "value"}' })
-  .refine((o) => Object.keys(o).length === 1, {
-    error: 'must have exactly one member {"name": "value"}',
-  });
+/** An mdev type name in a definition (see `mdevTypeProblem`). */
+export const mdevTypeSchema = z
+  .string({ error: (iss) => (iss.input === undefined ? "is required" : "must be a string") })
+  .min(1, { error: "must not be empty" });
+
+export const startModeSchema = z.enum(["auto", "manual"], {
+  error: (iss) => (iss.input === undefined ? "is required" : 'must be "auto" or "manual"'),
+});
+
+/** One attribute in the typed form (the control API's and the service's). */
+export const mdevAttrSchema = z.object({ name: attrNameSchema, value: z.string() });
+
+/** A definition in the typed form: what the control API carries and what the store's writer accepts. */
+export const mdevDefinitionSchema = z.object({
+  mdevType: mdevTypeSchema,
+  start: startModeSchema,
+  attrs: z.array(mdevAttrSchema),
+});
+
+/**
+ * `{"name": "value"}`: exactly one member, whose value is a string, read into an `MdevAttr`. Read with
+ * Object.entries, not a zod record: a record rebuilds the object by assignment, and `o["__proto__"] = v` sets a
+ * prototype instead of a member, so an attribute named `__proto__` would vanish.
+ */
+const attrEntry = z.unknown().transform((entry, ctx): MdevAttr => {
+  if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+    ctx.addIssue({ code: "custom", message: 'must be an object {"name": "value"}' });
+    return z.NEVER;
+  }
+  const members = Object.entries(entry);
+  if (members.length !== 1) {
+    ctx.addIssue({ code: "custom", message: 'must have exactly one member {"name": "value"}' });
+    return z.NEVER;
+  }
+  const [name, value] = members[0]!;
+  const problem = attrNameProblem(name);
+  if (problem !== undefined) {
+    ctx.addIssue({ code: "custom", message: attrNameMessage(name, problem) });
+    return z.NEVER;
+  }
+  if (typeof value !== "string") {
+    ctx.addIssue({ code: "custom", message: "must be a string", path: [name] });
+    return z.NEVER;
+  }
+  return { name, value };
+});
 
 /** The on-disk (and `--jsonfile`) format. Unknown members are ignored, as mdevctl does. */
 export const definitionFileSchema = z.object(
   {
-    mdev_type: z
-      .string({ error: (iss) => (iss.input === undefined ? "is required" : "must be a string") })
-      .min(1, { error: "must not be empty" }),
-    start: z.enum(["auto", "manual"], {
-      error: (iss) => (iss.input === undefined ? "is required" : 'must be "auto" or "manual"'),
-    }),
+    mdev_type: mdevTypeSchema,
+    start: startModeSchema,
     attrs: z.array(attrEntry, { error: "must be an array" }).nullish(),
   },
   { error: "must be a JSON object" },
@@ -298,12 +379,15 @@ export function parseDefinitionText(text: string): ParseResult {
 export function parseDefinitionValue(value: unknown): ParseResult {
   const r = definitionFileSchema.safeParse(value);
   if (!r.success) return { ok: false, problem: describeZodError(r.error) };
-  const attrs: MdevAttr[] = [];
-  for (const entry of r.data.attrs ?? []) {
-    const [name, v] = Object.entries(entry)[0]!;
-    attrs.push({ name, value: v });
-  }
-  return { ok: true, definition: { mdevType: r.data.mdev_type, start: r.data.start, attrs } };
+  return { ok: true, definition: { mdevType: r.data.mdev_type, start: r.data.start, attrs: r.data.attrs ?? [] } };
+}
+
+/**
+ * An object with exactly these own members, in this order. Object.fromEntries defines members, so a name such as
+ * `__proto__` becomes a member as JSON.stringify expects; assigning `o[name] = v` into `{}` would set the prototype.
+ */
+function jsonObject<T>(entries: Iterable<readonly [string, T]>): Record<string, T> {
+  return Object.fromEntries(entries);
 }
 
 /** The JSON value mdevctl writes for a definition (key order is part of the format). */
@@ -312,7 +396,11 @@ export function definitionToJson(def: MdevDefinition): {
   start: StartMode;
   attrs: Record<string, string>[];
 } {
-  return { mdev_type: def.mdevType, start: def.start, attrs: def.attrs.map((a) => ({ [a.name]: a.value })) };
+  return {
+    mdev_type: def.mdevType,
+    start: def.start,
+    attrs: def.attrs.map((a) => jsonObject([[a.name, a.value]])),
+  };
 }
 
 /** serde_json's `to_string_pretty`: two-space indentation, no trailing newline. */
@@ -361,10 +449,12 @@ export function formatListJson(devices: readonly ListedDevice[], uuidGiven: bool
   }
   const groups = groupByParent(devices);
   if (groups.length === 0) return prettyJson([]);
-  const parents: Record<string, unknown[]> = {};
-  for (const [parent, list] of groups) {
-    parents[parent] = list.sort((a, b) => byteOrder(a.uuid, b.uuid)).map((d) => ({ [d.uuid]: definitionToJson(d) }));
-  }
+  const parents = jsonObject(
+    groups.map(([parent, list]) => [
+      parent,
+      list.sort((a, b) => byteOrder(a.uuid, b.uuid)).map((d) => jsonObject([[d.uuid, definitionToJson(d)]])),
+    ]),
+  );
   return prettyJson([parents]);
 }
 
@@ -407,17 +497,19 @@ function sortParents(parents: readonly ParentTypes[]): ParentTypes[] {
 /** `types --dumpjson`. A parent with no types still appears, with an empty list, as in mdevctl. */
 export function formatTypesJson(parents: readonly ParentTypes[]): string {
   if (parents.length === 0) return prettyJson([]);
-  const out: Record<string, unknown[]> = {};
-  for (const p of sortParents(parents)) {
-    out[p.parent] = p.types.map((t) => {
-      const body: Record<string, unknown> = { available_instances: t.availableInstances, device_api: t.deviceApi };
-      const name = t.name.trim();
-      const description = flattenDescription(t.description);
-      if (name !== "") body.name = name;
-      if (description !== "") body.description = description;
-      return { [t.type]: body };
-    });
-  }
+  const out = jsonObject(
+    sortParents(parents).map((p) => [
+      p.parent,
+      p.types.map((t) => {
+        const body: Record<string, unknown> = { available_instances: t.availableInstances, device_api: t.deviceApi };
+        const name = t.name.trim();
+        const description = flattenDescription(t.description);
+        if (name !== "") body.name = name;
+        if (description !== "") body.description = description;
+        return jsonObject([[t.type, body]]);
+      }),
+    ]),
+  );
   return prettyJson([out]);
 }
 

@@ -11,16 +11,27 @@
  * itself (the daemon never opens a path a client names); the daemon checks everything that depends on state.
  * Methods and their params/result schemas are a table (`methods`), so a new method is one entry.
  *
+ * Names in requests follow the same rules as definition files (mdevctl-json.ts): an attribute name is a path inside
+ * the device's sysfs folder and a type is not empty, checked by the same schemas when the request is decoded, so
+ * nothing a client sends can name `../../x` or write a definition the loader would skip.
+ *
  * A line longer than `MAX_LINE_BYTES` bytes is refused (EMSGSIZE) and the connection closed.
  */
 import { z } from "zod";
+import {
+  attrNameSchema,
+  mdevAttrSchema,
+  mdevDefinitionSchema,
+  mdevTypeSchema,
+  startModeSchema,
+} from "./mdevctl-json.ts";
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_LINE_BYTES = 1 << 20;
 
-const attr = z.object({ name: z.string(), value: z.string() });
-const startMode = z.enum(["auto", "manual"]);
-export const definitionSchema = z.object({ mdevType: z.string(), start: startMode, attrs: z.array(attr) });
+const attr = mdevAttrSchema;
+const startMode = startModeSchema;
+export const definitionSchema = mdevDefinitionSchema;
 
 const listedDevice = z.object({
   uuid: z.string(),
@@ -73,7 +84,7 @@ export const methods = {
     params: z.object({
       uuid: z.string().optional(),
       parent: z.string().optional(),
-      type: z.string().optional(),
+      type: mdevTypeSchema.optional(),
       auto: z.boolean(),
       /** From --jsonfile. */
       definition: definitionSchema.optional(),
@@ -89,8 +100,8 @@ export const methods = {
     params: z.object({
       uuid: z.string(),
       parent: z.string().optional(),
-      type: z.string().optional(),
-      addattr: z.string().optional(),
+      type: mdevTypeSchema.optional(),
+      addattr: attrNameSchema.optional(),
       value: z.string().optional(),
       delattr: z.boolean(),
       index: z.number().int().nonnegative().optional(),
@@ -107,7 +118,7 @@ export const methods = {
     params: z.object({
       uuid: z.string().optional(),
       parent: z.string().optional(),
-      type: z.string().optional(),
+      type: mdevTypeSchema.optional(),
       definition: definitionSchema.optional(),
       force: z.boolean(),
     }),

@@ -25,7 +25,7 @@
  * guard cannot interleave with another client's.
  */
 import { Errno, KernelError } from "../core/index.ts";
-import type { DefinitionStore, StoredDefinition } from "./definitions.ts";
+import { type DefinitionStore, invalidParentName, parentFolderProblem, type StoredDefinition } from "./definitions.ts";
 import { badComponentName, byteOrder, type MdevAttr, type MdevDefinition, parseUuid } from "./mdevctl-json.ts";
 import { type Method, type ParamsOf, PROTOCOL_VERSION, type ResultOf, type WireDevice } from "./protocol.ts";
 
@@ -171,6 +171,12 @@ export class MdevService {
   private checkParentName(parent: string): void {
     const bad = badComponentName(parent);
     if (bad) throw new KernelError(Errno.EINVAL, `invalid parent name '${parent}': it ${bad}`);
+  }
+
+  /** A parent a definition is written under: the store's own rule (what its loader reads). */
+  private checkDefinitionParent(parent: string): void {
+    const problem = parentFolderProblem(parent);
+    if (problem !== undefined) throw invalidParentName(parent, problem);
   }
 
   /** A name differing only in letter case, for "did you mean". */
@@ -344,7 +350,7 @@ export class MdevService {
         throw new KernelError(Errno.EINVAL, "a parent is required to define a device from a JSON file: pass -p PARENT");
       }
       parent = p.parent;
-      this.checkParentName(parent);
+      this.checkDefinitionParent(parent);
       if (defs.some((d) => d.uuid === uuid && d.parent === parent)) {
         throw new KernelError(
           Errno.EEXIST,
@@ -363,7 +369,7 @@ export class MdevService {
         );
       }
       parent = p.parent ?? run!.parent;
-      this.checkParentName(parent);
+      this.checkDefinitionParent(parent);
       const type = p.type ?? run?.type;
       if (type === undefined) throw new KernelError(Errno.EINVAL, "no type given: pass -t TYPE (see `vgpu types`)");
       const existing = defs.find((d) => d.uuid === uuid && d.parent === parent);

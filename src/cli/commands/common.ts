@@ -12,7 +12,7 @@ import { type Command, CommanderError } from "commander";
 import { Errno, isKernelError, KernelError } from "../../core/index.ts";
 import { HostClient } from "../client.ts";
 import { defaultRoot, socketPathOf } from "../daemon.ts";
-import { parseDefinitionText, parseUuid } from "../mdevctl-json.ts";
+import { attrNameProblem, mdevTypeProblem, parseDefinitionText, parseUuid } from "../mdevctl-json.ts";
 import type { Method, ParamsOf, ResultOf, WireDefinition } from "../protocol.ts";
 
 export interface CliIo {
@@ -69,6 +69,27 @@ export function uuidOption(text: string | undefined, flag = "-u/--uuid"): string
   const u = parseUuid(text);
   if (u === undefined) throw usageError(`invalid UUID '${text}' for ${flag}: expected 32 hex digits as 8-4-4-4-12`);
   return u;
+}
+
+/** `-t/--type`: the same rule as a definition file's `mdev_type` (not empty). */
+export function typeOption(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  const problem = mdevTypeProblem(text);
+  if (problem !== undefined) throw usageError(`the type given with -t/--type ${problem}: see \`vgpu types\``);
+  return text;
+}
+
+/** `--addattr NAME`: the same rule as an attribute name in a definition file. */
+export function attrNameOption(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  const problem = attrNameProblem(text);
+  if (problem !== undefined) {
+    throw usageError(
+      `invalid attribute name '${text}' for --addattr: it ${problem}; an attribute name is a path inside the ` +
+        "device's sysfs folder, like assign_adapter or vendor/name",
+    );
+  }
+  return text;
 }
 
 /** `-i/--index`: a non-negative integer. */

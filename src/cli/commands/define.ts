@@ -10,6 +10,7 @@ import {
   configureCommandOutput,
   type RootOption,
   readJsonFile,
+  typeOption,
   usageError,
   uuidOption,
   withRoot,
@@ -29,11 +30,12 @@ export async function runDefine(opts: DefineOptions, io: CliIo): Promise<void> {
     throw usageError("pass -u UUID (a running device) or -p PARENT -t TYPE");
   }
   const uuid = uuidOption(opts.uuid);
+  const type = typeOption(opts.type);
   const definition = opts.jsonfile !== undefined ? readJsonFile(opts.jsonfile, io) : undefined;
   const r = await callHost(io, opts, "define", {
     ...(uuid !== undefined ? { uuid } : {}),
     ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
-    ...(opts.type !== undefined ? { type: opts.type } : {}),
+    ...(type !== undefined ? { type } : {}),
     auto: opts.auto === true,
     ...(definition ? { definition } : {}),
     force: opts.force === true,

@@ -5,12 +5,14 @@
  */
 import { type Command, Option } from "commander";
 import {
+  attrNameOption,
   type CliIo,
   callHost,
   configureCommandOutput,
   indexOption,
   type RootOption,
   readJsonFile,
+  typeOption,
   usageError,
   uuidOption,
   withRoot,
@@ -56,6 +58,8 @@ export async function runModify(opts: ModifyOptions, io: CliIo): Promise<void> {
     throw usageError("--live applies a --jsonfile; --addattr and --delattr change only the definition");
   }
   const uuid = uuidOption(opts.uuid)!;
+  const type = typeOption(opts.type);
+  const addattr = attrNameOption(opts.addattr);
   const index = indexOption(opts.index);
   const definition = opts.jsonfile !== undefined ? readJsonFile(opts.jsonfile, io) : undefined;
   if (definition && !opts.live && opts.parent === undefined) {
@@ -64,8 +68,8 @@ export async function runModify(opts: ModifyOptions, io: CliIo): Promise<void> {
   await callHost(io, opts, "modify", {
     uuid,
     ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
-    ...(opts.type !== undefined ? { type: opts.type } : {}),
-    ...(opts.addattr !== undefined ? { addattr: opts.addattr } : {}),
+    ...(type !== undefined ? { type } : {}),
+    ...(addattr !== undefined ? { addattr } : {}),
     ...(opts.value !== undefined ? { value: opts.value } : {}),
     delattr: opts.delattr === true,
     ...(index !== undefined ? { index } : {}),

@@ -117,7 +117,9 @@ export async function runAndPrint(
   if (opts.json) io.out(`${s.reportJson(report)}\n`);
   else if (!opts.quiet) io.out(`${[...header, ...s.formatReport(report)].join("\n")}\n`);
   if (report.error !== null) {
-    const errno = (Errno as Readonly<Record<string, number>>)[report.error.errno] ?? Errno.EIO;
+    const code = report.error.errno;
+    // An own member only: a name such as "constructor" must not reach Object.prototype.
+    const errno = Object.hasOwn(Errno, code) ? (Errno as Readonly<Record<string, number>>)[code]! : Errno.EIO;
     io.err(`vgpu: ${report.error.errno} (${strerror(errno)}): ${report.error.message}\n`);
   } else if (!report.ok) {
     const why = [
