@@ -12,8 +12,10 @@
 # back (the ROM window has no fd: the server reads it with DMA_READ messages in QEMU's layout), and the server's host
 # model is checked for leaks after QEMU leaves. Last, when the host model offers a vGPU type, QEMU attaches one and
 # reads the PVINFO magic from its BAR0 through MMIO.
-# The guest RAM is a shared memfd (memory-backend-memfd,share=on), so QEMU's DMA_MAP messages carry fds and the
-# server maps the RAM into the host model; its ROMs come without fds.
+# The guest RAM is shared (memory-backend-memfd or memory-backend-file, share=on), so QEMU's DMA_MAP messages carry
+# fds and the server maps the RAM into the host model; its ROMs come without fds. Guests of 8 GiB (RAM above 4 GiB,
+# one memfd in two windows) and RAM in a plain file (which cannot be sealed: the server serves it by guarded copies,
+# and a file the client shrinks turns DMA into EFAULT instead of killing the server) are checked too.
 #
 # usage: scripts/interop-qemu.sh            (QEMU from $QEMU, else /tmp/qemu-vfio-user/src/build/qemu-system-x86_64;
 #                                             build one with /work/shared/tools/build-qemu-vfio-user.sh)
@@ -64,10 +66,11 @@ grep -q "serving" "$WORK/serve.out" || fail "vgpu serve did not come up within 1
 echo "server: $(cat "$WORK/serve.out")"
 
 # ---- QEMU as a qtest target ----
-start_qemu() { # start_qemu <socket>
+start_qemu() { # start_qemu <socket> [memory-backend object] [size]: default a 256M shared memfd
+  local backend=${2:-memory-backend-memfd,id=ram,size=256M,share=on} size=${3:-256M}
   coproc QT {
     exec "$QEMU" -M q35 -accel qtest -qtest stdio -qtest-log /dev/null -display none -nodefaults -L "$BIOSDIR" \
-      -object memory-backend-memfd,id=ram,size=256M,share=on -machine memory-backend=ram -m 256M \
+      -object "$backend" -machine memory-backend=ram -m "$size" \
       -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$1\",\"type\":\"unix\"}}" 2>"$WORK/qemu.err"
   }
   QT_PID=$QT_PID
@@ -113,8 +116,8 @@ find_device() { # find_device <vendor:device as 0xDDDDVVVV> <name>: sets CFG to 
 }
 cfg() { qt "outl 0xcf8 $(printf '0x%x' $((CFG | $1)))"; }
 
-echo "== mtty over vfio-user =="
-start_qemu "$SOCK"
+echo "== mtty over vfio-user (guest RAM: memory-backend-file share=on) =="
+start_qemu "$SOCK" "memory-backend-file,id=ram,size=256M,share=on,mem-path=$WORK/mtty-ram" 256M
 qt "irq_intercept_in ioapic"
 find_device 0x32534348 "mtty (4348:3253)"
 
@@ -185,6 +188,10 @@ rl "$BAR + 0x100"; expect "device read of guest RAM" "$REPLY_VALUE" 0x12345678
 # READ the BIOS reset vector: a window without fd, so the server sends DMA_READ to QEMU
 rl 0xfffffff0; WANT=$REPLY_VALUE
 wl "$BAR + 0x08" 0xfffffff0; wl "$BAR + 0x10" 16; wl "$BAR + 0x18" 2
+# The posted CMD write makes the server send DMA_READ to QEMU, which QEMU answers from its main loop. A REGION_READ
+# sent before that runs blocks the main loop until QEMU's reply timeout (QEMU's design, not the server's): give the
+# main loop a moment, as a guest polling a status register would.
+sleep 0.3
 rl "$BAR + 0x1c"; expect "READ of ROM status" "$REPLY_VALUE" 0
 rl "$BAR + 0x100"; expect "device read of the BIOS ROM (DMA_READ)" "$REPLY_VALUE" "$WANT"
 # A write into the read-only ROM window is refused by the server (EPERM = 1), not sent to QEMU
@@ -240,13 +247,73 @@ if (s.dma.bar2Mapped !== 0xcafef00d) bad.push("BAR2 lost its bytes when the expo
 if (bad.length) { console.log("leaks: " + bad.join(", ")); process.exit(1); }
 console.log("ok: export undone after QEMU left (BAR2 kept its bytes, nothing left in the host model)");
 ' "$(sed -n 4p "$WORK/child.out")" || fail "the server kept state after QEMU left the mmap device"
+
+# ---- guest RAM beyond 4 GiB, and RAM in a file that cannot be sealed ----
+dma_setup() { # dma_setup <name>: finds the DMA test device and programs BAR0 at $BAR
+  find_device 0x0d3a1b36 "$1"
+  cfg 0x10; qt "outl 0xcfc $BAR"
+  cfg 0x04; qt "outw 0xcfc 0x0006"
+}
+dma_cmd() { # dma_cmd <addr> <len> <pattern> <cmd>: sets REPLY_VALUE to the status
+  wl "$BAR + 0x08" $(($1 & 0xffffffff)); wl "$BAR + 0x0c" $(($1 >> 32)); wl "$BAR + 0x10" "$2"
+  wl "$BAR + 0x14" "$3"; wl "$BAR + 0x18" "$4"; rl "$BAR + 0x1c"
+}
+check_released() { # check_released <state line number> <what>
+  echo state >&"$CTL"
+  for _ in $(seq 1 50); do [ "$(grep -c . "$WORK/child.out")" -ge "$1" ] && break; sleep 0.1; done
+  node -e '
+const s = JSON.parse(process.argv[1]);
+const bad = [];
+if (s.externalRegions !== 0) bad.push(`external regions ${s.externalRegions}`);
+if (s.pinnedFrames !== 0) bad.push(`pinned frames ${s.pinnedFrames}`);
+if (s.openDevices.length !== 0) bad.push(`open devices ${s.openDevices}`);
+if (s.servers.dma.problems.length !== 0) bad.push(`problems ${s.servers.dma.problems}`);
+if (bad.length) { console.log("leaks: " + bad.join(", ")); process.exit(1); }
+console.log(`ok: nothing left in the host model after ${process.argv[2]}`);
+' "$(sed -n "$1"p "$WORK/child.out")" "$2" || fail "the server kept state after $2"
+}
+
+echo "== 8 GiB guest (memory-backend-memfd, RAM above 4 GiB) =="
+start_qemu "$WORK/dma.sock" memory-backend-memfd,id=ram,size=8G,share=on 8G
+dma_setup "DMA test device"
+# q35 puts 2 GiB of an 8 GiB guest below 4 GiB and 6 GiB from 4 GiB up: one memfd, two windows at two offsets.
+HIGH=$((0x100000000 + 5 * 0x40000000 + 0x1000))
+dma_cmd $HIGH 64 0x6b 1; expect "FILL at 9 GiB (7 GiB into the RAM file) status" "$REPLY_VALUE" 0
+rl $HIGH; expect "guest RAM at $(printf '0x%x' $HIGH)" "$REPLY_VALUE" 0x6b6b6b6b
+TOP=$((0x100000000 + 0x170000000 - 0x10))
+dma_cmd $TOP 32 0x71 3; expect "PIN_FILL across a page boundary at 9.75 GiB status" "$REPLY_VALUE" 0
+rl $TOP; expect "guest RAM at $(printf '0x%x' $TOP)" "$REPLY_VALUE" 0x71717171
+dma_cmd 0x100000 16 0x19 1; expect "FILL below 4 GiB status" "$REPLY_VALUE" 0
+rl 0x100000; expect "guest RAM at 0x100000" "$REPLY_VALUE" 0x19191919
+stop_qemu
+sleep 0.5
+check_released 5 "the 8 GiB guest left"
+
+echo "== guest RAM in a file (memory-backend-file share=on: no seals) =="
+start_qemu "$WORK/dma.sock" "memory-backend-file,id=ram,size=256M,share=on,mem-path=$WORK/guest-ram" 256M
+dma_setup "DMA test device"
+dma_cmd 0x400000 64 0x5e 1; expect "FILL into file-backed RAM status" "$REPLY_VALUE" 0
+rl 0x400000; expect "guest RAM at 0x400000" "$REPLY_VALUE" 0x5e5e5e5e
+dma_cmd 0x500ff8 16 0x4d 3; expect "PIN_FILL into file-backed RAM status" "$REPLY_VALUE" 0
+rl 0x501004; expect "guest RAM at 0x501004" "$REPLY_VALUE" 0x4d4d4d4d
+qt "writel 0x600000 0x89abcdef"
+dma_cmd 0x600000 16 0 2; rl "$BAR + 0x100"; expect "device read of file-backed RAM" "$REPLY_VALUE" 0x89abcdef
+# A hostile client shrinks the file under its own window: the server must fault the DMA, not die of SIGBUS.
+truncate -s 1M "$WORK/guest-ram"
+dma_cmd 0x400000 64 0x11 1; expect "FILL after the file shrank: EFAULT (14), the server lives" "$REPLY_VALUE" 14
+kill -0 "$SERVE_PID" 2>/dev/null || fail "the server died after the client shrank its RAM file"
+rl "$BAR + 0x00"; expect "device still answers" "$REPLY_VALUE" 0x0d3a7e57
+stop_qemu
+sleep 0.5
+check_released 6 "the file-backed guest left"
+
 echo exit >&"$CTL"
 exec {CTL}>&-
 wait "$SERVE_PID" 2>/dev/null
 SERVE_PID=
 
 # ---- a vGPU, when the host model offers one ----
-echo "== vGPU (i915-GVTg_V5_4) over vfio-user =="
+echo "== vGPU (i915-GVTg_V5_4) over vfio-user, 8 GiB guest =="
 VSOCK="$WORK/vgpu.sock"
 node --import tsx src/vfio-user/serve-command.ts --type i915-GVTg_V5_4 --socket "$VSOCK" --once \
   >"$WORK/serve.out" 2>"$WORK/serve.err" &
@@ -261,7 +328,7 @@ if ! grep -q "serving" "$WORK/serve.out"; then
   SERVE_PID=
   VGPU=skipped
 else
-  start_qemu "$VSOCK"
+  start_qemu "$VSOCK" memory-backend-memfd,id=ram,size=8G,share=on 8G
   find_device 0x19128086 "vGPU (8086:1912)"
   cfg 0x08; qt "inl 0xcfc"; expect "class (display controller)" "$(( REPLY_VALUE >> 8 ))" 0x030000
   cfg 0x10; qt "outl 0xcfc 0xe0000000"; cfg 0x14; qt "outl 0xcfc 0"
@@ -277,4 +344,5 @@ else
 fi
 echo "PASS: QEMU $("$QEMU" --version | head -1 | awk '{print $4}') attached the devices over vfio-user: UART, INTx," \
   "DMA into guest RAM (memfd, pinned frames) and DMA_READ of its ROM; an mmap-able BAR exported as a memfd;" \
+  "an 8 GiB guest (DMA above 4 GiB); file-backed RAM (unsealable: guarded, a shrunk file faults DMA);" \
   "vGPU MMIO: $VGPU"
