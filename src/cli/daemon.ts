@@ -417,7 +417,9 @@ class Connection {
     this.cancelStuck();
     this.armStuck("did not take its last answer");
     // destroy, not just end: the rest of an over-long line is never read, and the socket must not linger for it.
-    this.sock.end(last ?? "", () => this.destroy());
+    const finished = () => this.destroy();
+    if (last === undefined) this.sock.end(finished);
+    else this.sock.end(last, finished);
   }
 
   private armStuck(why: string): void {
