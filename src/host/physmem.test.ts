@@ -162,7 +162,10 @@ describe("PhysicalMemory", () => {
       view: (offset, len) => {
         views.push(offset);
         let v = store.get(offset);
-        if (v === undefined) store.set(offset, (v = new Uint8Array(len)));
+        if (v === undefined) {
+          v = new Uint8Array(len);
+          store.set(offset, v);
+        }
         return v;
       },
       read: () => Errno.EIO,

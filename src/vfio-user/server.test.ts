@@ -335,7 +335,11 @@ describe("vfio-user server (in process)", () => {
     assert.ok(!isError(await c.request(VFIO_USER_DEVICE_RESET)));
     assert.equal((await c.request(VFIO_USER_DEVICE_FEATURE, new Uint8Array(8))).errorNo, Errno.EOPNOTSUPP);
     assert.equal((await c.request(VFIO_USER_DMA_READ, new Uint8Array(16))).errorNo, Errno.EINVAL, "wrong direction");
-    assert.equal((await c.request(200, new Uint8Array(8))).errorNo, Errno.EINVAL, "unknown command: EINVAL (libvfio-user)");
+    assert.equal(
+      (await c.request(200, new Uint8Array(8))).errorNo,
+      Errno.EINVAL,
+      "unknown command: EINVAL (libvfio-user)",
+    );
     c.close();
     t.close();
   });

@@ -117,7 +117,12 @@ export class AsyncClient {
   }
 
   /** Sends a command; resolves with its reply (a message with id -1 if the connection closed first). */
-  request(cmd: number, payload?: Uint8Array, fds?: readonly number[], type = VFIO_USER_F_TYPE_COMMAND): Promise<Message> {
+  request(
+    cmd: number,
+    payload?: Uint8Array,
+    fds?: readonly number[],
+    type = VFIO_USER_F_TYPE_COMMAND,
+  ): Promise<Message> {
     const id = this.nextId;
     this.nextId = (this.nextId + 1) & 0xffff;
     const p = new Promise<Message>((resolve) => this.pending.set(id, resolve));
