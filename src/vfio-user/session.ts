@@ -23,8 +23,9 @@
  *   the memory; the reply carries the fd (offset 0) and keeps MMAP and the areas. If any step fails, MMAP and its
  *   areas are withdrawn instead and the client traps every access (REGION_READ/WRITE). On release the frames get
  *   their own memory back (with the bytes they hold) before the device is closed, then the memfd goes.
- * - DMA windows (dma.ts), and DMA_READ/DMA_WRITE to the client for windows without an fd: the device's vfio_dma_rw
- *   is wrapped so an access inside such a window becomes a synchronous round trip (others wait, deferred).
+ * - DMA windows (dma.ts), and DMA_READ/DMA_WRITE to the client for windows without an fd: vfio-core's DMA
+ *   interposer hook (`VfioDeviceHandle.interposeDma`) sends the device's vfio_dma_rw inside such a window here, where
+ *   it becomes a synchronous round trip (others wait, deferred); pins there fail in vfio-core.
  *
  * Errors: a KernelError from a handler becomes an error reply with its errno (none for NO_REPLY messages: they are
  * traced); anything else is a bug: error reply EIO, the connection closes, the process stays up.
@@ -72,7 +73,7 @@ import {
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_TYPE1v2_IOMMU,
   VfioContainerHandle,
-  type VfioDmaAccess,
+  type VfioDeviceHandle,
   VfioGroupHandle,
   vfioIrqSetDataSize,
   vfioPciIndexToOffset,
@@ -450,7 +451,7 @@ export class Session {
         numIrqs: info.numIrqs,
         dma,
       };
-      this.interposeDma(proc, handle.fd);
+      this.interposeDma(handle);
       if (host.tracer.enabled) {
         host.tracer.emit("vfiouser.open", {
           device,
@@ -467,29 +468,24 @@ export class Session {
   }
 
   /**
-   * Routes the device's vfio_dma_rw for fd-less windows to the client. The device holds the VfioDmaAccess that
-   * vfio-core gave it at open (reachable through the device file); only its dmaRw is wrapped, and only while the
-   * session lives (vfio-core makes the object dead at close).
+   * Routes the device's vfio_dma_rw inside fd-less windows to the client, through vfio-core's declared hook
+   * (`VfioDeviceHandle.interposeDma`); vfio-core removes it when the device closes.
    */
-  private interposeDma(proc: Process, deviceFd: number): void {
-    const file = proc.file(deviceFd).ops as unknown as { device?: { dmaAccess?: VfioDmaAccess } };
-    const access = file.device?.dmaAccess;
-    if (access === undefined) return;
-    const original = access.dmaRw.bind(access);
-    access.dmaRw = (iova: Iova, buf: Uint8Array, write: boolean): void => {
-      const w = this.dev?.dma.remoteAt(iova, buf.length);
-      if (w === undefined) {
-        original(iova, buf, write);
-        return;
-      }
-      if ((w.prot & (write ? VFIO_USER_F_DMA_REGION_WRITE : VFIO_USER_F_DMA_REGION_READ)) === 0) {
-        throw new KernelError(
-          Errno.EPERM,
-          `vfio_dma_rw ${write ? "write" : "read"} at 0x${iova.toString(16)}: the client mapped that window ${write ? "read-only" : "write-only"}`,
-        );
-      }
-      this.remoteDma(iova, buf, write);
-    };
+  private interposeDma(handle: VfioDeviceHandle): void {
+    handle.interposeDma({
+      covers: (iova, length) => this.dev?.dma.remoteAt(iova, length) !== undefined,
+      dmaRw: (iova, buf, write) => {
+        const w = this.dev?.dma.remoteAt(iova, buf.length);
+        if (w === undefined) throw new KernelError(Errno.EFAULT, `no window without fd at 0x${iova.toString(16)}`);
+        if ((w.prot & (write ? VFIO_USER_F_DMA_REGION_WRITE : VFIO_USER_F_DMA_REGION_READ)) === 0) {
+          throw new KernelError(
+            Errno.EPERM,
+            `vfio_dma_rw ${write ? "write" : "read"} at 0x${iova.toString(16)}: the client mapped that window ${write ? "read-only" : "write-only"}`,
+          );
+        }
+        this.remoteDma(iova, buf, write);
+      },
+    });
   }
 
   // ---- DMA windows ---------------------------------------------------------------------------------------------

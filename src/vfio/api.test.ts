@@ -221,6 +221,49 @@ describe("conformance with the real type1 backend", () => {
     assert.deepEqual(w.core.inspect().containers, []);
   });
 
+  it("typed API: a DMA interposer takes vfio_dma_rw inside its memory, refuses pins there, and goes when removed", () => {
+    const w = withType1();
+    const { vmm } = w;
+    const mdev = new PinningMdev("83b8f4f2-509f-382f-3c1e-e6bfe0fa1002");
+    const group = w.core.registerEmulatedDevice(mdev);
+    const container = VfioContainerHandle.open(vmm);
+    const grp = VfioGroupHandle.open(vmm, group);
+    grp.setContainer(container);
+    container.setIommu(VFIO_TYPE1v2_IOMMU);
+    const ram = vmm.mm.mmap(MiB, PROT_READ | PROT_WRITE);
+    container.mapDma({ iova: 0, vaddr: ram, size: MiB, read: true, write: true });
+    const dev = grp.getDevice(mdev.name);
+    const ROM = 0xfff00000;
+    const rom = new Uint8Array(PAGE_SIZE).fill(0xea);
+    const seen: string[] = [];
+    const remove = dev.interposeDma({
+      covers: (at, length) => at >= ROM && at + length <= ROM + PAGE_SIZE,
+      dmaRw: (at, buf, write) => {
+        seen.push(`${write ? "w" : "r"}@${at.toString(16)}+${buf.length}`);
+        if (!write) buf.set(rom.subarray(at - ROM, at - ROM + buf.length));
+      },
+    });
+    const buf = new Uint8Array(4);
+    mdev.dma!.dmaRw(iova(ROM + 8), buf, false);
+    assert.deepEqual([...buf], [0xea, 0xea, 0xea, 0xea], "read through the interposer");
+    vmm.mm.write(hva(ram + 0x10), Uint8Array.of(7, 8, 9, 10));
+    mdev.dma!.dmaRw(iova(0x10), buf, false);
+    assert.deepEqual([...buf], [7, 8, 9, 10], "memory type1 holds still goes to type1");
+    assert.deepEqual(seen, ["r@fff00008+4"]);
+    assert.throws(() => mdev.pin(ROM), errno(Errno.EINVAL), "no host frames to pin behind an interposed window");
+    assert.throws(
+      () => dev.interposeDma({ covers: () => false, dmaRw: () => {} }),
+      errno(Errno.EBUSY),
+      "one interposer per open device",
+    );
+    remove();
+    assert.throws(() => mdev.dma!.dmaRw(iova(ROM), buf, false), "removed: type1 answers (nothing mapped there)");
+    assert.equal(seen.length, 1);
+    dev.close();
+    grp.close();
+    container.close();
+  });
+
   it("typed API: region capabilities are decoded and mmap maps the region", () => {
     const w = makeWorld();
     const frames = w.host.physmem.allocContiguous(16);

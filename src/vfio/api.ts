@@ -23,6 +23,8 @@
 import { Errno, type Hva, KernelError, PAGE_SIZE } from "../core/index.ts";
 import { PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
 import { VFIO_CONTAINER_PATH } from "./core.ts";
+import { VfioDeviceFile } from "./device-file.ts";
+import type { VfioDmaInterposer } from "./driver.ts";
 import {
   decodeIovaRangeCap,
   decodeSparseMmapCap,
@@ -317,6 +319,18 @@ export class VfioDeviceHandle {
     readonly fd: number,
     readonly name: string,
   ) {}
+
+  /**
+   * Installs a DMA interposer on this open device (see `VfioDmaInterposer`): what a vfio-user server uses for the
+   * client's windows without an fd. Returns the function that removes it; it also goes when the device closes.
+   */
+  interposeDma(i: VfioDmaInterposer): () => void {
+    const ops = this.proc.file(this.fd).ops;
+    if (!(ops instanceof VfioDeviceFile)) {
+      throw new KernelError(Errno.ENOTTY, `fd ${this.fd} of process ${this.proc.pid} is not a VFIO device file`);
+    }
+    return ops.device.setDmaInterposer(i);
+  }
 
   /** VFIO_DEVICE_GET_INFO with its capabilities. */
   info(): VfioDeviceInfoReply {

@@ -43,6 +43,7 @@ import type {
   VfioDeviceInfo,
   VfioDeviceOps,
   VfioDmaAccess,
+  VfioDmaInterposer,
   VfioEmulatedDevice,
   VfioGroupType,
   VfioIommuBackend,
@@ -220,9 +221,26 @@ export class VfioDevice {
     }
   }
 
-  /** The access handed to the device at open, while open (emulated groups only). */
-  get dmaAccess(): VfioDmaAccess | undefined {
-    return this.dma;
+  /**
+   * Routes the open device's vfio_dma_rw (and refuses its pins) inside the interposer's memory until removed or the
+   * device is closed. EINVAL if the device is not open or not behind an emulated IOMMU; EBUSY if one is installed.
+   * Returns the function that removes it.
+   */
+  setDmaInterposer(i: VfioDmaInterposer): () => void {
+    const dma = this.dma;
+    if (dma === undefined) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `device ${this.name}: DMA interposition needs an open device behind an emulated IOMMU (mdev)`,
+      );
+    }
+    if (dma.interposer !== undefined) {
+      throw new KernelError(Errno.EBUSY, `device ${this.name} already has a DMA interposer`);
+    }
+    dma.interposer = i;
+    return () => {
+      if (dma.interposer === i) dma.interposer = undefined;
+    };
   }
 }
 
@@ -231,6 +249,8 @@ function noUnmap(): void {}
 /** vfio_pin_pages / vfio_unpin_pages / vfio_dma_rw for one open session of an emulated-IOMMU device. */
 class DeviceDmaAccess implements VfioDmaAccess {
   live = true;
+  /** Memory served outside the backend (VfioDevice.setDmaInterposer). */
+  interposer: VfioDmaInterposer | undefined;
   constructor(
     private readonly name: string,
     private readonly backend: VfioIommuBackend,
@@ -246,6 +266,12 @@ class DeviceDmaAccess implements VfioDmaAccess {
       throw new KernelError(
         Errno.E2BIG,
         `vfio_pin_pages by ${this.name}: ${npage} pages in one call, the limit is ${PIN_PAGES_MAX_ENTRIES}`,
+      );
+    }
+    if (this.interposer?.covers(iova, npage * PAGE_SIZE)) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vfio_pin_pages by ${this.name} at 0x${iova.toString(16)}: that memory was given without an fd (it can be read and written with vfio_dma_rw, not pinned)`,
       );
     }
     return this.backend.pinPages(this.dev, iova, npage, prot);
@@ -265,7 +291,9 @@ class DeviceDmaAccess implements VfioDmaAccess {
   dmaRw(iova: Iova, buf: Uint8Array, write: boolean): void {
     this.checkLive("vfio_dma_rw");
     if (buf.length === 0) throw new KernelError(Errno.EINVAL, `vfio_dma_rw by ${this.name}: empty buffer`);
-    this.backend.dmaRw(iova, buf, write);
+    const i = this.interposer;
+    if (i?.covers(iova, buf.length)) i.dmaRw(iova, buf, write);
+    else this.backend.dmaRw(iova, buf, write);
   }
 
   private checkLive(what: string): void {

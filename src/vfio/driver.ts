@@ -85,6 +85,20 @@ export interface VfioDmaAccess {
   dmaRw(iova: Iova, buf: Uint8Array, write: boolean): void;
 }
 
+/**
+ * Memory an emulated-IOMMU device may reach that its IOMMU backend does not hold: a vfio-user client's DMA windows
+ * without an fd, which only the client can read and write (DMA_READ/DMA_WRITE messages). Installed on an open device
+ * through `VfioDeviceHandle.interposeDma`; vfio_dma_rw inside `covers` goes to it, vfio_pin_pages there fails (no host
+ * frames exist to pin), everything else goes to the backend as before. No Linux equivalent: in Linux, memory a VMM
+ * cannot give the kernel is simply not DMA-able.
+ */
+export interface VfioDmaInterposer {
+  /** Whether all of [iova, iova + length) is memory the interposer serves. */
+  covers(iova: Iova, length: number): boolean;
+  /** vfio_dma_rw into that memory; throws KernelError as vfio_dma_rw would. */
+  dmaRw(iova: Iova, buf: Uint8Array, write: boolean): void;
+}
+
 /** struct vfio_device_ops, typed. Every method may throw KernelError with Linux's errno. */
 export interface VfioDeviceOps {
   /** The device name GET_DEVICE_FD matches: a PCI BDF or an mdev UUID. */
