@@ -38,7 +38,9 @@ const c = {
   recvmsg: libc.func("intptr_t recvmsg(int fd, void *msg, int flags)"),
   setsockopt: libc.func("int setsockopt(int fd, int level, int name, const void *val, uint32_t len)"),
   close: libc.func("int close(int fd)"),
-  fcntl: libc.func("int fcntl(int fd, int cmd, ...)"),
+  // fcntl with one int argument, declared non-variadic: koffi prepares a variadic call's types on every call, and the
+  // x86-64 and arm64 Linux ABIs pass a lone int argument the same way either way.
+  fcntlInt: libc.func("int fcntl(int fd, int cmd, int arg)"),
   memfdCreate: libc.func("int memfd_create(const char *name, unsigned int flags)"),
   ftruncate: libc.func("int ftruncate(int fd, int64_t length)"),
   fstat: libc.func("int fstat(int fd, void *st)"),
@@ -239,13 +241,13 @@ export function setSocketBuffer(fd: number, opt: typeof SO_SNDBUF | typeof SO_RC
 }
 
 export function setNonblocking(fd: number, on: boolean): void {
-  const fl = check(c.fcntl(fd, F_GETFL, "int", 0), "fcntl(F_GETFL)");
-  check(c.fcntl(fd, F_SETFL, "int", on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK), "fcntl(F_SETFL)");
+  const fl = check(c.fcntlInt(fd, F_GETFL, 0), "fcntl(F_GETFL)");
+  check(c.fcntlInt(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK), "fcntl(F_SETFL)");
 }
 
 /** fcntl(F_DUPFD_CLOEXEC): a new fd for the same open file, or throws. */
 export function dupCloexec(fd: number): number {
-  return check(c.fcntl(fd, F_DUPFD_CLOEXEC, "int", 0), `dup of fd ${fd}`);
+  return check(c.fcntlInt(fd, F_DUPFD_CLOEXEC, 0), `dup of fd ${fd}`);
 }
 
 /** close(2); errors (EBADF for a bug, EINTR) are returned, not thrown: close never fails twice. */
@@ -393,13 +395,13 @@ export function fileSize(fd: number): number {
 
 /** F_GET_SEALS, or -errno (EINVAL for a file that is not a memfd/shmem). */
 export function getSeals(fd: number): number {
-  const r = c.fcntl(fd, F_GET_SEALS, "int", 0) as number;
+  const r = c.fcntlInt(fd, F_GET_SEALS, 0) as number;
   return r < 0 ? -koffi.errno() : r;
 }
 
 /** F_ADD_SEALS; 0 or -errno. */
 export function addSeals(fd: number, seals: number): number {
-  const r = c.fcntl(fd, F_ADD_SEALS, "int", seals) as number;
+  const r = c.fcntlInt(fd, F_ADD_SEALS, seals) as number;
   return r < 0 ? -koffi.errno() : 0;
 }
 
@@ -551,9 +553,9 @@ export function eventfdWrite(fd: number, n = 1): number {
  * opens its own), and a full counter is EAGAIN, a lost edge, not a hang. 0, or -errno.
  */
 export function eventfdSignal(fd: number): number {
-  const fl = c.fcntl(fd, F_GETFL, "int", 0) as number;
+  const fl = c.fcntlInt(fd, F_GETFL, 0) as number;
   if (fl < 0) return -koffi.errno();
-  if ((fl & O_NONBLOCK) === 0 && (c.fcntl(fd, F_SETFL, "int", fl | O_NONBLOCK) as number) < 0) return -koffi.errno();
+  if ((fl & O_NONBLOCK) === 0 && (c.fcntlInt(fd, F_SETFL, fl | O_NONBLOCK) as number) < 0) return -koffi.errno();
   return eventfdWrite(fd, 1);
 }
 

@@ -1865,11 +1865,13 @@ function checkUserRange(ptr: bigint, size: bigint, what: string): void {
 }
 
 /** __ffs of a u64 (index of the lowest set bit); 64 for 0, so that x >> __ffs(0) is 0 and fails the size checks. */
+/** Index of the lowest set bit of a u64 (64 for 0), as the kernel's __ffs64; no BigInt loop (it is on MAP_DMA's path). */
 function ffs64(v: bigint): bigint {
   if (v === 0n) return 64n;
-  let n = 0n;
-  while (((v >> n) & 1n) === 0n) n++;
-  return n;
+  const lo = Number(v & 0xffff_ffffn);
+  if (lo !== 0) return BigInt(31 - Math.clz32(lo & -lo));
+  const hi = Number((v >> 32n) & 0xffff_ffffn);
+  return BigInt(63 - Math.clz32(hi & -hi));
 }
 
 function bigToNumber(v: bigint): number {
