@@ -16,12 +16,11 @@ import {
   PCI_MSI_FLAGS_ENABLE,
   parseBdf,
 } from "../host/index.ts";
+import { colorBlt, srcCopyBlt, storeDataImm } from "./commands.ts";
 import { DEFAULT_COST } from "./cost.ts";
 import { DEFAULT_APERTURE_SIZE, GpuDevice, MiB } from "./gpu.ts";
 import {
-  BLT_WRITE_RGBA,
   BR13_32BPP,
-  blitInstr,
   ENGINE_BASE,
   type EngineId,
   FENCE_REG_GEN6_LO,
@@ -59,12 +58,7 @@ import {
   RING_START,
   RING_TAIL,
   RING_VALID,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
   XY_COLOR_BLT_DWORDS,
-  XY_COLOR_BLT_OPCODE,
-  XY_SRC_COPY_BLT_DWORDS,
-  XY_SRC_COPY_BLT_OPCODE,
 } from "./regs.ts";
 
 const BDF: Bdf = parseBdf("0000:00:02.0");
@@ -194,44 +188,8 @@ function rig(opts: { ats?: boolean; iommu?: boolean; apertureSize?: number } = {
   };
 }
 
-const store = (gma: number, v: number) => [
-  MI_STORE_DWORD_IMM_GEN4 | MI_USE_GGTT,
-  gma >>> 0,
-  Math.floor(gma / 2 ** 32),
-  v,
-];
-const colorBlt = (dst: number, pitch: number, x1: number, y1: number, x2: number, y2: number, color: number) => [
-  blitInstr(XY_COLOR_BLT_OPCODE, XY_COLOR_BLT_DWORDS) | BLT_WRITE_RGBA,
-  BR13_32BPP | (ROP_PATCOPY << 16) | pitch,
-  (y1 << 16) | x1,
-  (y2 << 16) | x2,
-  dst >>> 0,
-  Math.floor(dst / 2 ** 32),
-  color,
-];
-const copyBlt = (
-  dst: number,
-  dPitch: number,
-  x1: number,
-  y1: number,
-  x2: number,
-  y2: number,
-  src: number,
-  sPitch: number,
-  sx: number,
-  sy: number,
-) => [
-  blitInstr(XY_SRC_COPY_BLT_OPCODE, XY_SRC_COPY_BLT_DWORDS) | BLT_WRITE_RGBA,
-  BR13_32BPP | (ROP_SRCCOPY << 16) | dPitch,
-  (y1 << 16) | x1,
-  (y2 << 16) | x2,
-  dst >>> 0,
-  Math.floor(dst / 2 ** 32),
-  (sy << 16) | sx,
-  sPitch,
-  src >>> 0,
-  Math.floor(src / 2 ** 32),
-];
+const store = storeDataImm;
+const copyBlt = srcCopyBlt;
 
 function pattern(len: number, seed: number): Uint8Array {
   const b = new Uint8Array(len);

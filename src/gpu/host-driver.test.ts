@@ -10,14 +10,12 @@ import {
   PCI_MSI_FLAGS,
   PCI_MSI_FLAGS_ENABLE,
 } from "../host/index.ts";
+import { srcCopyBlt, storeDataImm, colorBlt as xyColorBlt } from "./commands.ts";
 import type { GpuResourceRequest, GpuResources, ShadowBuffer, SubmissionResult } from "./contract.ts";
 import { DEFAULT_COST } from "./cost.ts";
 import { MiB } from "./gpu.ts";
 import { type CreateGpuOptions, createGpu, HOST_APERTURE_RESERVED, HOST_HIDDEN_RESERVED } from "./host-driver.ts";
 import {
-  BLT_WRITE_RGBA,
-  BR13_32BPP,
-  blitInstr,
   ENGINE_BASE,
   type EngineId,
   GEN8_GT_IER0,
@@ -27,15 +25,9 @@ import {
   MI_BATCH_BUFFER_END,
   MI_BATCH_BUFFER_START_GEN8,
   MI_NOOP,
-  MI_STORE_DWORD_IMM_GEN4,
-  MI_USE_GGTT,
   MI_USER_INTERRUPT,
   RING_CTL,
   RING_VALID,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
-  XY_COLOR_BLT_OPCODE,
-  XY_SRC_COPY_BLT_OPCODE,
 } from "./regs.ts";
 
 const PAGE = 4096;
@@ -77,28 +69,13 @@ function setup(opts: CreateGpuOptions & { iommu?: boolean; trace?: boolean } = {
   return { host, clock, gpu, driver, group, rec, mapPage, u32, submit };
 }
 
-const store = (gma: number, v: number) => [MI_STORE_DWORD_IMM_GEN4 | MI_USE_GGTT, gma, 0, v];
-const colorBlt = (dst: number, pitch: number, w: number, h: number, color: number) => [
-  blitInstr(XY_COLOR_BLT_OPCODE, 7) | BLT_WRITE_RGBA,
-  BR13_32BPP | (ROP_PATCOPY << 16) | pitch,
-  0,
-  (h << 16) | w,
-  dst,
-  0,
-  color,
-];
-const copyBlt = (dst: number, src: number, pitch: number, w: number, h: number) => [
-  blitInstr(XY_SRC_COPY_BLT_OPCODE, 10) | BLT_WRITE_RGBA,
-  BR13_32BPP | (ROP_SRCCOPY << 16) | pitch,
-  0,
-  (h << 16) | w,
-  dst,
-  0,
-  0,
-  pitch,
-  src,
-  0,
-];
+const store = storeDataImm;
+/** A fill of a w x h rectangle at the surface's origin. */
+const colorBlt = (dst: number, pitch: number, w: number, h: number, color: number) =>
+  xyColorBlt(dst, pitch, 0, 0, w, h, color);
+/** A copy of a w x h rectangle between two surfaces of the same pitch, origin to origin. */
+const copyBlt = (dst: number, src: number, pitch: number, w: number, h: number) =>
+  srcCopyBlt(dst, pitch, 0, 0, w, h, src, pitch, 0, 0);
 
 const enospc = (re: RegExp) => (e: unknown) =>
   e instanceof KernelError && e.errno === Errno.ENOSPC && re.test(e.message);

@@ -5,6 +5,7 @@
  * datasheet. Depends on core and host.
  */
 export * from "./blitter.ts";
+export * from "./commands.ts";
 export * from "./contract.ts";
 export * from "./cost.ts";
 export * from "./engine.ts";

@@ -1,8 +1,8 @@
 /**
  * Command encoding for the guest driver: a growable dword buffer with one method per command the GPU executes
- * (docs/gpu-programming.md, "Commands"; encodings from src/gpu/regs.ts). The ring and batch buffers are filled from
- * one of these, so every command's bytes are produced in exactly one place and unit tests can compare them with the
- * datasheet dword by dword.
+ * (docs/gpu-programming.md, "Commands"). The dwords come from the GPU's encoders (src/gpu/commands.ts), the one place
+ * every command's bytes are produced; this buffer only makes room and appends. The ring and batch buffers are filled
+ * from one of these, and unit tests compare them with the datasheet dword by dword.
  *
  * Addresses in commands are graphics memory addresses (GMAs), 48 bits on gen8, written as a low and a high dword.
  * The guest's GMAs are below 4 GiB, so the high dword is 0; the hostile mode writes larger ones on purpose.
@@ -14,50 +14,30 @@
  * buffer has to grow (doubling), so a reused `CommandBuffer` (`reset`) builds commands without allocation.
  */
 import {
-  BLT_WRITE_RGBA,
-  BR13_32BPP,
-  blitInstr,
+  blitXy,
+  br13,
+  encodeBatchBufferStart,
+  encodeColorBlt,
+  encodeLoadRegisterImm,
+  encodeSrcCopyBlt,
+  encodeStoreDataImm,
+  lower32,
   MI_BATCH_BUFFER_END,
-  MI_BATCH_BUFFER_START_GEN8,
+  MI_BATCH_BUFFER_START_DWORDS,
+  MI_LOAD_REGISTER_IMM_1_DWORDS,
   MI_NOOP,
-  MI_STORE_DWORD_IMM_GEN4,
-  MI_USE_GGTT,
+  MI_STORE_DATA_IMM_DWORDS,
+  MI_STORE_DATA_IMM_GGTT,
   MI_USER_INTERRUPT,
-  miLoadRegisterImm,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
+  upper32,
+  XY_COLOR_BLT_CMD,
   XY_COLOR_BLT_DWORDS,
-  XY_COLOR_BLT_OPCODE,
+  XY_SRC_COPY_BLT_CMD,
   XY_SRC_COPY_BLT_DWORDS,
-  XY_SRC_COPY_BLT_OPCODE,
 } from "../gpu/index.ts";
 
-const TWO32 = 4294967296;
-
-/** Low dword of a (up to 53-bit) address. */
-export function lower32(addr: number): number {
-  return (addr % TWO32) >>> 0;
-}
-/** High dword of a (up to 53-bit) address. */
-export function upper32(addr: number): number {
-  return Math.floor(addr / TWO32) >>> 0;
-}
-
-/** First dword of XY_COLOR_BLT (gen8, 7 dwords, 32 bpp: alpha and RGB written). */
-export const XY_COLOR_BLT_CMD = (blitInstr(XY_COLOR_BLT_OPCODE, XY_COLOR_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0;
-/** First dword of XY_SRC_COPY_BLT (gen8, 10 dwords, 32 bpp). */
-export const XY_SRC_COPY_BLT_CMD = (blitInstr(XY_SRC_COPY_BLT_OPCODE, XY_SRC_COPY_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0;
-/** MI_STORE_DATA_IMM to a global GMA (4 dwords). */
-export const MI_STORE_DATA_IMM_GGTT = (MI_STORE_DWORD_IMM_GEN4 | MI_USE_GGTT) >>> 0;
-
-/** BR13 of a 32-bpp blit: depth, raster operation, pitch in bytes. */
-export function br13(rop: number, pitch: number): number {
-  return (BR13_32BPP | (rop << 16) | (pitch & 0xffff)) >>> 0;
-}
-/** A blit coordinate dword: y in bits 16..31, x in bits 0..15. */
-export function blitXy(x: number, y: number): number {
-  return (((y & 0xffff) << 16) | (x & 0xffff)) >>> 0;
-}
+// The encoders and field helpers are the GPU's (src/gpu/commands.ts); re-exported for the guest's callers.
+export { blitXy, br13, lower32, MI_STORE_DATA_IMM_GGTT, upper32, XY_COLOR_BLT_CMD, XY_SRC_COPY_BLT_CMD };
 
 export class CommandBuffer {
   private buf: Uint32Array;
@@ -91,7 +71,7 @@ export class CommandBuffer {
 
   /** Appends the dwords of `words`. */
   append(words: Uint32Array): this {
-    while (this.length + words.length > this.buf.length) this.grow();
+    this.reserve(words.length);
     this.buf.set(words, this.length);
     this.length += words.length;
     return this;
@@ -117,17 +97,23 @@ export class CommandBuffer {
 
   /** MI_BATCH_BUFFER_START (gen8, 3 dwords) of a batch buffer at global GMA `gma`. */
   batchBufferStart(gma: number): this {
-    return this.dword(MI_BATCH_BUFFER_START_GEN8).dword(lower32(gma)).dword(upper32(gma));
+    this.reserve(MI_BATCH_BUFFER_START_DWORDS);
+    this.length = encodeBatchBufferStart(this.buf, this.length, gma);
+    return this;
   }
 
   /** MI_STORE_DATA_IMM of one dword `value` at global GMA `gma` (4-byte aligned). */
   storeDataImm(gma: number, value: number): this {
-    return this.dword(MI_STORE_DATA_IMM_GGTT).dword(lower32(gma)).dword(upper32(gma)).dword(value);
+    this.reserve(MI_STORE_DATA_IMM_DWORDS);
+    this.length = encodeStoreDataImm(this.buf, this.length, gma, value);
+    return this;
   }
 
   /** MI_LOAD_REGISTER_IMM writing one register (MMIO offset `reg`) with `value`. */
   loadRegisterImm(reg: number, value: number): this {
-    return this.dword(miLoadRegisterImm(1)).dword(reg).dword(value);
+    this.reserve(MI_LOAD_REGISTER_IMM_1_DWORDS);
+    this.length = encodeLoadRegisterImm(this.buf, this.length, reg, value);
+    return this;
   }
 
   /**
@@ -135,13 +121,9 @@ export class CommandBuffer {
    * (0xAARRGGBB, stored little-endian per pixel).
    */
   colorBlt(dst: number, pitch: number, x1: number, y1: number, x2: number, y2: number, color: number): this {
-    return this.dword(XY_COLOR_BLT_CMD)
-      .dword(br13(ROP_PATCOPY, pitch))
-      .dword(blitXy(x1, y1))
-      .dword(blitXy(x2, y2))
-      .dword(lower32(dst))
-      .dword(upper32(dst))
-      .dword(color);
+    this.reserve(XY_COLOR_BLT_DWORDS);
+    this.length = encodeColorBlt(this.buf, this.length, dst, pitch, x1, y1, x2, y2, color);
+    return this;
   }
 
   /**
@@ -160,16 +142,14 @@ export class CommandBuffer {
     sx: number,
     sy: number,
   ): this {
-    return this.dword(XY_SRC_COPY_BLT_CMD)
-      .dword(br13(ROP_SRCCOPY, dstPitch))
-      .dword(blitXy(x1, y1))
-      .dword(blitXy(x2, y2))
-      .dword(lower32(dst))
-      .dword(upper32(dst))
-      .dword(blitXy(sx, sy))
-      .dword(srcPitch & 0xffff)
-      .dword(lower32(src))
-      .dword(upper32(src));
+    this.reserve(XY_SRC_COPY_BLT_DWORDS);
+    this.length = encodeSrcCopyBlt(this.buf, this.length, dst, dstPitch, x1, y1, x2, y2, src, srcPitch, sx, sy);
+    return this;
+  }
+
+  /** Grows the buffer until `dwords` more fit. */
+  private reserve(dwords: number): void {
+    while (this.length + dwords > this.buf.length) this.grow();
   }
 
   private grow(): void {

@@ -3,9 +3,6 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Errno, type Gma, KernelError, PAGE_SIZE } from "../core/index.ts";
 import {
-  BLT_WRITE_RGBA,
-  BR13_32BPP,
-  blitInstr,
   MI_BATCH_BUFFER_END,
   MI_BATCH_BUFFER_START_GEN8,
   MI_BATCH_PPGTT,
@@ -16,11 +13,9 @@ import {
   MI_USER_INTERRUPT,
   miInstr,
   miLoadRegisterImm,
-  ROP_SRCCOPY,
   type ShadowBuffer,
+  srcCopyBlt,
   XY_SRC_COPY_BLT_DST_TILED,
-  XY_SRC_COPY_BLT_DWORDS,
-  XY_SRC_COPY_BLT_OPCODE,
 } from "../gpu/index.ts";
 import { CommandScanner, LRI_ALLOWED, MAX_OP_SIZE, type ScannerMemory } from "./cmd-scanner.ts";
 import { batchStart, colorBlt, storeDword } from "./testing.ts";
@@ -109,18 +104,8 @@ function rejected(r: ReturnType<ReturnType<typeof setup>["scan"]>, re: RegExp): 
   if (!r.ok) assert.match(r.reason, re);
 }
 
-const srcCopy = (dst: number, src: number, w: number, h: number, pitch: number) => [
-  (blitInstr(XY_SRC_COPY_BLT_OPCODE, XY_SRC_COPY_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0,
-  (BR13_32BPP | (ROP_SRCCOPY << 16) | pitch) >>> 0,
-  0,
-  ((h << 16) | w) >>> 0,
-  dst,
-  0,
-  0,
-  pitch,
-  src,
-  0,
-];
+const srcCopy = (dst: number, src: number, w: number, h: number, pitch: number) =>
+  srcCopyBlt(dst, pitch, 0, 0, w, h, src, pitch, 0, 0);
 
 describe("command scanner: what passes", () => {
   it("accepts a well-formed stream and counts commands and user interrupts", () => {

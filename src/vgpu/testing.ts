@@ -21,10 +21,9 @@ import {
   VirtualClock,
 } from "../core/index.ts";
 import {
-  BLT_WRITE_RGBA,
-  BR13_32BPP,
-  blitInstr,
+  batchBufferStart,
   type CreatedGpu,
+  colorBlt,
   createGpu,
   ENGINE_BASE,
   type EngineId,
@@ -35,10 +34,7 @@ import {
   GEN8_MASTER_IRQ_CONTROL,
   GTT_OFFSET,
   MI_BATCH_BUFFER_END,
-  MI_BATCH_BUFFER_START_GEN8,
   MI_NOOP,
-  MI_STORE_DWORD_IMM_GEN4,
-  MI_USE_GGTT,
   MI_USER_INTERRUPT,
   PVINFO,
   RING_CTL,
@@ -46,13 +42,9 @@ import {
   RING_START,
   RING_TAIL,
   RING_VALID,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
+  srcCopyBlt,
+  storeDataImm,
   VGT_PVINFO_PAGE,
-  XY_COLOR_BLT_DWORDS,
-  XY_COLOR_BLT_OPCODE,
-  XY_SRC_COPY_BLT_DWORDS,
-  XY_SRC_COPY_BLT_OPCODE,
 } from "../gpu/index.ts";
 import { type EventFd, GiB, Host, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
 import { MdevCore } from "../mdev/index.ts";
@@ -399,64 +391,13 @@ export class Ring {
   }
 }
 
-// ---- command builders (what a guest driver emits) --------------------------------------------------------------
+// ---- command builders (what a guest driver emits): the GPU's encoders (src/gpu/commands.ts) ----------------------
 
-export function storeDword(gma: number, value: number): number[] {
-  return [(MI_STORE_DWORD_IMM_GEN4 | MI_USE_GGTT) >>> 0, gma % 2 ** 32, Math.floor(gma / 2 ** 32), value >>> 0];
-}
-
-export function batchStart(gma: number): number[] {
-  return [MI_BATCH_BUFFER_START_GEN8, gma % 2 ** 32, Math.floor(gma / 2 ** 32)];
-}
-
-export function colorBlt(
-  dst: number,
-  pitch: number,
-  x1: number,
-  y1: number,
-  x2: number,
-  y2: number,
-  color: number,
-): number[] {
-  return [
-    (blitInstr(XY_COLOR_BLT_OPCODE, XY_COLOR_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0,
-    (BR13_32BPP | (ROP_PATCOPY << 16) | pitch) >>> 0,
-    ((y1 << 16) | x1) >>> 0,
-    ((y2 << 16) | x2) >>> 0,
-    dst % 2 ** 32,
-    Math.floor(dst / 2 ** 32),
-    color >>> 0,
-  ];
-}
-
-/** XY_SRC_COPY_BLT: [x1, x2) x [y1, y2) of the surface at `dst` from (sx, sy) of the surface at `src`, 32 bpp. */
-export function srcCopyBlt(
-  dst: number,
-  dstPitch: number,
-  x1: number,
-  y1: number,
-  x2: number,
-  y2: number,
-  src: number,
-  srcPitch: number,
-  sx: number,
-  sy: number,
-): number[] {
-  return [
-    (blitInstr(XY_SRC_COPY_BLT_OPCODE, XY_SRC_COPY_BLT_DWORDS) | BLT_WRITE_RGBA) >>> 0,
-    (BR13_32BPP | (ROP_SRCCOPY << 16) | dstPitch) >>> 0,
-    ((y1 << 16) | x1) >>> 0,
-    ((y2 << 16) | x2) >>> 0,
-    dst % 2 ** 32,
-    Math.floor(dst / 2 ** 32),
-    ((sy << 16) | sx) >>> 0,
-    srcPitch,
-    src % 2 ** 32,
-    Math.floor(src / 2 ** 32),
-  ];
-}
-
-export { MI_BATCH_BUFFER_END, MI_NOOP, MI_USER_INTERRUPT };
+/** MI_STORE_DATA_IMM of `value` at global GMA `gma`. */
+export const storeDword = storeDataImm;
+/** MI_BATCH_BUFFER_START of the batch at global GMA `gma`. */
+export const batchStart = batchBufferStart;
+export { colorBlt, MI_BATCH_BUFFER_END, MI_NOOP, MI_USER_INTERRUPT, srcCopyBlt };
 
 /** Makes `dma.mapPage` of the host GPU fail while `fail()` returns true (DMA mapping error injection). */
 export function injectDmaMapFailure(world: VgpuWorld, fail: () => boolean): void {
