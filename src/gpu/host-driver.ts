@@ -80,7 +80,7 @@ import type {
   SubmissionResult,
 } from "./contract.ts";
 import type { CostModel } from "./cost.ts";
-import { GmAllocator } from "./gm-allocator.ts";
+import { GmRegionAllocator } from "./gm-region-allocator.ts";
 import { GpuDevice, MiB } from "./gpu.ts";
 import {
   ENGINE_BASE,
@@ -164,7 +164,7 @@ export const HOST_APERTURE_RESERVED = 128 * MiB;
 export const HOST_HIDDEN_RESERVED = 384 * MiB;
 export const HOST_FENCES = 4;
 /** Default size of each engine's ring buffer. */
-export const DEFAULT_RING_BYTES = 32 * 1024;
+export const HOST_RING_BYTES = 32 * 1024;
 /** Where firmware puts the GPU: the integrated GPU's conventional address. */
 export const DEFAULT_GPU_BDF = "0000:00:02.0";
 /** Addresses firmware programs into the BARs (cosmetic: the BARs are trapped). */
@@ -267,10 +267,10 @@ export class HostGpuDriver implements HostGpu {
   private readonly clock: SchedulingClock;
   private readonly tracer: Tracer;
   private readonly scratchPte: number;
-  private readonly hostLow: GmAllocator;
-  private readonly hostHigh: GmAllocator;
-  private readonly vgpuLow: GmAllocator;
-  private readonly vgpuHigh: GmAllocator;
+  private readonly hostLow: GmRegionAllocator;
+  private readonly hostHigh: GmRegionAllocator;
+  private readonly vgpuLow: GmRegionAllocator;
+  private readonly vgpuHigh: GmRegionAllocator;
   /** Owner of each GGTT entry: OWNER_FREE, OWNER_HOST, or OWNER_PARTITION + slot. */
   private readonly gttOwner = new Uint16Array(GTT_ENTRIES);
   /** Owner of each fence, same tags. */
@@ -291,7 +291,7 @@ export class HostGpuDriver implements HostGpu {
 
   constructor(opts: HostGpuDriverOptions) {
     const gpu = opts.gpu;
-    const ringBytes = opts.ringBytes ?? DEFAULT_RING_BYTES;
+    const ringBytes = opts.ringBytes ?? HOST_RING_BYTES;
     if (
       !Number.isInteger(ringBytes) ||
       ringBytes % PAGE_SIZE !== 0 ||
@@ -313,10 +313,10 @@ export class HostGpuDriver implements HostGpu {
     this.tracer = opts.tracer;
     this.ringBytes = ringBytes;
     const ap = gpu.apertureSize;
-    this.hostLow = new GmAllocator("host aperture", 0, HOST_APERTURE_RESERVED);
-    this.vgpuLow = new GmAllocator("vGPU aperture", HOST_APERTURE_RESERVED, ap - HOST_APERTURE_RESERVED);
-    this.hostHigh = new GmAllocator("host hidden", ap, HOST_HIDDEN_RESERVED);
-    this.vgpuHigh = new GmAllocator("vGPU hidden", ap + HOST_HIDDEN_RESERVED, GM_SIZE - ap - HOST_HIDDEN_RESERVED);
+    this.hostLow = new GmRegionAllocator("host aperture", 0, HOST_APERTURE_RESERVED);
+    this.vgpuLow = new GmRegionAllocator("vGPU aperture", HOST_APERTURE_RESERVED, ap - HOST_APERTURE_RESERVED);
+    this.hostHigh = new GmRegionAllocator("host hidden", ap, HOST_HIDDEN_RESERVED);
+    this.vgpuHigh = new GmRegionAllocator("vGPU hidden", ap + HOST_HIDDEN_RESERVED, GM_SIZE - ap - HOST_HIDDEN_RESERVED);
     this.gttOwner.fill(OWNER_HOST, 0, HOST_APERTURE_RESERVED / PAGE_SIZE);
     this.gttOwner.fill(OWNER_HOST, ap / PAGE_SIZE, (ap + HOST_HIDDEN_RESERVED) / PAGE_SIZE);
     this.fenceOwner.fill(OWNER_HOST, 0, HOST_FENCES);
@@ -627,7 +627,7 @@ export class HostGpuDriver implements HostGpu {
   }
 
   /** dma_alloc_coherent + GM from `region` + GGTT entries for every page. */
-  private mapHostBuffer(kind: HostBuffer["kind"], region: GmAllocator, bytes: number): HostBuffer {
+  private mapHostBuffer(kind: HostBuffer["kind"], region: GmRegionAllocator, bytes: number): HostBuffer {
     const gma = region.alloc(bytes);
     if (gma < 0) {
       throw new KernelError(
@@ -650,7 +650,7 @@ export class HostGpuDriver implements HostGpu {
     return hb;
   }
 
-  private unmapHostBuffer(hb: HostBuffer, region: GmAllocator): void {
+  private unmapHostBuffer(hb: HostBuffer, region: GmRegionAllocator): void {
     this.gpu.fillGgtt(hb.gma / PAGE_SIZE, hb.buf.size / PAGE_SIZE, this.scratchPte);
     this.dma.dmaFreeCoherent(hb.buf);
     region.release(hb.gma);

@@ -10,7 +10,7 @@ export * from "./contract.ts";
 export * from "./cost.ts";
 export * from "./engine.ts";
 export * from "./ggtt.ts";
-export * from "./gm-allocator.ts";
+export * from "./gm-region-allocator.ts";
 export * from "./gpu.ts";
 export * from "./host-driver.ts";
 export * from "./interrupts.ts";

@@ -12,7 +12,7 @@
  */
 import { Errno, hex, KernelError, PAGE_SIZE } from "../core/index.ts";
 
-export class GmAllocator {
+export class GmRegionAllocator {
   readonly name: string;
   readonly start: number;
   readonly end: number;

@@ -2,13 +2,13 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { KernelError } from "../core/index.ts";
-import { GmAllocator } from "./gm-allocator.ts";
+import { GmRegionAllocator } from "./gm-region-allocator.ts";
 
 const P = 4096;
 
-describe("GmAllocator", () => {
+describe("GmRegionAllocator", () => {
   it("allocates first fit from the bottom and merges neighbours on release", () => {
-    const a = new GmAllocator("t", 16 * P, 10 * P);
+    const a = new GmRegionAllocator("t", 16 * P, 10 * P);
     const x = a.alloc(2 * P);
     const y = a.alloc(3 * P);
     const z = a.alloc(5 * P);
@@ -25,7 +25,7 @@ describe("GmAllocator", () => {
   });
 
   it("honours alignment and rejects bad sizes and double frees", () => {
-    const a = new GmAllocator("t", P, 64 * P);
+    const a = new GmRegionAllocator("t", P, 64 * P);
     assert.equal(a.alloc(P), P);
     assert.equal(a.alloc(4 * P, 8 * P), 8 * P);
     assert.throws(() => a.alloc(100), KernelError);
@@ -40,7 +40,7 @@ describe("GmAllocator", () => {
       fc.property(
         fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 12 }), fc.nat()), { maxLength: 60 }),
         (ops) => {
-          const a = new GmAllocator("p", 8 * P, 64 * P);
+          const a = new GmRegionAllocator("p", 8 * P, 64 * P);
           const live: number[] = [];
           for (const [alloc, pages, pick] of ops) {
             if (alloc || live.length === 0) {
