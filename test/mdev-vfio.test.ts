@@ -6,12 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, type Iova, KernelError, PAGE_SIZE, TraceRecorder } from "../src/core/index.ts";
+import { Errno, type Iova, KernelError, PAGE_SIZE } from "../src/core/index.ts";
 import { createMttyParent, MTTY_VENDOR_ID } from "../src/devices/index.ts";
-import { Host, PROT_READ, PROT_WRITE, type Process } from "../src/host/index.ts";
-import { MdevCore, type MdevDeviceInstance, type MdevParentDriver } from "../src/mdev/index.ts";
+import { type Host, PROT_READ, PROT_WRITE, type Process } from "../src/host/index.ts";
+import type { MdevDeviceInstance, MdevParentDriver } from "../src/mdev/index.ts";
+import { testWorld } from "../src/mdev/testing.ts";
 import {
-  type1Driver,
   uapi,
   VFIO_API_VERSION,
   VFIO_CHECK_EXTENSION,
@@ -29,7 +29,6 @@ import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_SET_IOMMU,
   VFIO_TYPE1v2_IOMMU,
-  VfioCore,
   type VfioDeviceOps,
   type VfioDmaAccess,
 } from "../src/vfio/index.ts";
@@ -37,11 +36,7 @@ import {
 const UUID = "0b8b1a6e-7c5d-4d3e-9f10-2a3b4c5d6e7f";
 
 function setup() {
-  const host = new Host({ seed: 1 });
-  const rec = new TraceRecorder(host.tracer);
-  const vfio = new VfioCore({ devfs: host.devfs, pci: host.pci, iommu: host.iommu, tracer: host.tracer });
-  vfio.registerIommuDriver(type1Driver({ iommu: host.iommu, physmem: host.physmem, tracer: host.tracer }));
-  const mdev = new MdevCore({ sysfs: host.sysfs, vfio, tracer: host.tracer });
+  const { host, rec, vfio, mdev } = testWorld();
   return { host, rec, vfio, mdev, sysfs: host.sysfs };
 }
 

@@ -7,11 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, isKernelError, TraceRecorder } from "../src/core/index.ts";
+import { Errno, isKernelError } from "../src/core/index.ts";
 import { createMttyParent } from "../src/devices/mtty.ts";
 import { UART_IER, UART_IER_RDI, UART_IER_THRI, UART_LSR, UART_RX, UART_TX } from "../src/devices/mtty-uart.ts";
-import { Host } from "../src/host/index.ts";
-import { MdevCore } from "../src/mdev/index.ts";
+import { testWorld } from "../src/mdev/testing.ts";
 import {
   uapi,
   VFIO_DEVICE_FLAGS_PCI,
@@ -28,12 +27,10 @@ import {
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_TYPE1v2_IOMMU,
   VfioContainerHandle,
-  VfioCore,
   type VfioDeviceHandle,
   VfioGroupHandle,
   vfioPciIndexToOffset,
 } from "../src/vfio/index.ts";
-import { type1Driver } from "../src/vfio/type1/index.ts";
 
 const UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
 const MiB = 1024 * 1024;
@@ -46,11 +43,7 @@ const TYPES_DIR = "/sys/class/mdev_bus/mtty/mdev_supported_types";
 const DEVICE_DIR = `/sys/bus/mdev/devices/${UUID}`;
 
 function hostWithMtty(type: "1" | "2" = "2") {
-  const host = new Host({ memoryBytes: 64 * MiB });
-  const rec = new TraceRecorder(host.tracer);
-  const core = new VfioCore({ devfs: host.devfs, pci: host.pci, iommu: host.iommu, tracer: host.tracer });
-  core.registerIommuDriver(type1Driver({ iommu: host.iommu, physmem: host.physmem, tracer: host.tracer }));
-  const mdev = new MdevCore({ sysfs: host.sysfs, vfio: core, tracer: host.tracer });
+  const { host, rec, vfio: core, mdev } = testWorld({ memoryBytes: 64 * MiB });
   const parent = createMttyParent({ tracer: host.tracer });
   mdev.registerParent(parent);
   // mdevctl start: echo <uuid> > .../mtty-<type>/create

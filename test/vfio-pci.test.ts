@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, type Hpa, type Hva, isKernelError, type Pfn, TraceRecorder } from "../src/core/index.ts";
+import { Errno, type Hpa, type Hva, isKernelError, type Pfn } from "../src/core/index.ts";
 import {
   EDU_DMA_IRQ,
   EDU_DMA_IRQ_STATUS,
@@ -27,7 +27,7 @@ import {
 } from "../src/devices/index.ts";
 import {
   type Bdf,
-  Host,
+  type Host,
   IOMMU_WRITE,
   PCI_BASE_ADDRESS_0,
   PCI_CAP_ID_MSIX,
@@ -46,6 +46,7 @@ import {
   PROT_WRITE,
   parseBdf,
 } from "../src/host/index.ts";
+import { testWorld } from "../src/mdev/testing.ts";
 import {
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
@@ -67,13 +68,10 @@ import {
   VFIO_REGION_INFO_FLAG_WRITE,
   VFIO_TYPE1v2_IOMMU,
   VfioContainerHandle,
-  VfioCore,
   type VfioDeviceHandle,
   VfioGroupHandle,
   vfioPciIndexToOffset,
 } from "../src/vfio/index.ts";
-import { VfioPciDriver } from "../src/vfio/pci/index.ts";
-import { type1Driver } from "../src/vfio/type1/index.ts";
 
 const BDF: Bdf = parseBdf("0000:00:04.0");
 const MiB = 1024 * 1024;
@@ -90,8 +88,7 @@ function expectErrno(fn: () => unknown, errno: number): void {
  * type1, and vfio-pci bound to it.
  */
 function hostWithAssignedEdu(opts: { msix?: number } = {}) {
-  const host = new Host({ memoryBytes: 512 * MiB });
-  const rec = new TraceRecorder(host.tracer);
+  const { host, rec, vfio: core, vfioPci } = testWorld({ memoryBytes: 512 * MiB });
   const edu = new EduDevice({
     bdf: BDF,
     bus: host.pci,
@@ -101,9 +98,6 @@ function hostWithAssignedEdu(opts: { msix?: number } = {}) {
   });
   const groupId = host.addPciDevice(edu);
   edu.config.setBarAddress(0, 0xfe000000); // firmware's assignment
-  const core = new VfioCore({ devfs: host.devfs, pci: host.pci, iommu: host.iommu, tracer: host.tracer });
-  core.registerIommuDriver(type1Driver({ iommu: host.iommu, physmem: host.physmem, tracer: host.tracer }));
-  const vfioPci = new VfioPciDriver({ bus: host.pci, core, tracer: host.tracer });
   vfioPci.bind(BDF);
   return { host, rec, edu, groupId, core, vfioPci };
 }

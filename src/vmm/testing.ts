@@ -1,6 +1,6 @@
 /**
- * Test fixtures for the VMM (not part of the VMM: only tests import this). A host assembled the way the end-to-end
- * tests do it (vfio-core with type1, the mdev core, vfio-pci), helpers that create mdevs through sysfs as mdevctl does,
+ * Test fixtures for the VMM (not part of the VMM: only tests import this). The test world of mdev/testing.ts (vfio-core
+ * with type1, the mdev core, vfio-pci), helpers that create mdevs through sysfs as mdevctl does,
  * host-side "nothing is left" checks, and `pinParent`: a tiny emulated mdev vendor driver that pins guest pages
  * through `VfioDmaAccess` (at open, and when the guest writes a GPA to its BAR0) and unpins them in `dmaUnmap`, so
  * that memory hot-unplug's notification path can be exercised without a GPU.
@@ -13,13 +13,12 @@
  * With `stubborn`, dma_unmap does not unpin (a buggy vendor driver): type1 then fails UNMAP_DMA with EBUSY.
  */
 import assert from "node:assert/strict";
-import { Errno, type Iova, KernelError, PAGE_SIZE, TraceRecorder } from "../core/index.ts";
-import { Host, PciConfigSpace } from "../host/index.ts";
-import { MdevCore, type MdevDeviceInstance, type MdevParentDriver } from "../mdev/index.ts";
+import { Errno, type Iova, KernelError, PAGE_SIZE } from "../core/index.ts";
+import { type Host, PciConfigSpace } from "../host/index.ts";
+import type { MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
+import { type TestWorld, testWorld } from "../mdev/testing.ts";
 import {
   type IrqTrigger,
-  type Type1Driver,
-  type1Driver,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DMA_MAP_FLAG_READ,
@@ -34,27 +33,19 @@ import {
   VFIO_PCI_NUM_REGIONS,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
-  VfioCore,
+  type VfioCore,
   type VfioDeviceOps,
   type VfioDmaAccess,
-  VfioPciDriver,
 } from "../vfio/index.ts";
 
 const MiB = 1024 * 1024;
 
-/** A host with vfio-core (type1), the mdev core and vfio-pci, and a trace recorder. */
-export function vmmTestHost(opts: { memoryBytes?: number } = {}) {
-  const host = new Host({ memoryBytes: opts.memoryBytes ?? 512 * MiB, seed: 1 });
-  const rec = new TraceRecorder(host.tracer);
-  const vfio = new VfioCore({ devfs: host.devfs, pci: host.pci, iommu: host.iommu, tracer: host.tracer });
-  const type1: Type1Driver = type1Driver({ iommu: host.iommu, physmem: host.physmem, tracer: host.tracer });
-  vfio.registerIommuDriver(type1);
-  const mdev = new MdevCore({ sysfs: host.sysfs, vfio, tracer: host.tracer });
-  const vfioPci = new VfioPciDriver({ bus: host.pci, core: vfio, tracer: host.tracer });
-  return { host, rec, vfio, type1, mdev, vfioPci };
+/** The test world (mdev/testing.ts) with 512 MiB of host RAM unless told: what the VMM's tests attach devices in. */
+export function vmmTestHost(opts: { memoryBytes?: number } = {}): TestWorld {
+  return testWorld({ memoryBytes: opts.memoryBytes ?? 512 * MiB });
 }
 
-export type VmmTestHost = ReturnType<typeof vmmTestHost>;
+export type VmmTestHost = TestWorld;
 
 /** mdevctl start: writes the UUID into the type's create file; returns the device's sysfs path. */
 export function createMdev(h: VmmTestHost, parent: string, typeDir: string, uuid: string): string {

@@ -1,6 +1,6 @@
 /**
- * The real stack for the guest driver's end-to-end tests, assembled from the layers' public faces only: a host on a
- * virtual clock with vfio-core (type1), the mdev core, the physical GPU, and either
+ * The real stack for the guest driver's end-to-end tests: the test world of mdev/testing.ts (a host on a virtual
+ * clock with vfio-core (type1), the mdev core, vfio-pci), the physical GPU, and either
  * - `VgpuStack`: the host graphics driver bound to the GPU and the GVT-g parent registered, so guests get vGPUs
  *   created through sysfs (as mdevctl does) and attached by a VMM by sysfs path; or
  * - `PassthroughStack`: the GPU bound to vfio-pci, so one guest gets the whole physical GPU.
@@ -9,11 +9,12 @@
  * Test support only: nothing in the model imports it.
  */
 
-import { TraceRecorder, VirtualClock } from "../../core/index.ts";
+import type { TraceRecorder, VirtualClock } from "../../core/index.ts";
 import { type CreatedGpu, createGpu, GpuDevice } from "../../gpu/index.ts";
-import { GiB, Host, parseBdf } from "../../host/index.ts";
-import { MdevCore } from "../../mdev/index.ts";
-import { type1Driver, VfioCore, VfioPciDriver } from "../../vfio/index.ts";
+import { GiB, type Host, parseBdf } from "../../host/index.ts";
+import type { MdevCore } from "../../mdev/index.ts";
+import { testWorld } from "../../mdev/testing.ts";
+import type { VfioCore, VfioPciDriver } from "../../vfio/index.ts";
 import { GvtParent } from "../../vgpu/index.ts";
 import { type GuestPciDevice, Vmm } from "../../vmm/index.ts";
 import { VmmGuestPlatform } from "./vmm-platform.ts";
@@ -43,28 +44,24 @@ export interface GuestVm {
   readonly platform: VmmGuestPlatform;
 }
 
-/** Host, clock, vfio and mdev: what both stacks share. */
+/** The test world (mdev/testing.ts) on a virtual clock: what both stacks share. */
 class BaseStack {
-  readonly clock = new VirtualClock();
+  readonly clock: VirtualClock;
   readonly host: Host;
   readonly recorder: TraceRecorder | undefined;
   readonly vfio: VfioCore;
   readonly mdev: MdevCore;
+  protected readonly vfioPci: VfioPciDriver;
   protected guests = 0;
 
   constructor(opts: StackOptions) {
-    this.host = new Host({ memoryBytes: opts.hostMemoryBytes ?? 8 * GiB, clock: this.clock, seed: 1 });
-    this.recorder = opts.trace ? new TraceRecorder(this.host.tracer) : undefined;
-    this.vfio = new VfioCore({
-      devfs: this.host.devfs,
-      pci: this.host.pci,
-      iommu: this.host.iommu,
-      tracer: this.host.tracer,
-    });
-    this.vfio.registerIommuDriver(
-      type1Driver({ iommu: this.host.iommu, physmem: this.host.physmem, tracer: this.host.tracer }),
-    );
-    this.mdev = new MdevCore({ sysfs: this.host.sysfs, vfio: this.vfio, tracer: this.host.tracer });
+    const w = testWorld({ memoryBytes: opts.hostMemoryBytes ?? 8 * GiB, trace: opts.trace === true });
+    this.clock = w.clock;
+    this.host = w.host;
+    this.recorder = opts.trace ? w.rec : undefined;
+    this.vfio = w.vfio;
+    this.mdev = w.mdev;
+    this.vfioPci = w.vfioPci;
   }
 
   protected start(attach: { sysfsdev: string } | { host: string }, opts: GuestOptions): GuestVm {
@@ -115,7 +112,6 @@ export class PassthroughStack extends BaseStack {
   constructor(opts: StackOptions = {}) {
     super(opts);
     const bdf = parseBdf(this.bdf);
-    const vfioPci = new VfioPciDriver({ bus: this.host.pci, core: this.vfio, tracer: this.host.tracer });
     this.gpu = new GpuDevice({
       bdf,
       bus: this.host.pci,
@@ -125,7 +121,7 @@ export class PassthroughStack extends BaseStack {
       ...(opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {}),
     });
     this.host.addPciDevice(this.gpu, { ats: false });
-    vfioPci.bind(bdf);
+    this.vfioPci.bind(bdf);
   }
 
   startGuest(opts: GuestOptions = {}): GuestVm {
