@@ -13,8 +13,9 @@
  *   per GPU, the id limit), about 4 MiB of typed arrays per vGPU and 18 MiB per GPU outside the JS heap (6.7 GiB of
  *   array buffers, 4 GiB resident), about 60 s to start on a 2-core machine: not run by default on a shared machine.
  */
+
+import { GuestWorkload } from "../src/guest/index.ts";
 import { buildReport, parseScenario, type ScenarioInput, ScenarioRun } from "../src/scenario/index.ts";
-import { GuestWorkload } from "../src/scenario/workload.ts";
 import { heapUsedMiB, record } from "./lib.ts";
 
 const SUITE = "scenario";

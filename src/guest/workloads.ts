@@ -8,8 +8,17 @@
  * same operations in the same order to a copy of the initial destination; after the GPU work completes the whole
  * destination surface is read back through guest memory and compared byte for byte.
  *
- * Batch mode keeps a small pool of batch buffers and reuses one only after the submission that used it has completed
- * (a batch must stay intact until the GPU, or the vendor driver's scanner, has read it).
+ * A workload runs in two halves so that several VMs' work can overlap on the GPU: `GuestWorkload.start` does what the
+ * guest's CPU does (allocate and map the surfaces, write their initial contents, build and submit every blit), and
+ * `finish` waits for the fences, reads the destination back and compares it. Between the two a caller (the scenario
+ * runner) lets virtual time pass while the vGPU scheduler time-slices every VM's queued work on the engines.
+ * `runWorkload` is the two halves back to back. Submission blocks only when the ring is full (the driver waits for
+ * room, letting time pass), as a real driver would.
+ *
+ * Batch mode keeps a pool of batch buffers and reuses one only after the submission that used it has completed (a
+ * batch must stay intact until the GPU, or the vendor driver's scanner, has read it). `start` keeps up to
+ * `OVERLAP_BATCH_POOL` (submitting then never waits for the GPU in the common case, so VMs' work overlaps);
+ * `runWorkload` keeps `SYNC_BATCH_POOL`, so a long run reuses batches and waits for the GPU as a simple driver does.
  *
  * Not modelled: overlapping copies within one surface (source and destination are separate buffers), tiled surfaces,
  * depths other than 32 bpp.
@@ -31,8 +40,10 @@ export type SourcePattern = "random" | "gradient";
 export const WORKLOAD_MAX_SURFACE_BYTES = 36 * 1024 * 1024;
 /** Blit pitches are 16-bit fields whose bit 15 reads as a sign: at most 32767 bytes. */
 export const MAX_PITCH = 0x7fff;
-/** Batch buffers kept for reuse in batch mode. */
-const BATCH_POOL = 4;
+/** Batch buffers `runWorkload` keeps for reuse in batch mode. */
+export const SYNC_BATCH_POOL = 4;
+/** Batch buffers `GuestWorkload.start` keeps by default: enough that submitting rarely waits, so VMs' work overlaps. */
+export const OVERLAP_BATCH_POOL = 256;
 
 export interface WorkloadSpec {
   readonly kind: WorkloadKind;
@@ -218,32 +229,142 @@ function pickRect(rng: Rng, mode: RectMode, w: number, h: number, into: Rect): R
   return into;
 }
 
-/** Runs a workload on `driver` and verifies its result. Surfaces and batches are freed before returning. */
-export function runWorkload(driver: GuestGpuDriver, spec: WorkloadSpec): WorkloadResult {
-  checkWorkloadSpec(spec);
-  const via = spec.via ?? "ring";
-  const engine = spec.engine ?? "bcs";
-  const perSub = spec.opsPerSubmission ?? 1;
-  const rects = spec.rects ?? "full";
-  const { width: w, height: h } = spec;
-  const pitch = spec.pitch ?? w * 4;
-  const bytes = pitch * h;
-  const rng = new Rng(spec.seed);
-  const time = driver.platform.time;
-  const zone = spec.zone ? { zone: spec.zone } : {};
+/** i915_seqno_passed */
+function seqnoPassed(a: number, b: number): boolean {
+  return ((a - b) | 0) >= 0;
+}
 
-  const owned: GpuBuffer[] = [];
-  try {
+export interface WorkloadStartOptions {
+  /** Batch buffers kept for reuse in batch mode (default `OVERLAP_BATCH_POOL`). */
+  readonly batchPool?: number;
+}
+
+/** A workload submitted and not yet verified (see the module comment). */
+export class GuestWorkload {
+  readonly engine: EngineId;
+  readonly startedNs: number;
+  private readonly seqnos: number[] = [];
+  private readonly owned: GpuBuffer[] = [];
+  private dst: GpuBuffer | undefined;
+  private expected: Uint8Array = new Uint8Array(0);
+  private moved = 0;
+  private finished: WorkloadResult | undefined;
+  /** Guest time when `done()` first saw the last fence signalled (-1: not yet). */
+  private doneNs = -1;
+
+  private constructor(
+    readonly driver: GuestGpuDriver,
+    readonly spec: WorkloadSpec,
+  ) {
+    this.engine = spec.engine ?? "bcs";
+    this.startedNs = driver.platform.time.now();
+  }
+
+  /** Allocates, fills and submits everything. On a failure, what it allocated is freed. */
+  static start(driver: GuestGpuDriver, spec: WorkloadSpec, opts: WorkloadStartOptions = {}): GuestWorkload {
+    checkWorkloadSpec(spec);
+    const w = new GuestWorkload(driver, spec);
+    try {
+      w.submitAll(opts.batchPool ?? OVERLAP_BATCH_POOL);
+    } catch (e) {
+      w.release();
+      throw e;
+    }
+    return w;
+  }
+
+  /** Operations submitted; the last fence's sequence number. */
+  get lastSeqno(): number {
+    return this.seqnos[this.seqnos.length - 1] ?? 0;
+  }
+
+  /** Whether the last fence has signalled (a poll: lets no time pass). */
+  done(): boolean {
+    if (this.finished !== undefined) return true;
+    const ok = seqnoPassed(this.driver.completedSeqno(this.engine), this.lastSeqno);
+    if (ok && this.doneNs < 0) this.doneNs = this.driver.platform.time.now();
+    return ok;
+  }
+
+  get isFinished(): boolean {
+    return this.finished !== undefined;
+  }
+
+  /** Waits for every fence (up to `timeoutNs` each), verifies the destination, frees everything. Idempotent. */
+  finish(timeoutNs?: number): WorkloadResult {
+    if (this.finished !== undefined) return this.finished;
+    const d = this.driver;
+    let completed = 0;
+    let rejected = 0;
+    let timedOut = 0;
+    try {
+      for (const s of this.seqnos) {
+        const status: FenceStatus = d.wait(this.engine, s, timeoutNs);
+        if (status === "completed") completed++;
+        else if (status === "rejected") rejected++;
+        else timedOut++;
+      }
+      if (this.doneNs < 0) this.doneNs = d.platform.time.now();
+      const dst = this.dst!;
+      const pitch = this.spec.pitch ?? this.spec.width * 4;
+      const actual = new Uint8Array(dst.size);
+      d.readBuffer(dst, 0, actual);
+      const cmp = compareSurfaces(this.expected, actual.subarray(0, this.expected.length), pitch);
+      this.finished = {
+        kind: this.spec.kind,
+        via: this.spec.via ?? "ring",
+        engine: this.engine,
+        operations: this.spec.count,
+        submissions: this.seqnos.length,
+        completed,
+        rejected,
+        timedOut,
+        bytes: this.moved,
+        mismatches: cmp.mismatches,
+        firstMismatch: cmp.first,
+        elapsedNs: this.doneNs - this.startedNs,
+        ok: cmp.mismatches === 0 && rejected === 0 && timedOut === 0,
+      };
+      return this.finished;
+    } finally {
+      this.release();
+    }
+  }
+
+  /** Frees every buffer (also what a killed VM's guest would never do: then it is a no-op on a gone device). */
+  release(): void {
+    for (const b of this.owned.splice(0)) {
+      try {
+        this.driver.freeBuffer(b);
+      } catch {
+        // The device or VM is gone (killed, unplugged): the memory went with it.
+      }
+    }
+  }
+
+  private submitAll(batchPool: number): void {
+    const { spec, driver } = this;
+    const via = spec.via ?? "ring";
+    const perSub = spec.opsPerSubmission ?? 1;
+    const rects = spec.rects ?? "full";
+    const { width: w, height: h } = spec;
+    const pitch = spec.pitch ?? w * 4;
+    const bytes = pitch * h;
+    const rng = new Rng(spec.seed);
+    const zone = spec.zone ? { zone: spec.zone } : {};
+
     const dst = driver.allocBuffer(bytes, zone);
-    owned.push(dst);
+    this.owned.push(dst);
+    this.dst = dst;
     const expected = new Uint8Array(bytes);
     rng.fork("dst").fill(expected);
     driver.writeBuffer(dst, 0, expected);
+    this.expected = expected;
     let src: GpuBuffer | undefined;
     let srcBytes: Uint8Array | undefined;
     if (spec.kind === "copy") {
       src = driver.allocBuffer(bytes, zone);
-      owned.push(src);
+      this.owned.push(src);
       srcBytes = new Uint8Array(bytes);
       fillPattern(srcBytes, pitch, spec.pattern ?? "random", rng.fork("src"));
       driver.writeBuffer(src, 0, srcBytes);
@@ -252,27 +373,15 @@ export function runWorkload(driver: GuestGpuDriver, spec: WorkloadSpec): Workloa
     const opDwords = spec.kind === "fill" ? XY_COLOR_BLT_DWORDS : XY_SRC_COPY_BLT_DWORDS;
     const batches: { buf: GpuBuffer; seqno: number }[] = [];
     if (via === "batch") {
-      for (let i = 0; i < Math.min(BATCH_POOL, Math.ceil(spec.count / perSub)); i++) {
+      for (let i = 0; i < Math.min(batchPool, Math.ceil(spec.count / perSub)); i++) {
         const buf = driver.allocBuffer((perSub * opDwords + 2) * 4, zone);
-        owned.push(buf);
+        this.owned.push(buf);
         batches.push({ buf, seqno: 0 });
       }
     }
-
     const cmds = new CommandBuffer(perSub * opDwords + 2);
-    const seqnos: number[] = [];
     const r: Rect = { x1: 0, y1: 0, x2: 0, y2: 0 };
     const ops = rng.fork("ops");
-    let moved = 0;
-    let rejected = 0;
-    let timedOut = 0;
-    let completed = 0;
-    const settle = (status: FenceStatus) => {
-      if (status === "completed") completed++;
-      else if (status === "rejected") rejected++;
-      else timedOut++;
-    };
-    const t0 = time.now();
     for (let done = 0; done < spec.count; ) {
       cmds.reset();
       const n = Math.min(perSub, spec.count - done);
@@ -288,44 +397,29 @@ export function runWorkload(driver: GuestGpuDriver, spec: WorkloadSpec): Workloa
           cmds.srcCopyBlt(dst.gma, pitch, r.x1, r.y1, r.x2, r.y2, src!.gma, pitch, sx, sy);
           referenceCopy(expected, pitch, r.x1, r.y1, r.x2, r.y2, srcBytes!, pitch, sx, sy);
         }
-        moved += (r.x2 - r.x1) * 4 * (r.y2 - r.y1);
+        this.moved += (r.x2 - r.x1) * 4 * (r.y2 - r.y1);
       }
       done += n;
       if (via === "ring") {
-        seqnos.push(driver.submit(engine, cmds.words));
+        this.seqnos.push(driver.submit(this.engine, cmds.words));
       } else {
-        const slot = batches[seqnos.length % batches.length]!;
+        const slot = batches[this.seqnos.length % batches.length]!;
         // The batch may be reused only once the GPU is done with its previous contents.
-        if (slot.seqno !== 0) driver.wait(engine, slot.seqno, spec.timeoutNs);
+        if (slot.seqno !== 0) driver.wait(this.engine, slot.seqno, spec.timeoutNs);
         driver.writeBatch(slot.buf, cmds.words);
-        slot.seqno = driver.submitBatch(engine, slot.buf.gma);
-        seqnos.push(slot.seqno);
+        slot.seqno = driver.submitBatch(this.engine, slot.buf.gma);
+        this.seqnos.push(slot.seqno);
       }
     }
-    for (const s of seqnos) settle(driver.wait(engine, s, spec.timeoutNs));
-    const elapsedNs = time.now() - t0;
-
-    const actual = new Uint8Array(bytes);
-    driver.readBuffer(dst, 0, actual);
-    const cmp = compareSurfaces(expected, actual, pitch);
-    return {
-      kind: spec.kind,
-      via,
-      engine,
-      operations: spec.count,
-      submissions: seqnos.length,
-      completed,
-      rejected,
-      timedOut,
-      bytes: moved,
-      mismatches: cmp.mismatches,
-      firstMismatch: cmp.first,
-      elapsedNs,
-      ok: cmp.mismatches === 0 && rejected === 0 && timedOut === 0,
-    };
-  } finally {
-    for (const b of owned) driver.freeBuffer(b);
   }
+}
+
+/**
+ * Runs a workload on `driver` and verifies its result: `GuestWorkload.start` then `finish`, with `SYNC_BATCH_POOL`
+ * batch buffers. Surfaces and batches are freed before returning.
+ */
+export function runWorkload(driver: GuestGpuDriver, spec: WorkloadSpec): WorkloadResult {
+  return GuestWorkload.start(driver, spec, { batchPool: SYNC_BATCH_POOL }).finish(spec.timeoutNs);
 }
 
 /** A one-line summary of a result, for logs and test messages. */

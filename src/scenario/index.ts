@@ -1,7 +1,6 @@
 /**
  * scenario: whole systems from a config (system.ts, gpus.ts), scenario files (schema.ts), the runner that executes
- * them deterministically on a virtual clock (runner.ts) with the guest's view of a VM (guest-platform.ts,
- * workload.ts), the isolation checker that checks every DMA (checker.ts), reports (report.ts) and the translation
+ * them deterministically on a virtual clock (runner.ts) with the guest's view of a VM (guest-platform.ts), the isolation checker that checks every DMA (checker.ts), reports (report.ts) and the translation
  * chain of one access (explain.ts). Depends on every layer below: core, host, vfio, mdev, devices, gpu, vgpu, vmm,
  * guest.
  */
@@ -14,4 +13,3 @@ export * from "./runner.ts";
 export * from "./schema.ts";
 export * from "./system.ts";
 export * from "./units.ts";
-export * from "./workload.ts";

@@ -46,6 +46,7 @@ import {
   type GpuBuffer,
   GuestGpuDriver,
   type GuestGpuDriverOptions,
+  GuestWorkload,
   runAttacks,
   type WorkloadResult,
 } from "../guest/index.ts";
@@ -59,7 +60,6 @@ import { ScenarioGuestPlatform } from "./guest-platform.ts";
 import type { CheckMetric, Scenario, ScenarioStep, ScenarioVm } from "./schema.ts";
 import { createSystem, type System, type SystemConfig } from "./system.ts";
 import { formatSize, formatTime } from "./units.ts";
-import { GuestWorkload } from "./workload.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
