@@ -104,24 +104,22 @@ export interface HostGpu {
   /**
    * Writes `count` (>= 1) consecutive GGTT entries from `first` with the same gen8 PTE in one call (one trace event,
    * not one per entry): the vendor driver's way to point a whole partition at its own scratch page. The range must lie
-   * inside one piece (aperture or hidden) of one live partition, as `writeGgtt`'s entries must. Added by src/vgpu,
-   * which falls back to `writeGgtt` per entry (slow: a partition has up to 640 Ki entries) when it is absent.
+   * inside one piece (aperture or hidden) of one live partition, as `writeGgtt`'s entries must.
    */
-  fillGgtt?(first: number, count: number, pte: number): void;
+  fillGgtt(first: number, count: number, pte: number): void;
   /**
    * Zeroes a page the caller got from `dma.allocCoherent` (the kernel's memset through its own mapping of the
    * buffer). The vendor driver clears its scratch page when a VMM lets go of the vGPU, so nothing one VMM wrote
    * through a failed GGTT entry can be read by the next VMM to open the same vGPU.
    */
-  zeroPage?(pfn: Pfn): void;
-  /** Writes a physical fence register (64-bit value). */
+  zeroPage(pfn: Pfn): void;
+  /** Writes a physical fence register (64-bit value, below 2^53; see `writeFenceHalves` for the others). */
   writeFence(fence: number, value: number): void;
   /**
    * Writes a physical fence register as its two 32-bit halves. A gen6 fence keeps its end address in bits 44..63,
-   * so any fence ending above 2 MiB exceeds 2^53 and cannot travel through `writeFence`'s number. Added by src/vgpu
-   * (which falls back to `writeFence` when absent, and then cannot program such fences); please implement.
+   * so any fence ending above 2 MiB exceeds 2^53 and cannot travel through `writeFence`'s number.
    */
-  writeFenceHalves?(fence: number, lo: number, hi: number): void;
+  writeFenceHalves(fence: number, lo: number, hi: number): void;
   /** GM space (from the host's own reservation) for shadow batch buffers. ENOSPC when exhausted. */
   allocShadow(size: number): ShadowBuffer;
   /** Queues work on a physical engine; it runs when the engine is free, and `onComplete` is called after. */

@@ -332,6 +332,25 @@ describe("shadow buffers", () => {
     s.driver.checkInvariants();
   });
 
+  it("the shadow observer hears every allocation and every free (before the pages go), until it is removed", () => {
+    const s = setup({ trace: false });
+    const heard: [number, number, boolean][] = [];
+    s.driver.setShadowObserver((b, alive) => heard.push([b.gma, b.size, alive]));
+    const a = s.driver.allocShadow(10_000);
+    const b = s.driver.allocShadow(PAGE);
+    a.free();
+    assert.throws(() => a.free(), /already freed/);
+    assert.deepEqual(heard, [
+      [a.gma, 10_000, true],
+      [b.gma, PAGE, true],
+      [a.gma, 10_000, false],
+    ]);
+    s.driver.setShadowObserver(undefined);
+    b.free();
+    s.driver.allocShadow(PAGE).free();
+    assert.equal(heard.length, 3);
+  });
+
   it("run out with ENOSPC naming the host's reservation", () => {
     const s = setup({ trace: false });
     const a = s.driver.allocShadow(200 * MiB);

@@ -194,6 +194,9 @@ export interface HostGpuDriverOptions {
   readonly ringBytes?: number;
 }
 
+/** Told about a shadow buffer when it is allocated (`alive` true) and when it is freed (false). */
+export type ShadowObserver = (buf: ShadowBuffer, alive: boolean) => void;
+
 /** A buffer the host driver allocated with dma_alloc_coherent and mapped into the GGTT (gma -1: not mapped). */
 interface HostBuffer {
   readonly kind: "scratch" | "ring" | "status page" | "shadow";
@@ -285,6 +288,7 @@ export class HostGpuDriver implements HostGpu {
   private readonly busyByOwner = new Map<number, number>();
   private irqMsi = 0;
   private irqSpurious = 0;
+  private shadowObserver: ShadowObserver | undefined;
   /** `Submission.owner` of the work the engines are executing now, -1 outside execution (see `executingOwner`). */
   private executing = -1;
   private removed = false;
@@ -316,7 +320,11 @@ export class HostGpuDriver implements HostGpu {
     this.hostLow = new GmRegionAllocator("host aperture", 0, HOST_APERTURE_RESERVED);
     this.vgpuLow = new GmRegionAllocator("vGPU aperture", HOST_APERTURE_RESERVED, ap - HOST_APERTURE_RESERVED);
     this.hostHigh = new GmRegionAllocator("host hidden", ap, HOST_HIDDEN_RESERVED);
-    this.vgpuHigh = new GmRegionAllocator("vGPU hidden", ap + HOST_HIDDEN_RESERVED, GM_SIZE - ap - HOST_HIDDEN_RESERVED);
+    this.vgpuHigh = new GmRegionAllocator(
+      "vGPU hidden",
+      ap + HOST_HIDDEN_RESERVED,
+      GM_SIZE - ap - HOST_HIDDEN_RESERVED,
+    );
     this.gttOwner.fill(OWNER_HOST, 0, HOST_APERTURE_RESERVED / PAGE_SIZE);
     this.gttOwner.fill(OWNER_HOST, ap / PAGE_SIZE, (ap + HOST_HIDDEN_RESERVED) / PAGE_SIZE);
     this.fenceOwner.fill(OWNER_HOST, 0, HOST_FENCES);
@@ -609,19 +617,30 @@ export class HostGpuDriver implements HostGpu {
     if (this.tracer.enabled) {
       this.tracer.emit("i915.shadow.alloc", { bdf: this.bdf, gma: hb.gma, size: bytes, iova: hb.buf.dmaAddr });
     }
-    return new HostShadowBuffer(
+    const sb: HostShadowBuffer = new HostShadowBuffer(
       hb,
       size,
       this.physmem,
-      () => this.freeShadow(hb),
+      () => this.freeShadow(hb, sb),
       () => this.buffers.has(hb),
     );
+    if (this.shadowObserver !== undefined) this.shadowObserver(sb, true);
+    return sb;
   }
 
-  private freeShadow(hb: HostBuffer): void {
+  /**
+   * Installs (or with undefined removes) the observer told about every shadow buffer: allocated, and freed (before
+   * its pages are unmapped). The isolation checker uses it to know which host frames hold which vGPU's shadow copies.
+   */
+  setShadowObserver(fn: ShadowObserver | undefined): void {
+    this.shadowObserver = fn;
+  }
+
+  private freeShadow(hb: HostBuffer, sb: ShadowBuffer): void {
     if (!this.buffers.has(hb)) {
       throw new KernelError(Errno.EINVAL, `shadow buffer at GMA ${hex(hb.gma)} was already freed`);
     }
+    if (this.shadowObserver !== undefined) this.shadowObserver(sb, false);
     this.unmapHostBuffer(hb, this.hostHigh);
     if (this.tracer.enabled) this.tracer.emit("i915.shadow.free", { bdf: this.bdf, gma: hb.gma, size: hb.buf.size });
   }

@@ -4,27 +4,16 @@
  *   (`createGpu`), and the GVT-g parent (src/vgpu) registered with the mdev core, so VMs get vGPUs;
  * - assigned whole (`createAssignedGpu`): the GPU model bound to vfio-pci, for one VM to attach by PCI address.
  *
- * Between the GVT-g parent and the host driver sits `ObservedHostGpu`, a pass-through implementation of the HostGpu
- * contract that tells listeners about the shadow batch buffers the vendor driver allocates and frees: the isolation
- * checker needs to know which host frames hold which vGPU's shadow copies. It changes nothing the vendor driver sees.
+ * The GVT-g parent talks to the host driver directly. The isolation checker, which needs to know which host frames
+ * hold which vGPU's shadow copies, installs the host driver's shadow observer (`HostGpuDriver.setShadowObserver`).
  *
  * Each GPU is recorded as a `GpuInstance` (name, PCI address, device model, host driver, parent) in the system's
  * `gpus` list, which reports, the checker and `vgpu explain` read.
  *
  * Not modelled: GPUs added or removed at run time, a GPU moved between i915 and vfio-pci.
  */
-import type { Pfn, Tracer } from "../core/index.ts";
-import {
-  type CostModel,
-  createGpu,
-  GpuDevice,
-  type GpuResourceRequest,
-  type GpuResources,
-  type HostGpu,
-  type HostGpuDriver,
-  type ShadowBuffer,
-  type Submission,
-} from "../gpu/index.ts";
+import type { Tracer } from "../core/index.ts";
+import { type CostModel, createGpu, GpuDevice, type HostGpuDriver, type ShadowObserver } from "../gpu/index.ts";
 import { type Host, parseBdf } from "../host/index.ts";
 import type { VfioPciDriver } from "../vfio/index.ts";
 import { GvtParent } from "../vgpu/index.ts";
@@ -40,88 +29,29 @@ export interface GpuInstance {
   /** i915 only. */
   readonly hostDriver: HostGpuDriver | undefined;
   readonly parent: GvtParent | undefined;
-  readonly observed: ObservedHostGpu | undefined;
+  /** @deprecated i915 only: use `hostDriver.setShadowObserver`. */
+  readonly observed: ShadowObservable | undefined;
 }
 
 /** Told about every shadow buffer the vendor driver allocates (`alive` true) and frees (false). */
-export type ShadowListener = (buf: ShadowBuffer, alive: boolean) => void;
+export type ShadowListener = ShadowObserver;
 
-/** HostGpu delegating to the host driver, announcing shadow buffer allocation and release. */
-export class ObservedHostGpu implements HostGpu {
-  private readonly listeners: ShadowListener[] = [];
+/**
+ * @deprecated The shadow observer of the host driver, for callers written against the old `ObservedHostGpu`:
+ * `onShadow(fn)` is `hostDriver.setShadowObserver(fn)` and returns the function that removes it. Use
+ * `GpuInstance.hostDriver.setShadowObserver` instead.
+ */
+export interface ShadowObservable {
+  onShadow(fn: ShadowListener): () => void;
+}
 
-  constructor(readonly inner: HostGpuDriver) {}
-
-  get bdf() {
-    return this.inner.bdf;
-  }
-  get dma() {
-    return this.inner.dma;
-  }
-  get scratch() {
-    return this.inner.scratch;
-  }
-  get engines() {
-    return this.inner.engines;
-  }
-
-  /** Adds a listener; returns the function that removes it. */
-  onShadow(fn: ShadowListener): () => void {
-    this.listeners.push(fn);
-    return () => {
-      const i = this.listeners.indexOf(fn);
-      if (i >= 0) this.listeners.splice(i, 1);
-    };
-  }
-
-  capacity() {
-    return this.inner.capacity();
-  }
-  allocResources(req: GpuResourceRequest): GpuResources {
-    return this.inner.allocResources(req);
-  }
-  freeResources(r: GpuResources): void {
-    this.inner.freeResources(r);
-  }
-  writeGgtt(index: number, pte: number): void {
-    this.inner.writeGgtt(index, pte);
-  }
-  fillGgtt(first: number, count: number, pte: number): void {
-    this.inner.fillGgtt(first, count, pte);
-  }
-  zeroPage(pfn: Pfn): void {
-    this.inner.zeroPage(pfn);
-  }
-  readGgtt(index: number): number {
-    return this.inner.readGgtt(index);
-  }
-  writeFence(fence: number, value: number): void {
-    this.inner.writeFence(fence, value);
-  }
-  writeFenceHalves(fence: number, lo: number, hi: number): void {
-    this.inner.writeFenceHalves(fence, lo, hi);
-  }
-  submit(s: Submission): void {
-    this.inner.submit(s);
-  }
-
-  allocShadow(size: number): ShadowBuffer {
-    const buf = this.inner.allocShadow(size);
-    if (this.listeners.length === 0) return buf;
-    for (const l of this.listeners) l(buf, true);
-    const listeners = this.listeners;
-    // Wrap free so that listeners hear of it; everything else is the host driver's buffer.
-    return {
-      gma: buf.gma,
-      size: buf.size,
-      write: (offset, data) => buf.write(offset, data),
-      read: (offset, into) => buf.read(offset, into),
-      free: () => {
-        for (const l of listeners) l(buf, false);
-        buf.free();
-      },
-    };
-  }
+function shadowObservable(driver: HostGpuDriver): ShadowObservable {
+  return {
+    onShadow(fn) {
+      driver.setShadowObserver(fn);
+      return () => driver.setShadowObserver(undefined);
+    },
+  };
 }
 
 export interface GpuOptions {
@@ -151,9 +81,8 @@ export function createMediatedGpu(host: Host, opts: MediatedGpuOptions): GpuInst
     ...(opts.ats !== undefined ? { ats: opts.ats } : {}),
     ...(opts.cost !== undefined ? { cost: opts.cost } : {}),
   });
-  const observed = new ObservedHostGpu(created.driver);
   const parent = new GvtParent({
-    gpu: observed,
+    gpu: created.driver,
     clock: host.clock,
     tracer: host.tracer,
     ...(opts.parentName !== undefined ? { parentName: opts.parentName } : {}),
@@ -167,7 +96,7 @@ export function createMediatedGpu(host: Host, opts: MediatedGpuOptions): GpuInst
     group: created.group,
     hostDriver: created.driver,
     parent,
-    observed,
+    observed: shadowObservable(created.driver),
   };
 }
 

@@ -265,8 +265,8 @@ export class ShadowGtt {
       );
     }
     // The host driver hands the partition out on its own scratch page: move it onto ours.
-    this.fill(this.apFirst, this.apCount, this.scratchPte);
-    this.fill(this.hiFirst, this.hiCount, this.scratchPte);
+    this.gpu.fillGgtt(this.apFirst, this.apCount, this.scratchPte);
+    this.gpu.fillGgtt(this.hiFirst, this.hiCount, this.scratchPte);
   }
 
   /** The PTE of the vGPU's scratch page (present): what every unshadowed entry of the partition holds. */
@@ -476,14 +476,6 @@ export class ShadowGtt {
   }
 
   // ---- internals ---------------------------------------------------------------------------------------------------
-
-  /** Writes `count` physical entries from `first`: in bulk when the host driver can, else one by one. */
-  private fill(first: number, count: number, pte: number): void {
-    if (count === 0) return;
-    const gpu = this.gpu;
-    if (gpu.fillGgtt !== undefined) gpu.fillGgtt(first, count, pte);
-    else for (let i = 0; i < count; i++) gpu.writeGgtt(first + i, pte);
-  }
 
   /** Local index of GGTT entry `index`, or -1 outside the partition. */
   private localIndex(index: number): number {

@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Errno, type Hpa, KernelError, PAGE_SIZE } from "../core/index.ts";
-import { type GpuResources, gen8PteEncode, type HostGpu } from "../gpu/index.ts";
-import { GvtParent } from "./parent.ts";
-import { colorBlt, MiB, nextUuid, VgpuWorld } from "./testing.ts";
+import { type GpuResources, gen8PteEncode } from "../gpu/index.ts";
+import { colorBlt, MiB, VgpuWorld } from "./testing.ts";
 import type { Vgpu } from "./vgpu.ts";
 
 /** Whether every physical GGTT entry of `r`'s aperture and hidden pieces is `pte`. */
@@ -89,37 +88,6 @@ describe("GVT-g parent: the per-vGPU scratch page", () => {
     assert.ok(!w.host.physmem.isAllocated(v.scratch.pfn));
     assert.ok(partitionAll(w, v.resources, gen8PteEncode(w.driver.scratch.dmaAddr)));
     w.checkInvariants();
-  });
-
-  it("falls back to per-entry writes when the host driver has no fillGgtt", () => {
-    const w = new VgpuWorld({ trace: false });
-    const d = w.driver;
-    // The contract without the optional bulk fill (what an older host driver, or a wrapper, offers).
-    const plain: HostGpu = {
-      bdf: d.bdf,
-      dma: d.dma,
-      scratch: d.scratch,
-      engines: d.engines,
-      capacity: () => d.capacity(),
-      allocResources: (r) => d.allocResources(r),
-      freeResources: (r) => d.freeResources(r),
-      writeGgtt: (i, pte) => d.writeGgtt(i, pte),
-      readGgtt: (i) => d.readGgtt(i),
-      writeFence: (f, v) => d.writeFence(f, v),
-      allocShadow: (n) => d.allocShadow(n),
-      submit: (sub) => d.submit(sub),
-    };
-    const parent = new GvtParent({ gpu: plain, clock: w.clock, tracer: w.host.tracer, parentName: "plain" });
-    const writes0 = w.gpu.gpu.gttWrites;
-    const inst = parent.create(nextUuid(), "GVTg_V5_8");
-    const v = parent.vgpus()[0]!;
-    assert.equal(w.gpu.gpu.gttWrites - writes0, (v.resources.aperture.size + v.resources.hidden.size) / PAGE_SIZE);
-    assert.ok(partitionAll(w, v.resources, gen8PteEncode(v.scratch.dmaAddr)));
-    parent.checkInvariants();
-    parent.destroy(inst);
-    assert.ok(partitionAll(w, v.resources, gen8PteEncode(d.scratch.dmaAddr)));
-    assert.ok(!w.host.physmem.isAllocated(v.scratch.pfn));
-    d.checkInvariants({ scanGgtt: true });
   });
 
   it("a create that fails returns the partition, then the scratch page; one that cannot get a page takes nothing", () => {

@@ -302,7 +302,7 @@ export class Vgpu implements VfioDeviceOps {
     this.irq.releaseTriggers();
     this.gtt.attach(undefined);
     // What this VMM wrote through failed GGTT entries must not reach the next VMM to open this vGPU.
-    this.gpu.zeroPage?.(this.scratch.pfn);
+    this.gpu.zeroPage(this.scratch.pfn);
     this.dma = undefined;
     if (this.tracer.enabled) this.tracer.emit("vgpu.close", { vgpu: this.id, uuid: this.name });
   }
@@ -616,13 +616,7 @@ export class Vgpu implements VfioDeviceOps {
         return `fence ${fence} covers [${hex(startGma)}, ${hex(endGma)}), outside the vGPU's graphics memory`;
       }
     }
-    if (this.gpu.writeFenceHalves !== undefined) this.gpu.writeFenceHalves(physical, lo, hi);
-    else if (hi < 2 ** 21) this.gpu.writeFence(physical, hi * 2 ** 32 + lo);
-    else {
-      // The host driver offers only a 53-bit number: clear the fence rather than program a truncated one.
-      this.gpu.writeFence(physical, 0);
-      return `fence ${fence} value ${hex(hi)}:${hex(lo)} exceeds 2^53 and the host driver has no writeFenceHalves`;
-    }
+    this.gpu.writeFenceHalves(physical, lo, hi);
     if (this.tracer.enabled) this.tracer.emit("vgpu.fence", { vgpu: this.id, fence, physical, lo, hi });
     return undefined;
   }
