@@ -143,9 +143,20 @@ describe("shadow GTT", () => {
     assert.equal(w.driver.readGgtt(first + 2), scratch);
     const ev = w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields;
     assert.match(ev.reason, /ENOMEM.*RLIMIT_MEMLOCK exceeded/);
+    // The failure is a value where it happened: errno, the call, the entry and a sentence naming the limit.
+    const e = v.lastPopulateError!;
+    assert.deepEqual([e.errno, e.step, e.index, e.gfn], [Errno.ENOMEM, "vfio_pin_pages", first + 2, 3]);
+    assert.match(e.message, /^vgpu\d could not populate GTT entry \d+ .* gfn 0x3, .*: RLIMIT_MEMLOCK exceeded/);
+    const mark = v.stats().scratchFallbacks;
+    assert.equal(v.populateFailuresSince(mark), undefined, "none since the mark");
     g.gttWrite(first + 3, 0x4000_0000 | 1); // beyond the 4 MiB of guest RAM the VMM mapped
     assert.equal(v.stats().scratchFallbacks, 2);
     assert.match(w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields.reason, /EINVAL/);
+    const since = v.populateFailuresSince(mark)!;
+    assert.equal(since.errno, Errno.EINVAL);
+    assert.match(since.message, /gfn 0x40000, .*vfio_pin_pages\(gpa 0x40000000\) failed: .*not mapped/);
+    assert.deepEqual(since.detail, { count: 1, step: "vfio_pin_pages", index: first + 3, gfn: 0x40000 });
+    assert.match(v.populateFailuresSince(0)!.message, /^2 GTT entries of vgpu\d point at its scratch page; the last: /);
     assert.equal(g.gttRead(first + 3), 0x4000_0000 | 1, "the guest still reads its own entry");
     v.checkInvariants();
   });
@@ -159,6 +170,8 @@ describe("shadow GTT", () => {
     assert.equal(v.stats().scratchFallbacks, 1);
     assert.equal(g.qemu.mm.lockedVm(), locked0, "the pin taken for it was released");
     assert.match(w.recorder!.named("vgpu.gtt.scratch").at(-1)!.fields.reason, /dma_map_page.*injected/);
+    assert.deepEqual([v.lastPopulateError!.errno, v.lastPopulateError!.step], [Errno.ENOMEM, "dma_map_page"]);
+    assert.match(v.populateFailuresSince(0)!.message, /dma_map_page\(pfn 0x[0-9a-f]+\) failed: DMA mapping failed/);
     fail = false;
     g.gttWrite(first, 0x9000 | 1);
     assert.equal(v.stats().shadowEntries, 1);

@@ -13,11 +13,13 @@
  *   the same entry arrives (a second write of the same half just replaces it), as GVT-g's partial_pte_list. So a
  *   guest must write each half once per update (the datasheet's safe order, 10.5): low 0, high, low pairs the first
  *   two writes and leaves the last low half pending until a high half comes;
- * - a present guest PTE: gfn cache hit (refcount + 1), or miss: vfio pinPages(gfn << 12, 1, READ|WRITE) ->
- *   frame -> dma mapPage(frame, 0, 4096, BIDIRECTIONAL) -> IOVA; physical entry = gen8PteEncode(IOVA). Any failure
- *   (pin: EINVAL unmapped, EPERM read-only mapping, ENOMEM "RLIMIT_MEMLOCK exceeded", no vfio session; DMA mapping
- *   error) points the entry at the vGPU's own scratch page, counted and traced ("fail to populate guest ggtt
- *   entry", GVT-g's message);
+ * - a present guest PTE: gfn cache hit (refcount + 1), or miss: vfio pinPages(gfn << 12, 1, READ|WRITE) (IOVA =
+ *   GPA, guest-iova.ts) -> frame -> dma mapPage(frame, 0, 4096, BIDIRECTIONAL) -> IOVA; physical entry =
+ *   gen8PteEncode(IOVA). Any failure (pin: EINVAL unmapped, EPERM read-only mapping, ENOMEM "RLIMIT_MEMLOCK
+ *   exceeded" or host memory exhausted, no vfio session; DMA mapping error) points the entry at the vGPU's own
+ *   scratch page, counted, traced ("fail to populate guest ggtt entry", GVT-g's message) and kept as a value
+ *   (`lastError`: the failing call's errno and a sentence naming the limit), so that a caller reports what happened
+ *   instead of guessing it from host state afterwards;
  * - a non-present guest PTE: the physical entry is the vGPU's scratch page with the present bit clear, as GVT-g
  *   writes it (the GPU reports a fault if the guest's work touches it);
  * - then the entry's previous gfn reference is dropped: on the last reference dma_unmap_page and vfio unpinPages.
@@ -52,16 +54,19 @@
 import {
   defineTraceEvents,
   Errno,
+  type Gfn,
   hex,
   type Iova,
   KernelError,
   PAGE_SIZE,
   type Pfn,
   type Tracer,
+  gfn as toGfn,
 } from "../core/index.ts";
 import { GEN8_PAGE_PRESENT, type GpuResources, gen8PteEncode, type HostGpu } from "../gpu/index.ts";
 import { DmaDirection, IOMMU_READ, IOMMU_WRITE } from "../host/index.ts";
 import type { VfioDmaAccess } from "../vfio/index.ts";
+import { gfnOfIova, iovaOfGfn } from "./guest-iova.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -113,6 +118,25 @@ export interface ShadowGttStats {
   readonly cacheMisses: number;
 }
 
+/** The call that failed while populating a GTT entry. */
+export type PopulateStep = "vfio_pin_pages" | "dma_map_page" | "no vfio session";
+
+/**
+ * Why a guest GTT entry could not be shadowed (its physical entry points at the vGPU's scratch page instead, GVT-g's
+ * "fail to populate guest ggtt entry"), kept as a value where it happened: the errno of the call that failed and a
+ * sentence naming the vGPU, the entry, the guest page and that call's own sentence (which names the host limit:
+ * "RLIMIT_MEMLOCK exceeded: ...", "host memory exhausted: ...", "IOVA space below 0x1000000 exhausted ...").
+ */
+export interface PopulateError {
+  readonly errno: Errno;
+  readonly message: string;
+  readonly step: PopulateStep;
+  /** The GGTT index of the entry. */
+  readonly index: number;
+  /** The guest frame the entry names. */
+  readonly gfn: Gfn;
+}
+
 export interface ShadowGttOptions {
   readonly vgpuId: number;
   readonly gpu: HostGpu;
@@ -145,7 +169,7 @@ export class GfnCache {
     return this.index.get(gfn) ?? -1;
   }
 
-  insert(gfn: number, pfn: number, iova: number): number {
+  insert(gfn: Gfn, pfn: Pfn, iova: Iova): number {
     let s: number;
     if (this.freeTop > 0) s = this.free[--this.freeTop]!;
     else {
@@ -179,19 +203,20 @@ export class GfnCache {
     this.refOf[s] = this.refOf[s]! + d;
     return this.refOf[s]!;
   }
-  gfn(s: number): number {
-    return this.gfnOf[s]!;
+  // The slots are typed arrays of plain numbers: the brands come back on the way out.
+  gfn(s: number): Gfn {
+    return this.gfnOf[s]! as Gfn;
   }
-  pfn(s: number): number {
-    return this.pfnOf[s]!;
+  pfn(s: number): Pfn {
+    return this.pfnOf[s]! as Pfn;
   }
-  iova(s: number): number {
-    return this.iovaOf[s]!;
+  iova(s: number): Iova {
+    return this.iovaOf[s]! as Iova;
   }
 
   /** Live gfns (allocates: for reports, invariants and unmap). */
-  gfns(): number[] {
-    return [...this.index.keys()];
+  gfns(): Gfn[] {
+    return [...this.index.keys()] as Gfn[];
   }
 
   private grow(): void {
@@ -238,8 +263,10 @@ export class ShadowGtt {
   private writes = 0;
   private hits = 0;
   private misses = 0;
-  /** Why the last populate failed (read right after a failure; no allocation on success). */
-  private lastFailure = "";
+  /** Why the last populate failed (built on failure only: a success allocates nothing). */
+  private lastPopulateError: PopulateError | undefined;
+  private lastWhat = "";
+  private lastCause: KernelError | undefined;
   private lastHit = false;
 
   constructor(opts: ShadowGttOptions) {
@@ -377,8 +404,8 @@ export class ShadowGtt {
 
   /** The vfio dma_unmap callback: release every gfn in [iova, iova + length) and scratch the entries naming it. */
   dmaUnmap(iova: Iova, length: number): void {
-    const first = Math.floor(iova / PAGE_SIZE);
-    const last = Math.floor((iova + length - 1) / PAGE_SIZE);
+    const first = gfnOfIova(iova);
+    const last = gfnOfIova((iova + length - 1) as Iova);
     let gfns = 0;
     for (const g of this.cache.gfns()) if (g >= first && g <= last) gfns++;
     let entries = 0;
@@ -390,7 +417,7 @@ export class ShadowGtt {
         this.shadowGfn[local] = GFN_SCRATCH;
         this.populated--;
         this.gpu.writeGgtt(this.globalIndex(local), this.scratchPte);
-        this.release(g, "the VMM unmapped it");
+        this.release(toGfn(g), "the VMM unmapped it");
         entries++;
       }
       for (const g of this.cache.gfns()) {
@@ -415,7 +442,7 @@ export class ShadowGtt {
       this.gpu.writeGgtt(this.globalIndex(local), this.scratchPte);
       if (g >= 0) {
         this.populated--;
-        this.release(g, "reset");
+        this.release(toGfn(g), "reset");
       }
     }
   }
@@ -434,6 +461,14 @@ export class ShadowGtt {
       cacheHits: this.hits,
       cacheMisses: this.misses,
     };
+  }
+
+  /**
+   * The most recent failure to populate an entry (undefined if none ever failed); `stats().scratchFallbacks` counts
+   * them all.
+   */
+  get lastError(): PopulateError | undefined {
+    return this.lastPopulateError;
   }
 
   /** The physical PTE this module wrote for `index` is what the GPU holds (reads the physical GGTT). */
@@ -499,8 +534,8 @@ export class ShadowGtt {
       this.shadowGfn[local] = GFN_NOT_PRESENT;
       this.gpu.writeGgtt(index, this.scratchNotPresentPte);
     } else {
-      const gfn = (hi & PTE_HI_ADDR_MASK) * 2 ** 20 + (lo >>> 12);
-      const s = this.acquire(gfn);
+      const gfn = toGfn((hi & PTE_HI_ADDR_MASK) * 2 ** 20 + (lo >>> 12));
+      const s = this.acquire(gfn, index);
       if (s >= 0) {
         this.shadowGfn[local] = gfn;
         if (old < 0) this.populated++;
@@ -514,24 +549,27 @@ export class ShadowGtt {
             hit: this.lastHit,
           });
         }
-        if (old >= 0) this.release(old, "guest entry rewritten");
+        if (old >= 0) this.release(toGfn(old), "guest entry rewritten");
         return;
       }
       this.scratchFallbacks++;
       this.shadowGfn[local] = GFN_SCRATCH;
       this.gpu.writeGgtt(index, this.scratchPte);
       if (this.tracer.enabled) {
-        this.tracer.emit("vgpu.gtt.scratch", { vgpu: this.vgpuId, index, gfn, reason: this.lastFailure });
+        this.tracer.emit("vgpu.gtt.scratch", { vgpu: this.vgpuId, index, gfn, reason: this.traceReason() });
       }
     }
     if (old >= 0) {
       this.populated--;
-      this.release(old, "guest entry rewritten");
+      this.release(toGfn(old), "guest entry rewritten");
     }
   }
 
-  /** A reference on `gfn`'s pinned, DMA-mapped page: its cache slot, or -1 if it cannot be populated. */
-  private acquire(gfn: number): number {
+  /**
+   * A reference on `gfn`'s pinned, DMA-mapped page: its cache slot, or -1 if it cannot be populated (the failure is
+   * then in `lastPopulateError`). `index` is the entry being shadowed, for that record.
+   */
+  private acquire(gfn: Gfn, index: number): number {
     const s = this.cache.slot(gfn);
     if (s >= 0) {
       this.cache.addRef(s, 1);
@@ -543,46 +581,79 @@ export class ShadowGtt {
     this.lastHit = false;
     const dma = this.dma;
     if (dma === undefined) {
-      this.lastFailure = "no VMM has the device open (no vfio DMA access to pin guest pages)";
-      return -1;
+      // vfio_pin_pages' answer for a device no user has open.
+      return this.populateFailed(
+        "no vfio session",
+        Errno.EINVAL,
+        index,
+        gfn,
+        "no VMM has the device open (no vfio DMA access to pin guest pages)",
+      );
     }
-    const gpa = (gfn * PAGE_SIZE) as Iova;
+    const iova = iovaOfGfn(gfn);
     let frame: Pfn;
     try {
-      const pinned = dma.pinPages(gpa, 1, IOMMU_READ | IOMMU_WRITE);
+      const pinned = dma.pinPages(iova, 1, IOMMU_READ | IOMMU_WRITE);
       frame = pinned[0]!;
     } catch (e) {
       if (!(e instanceof KernelError)) throw e;
-      this.lastFailure = `vfio_pin_pages(gpa ${hex(gpa)}) failed: ${e.code}: ${e.message}`;
-      return -1;
+      return this.populateFailed("vfio_pin_pages", e.errno, index, gfn, `vfio_pin_pages(gpa ${hex(iova)}) failed`, e);
     }
-    let iova: Iova;
+    let mapped: Iova;
     try {
-      iova = this.gpu.dma.mapPage(frame, 0, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
+      mapped = this.gpu.dma.mapPage(frame, 0, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
     } catch (e) {
       if (!(e instanceof KernelError)) throw e;
-      dma.unpinPages(gpa, 1);
-      this.lastFailure = `dma_map_page(pfn ${hex(frame)}) failed: ${e.code}: ${e.message}`;
-      return -1;
+      dma.unpinPages(iova, 1);
+      return this.populateFailed("dma_map_page", e.errno, index, gfn, `dma_map_page(pfn ${hex(frame)}) failed`, e);
     }
     this.iovas++;
-    if (this.tracer.enabled) this.tracer.emit("vgpu.gfn.pin", { vgpu: this.vgpuId, gfn, pfn: frame, iova });
-    return this.cache.insert(gfn, frame, iova);
+    if (this.tracer.enabled) this.tracer.emit("vgpu.gfn.pin", { vgpu: this.vgpuId, gfn, pfn: frame, iova: mapped });
+    return this.cache.insert(gfn, frame, mapped);
+  }
+
+  /** Records why populating entry `index` failed (`what` failed, with `cause` when a call threw); returns -1. */
+  private populateFailed(
+    step: PopulateStep,
+    errno: Errno,
+    index: number,
+    gfn: Gfn,
+    what: string,
+    cause?: KernelError,
+  ): number {
+    this.lastCause = cause;
+    this.lastWhat = what;
+    this.lastPopulateError = {
+      errno,
+      step,
+      index,
+      gfn,
+      message:
+        `vgpu${this.vgpuId} could not populate GTT entry ${index} (GMA ${hex(index * PAGE_SIZE)}) with guest page ` +
+        `gfn ${hex(gfn)}, so it points at the vGPU's scratch page: ${what}${cause !== undefined ? `: ${cause.message}` : ""}`,
+    };
+    return -1;
+  }
+
+  /** The reason of the last "vgpu.gtt.scratch" event: the failing call, its errno name and its sentence. */
+  private traceReason(): string {
+    const c = this.lastCause;
+    return c === undefined ? this.lastWhat : `${this.lastWhat}: ${c.code}: ${c.message}`;
   }
 
   /** Drops one reference on `gfn`; the last one unmaps and unpins it. */
-  private release(gfn: number, why: string): void {
+  private release(gfn: Gfn, why: string): void {
     const s = this.cache.slot(gfn);
     if (s < 0) throw new Error(`vgpu${this.vgpuId}: releasing gfn ${hex(gfn)}, which is not cached (refcount bug)`);
     if (this.cache.addRef(s, -1) > 0) return;
-    const iova = this.cache.iova(s) as Iova;
+    const iova = this.cache.iova(s);
     this.cache.remove(s);
     this.gpu.dma.unmapPage(iova, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
     this.iovas--;
     // close() resets before the session's DMA access goes, so a cached gfn always has a session to unpin through.
     const dma = this.dma;
     if (dma === undefined) throw new Error(`vgpu${this.vgpuId}: gfn ${hex(gfn)} cached with no vfio session (bug)`);
-    dma.unpinPages((gfn * PAGE_SIZE) as Iova, 1);
+    dma.unpinPages(iovaOfGfn(gfn), 1);
     if (this.tracer.enabled) this.tracer.emit("vgpu.gfn.unpin", { vgpu: this.vgpuId, gfn, iova, why });
   }
 
@@ -597,7 +668,7 @@ export class ShadowGtt {
       const g = this.gfnOf(a);
       if (g < 0 || dma === undefined) return a;
       try {
-        dma.dmaRw((g * PAGE_SIZE + po) as Iova, buf.subarray(done, done + n), write);
+        dma.dmaRw(iovaOfGfn(toGfn(g), po), buf.subarray(done, done + n), write);
       } catch (e) {
         if (!(e instanceof KernelError)) throw e;
         return a;

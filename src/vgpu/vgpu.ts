@@ -94,7 +94,7 @@ import {
   vfioPciRegionName,
 } from "../vfio/index.ts";
 import { CommandScanner, type ScanResult } from "./cmd-scanner.ts";
-import { ShadowGtt, type ShadowGttStats } from "./gtt.ts";
+import { type PopulateError, ShadowGtt, type ShadowGttStats } from "./gtt.ts";
 import { VirtualIrq } from "./irq.ts";
 import { type MmioSink, VgpuMmio } from "./mmio.ts";
 import { populatePvinfo } from "./pvinfo.ts";
@@ -406,6 +406,32 @@ export class Vgpu implements VfioDeviceOps {
       interruptsDelivered: this.irq.delivered,
       interruptsSuppressed: this.irq.suppressed,
     };
+  }
+
+  /**
+   * Why the vendor driver last failed to populate one of this vGPU's GTT entries (errno, sentence, the failing call,
+   * entry and guest page), or undefined if it never did. `stats().scratchFallbacks` counts every such failure.
+   */
+  get lastPopulateError(): PopulateError | undefined {
+    return this.gtt.lastError;
+  }
+
+  /**
+   * The GTT entries this vGPU failed to populate since `mark` (a `stats().scratchFallbacks` taken before the guest
+   * wrote them) as one error value: undefined when none failed; else a KernelError with the errno of the last
+   * failure and a sentence with the count and that failure's own sentence, `detail` { count, step, index, gfn }.
+   * What a caller reports after a step that made a guest write GTT entries (a host limit met inside the vendor
+   * driver: RLIMIT_MEMLOCK, IOVA space, host memory).
+   */
+  populateFailuresSince(mark: number): KernelError | undefined {
+    const count = this.gtt.stats().scratchFallbacks - mark;
+    const last = this.gtt.lastError;
+    if (count <= 0 || last === undefined) return undefined;
+    const message =
+      count === 1
+        ? last.message
+        : `${count} GTT entries of vgpu${this.id} point at its scratch page; the last: ${last.message}`;
+    return new KernelError(last.errno, message, { count, step: last.step, index: last.index, gfn: last.gfn });
   }
 
   checkInvariants(): void {
