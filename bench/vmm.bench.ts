@@ -3,14 +3,14 @@
  * - a guest port read of a trapped I/O BAR (mtty's LSR): dispatch by address, then pread on the device fd. Baseline:
  *   the pread alone with a preallocated buffer (target: dispatch costs at most half, i.e. >= 0.5x the baseline rate).
  * - a guest MMIO read of an mmap'd BAR: dispatch, then a load through the VMM's mapping. Baseline: the load alone.
- * - a guest RAM load through GPA -> HVA (`guestMemory.readU32`). Baseline: the address-space load alone.
+ * - a guest RAM load through GPA -> HVA (`ram.readU32`). Baseline: the address-space load alone.
  * - creating a 16 GiB VMM, attaching an mtty (MAP_DMA of all RAM, no pinning) and shutting down: wall time and the
  *   heap it leaves (target: < 1 MiB of heap for 16 GiB of untouched RAM).
  */
-import type { Hpa, Hva, Pfn } from "../src/core/index.ts";
+import { gpa, type Hpa, type Hva, type Pfn } from "../src/core/index.ts";
 import { createMttyParent, UART_LSR } from "../src/devices/index.ts";
 import { type Bdf, type Host, PciConfigSpace, type PciDeviceModel, parseBdf } from "../src/host/index.ts";
-import { type GuestPciDevice, type VfioPciDevice, Vmm } from "../src/vmm/index.ts";
+import { type AttachedDevice, type VfioPciFrontend, Vmm } from "../src/vmm/index.ts";
 import { createMdev, vmmTestHost } from "../src/vmm/testing.ts";
 import { heapUsedMiB, opsPerSecond, record, timeMs } from "./lib.ts";
 
@@ -52,8 +52,8 @@ export async function run(): Promise<void> {
   h.host.addPciDevice(new RamBar(bdf, h.host, h.host.physmem.allocContiguous(2)));
   h.vfioPci.bind(bdf);
   const vmm = Vmm.create(h.host, { name: "bench", memoryBytes: 64 * 2 ** 20, rlimitMemlockBytes: 1 * GiB });
-  const tty = vmm.attach({ sysfsdev }) as GuestPciDevice & VfioPciDevice;
-  const ram = vmm.attach({ host: bdf }) as GuestPciDevice & VfioPciDevice;
+  const tty = vmm.attach({ sysfsdev }) as AttachedDevice & VfioPciFrontend;
+  const ram = vmm.attach({ host: bdf }) as AttachedDevice & VfioPciFrontend;
 
   // Trapped I/O BAR.
   const port = tty.barAddress(0) + UART_LSR;
@@ -84,7 +84,7 @@ export async function run(): Promise<void> {
     for (let i = 0; i < n; i++) vmm.process.mm.read(hva, four);
   });
   const mmVia = opsPerSecond((n) => {
-    for (let i = 0; i < n; i++) sink += vmm.mmioRead(bar, 4);
+    for (let i = 0; i < n; i++) sink += vmm.mmioRead(gpa(bar), 4);
   });
   record({
     suite: SUITE,
@@ -97,12 +97,12 @@ export async function run(): Promise<void> {
 
   // Guest RAM.
   const ramHva = vmm.ramBlocks()[0]!.hva + 0x4000;
-  vmm.guestMemory.writeU32(0x4000, 1);
+  vmm.ram.writeU32(gpa(0x4000), 1);
   const rBase = opsPerSecond((n) => {
     for (let i = 0; i < n; i++) vmm.process.mm.read(ramHva as Hva, four);
   });
   const rVia = opsPerSecond((n) => {
-    for (let i = 0; i < n; i++) sink += vmm.guestMemory.readU32(0x4000);
+    for (let i = 0; i < n; i++) sink += vmm.ram.readU32(gpa(0x4000));
   });
   record({
     suite: SUITE,

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, isKernelError, SZ_1G } from "../src/core/index.ts";
+import { Errno, gpa, isKernelError, SZ_1G } from "../src/core/index.ts";
 import { createMttyParent, EduDevice } from "../src/devices/index.ts";
 import { parseBdf } from "../src/host/index.ts";
 import { Vmm } from "../src/vmm/index.ts";
@@ -38,18 +38,18 @@ describe("vmm: mdevs that pin on demand", () => {
     const bar = dev.barAddress(0);
     assert.equal(dev.bars[0]!.kind, "mem32");
     // The guest driver hands the device a buffer at GPA 0x5000 (the way a GPU driver writes a GTT entry).
-    vmm.mmioWrite(bar + 0x00, 4, 0x5000);
-    assert.equal(vmm.mmioRead(bar + 0x08, 4), 1);
+    vmm.mmioWrite(gpa(bar + 0x00), 4, 0x5000);
+    assert.equal(vmm.mmioRead(gpa(bar + 0x08), 4), 1);
     assert.equal(vmm.process.mm.lockedVm(), 1, "one page charged when the vendor driver pinned it");
     assert.equal(h.host.physmem.stats().pinnedFrames, 1);
     // The device writes into that page (vfio_dma_rw): the guest's CPU sees it at the GPA.
-    vmm.mmioWrite(bar + 0x0c, 4, 0xfeedbeef);
-    assert.equal(vmm.guestMemory.readU32(0x5000), 0xfeedbeef);
+    vmm.mmioWrite(gpa(bar + 0x0c), 4, 0xfeedbeef);
+    assert.equal(vmm.ram.readU32(gpa(0x5000)), 0xfeedbeef);
     // Its INTx reaches the guest.
     const got: number[] = [];
     vmm.onInterrupt(dev, (v) => got.push(v));
-    vmm.mmioWrite(bar + 0x10, 4, 1);
-    vmm.mmioWrite(bar + 0x10, 4, 1);
+    vmm.mmioWrite(gpa(bar + 0x10), 4, 1);
+    vmm.mmioWrite(gpa(bar + 0x10), 4, 1);
     assert.equal(got.length, 2, "EOI'd (UNMASK) after the first");
   });
 
@@ -63,11 +63,11 @@ describe("vmm: mdevs that pin on demand", () => {
     const dev = vmm.attach({ sysfsdev });
     const pin = parent.devices.get(PIN_UUID)!;
     assert.deepEqual([...pin.pinned], [dimm.gpa + 0x3000], "pinned at open, inside the hot-plugged block");
-    vmm.mmioWrite(dev.barAddress(0) + 0x04, 4, Math.floor((dimm.gpa + 0x7000) / 2 ** 32));
-    vmm.mmioWrite(dev.barAddress(0) + 0x00, 4, (dimm.gpa + 0x7000) % 2 ** 32);
-    vmm.mmioWrite(dev.barAddress(0) + 0x00, 4, 0x1000); // and one page of boot RAM
+    vmm.mmioWrite(gpa(dev.barAddress(0) + 0x04), 4, Math.floor((dimm.gpa + 0x7000) / 2 ** 32));
+    vmm.mmioWrite(gpa(dev.barAddress(0) + 0x00), 4, (dimm.gpa + 0x7000) % 2 ** 32);
+    vmm.mmioWrite(gpa(dev.barAddress(0) + 0x00), 4, 0x1000); // and one page of boot RAM
     assert.equal(vmm.process.mm.lockedVm(), 3);
-    vmm.guestMemory.writeU32(dimm.gpa + 0x3000, 42);
+    vmm.ram.writeU32(gpa(dimm.gpa + 0x3000), 42);
 
     vmm.unplugMemory({ gpa: dimm.gpa, size: dimm.size });
     assert.deepEqual(pin.log.slice(1), [`dmaUnmap ${dimm.gpa.toString(16)} ${dimm.size.toString(16)}`]);
@@ -81,16 +81,16 @@ describe("vmm: mdevs that pin on demand", () => {
     assert.equal(h.rec.count("vmm.unplug"), 1);
     assert.ok(h.rec.named("vmm.ram.unmap").some((r) => r.fields.block === "dimm0" && r.fields.bytes === dimm.size));
     assert.throws(
-      () => vmm.guestMemory.readU32(dimm.gpa + 0x3000),
+      () => vmm.ram.readU32(gpa(dimm.gpa + 0x3000)),
       (e: unknown) => isKernelError(e) && e.errno === Errno.EFAULT && /is not RAM/.test(e.message),
     );
-    assert.equal(vmm.mmioRead(dimm.gpa + 0x3000, 4), 0xffffffff, "an unplugged GPA is unassigned");
+    assert.equal(vmm.mmioRead(gpa(dimm.gpa + 0x3000), 4), 0xffffffff, "an unplugged GPA is unassigned");
     // A block plugged after the container exists is mapped into it at once.
     const again = vmm.plugMemory(32 * MiB);
     assert.equal(again.gpa, vmm.layout.hotplug.start, "the freed range is reused");
     assert.ok(h.rec.named("vmm.ram.map").some((r) => r.fields.block === "dimm1"));
-    vmm.mmioWrite(dev.barAddress(0) + 0x04, 4, Math.floor(again.gpa / 2 ** 32));
-    vmm.mmioWrite(dev.barAddress(0) + 0x00, 4, again.gpa % 2 ** 32);
+    vmm.mmioWrite(gpa(dev.barAddress(0) + 0x04), 4, Math.floor(again.gpa / 2 ** 32));
+    vmm.mmioWrite(gpa(dev.barAddress(0) + 0x00), 4, again.gpa % 2 ** 32);
     assert.equal(vmm.process.mm.lockedVm(), 2);
     vmm.shutdown();
     assertNothingLeft(h, vmm.process.pid, baseline);
@@ -120,7 +120,7 @@ describe("vmm: mdevs that pin on demand", () => {
       vmm.ramBlocks().some((b) => b.name === "dimm0"),
       "the VMM keeps the block it could not unmap",
     );
-    vmm.guestMemory.writeU32(dimm.gpa, 1);
+    vmm.ram.writeU32(gpa(dimm.gpa), 1);
     assert.throws(
       () => vmm.unplugMemory({ gpa: dimm.gpa, size: 4096 }),
       (e: unknown) => isKernelError(e) && e.errno === Errno.EINVAL && /no RAM block is exactly/.test(e.message),

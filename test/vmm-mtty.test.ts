@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, isKernelError, SZ_1G } from "../src/core/index.ts";
+import { Errno, gpa, isKernelError, SZ_1G } from "../src/core/index.ts";
 import {
   createMttyParent,
   MTTY_VENDOR_ID,
@@ -103,9 +103,9 @@ describe("vmm: an mtty attached by sysfs path", () => {
     assert.equal(h.host.physmem.stats().pinnedFrames, 0);
     assert.equal(h.host.physmem.stats().allocatedFrames, before, "16 GiB of guest RAM, not one frame allocated");
     // The guest touches one page above 4 GiB: one frame, at the HVA the VMM mapped there.
-    vmm.guestMemory.writeU32(5 * GiB + 12, 0xcafef00d);
-    assert.equal(vmm.guestMemory.readU32(5 * GiB + 12), 0xcafef00d);
-    assert.equal(vmm.mmioRead(5 * GiB + 12, 4), 0xcafef00d, "a guest load from RAM through the MMIO path");
+    vmm.ram.writeU32(gpa(5 * GiB + 12), 0xcafef00d);
+    assert.equal(vmm.ram.readU32(gpa(5 * GiB + 12)), 0xcafef00d);
+    assert.equal(vmm.mmioRead(gpa(5 * GiB + 12), 4), 0xcafef00d, "a guest load from RAM through the MMIO path");
     assert.equal(vmm.process.mm.stats().residentPages, 1);
     assert.equal(h.host.physmem.stats().allocatedFrames, before + 1);
   });
@@ -178,7 +178,7 @@ describe("vmm: an mtty attached by sysfs path", () => {
   it("shutdown leaves nothing on the host; the VM then refuses everything with ESRCH", () => {
     const { h, sysfsdev, vmm, baseline } = setup();
     vmm.attach({ sysfsdev });
-    vmm.guestMemory.writeU32(0x1000, 1);
+    vmm.ram.writeU32(gpa(0x1000), 1);
     vmm.shutdown();
     assertNothingLeft(h, vmm.process.pid, baseline);
     assert.equal(h.rec.count("vmm.shutdown"), 1);

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, type Hpa, isKernelError, type KernelError, type Pfn, SZ_1G } from "../src/core/index.ts";
+import { Errno, gpa, type Hpa, isKernelError, type KernelError, type Pfn, SZ_1G } from "../src/core/index.ts";
 import {
   EDU_DMA_IRQ,
   EDU_DMA_RUN,
@@ -25,7 +25,7 @@ import {
   EduDevice,
 } from "../src/devices/index.ts";
 import { type Bdf, type Host, PciConfigSpace, type PciDeviceModel, parseBdf } from "../src/host/index.ts";
-import { type GuestPciDevice, MSI_ADDRESS, MSI_DATA_BASE, Vmm } from "../src/vmm/index.ts";
+import { type AttachedDevice, MSI_ADDRESS, MSI_DATA_BASE, Vmm } from "../src/vmm/index.ts";
 import { assertNothingLeft, vmmTestHost } from "../src/vmm/testing.ts";
 
 const MiB = 1024 * 1024;
@@ -49,14 +49,14 @@ function setup(opts: { rlimit?: number; memoryBytes?: number } = {}) {
 
 /** The guest's edu driver, through the VMM's MMIO path only. */
 function eduDma(vmm: Vmm, bar: number, src: number, dst: number, count: number, cmd: number): void {
-  vmm.mmioWrite(bar + EDU_REG_DMA_SRC, 8, src);
-  vmm.mmioWrite(bar + EDU_REG_DMA_DST, 8, dst);
-  vmm.mmioWrite(bar + EDU_REG_DMA_COUNT, 8, count);
-  vmm.mmioWrite(bar + EDU_REG_DMA_CMD, 8, cmd);
+  vmm.mmioWrite(gpa(bar + EDU_REG_DMA_SRC), 8, src);
+  vmm.mmioWrite(gpa(bar + EDU_REG_DMA_DST), 8, dst);
+  vmm.mmioWrite(gpa(bar + EDU_REG_DMA_COUNT), 8, count);
+  vmm.mmioWrite(gpa(bar + EDU_REG_DMA_CMD), 8, cmd);
 }
 
 /** The guest's PCI capability walk. */
-function findCap(dev: GuestPciDevice, id: number): number {
+function findCap(dev: AttachedDevice, id: number): number {
   let p = dev.configRead(0x34, 1);
   while (p !== 0) {
     if (dev.configRead(p, 1) === id) return p;
@@ -94,9 +94,9 @@ describe("vmm: a whole physical device through vfio-pci", () => {
     assert.ok(bar !== undefined);
     assert.deepEqual([bar.index, bar.kind, bar.size, bar.mmapAreas.length], [0, "mem32", MiB, 0]);
     assert.ok(bar.address >= 3 * SZ_1G && bar.address < 0xfec00000 && bar.address % MiB === 0);
-    assert.equal(vmm.mmioRead(bar.address + EDU_REG_ID, 4), 0x010000ed);
-    vmm.mmioWrite(bar.address + EDU_REG_LIVENESS, 4, 0x12345678);
-    assert.equal(vmm.mmioRead(bar.address + EDU_REG_LIVENESS, 4), ~0x12345678 >>> 0);
+    assert.equal(vmm.mmioRead(gpa(bar.address + EDU_REG_ID), 4), 0x010000ed);
+    vmm.mmioWrite(gpa(bar.address + EDU_REG_LIVENESS), 4, 0x12345678);
+    assert.equal(vmm.mmioRead(gpa(bar.address + EDU_REG_LIVENESS), 4), ~0x12345678 >>> 0);
   });
 
   it("the device's DMA at a GPA reaches the guest's memory, and its completion interrupt arrives as MSI", () => {
@@ -110,22 +110,22 @@ describe("vmm: a whole physical device through vfio-pci", () => {
     const vectors: number[] = [];
     vmm.onInterrupt(dev, (v) => {
       vectors.push(v);
-      const st = vmm.mmioRead(dev.barAddress(0) + EDU_REG_IRQ_STATUS, 4);
-      vmm.mmioWrite(dev.barAddress(0) + EDU_REG_IRQ_ACK, 4, st);
+      const st = vmm.mmioRead(gpa(dev.barAddress(0) + EDU_REG_IRQ_STATUS), 4);
+      vmm.mmioWrite(gpa(dev.barAddress(0) + EDU_REG_IRQ_ACK), 4, st);
     });
     const bar = dev.barAddress(0);
     dev.configWrite(0x04, 2, dev.configRead(0x04, 2) | 0x4); // the guest driver enables bus mastering
     const msg = new TextEncoder().encode("guest RAM -> edu buffer -> guest RAM, IOVA = GPA");
-    vmm.guestMemory.write(0x10000, msg);
+    vmm.ram.write(gpa(0x10000), msg);
     eduDma(vmm, bar, 0x10000, EDU_DMA_START, msg.length, EDU_DMA_RUN);
     assert.deepEqual(edu.buffer.subarray(0, msg.length), msg);
     eduDma(vmm, bar, EDU_DMA_START, 0x2fff0, msg.length, EDU_DMA_RUN | EDU_DMA_TO_RAM | EDU_DMA_IRQ);
     const back = new Uint8Array(msg.length);
-    vmm.guestMemory.read(0x2fff0, back);
+    vmm.ram.read(gpa(0x2fff0), back);
     assert.deepEqual(back, msg, "written by the device across a page boundary, read by the guest's CPU");
     assert.equal(edu.dmaFaults, 0);
     assert.deepEqual(vectors, [MSI_DATA_BASE + dev.slot], "one MSI with the vector the VMM programmed");
-    assert.equal(vmm.mmioRead(bar + EDU_REG_IRQ_STATUS, 4), 0, "the handler acknowledged it");
+    assert.equal(vmm.mmioRead(gpa(bar + EDU_REG_IRQ_STATUS), 4), 0, "the handler acknowledged it");
     assert.deepEqual(dev.interrupts, { delivered: 1, intx: 0, msi: 1 });
     assert.ok(h.rec.named("vmm.irq.inject").some((r) => r.fields.kind === "msi"));
   });
@@ -138,10 +138,10 @@ describe("vmm: a whole physical device through vfio-pci", () => {
     const got: number[] = [];
     vmm.onInterrupt(dev, (v) => {
       got.push(v);
-      vmm.mmioWrite(bar + EDU_REG_IRQ_ACK, 4, vmm.mmioRead(bar + EDU_REG_IRQ_STATUS, 4));
+      vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_ACK), 4, vmm.mmioRead(gpa(bar + EDU_REG_IRQ_STATUS), 4));
     });
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 0x1);
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 0x2);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 0x1);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 0x2);
     const line = dev.configRead(0x3c, 1);
     assert.deepEqual(got, [line, line], "the EOI (UNMASK) after the first let the second through");
     // The guest programs the MSI capability and sets Enable (and bus mastering: an MSI is a memory write).
@@ -152,12 +152,12 @@ describe("vmm: a whole physical device through vfio-pci", () => {
     dev.configWrite(cap + 12, 2, 0x61);
     dev.configWrite(cap + 2, 2, dev.configRead(cap + 2, 2) | 1);
     assert.equal(dev.irqMode, "msi");
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 0x4);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 0x4);
     assert.deepEqual(got, [line, line, 0x61]);
     // Enable off: back to INTx.
     dev.configWrite(cap + 2, 2, dev.configRead(cap + 2, 2) & ~1);
     assert.equal(dev.irqMode, "intx");
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 0x8);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 0x8);
     assert.deepEqual(got, [line, line, 0x61, line]);
   });
 
@@ -167,14 +167,14 @@ describe("vmm: a whole physical device through vfio-pci", () => {
     const bar = dev.barAddress(0);
     let n = 0;
     const off = vmm.onInterrupt(dev, () => void n++);
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 0x1);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 0x1);
     assert.equal(n, 64);
     assert.equal(h.rec.count("vmm.irq.storm"), 1);
     off();
-    vmm.onInterrupt(dev, () => vmm.mmioWrite(bar + EDU_REG_IRQ_ACK, 4, 0x1));
+    vmm.onInterrupt(dev, () => vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_ACK), 4, 0x1));
     dev.eoi();
     assert.equal(dev.interrupts.intx, 65, "the EOI unmasked the still-asserted line: one more delivery, acked");
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 0x1);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 0x1);
     assert.equal(dev.interrupts.intx, 66);
   });
 
@@ -247,17 +247,17 @@ describe("vmm: a whole physical device through vfio-pci", () => {
     const { h, vmm } = setup();
     const dev = vmm.attach({ host: BDF });
     const bar = dev.barAddress(0);
-    vmm.mmioWrite(bar + EDU_REG_LIVENESS, 4, 0);
-    assert.equal(vmm.mmioRead(bar + EDU_REG_LIVENESS, 4), 0xffffffff);
+    vmm.mmioWrite(gpa(bar + EDU_REG_LIVENESS), 4, 0);
+    assert.equal(vmm.mmioRead(gpa(bar + EDU_REG_LIVENESS), 4), 0xffffffff);
     vmm.resetDevice(dev);
-    assert.equal(vmm.mmioRead(bar + EDU_REG_LIVENESS, 4), 0, "the device's registers were reset");
+    assert.equal(vmm.mmioRead(gpa(bar + EDU_REG_LIVENESS), 4), 0, "the device's registers were reset");
     assert.equal(dev.barAddress(0), bar);
     assert.equal(dev.irqMode, "msi");
     assert.equal(h.rec.count("vmm.reset"), 1);
     let n = 0;
     vmm.onInterrupt(dev, () => void n++);
     dev.configWrite(0x04, 2, dev.configRead(0x04, 2) | 0x4);
-    vmm.mmioWrite(bar + EDU_REG_IRQ_RAISE, 4, 1);
+    vmm.mmioWrite(gpa(bar + EDU_REG_IRQ_RAISE), 4, 1);
     assert.equal(n, 1);
   });
 
@@ -274,7 +274,7 @@ describe("vmm: a whole physical device through vfio-pci", () => {
 
     const b = setup();
     b.vmm.attach({ host: BDF });
-    b.vmm.guestMemory.writeU32(0x100, 7);
+    b.vmm.ram.writeU32(gpa(0x100), 7);
     b.vmm.kill();
     assertNothingLeft(b.h, b.vmm.process.pid, b.baseline);
     assert.equal(b.h.host.iommu.domainOf(BDF).type, "dma");
@@ -331,11 +331,11 @@ describe("vmm: an mmap-able BAR", () => {
     assert.equal(bar2.address % 16384, 0);
     assert.equal(g.configRead(0x18, 4), (bar2.address % 2 ** 32) | 0xc, "64-bit prefetchable flags kept");
     assert.equal(g.configRead(0x1c, 4), Math.floor(bar2.address / 2 ** 32));
-    vmm.mmioWrite(bar2.address + 0x2000, 4, 0xa5a5f00d);
+    vmm.mmioWrite(gpa(bar2.address + 0x2000), 4, 0xa5a5f00d);
     assert.equal(dev.barRead(2, 0x2000, 4), 0xa5a5f00d, "the store reached the device's memory through the mmap");
-    assert.equal(vmm.mmioRead(bar2.address + 0x2000, 4), 0xa5a5f00d);
+    assert.equal(vmm.mmioRead(gpa(bar2.address + 0x2000), 4), 0xa5a5f00d);
     const trapped = dev.trapped;
-    vmm.mmioRead(g.barAddress(0), 4);
+    vmm.mmioRead(gpa(g.barAddress(0)), 4);
     assert.equal(dev.trapped, trapped + 1, "BAR0 is trapped: the read went through the device fd");
     const maps = vmm.process.mm.vmas().length;
     vmm.detach(g);

@@ -1,13 +1,21 @@
 /**
  * What a guest operating system gives its GPU driver: the machine as seen from inside the VM. The guest driver is
- * written against this interface only (plus docs/gpu-programming.md), never against the host model, so it runs
- * unchanged whether the VMM is in process or the device is remote over vfio-user. The VMM (src/vmm) provides an
- * implementation for each attached device.
+ * written against these interfaces only (plus docs/gpu-programming.md), never against the host model, so it runs
+ * unchanged on a vGPU, a whole passed-through GPU, or a fake.
+ *
+ * The consumer declares the interface; the providers are injected. The in-process VMM provides one per attached device
+ * (`VmmGuestPlatform`, src/vmm/guest-platform.ts: its RAM, a page allocator over its RAM blocks, guest time over the
+ * host's virtual clock, the device through its MMIO dispatch and interrupt injection); the guest's unit tests use a
+ * fake machine (test-support/fake-gpu.ts). vmm/ and guest/ are siblings in the layer order and do not import each
+ * other: the VMM's classes have these shapes, and the compiler checks them where a platform is handed to a driver (the
+ * scenario runner, test-support/real-stack.ts, src/vmm/guest-platform.test.ts).
+ *
+ * Not here: a guest IOMMU, NUMA, page reclaim, more than one device per platform.
  */
 import type { Gpa } from "../core/index.ts";
 
-/** Guest-physical memory: what the guest's CPU reads and writes. */
-export interface GuestMemory {
+/** Guest-physical RAM: what the guest's CPU reads and writes (`Vmm.ram` in the VMM). */
+export interface GuestRam {
   read(gpa: Gpa, into: Uint8Array): void;
   write(gpa: Gpa, data: Uint8Array): void;
   readU32(gpa: Gpa): number;
@@ -47,7 +55,7 @@ export interface GuestTime {
 }
 
 export interface GuestPlatform {
-  readonly memory: GuestMemory;
+  readonly memory: GuestRam;
   readonly pages: GuestPageAllocator;
   readonly time: GuestTime;
   readonly device: GuestPciFunction;

@@ -15,7 +15,7 @@
  */
 import { Errno, type Gma, type Gpa, gpa, KernelError } from "../core/index.ts";
 import { HEAD_ADDR, MI_NOOP, RING_HEAD, RING_TAIL } from "../gpu/index.ts";
-import type { GuestMemory } from "./platform.ts";
+import type { GuestRam } from "./platform.ts";
 
 /** Bytes kept free between the software tail and HEAD (i915's I915_RING_FREE_SPACE). */
 export const RING_FREE_SPACE = 64;
@@ -42,7 +42,7 @@ export class GuestRing {
   private readonly hasRoom = (): boolean => this.space() >= this.needed;
 
   constructor(
-    private readonly memory: GuestMemory,
+    private readonly memory: GuestRam,
     private readonly io: RingIo,
     /** Guest-physical address of the ring's first byte (its pages are contiguous). */
     readonly gpa: Gpa,

@@ -13,8 +13,11 @@
  * running `Submission.owner`); for an assigned GPU, to the VM it is assigned to. The frame's owner tag
  * (`PhysicalMemory.owner`: a process's anonymous frames carry its pid) decides the first case without a lookup;
  * host frames are kept in small per-GPU tables: the scratch page, the ring pages, and shadow buffers by the vGPU they
- * were allocated for (the vendor driver allocates a shadow inside the trapped RING_TAIL write of that vGPU's guest,
- * so the runner's guest platform tells the checker whose MMIO write is being handled: `setActor`).
+ * were allocated for. The host driver's shadow observer says when a shadow is allocated, not for whom; the vendor
+ * driver allocates one inside the trapped RING_TAIL write of that vGPU's guest, and the model runs one guest's code at
+ * a time, so the runner says whose guest code runs (`guestRuns`, once per step, not per MMIO access) and a new shadow
+ * belongs to that guest's vGPU. (An interrupt handler of another VM runs nested inside, but handlers write no
+ * RING_TAIL; once the host driver's observer names the owner, as `Submission.owner` does, this goes.)
  *
  * Anything else is a violation, counted per context and recorded (the first `maxSamples` with the GMA found by a
  * reverse GGTT lookup, the frame's owner and the time). The observer allocates nothing unless it finds a violation.
@@ -116,7 +119,7 @@ class GpuWatch {
   readonly idle: Context;
   assigned: Context | undefined;
   scratchPfn = -1;
-  /** Whose trapped MMIO write is being handled (for shadow attribution); -1: nobody's. */
+  /** The vGPU of the guest whose code runs now (shadow buffers allocated now are its own); -1: none on this GPU. */
   actor = -1;
   gttFaultBase = 0;
   iommuFaultBase = 0;
@@ -171,7 +174,7 @@ export class IsolationChecker {
           if (f >= 0) w.hostFrames.add(f);
         }
       }
-      w.detachShadow = inst.observed?.onShadow((buf, alive) => {
+      hd.setShadowObserver((buf, alive) => {
         for (let off = 0; off < buf.size; off += PAGE_SIZE) {
           const f = this.frameOfGma(w, buf.gma + off);
           if (f < 0) continue;
@@ -179,6 +182,7 @@ export class IsolationChecker {
           else w.shadowOwner.delete(f);
         }
       });
+      w.detachShadow = () => hd.setShadowObserver(undefined);
     }
     w.gttFaultBase = inst.gpu.memory.gttFaults;
     w.iommuFaultBase = inst.gpu.memory.iommuFaults;
@@ -222,10 +226,15 @@ export class IsolationChecker {
     this.vmByPid.set(pid, vm);
   }
 
-  /** The guest of vGPU `vgpuId` is making a trapped MMIO access on `gpu` (what the runner's platform reports). */
-  setActor(gpu: string, vgpuId: number): void {
-    const w = this.watches.get(gpu);
-    if (w !== undefined) w.actor = vgpuId;
+  /**
+   * The runner is about to run VM `vm`'s guest code (the model runs one guest CPU at a time): a shadow buffer allocated
+   * on a GPU from now on is allocated inside that guest's trapped RING_TAIL write, so it is that VM's vGPU's.
+   */
+  guestRuns(vm: string): void {
+    for (const w of this.watches.values()) {
+      w.actor = -1;
+      for (const c of w.byOwner) if (c !== undefined && c.vm === vm) w.actor = c.vgpu!;
+    }
   }
 
   /** Counters of one context: a vGPU on a mediated GPU, or (vgpuId undefined) the VM of an assigned GPU. */

@@ -7,7 +7,6 @@
 export * from "./checker.ts";
 export * from "./explain.ts";
 export * from "./gpus.ts";
-export * from "./guest-platform.ts";
 export * from "./report.ts";
 export * from "./runner.ts";
 export * from "./schema.ts";

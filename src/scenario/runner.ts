@@ -52,11 +52,10 @@ import {
 } from "../guest/index.ts";
 import type { Bdf } from "../host/index.ts";
 import { findGvtType, GVT_MAX_VGPUS, type Vgpu } from "../vgpu/index.ts";
-import { type GuestPciDevice, Vmm } from "../vmm/index.ts";
+import { type AttachedDevice, Vmm, VmmGuestPlatform } from "../vmm/index.ts";
 import { IsolationChecker } from "./checker.ts";
 import { type Explanation, explainGma } from "./explain.ts";
 import type { GpuInstance } from "./gpus.ts";
-import { ScenarioGuestPlatform } from "./guest-platform.ts";
 import type { CheckMetric, Scenario, ScenarioStep, ScenarioVm } from "./schema.ts";
 import { createSystem, type System, type SystemConfig } from "./system.ts";
 import { formatSize, formatTime } from "./units.ts";
@@ -163,11 +162,11 @@ export interface VmRun {
   vmm: Vmm | undefined;
   state: "not started" | "running" | "killed" | "shut down" | "failed";
   /** The VM's GPU device (vGPU or whole GPU) and what is behind it. */
-  gpuDevice: GuestPciDevice | undefined;
+  gpuDevice: AttachedDevice | undefined;
   gpu: GpuInstance | undefined;
   vgpu: Vgpu | undefined;
   readonly mdevs: { uuid: string; parent: string; kind: string; removed: boolean }[];
-  platform: ScenarioGuestPlatform | undefined;
+  platform: VmmGuestPlatform | undefined;
   driver: GuestGpuDriver | undefined;
   readonly buffers: KeptBuffer[];
   readonly pending: GuestWorkload[];
@@ -484,10 +483,8 @@ export class ScenarioRun {
       }
     });
     if (v.gpuDevice !== undefined) {
-      const gpuName = v.gpu!.name;
-      const vgpuId = v.vgpu?.id ?? -1;
-      const checker = this.checker;
-      v.platform = new ScenarioGuestPlatform(vmm, v.gpuDevice, this.clock, () => checker.setActor(gpuName, vgpuId));
+      v.platform = new VmmGuestPlatform(vmm, v.gpuDevice, this.clock);
+      this.enterGuest(v);
       v.driver = GuestGpuDriver.open(v.platform, this.driverOptions(spec));
     }
     return (
@@ -517,6 +514,8 @@ export class ScenarioRun {
     this.stepStart = this.clock.now();
     const vm = "vm" in step ? step.vm : undefined;
     const expected = (step as { expect?: { errno?: ErrnoName } }).expect?.errno;
+    const guest = vm !== undefined ? this.vms.get(vm) : undefined;
+    if (guest !== undefined) this.enterGuest(guest);
     try {
       const { summary, ok, detail } = this.execute(step);
       if (expected !== undefined) {
@@ -699,6 +698,7 @@ export class ScenarioRun {
     if (windowOpen) this.closeFairness(windows, busy0, startNs);
     const results: WorkloadResult[] = [];
     for (const v of runs) {
+      this.enterGuest(v);
       for (const w of v.pending.splice(0)) {
         const r = w.finish(1_000_000);
         v.workloads.push(r);
@@ -869,6 +869,7 @@ export class ScenarioRun {
   }
 
   private stopVm(v: VmRun): void {
+    this.enterGuest(v);
     this.abandon(v);
     try {
       if (v.driver !== undefined) {
@@ -879,6 +880,11 @@ export class ScenarioRun {
       v.vmm!.shutdown();
       v.state = "shut down";
     }
+  }
+
+  /** VM `v`'s guest code is about to run (the isolation checker attributes new shadow buffers to its vGPU). */
+  private enterGuest(v: VmRun): void {
+    this.checker.guestRuns(v.spec.name);
   }
 
   /** Drops a VM's in-flight workloads without verifying them (the VM is going away). */

@@ -4,6 +4,8 @@
  * an mdev vGPU, an mtty, a whole physical device. The guest's side is its MMIO and port I/O, its PCI config cycles,
  * its RAM and its interrupt handlers. Depends on core, host and vfio.
  */
+export * from "./guest-pages.ts";
+export * from "./guest-platform.ts";
 export * from "./irq.ts";
 export * from "./memory.ts";
 export * from "./pci-bus.ts";

@@ -2,13 +2,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { Errno, type Gpa, type Hva, isKernelError, SZ_1G } from "../core/index.ts";
+import { Errno, gpa, hva, isKernelError, SZ_1G } from "../core/index.ts";
 import { Host, PROT_READ, PROT_WRITE } from "../host/index.ts";
 import {
   formatBytes,
-  GuestMemory,
   GuestMemoryMap,
   MAX_LOW_MEM_BYTES,
+  MappedGuestRam,
   PCI_MMIO32_END,
   pcLayout,
   type RamBlock,
@@ -59,8 +59,8 @@ describe("pcLayout", () => {
   });
 });
 
-function block(name: string, gpa: number, size: number, hva: number): RamBlock {
-  return { name, gpa: gpa as Gpa, size, hva: hva as Hva, hotplugged: false };
+function block(name: string, at: number, size: number, base: number): RamBlock {
+  return { name, gpa: gpa(at), size, hva: hva(base), hotplugged: false };
 }
 
 describe("GuestMemoryMap", () => {
@@ -75,19 +75,19 @@ describe("GuestMemoryMap", () => {
         (shape, probes) => {
           const map = new GuestMemoryMap();
           const blocks: RamBlock[] = [];
-          let gpa = 0;
+          let at = 0;
           shape.forEach(([pages, gap], i) => {
-            gpa += gap * 4096;
-            const b = block(`b${i}`, gpa, pages * 4096, 0x7000_0000_0000 + i * 0x1_0000_0000);
+            at += gap * 4096;
+            const b = block(`b${i}`, at, pages * 4096, 0x7000_0000_0000 + i * 0x1_0000_0000);
             blocks.push(b);
-            gpa += pages * 4096;
+            at += pages * 4096;
           });
           // Insert in a scrambled order: the map keeps them sorted.
           for (const b of [...blocks].reverse()) map.add(b);
           for (const p of probes) {
             const addr = p * 2048;
             const ref = blocks.find((b) => addr >= b.gpa && addr < b.gpa + b.size);
-            assert.equal(map.translate(addr), ref === undefined ? -1 : ref.hva + (addr - ref.gpa));
+            assert.equal(map.translate(gpa(addr)), ref === undefined ? -1 : ref.hva + (addr - ref.gpa));
           }
         },
       ),
@@ -100,16 +100,16 @@ describe("GuestMemoryMap", () => {
     map.add(block("a", 0, 8192, 0x10000));
     map.add(block("b", 0x10000, 4096, 0x20000));
     assert.throws(() => map.add(block("c", 4096, 8192, 0x30000)), isErrno(Errno.EEXIST, /'c' .* overlaps 'a'/));
-    assert.equal(map.exact(0x10000, 4096)?.name, "b");
-    assert.equal(map.exact(0x10000, 8192), undefined);
+    assert.equal(map.exact(gpa(0x10000), 4096)?.name, "b");
+    assert.equal(map.exact(gpa(0x10000), 8192), undefined);
     assert.equal(map.describe(), "a 0x0+8 KiB, b 0x10000+4 KiB");
-    map.remove(map.exact(0, 8192)!);
-    assert.equal(map.translate(0), -1);
+    map.remove(map.exact(gpa(0), 8192)!);
+    assert.equal(map.translate(gpa(0)), -1);
     assert.equal(map.totalBytes, 4096);
   });
 });
 
-describe("GuestMemory", () => {
+describe("MappedGuestRam", () => {
   function guest() {
     const host = new Host({ memoryBytes: 64 * MiB });
     const mm = host.spawn("t").mm;
@@ -119,33 +119,33 @@ describe("GuestMemory", () => {
     // Two adjacent blocks in GPA space, far apart in HVA space; then a hole.
     map.add(block("lo", 0, 8192, a));
     map.add(block("hi", 8192, 8192, b));
-    return { mm, mem: new GuestMemory(map, mm), a, b };
+    return { mm, mem: new MappedGuestRam(map, mm), a, b };
   }
 
   it("reads and writes across pages and blocks through each block's own HVA", () => {
     const { mm, mem, b } = guest();
     const data = Uint8Array.from({ length: 100 }, (_, i) => i + 1);
-    mem.write(8192 - 50, data);
+    mem.write(gpa(8192 - 50), data);
     const back = new Uint8Array(100);
-    mem.read(8192 - 50, back);
+    mem.read(gpa(8192 - 50), back);
     assert.deepEqual(back, data);
     const second = new Uint8Array(50);
-    mm.read(b as Hva, second);
+    mm.read(hva(b), second);
     assert.deepEqual(second, data.subarray(50), "the second half landed in the second block's mapping");
   });
 
   it("round-trips fixed-size values, 64-bit exact below 2^53", () => {
     const { mem } = guest();
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 16384 - 8 }), fc.maxSafeNat(), (gpa, v) => {
-        mem.writeU64(gpa, v);
-        assert.equal(mem.readU64(gpa), v);
-        mem.writeU32(gpa, v % 2 ** 32);
-        assert.equal(mem.readU32(gpa), v % 2 ** 32);
-        mem.writeU16(gpa, v & 0xffff);
-        assert.equal(mem.readU16(gpa), v & 0xffff);
-        mem.writeU8(gpa, v & 0xff);
-        assert.equal(mem.readU8(gpa), v & 0xff);
+      fc.property(fc.integer({ min: 0, max: 16384 - 8 }), fc.maxSafeNat(), (at, v) => {
+        mem.writeU64(gpa(at), v);
+        assert.equal(mem.readU64(gpa(at)), v);
+        mem.writeU32(gpa(at), v % 2 ** 32);
+        assert.equal(mem.readU32(gpa(at)), v % 2 ** 32);
+        mem.writeU16(gpa(at), v & 0xffff);
+        assert.equal(mem.readU16(gpa(at)), v & 0xffff);
+        mem.writeU8(gpa(at), v & 0xff);
+        assert.equal(mem.readU8(gpa(at)), v & 0xff);
       }),
       { numRuns: 200 },
     );
@@ -153,8 +153,11 @@ describe("GuestMemory", () => {
 
   it("fails with EFAULT naming the GPA and the RAM map outside RAM", () => {
     const { mem } = guest();
-    assert.throws(() => mem.readU32(16384), isErrno(Errno.EFAULT, /GPA 0x4000 is not RAM \(RAM: lo 0x0\+8 KiB, hi/));
-    assert.throws(() => mem.write(16384 - 2, new Uint8Array(4)), isErrno(Errno.EFAULT));
-    assert.equal(mem.hvaOf(16384), -1);
+    assert.throws(
+      () => mem.readU32(gpa(16384)),
+      isErrno(Errno.EFAULT, /GPA 0x4000 is not RAM \(RAM: lo 0x0\+8 KiB, hi/),
+    );
+    assert.throws(() => mem.write(gpa(16384 - 2), new Uint8Array(4)), isErrno(Errno.EFAULT));
+    assert.equal(mem.hvaOf(gpa(16384)), -1);
   });
 });

@@ -13,7 +13,7 @@
  * are "ram-below-4g" and "ram-above-4g"; hot-plugged blocks are "dimm<N>".
  *
  * `GuestMemoryMap` keeps the blocks sorted by GPA and translates GPA -> HVA with a one-entry cache and a binary search
- * (no allocation). `GuestMemory` is what the guest's CPU does with RAM: loads and stores through those HVAs, faulting
+ * (no allocation). `MappedGuestRam` is what the guest's CPU does with RAM: loads and stores through those HVAs, faulting
  * pages in through the process's address space. A GPA outside RAM is EFAULT there: device MMIO goes through
  * `Vmm.mmioRead/mmioWrite`.
  *
@@ -24,7 +24,20 @@
  * Invariants: blocks are page-aligned, non-empty, non-overlapping, never cross 4 GiB, never intersect the PCI hole or
  * the 64-bit MMIO window; a hot-plugged block lies inside the hot-plug window.
  */
-import { alignUp, Errno, type Gpa, type Hva, hex, KernelError, PAGE_SIZE, SZ_1G, SZ_2M, SZ_4G } from "../core/index.ts";
+import {
+  alignUp,
+  Errno,
+  type Gpa,
+  gpa,
+  type Hva,
+  hex,
+  hva,
+  KernelError,
+  PAGE_SIZE,
+  SZ_1G,
+  SZ_2M,
+  SZ_4G,
+} from "../core/index.ts";
 import type { AddressSpace } from "../host/index.ts";
 
 /** The first MMIO address above the 32-bit PCI window: the IOAPIC (0xfec00000); LAPIC and BIOS follow. */
@@ -144,6 +157,11 @@ export interface RamBlock {
   readonly hotplugged: boolean;
 }
 
+/** The HVA of `at` inside block `b` (the block's one mapping: HVA = block HVA + offset). */
+export function hvaIn(b: RamBlock, at: Gpa): Hva {
+  return hva(b.hva + (at - b.gpa));
+}
+
 /** The guest's RAM blocks, sorted by GPA, with GPA -> HVA translation. */
 export class GuestMemoryMap {
   private readonly list: RamBlock[] = [];
@@ -181,13 +199,13 @@ export class GuestMemoryMap {
   }
 
   /** The block that starts at `gpa` and is `size` bytes long, if any (what an unplug request must name). */
-  exact(gpa: number, size: number): RamBlock | undefined {
+  exact(gpa: Gpa, size: number): RamBlock | undefined {
     for (const b of this.list) if (b.gpa === gpa && b.size === size) return b;
     return undefined;
   }
 
   /** The block containing `gpa`, if any. */
-  find(gpa: number): RamBlock | undefined {
+  find(gpa: Gpa): RamBlock | undefined {
     const c = this.cached;
     if (c !== undefined && gpa >= c.gpa && gpa < c.gpa + c.size) return c;
     const b = this.list[this.indexAfter(gpa)];
@@ -197,9 +215,9 @@ export class GuestMemoryMap {
   }
 
   /** GPA -> HVA, or -1 when the GPA is not RAM. */
-  translate(gpa: number): number {
+  translate(gpa: Gpa): Hva | -1 {
     const b = this.find(gpa);
-    return b === undefined ? -1 : b.hva + (gpa - b.gpa);
+    return b === undefined ? -1 : hvaIn(b, gpa);
   }
 
   /** A readable summary for error messages: "ram-below-4g 0x0+3 GiB, ram-above-4g 0x100000000+1 GiB". */
@@ -210,7 +228,7 @@ export class GuestMemoryMap {
   }
 
   /** Index of the first block whose end is above `gpa`. */
-  private indexAfter(gpa: number): number {
+  private indexAfter(gpa: Gpa): number {
     let lo = 0;
     let hi = this.list.length;
     while (lo < hi) {
@@ -227,7 +245,7 @@ export class GuestMemoryMap {
  * The guest CPU's loads and stores to RAM, through the VMM's HVAs. Accesses may cross pages and blocks; a GPA that is
  * not RAM fails with EFAULT (nothing of the access is done before the check, for accesses within one block).
  */
-export class GuestMemory {
+export class MappedGuestRam {
   /** Scratch for the fixed-size accessors: they allocate nothing. */
   private readonly scratch = new Uint8Array(8);
   private readonly view = new DataView(this.scratch.buffer);
@@ -238,89 +256,89 @@ export class GuestMemory {
   ) {}
 
   /** Copies guest memory at `gpa` into `dst[off..off+len)`. */
-  read(gpa: Gpa | number, dst: Uint8Array, off = 0, len = dst.length - off): void {
-    let a = gpa as number;
+  read(at: Gpa, dst: Uint8Array, off = 0, len = dst.length - off): void {
+    let a = at;
     let o = off;
     let left = len;
     while (left > 0) {
       const b = this.block(a, left);
       const n = Math.min(left, b.gpa + b.size - a);
-      this.mm.read((b.hva + (a - b.gpa)) as Hva, dst, o, n);
-      a += n;
+      this.mm.read(hvaIn(b, a), dst, o, n);
+      a = gpa(a + n);
       o += n;
       left -= n;
     }
   }
 
   /** Copies `src[off..off+len)` into guest memory at `gpa`. */
-  write(gpa: Gpa | number, src: Uint8Array, off = 0, len = src.length - off): void {
-    let a = gpa as number;
+  write(at: Gpa, src: Uint8Array, off = 0, len = src.length - off): void {
+    let a = at;
     let o = off;
     let left = len;
     while (left > 0) {
       const b = this.block(a, left);
       const n = Math.min(left, b.gpa + b.size - a);
-      this.mm.write((b.hva + (a - b.gpa)) as Hva, src, o, n);
-      a += n;
+      this.mm.write(hvaIn(b, a), src, o, n);
+      a = gpa(a + n);
       o += n;
       left -= n;
     }
   }
 
-  readU8(gpa: Gpa | number): number {
+  readU8(gpa: Gpa): number {
     this.read(gpa, this.scratch, 0, 1);
     return this.scratch[0]!;
   }
 
-  readU16(gpa: Gpa | number): number {
+  readU16(gpa: Gpa): number {
     this.read(gpa, this.scratch, 0, 2);
     return this.view.getUint16(0, true);
   }
 
-  readU32(gpa: Gpa | number): number {
+  readU32(gpa: Gpa): number {
     this.read(gpa, this.scratch, 0, 4);
     return this.view.getUint32(0, true);
   }
 
   /** A 64-bit load as a number (exact below 2^53). */
-  readU64(gpa: Gpa | number): number {
+  readU64(gpa: Gpa): number {
     this.read(gpa, this.scratch, 0, 8);
     return this.view.getUint32(0, true) + this.view.getUint32(4, true) * 2 ** 32;
   }
 
-  writeU8(gpa: Gpa | number, value: number): void {
+  writeU8(gpa: Gpa, value: number): void {
     this.scratch[0] = value;
     this.write(gpa, this.scratch, 0, 1);
   }
 
-  writeU16(gpa: Gpa | number, value: number): void {
+  writeU16(gpa: Gpa, value: number): void {
     this.view.setUint16(0, value, true);
     this.write(gpa, this.scratch, 0, 2);
   }
 
-  writeU32(gpa: Gpa | number, value: number): void {
+  writeU32(gpa: Gpa, value: number): void {
     this.view.setUint32(0, value >>> 0, true);
     this.write(gpa, this.scratch, 0, 4);
   }
 
   /** A 64-bit store of a number (exact below 2^53). */
-  writeU64(gpa: Gpa | number, value: number): void {
+  writeU64(gpa: Gpa, value: number): void {
     this.view.setUint32(0, (value % 2 ** 32) >>> 0, true);
     this.view.setUint32(4, Math.floor(value / 2 ** 32) >>> 0, true);
     this.write(gpa, this.scratch, 0, 8);
   }
 
   /** GPA -> HVA for RAM, or -1 (what a device model of the VMM, or a test, uses to find the backing). */
-  hvaOf(gpa: Gpa | number): number {
+  hvaOf(gpa: Gpa): Hva | -1 {
     return this.map.translate(gpa);
   }
 
-  private block(gpa: number, len: number): RamBlock {
-    const b = this.map.find(gpa);
+  private block(at: Gpa, len: number): RamBlock {
+    const b = this.map.find(at);
     if (b === undefined) {
       throw new KernelError(
         Errno.EFAULT,
-        `guest access of ${len} byte(s) at GPA ${hex(gpa)} is not RAM (RAM: ${this.map.describe()})`,
+        `guest access of ${len} byte(s) at GPA ${hex(at)} is not RAM (RAM: ${this.map.describe()})`,
       );
     }
     return b;

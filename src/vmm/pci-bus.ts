@@ -32,7 +32,7 @@ export interface BarAccess {
 }
 
 /** A function on the guest bus as config cycles reach it. */
-export interface GuestPciFunction {
+export interface ConfigAccess {
   configRead(offset: number, size: number): number;
   configWrite(offset: number, size: number, value: number): void;
 }
@@ -191,7 +191,7 @@ export class GuestPciBus {
   readonly mmio64: WindowAllocator;
   readonly ioSpace = new AddressDispatch("I/O port range");
   readonly memSpace = new AddressDispatch("MMIO range");
-  private readonly slots: (GuestPciFunction | undefined)[] = new Array(PCI_SLOTS).fill(undefined);
+  private readonly slots: (ConfigAccess | undefined)[] = new Array(PCI_SLOTS).fill(undefined);
 
   constructor(windows: { readonly io: AddressWindow; readonly mmio32: AddressWindow; readonly mmio64: AddressWindow }) {
     this.io = new WindowAllocator("I/O", windows.io);
@@ -214,7 +214,7 @@ export class GuestPciBus {
     throw new KernelError(Errno.ENOSPC, "every PCI slot of bus 0 (2..31) is taken");
   }
 
-  plug(slot: number, fn: GuestPciFunction): void {
+  plug(slot: number, fn: ConfigAccess): void {
     if (this.slots[slot] !== undefined) {
       throw new KernelError(Errno.EBUSY, `PCI slot ${slot} (${guestBdf(slot)}) is already taken`);
     }
@@ -226,7 +226,7 @@ export class GuestPciBus {
   }
 
   /** The function in `slot`, if any. */
-  function(slot: number): GuestPciFunction | undefined {
+  function(slot: number): ConfigAccess | undefined {
     return this.slots[slot];
   }
 

@@ -100,8 +100,8 @@ import { formatBytes } from "./memory.ts";
 import {
   allOnes,
   type BarAccess,
+  type ConfigAccess,
   type GuestPciBus,
-  type GuestPciFunction,
   guestBdf,
   type WindowAllocator,
 } from "./pci-bus.ts";
@@ -163,7 +163,7 @@ export interface GuestBar {
 }
 
 /** The guest's view of an attached device. */
-export interface GuestPciDevice {
+export interface AttachedDevice {
   /** The VFIO device name (the mdev UUID or the PCI BDF). */
   readonly name: string;
   readonly sysfsdev: string;
@@ -200,7 +200,7 @@ interface BarState {
   readonly areas: { offset: number; end: number; size: number; hva: Hva }[];
 }
 
-export interface VfioPciDeviceEnv {
+export interface VfioPciFrontendEnv {
   readonly vm: string;
   readonly proc: Process;
   readonly tracer: Tracer;
@@ -218,7 +218,7 @@ function overlaps(off: number, size: number, start: number, len: number): boolea
 }
 
 /** A vfio-pci device on the guest's bus. */
-export class VfioPciDevice implements GuestPciDevice, GuestPciFunction, BarAccess {
+export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess {
   readonly name: string;
   readonly sysfsdev: string;
   readonly group: number;
@@ -227,7 +227,7 @@ export class VfioPciDevice implements GuestPciDevice, GuestPciFunction, BarAcces
   private readonly proc: Process;
   private readonly tracer: Tracer;
   private readonly vm: string;
-  private readonly env: VfioPciDeviceEnv;
+  private readonly env: VfioPciFrontendEnv;
   private readonly barStates: (BarState | undefined)[] = [];
   private infoFlags = 0;
   private configOffset = 0;
@@ -260,7 +260,7 @@ export class VfioPciDevice implements GuestPciDevice, GuestPciFunction, BarAcces
 
   constructor(
     readonly handle: VfioDeviceHandle,
-    env: VfioPciDeviceEnv,
+    env: VfioPciFrontendEnv,
   ) {
     this.env = env;
     this.name = handle.name;
@@ -279,7 +279,7 @@ export class VfioPciDevice implements GuestPciDevice, GuestPciFunction, BarAcces
     });
   }
 
-  // ---- GuestPciDevice --------------------------------------------------------------------------------------------
+  // ---- AttachedDevice --------------------------------------------------------------------------------------------
 
   get bars(): readonly GuestBar[] {
     const out: GuestBar[] = [];

@@ -7,7 +7,7 @@
  * const gpu = vmm.attach({ sysfsdev: `/sys/bus/mdev/devices/${uuid}` });   // or { host: "0000:00:04.0" }
  * vmm.mmioWrite(gpu.barAddress(0) + 0x2030, 4, 1);                          // the guest's MMIO
  * vmm.onInterrupt(gpu, (vector) => ...);                                    // the guest's handler
- * vmm.guestMemory.writeU64(0x1000, entry);                                  // the guest's RAM
+ * vmm.ram.writeU64(0x1000, entry);                                  // the guest's RAM
  * vmm.shutdown();
  * ```
  *
@@ -18,7 +18,7 @@
  *   an existing container first, else a new one with TYPE1v2 and MAP_DMA of every RAM block), gets the device fd, and
  *   realizes the device on the guest bus (vfio-pci-dev.ts). A failure at any step undoes the steps before it.
  * - the guest: `mmioRead/mmioWrite` (a BAR, else RAM, else unassigned: all ones), `ioRead/ioWrite` (I/O BARs), the
- *   PCI bus's config cycles (`pci`), `guestMemory` (RAM through the VMM's HVAs), `onInterrupt` (injection).
+ *   PCI bus's config cycles (`pci`), `ram` (RAM through the VMM's HVAs), `onInterrupt` (injection).
  * - memory hot-plug: `plugMemory` maps a new block in every container; `unplugMemory` UNMAP_DMAs it from every
  *   container (type1 makes every mdev that pinned pages there unpin them) and then munmaps it.
  * - `detach` (hot-unplug), `resetDevice` (VFIO_DEVICE_RESET), `shutdown` (everything closed in order, then the process
@@ -33,11 +33,12 @@ import {
   defineTraceEvents,
   Errno,
   type Gpa,
-  type Hva,
+  gpa,
   hex,
   isKernelError,
   KernelError,
   PAGE_SIZE,
+  SZ_4G,
   type Tracer,
 } from "../core/index.ts";
 import { type Host, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
@@ -47,14 +48,14 @@ import {
   DIMM_ALIGN,
   formatBytes,
   type GuestLayout,
-  GuestMemory,
   GuestMemoryMap,
+  MappedGuestRam,
   pcLayout,
   type RamBlock,
 } from "./memory.ts";
 import { allOnes, GuestPciBus, WindowAllocator } from "./pci-bus.ts";
 import { failed, VfioSpace, type VmmGroup, within } from "./vfio-container.ts";
-import { type GuestPciDevice, VfioPciDevice } from "./vfio-pci-dev.ts";
+import { type AttachedDevice, VfioPciFrontend } from "./vfio-pci-dev.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -141,7 +142,7 @@ export interface VmmState {
 }
 
 interface Attached {
-  readonly dev: VfioPciDevice;
+  readonly dev: VfioPciFrontend;
   readonly group: VmmGroup;
   readonly source: InterruptSource;
 }
@@ -151,14 +152,14 @@ export class Vmm {
   readonly process: Process;
   readonly layout: GuestLayout;
   /** The guest's RAM as its CPU sees it. */
-  readonly guestMemory: GuestMemory;
+  readonly ram: MappedGuestRam;
   /** The guest's PCI bus (config cycles by slot, BAR windows, dispatch). */
   readonly pci: GuestPciBus;
   private readonly tracer: Tracer;
   private readonly memMap = new GuestMemoryMap();
   private readonly hotplug: WindowAllocator;
   private readonly space: VfioSpace;
-  private readonly attached = new Map<VfioPciDevice, Attached>();
+  private readonly attached = new Map<VfioPciFrontend, Attached>();
   private nextDimm = 0;
   private alive = true;
   private unassigned = 0;
@@ -174,7 +175,7 @@ export class Vmm {
       ...(opts.rlimitMemlockBytes !== undefined ? { rlimitMemlockBytes: opts.rlimitMemlockBytes } : {}),
       ...(opts.capIpcLock !== undefined ? { capIpcLock: opts.capIpcLock } : {}),
     });
-    this.guestMemory = new GuestMemory(this.memMap, this.process.mm);
+    this.ram = new MappedGuestRam(this.memMap, this.process.mm);
     this.pci = new GuestPciBus(this.layout);
     this.hotplug = new WindowAllocator("memory hot-plug", this.layout.hotplug);
     this.space = new VfioSpace({
@@ -201,8 +202,8 @@ export class Vmm {
       });
     }
     try {
-      if (l.lowMemBytes > 0) vmm.addBlock("ram-below-4g", 0, l.lowMemBytes, false);
-      if (l.highMemBytes > 0) vmm.addBlock("ram-above-4g", 2 ** 32, l.highMemBytes, false);
+      if (l.lowMemBytes > 0) vmm.addBlock("ram-below-4g", gpa(0), l.lowMemBytes, false);
+      if (l.highMemBytes > 0) vmm.addBlock("ram-above-4g", gpa(SZ_4G), l.highMemBytes, false);
     } catch (e) {
       vmm.process.exit();
       vmm.alive = false;
@@ -221,14 +222,14 @@ export class Vmm {
   }
 
   /** Attached devices in attach order. */
-  devices(): readonly GuestPciDevice[] {
+  devices(): readonly AttachedDevice[] {
     return [...this.attached.keys()];
   }
 
   // ---- devices ---------------------------------------------------------------------------------------------------
 
   /** Attaches a device by sysfs path or PCI BDF (see the module comment). Errors name the step and keep the errno. */
-  attach(opts: AttachOptions): GuestPciDevice {
+  attach(opts: AttachOptions): AttachedDevice {
     this.checkAlive("attach a device");
     const sysfsdev = (opts.sysfsdev ?? `/sys/bus/pci/devices/${opts.host}`).replace(/\/+$/, "");
     const where = `${this.name}: attach ${sysfsdev}`;
@@ -275,7 +276,7 @@ export class Vmm {
     }
     group.devices.add(name);
     const source = new InterruptSource(this.name, name, this.tracer);
-    const dev = new VfioPciDevice(handle, {
+    const dev = new VfioPciFrontend(handle, {
       vm: this.name,
       proc: this.process,
       tracer: this.tracer,
@@ -314,7 +315,7 @@ export class Vmm {
   }
 
   /** Hot-unplug: interrupts off, BARs unmapped, device fd closed, group and container released when emptied. */
-  detach(device: GuestPciDevice): void {
+  detach(device: AttachedDevice): void {
     this.checkAlive("detach a device");
     const a = this.lookup(device);
     this.attached.delete(a.dev);
@@ -342,7 +343,7 @@ export class Vmm {
   }
 
   /** VFIO_DEVICE_RESET with the VMM's pre/post reset steps (see vfio-pci-dev.ts). */
-  resetDevice(device: GuestPciDevice): void {
+  resetDevice(device: AttachedDevice): void {
     this.checkAlive("reset a device");
     const a = this.lookup(device);
     try {
@@ -354,12 +355,12 @@ export class Vmm {
   }
 
   /** Registers the guest's handler for a device's interrupts; returns the function that removes it. */
-  onInterrupt(device: GuestPciDevice, handler: InterruptHandler): () => void {
+  onInterrupt(device: AttachedDevice, handler: InterruptHandler): () => void {
     return this.lookup(device).source.subscribe(handler);
   }
 
   /** Interrupts injected from one device, or from all of them. */
-  interruptCount(device?: GuestPciDevice): number {
+  interruptCount(device?: AttachedDevice): number {
     if (device !== undefined) return this.lookup(device).source.delivered;
     let n = 0;
     for (const a of this.attached.values()) n += a.source.delivered;
@@ -369,11 +370,11 @@ export class Vmm {
   // ---- the guest's accesses --------------------------------------------------------------------------------------
 
   /** A guest load from guest-physical `gpa`: a BAR that decodes it, else RAM, else all ones (unassigned). */
-  mmioRead(gpa: Gpa | number, size: number): number {
+  mmioRead(gpa: Gpa, size: number): number {
     this.checkAccess(gpa, size);
     const v = this.pci.memSpace.read(gpa, size);
     if (v >= 0) return v;
-    const m = this.guestMemory;
+    const m = this.ram;
     if (m.hvaOf(gpa) >= 0) {
       return size === 1 ? m.readU8(gpa) : size === 2 ? m.readU16(gpa) : size === 4 ? m.readU32(gpa) : m.readU64(gpa);
     }
@@ -382,10 +383,10 @@ export class Vmm {
   }
 
   /** A guest store to guest-physical `gpa`: a BAR, else RAM, else dropped. */
-  mmioWrite(gpa: Gpa | number, size: number, value: number): void {
+  mmioWrite(gpa: Gpa, size: number, value: number): void {
     this.checkAccess(gpa, size);
     if (this.pci.memSpace.write(gpa, size, value)) return;
-    const m = this.guestMemory;
+    const m = this.ram;
     if (m.hvaOf(gpa) >= 0) {
       if (size === 1) m.writeU8(gpa, value);
       else if (size === 2) m.writeU16(gpa, value);
@@ -428,13 +429,13 @@ export class Vmm {
       );
     }
     const name = `dimm${this.nextDimm}`;
-    const gpa = this.hotplug.alloc(sizeBytes, DIMM_ALIGN, name);
+    const at = gpa(this.hotplug.alloc(sizeBytes, DIMM_ALIGN, name));
     try {
-      const b = this.addBlock(name, gpa, sizeBytes, true);
+      const b = this.addBlock(name, at, sizeBytes, true);
       this.nextDimm++;
       return b;
     } catch (e) {
-      this.hotplug.free(gpa);
+      this.hotplug.free(at);
       throw e;
     }
   }
@@ -444,7 +445,7 @@ export class Vmm {
    * UNMAP_DMA from every container, then munmap. EINVAL naming the blocks when no block matches; a failed UNMAP_DMA
    * (an mdev that would not unpin: EBUSY) leaves the block in place.
    */
-  unplugMemory(range: { readonly gpa: Gpa | number; readonly size: number }): void {
+  unplugMemory(range: { readonly gpa: Gpa; readonly size: number }): void {
     this.checkAlive("unplug memory");
     const b = this.memMap.exact(range.gpa, range.size);
     if (b === undefined) {
@@ -540,9 +541,9 @@ export class Vmm {
 
   // ---- internals -------------------------------------------------------------------------------------------------
 
-  private addBlock(name: string, gpa: number, size: number, hotplugged: boolean): RamBlock {
+  private addBlock(name: string, gpa: Gpa, size: number, hotplugged: boolean): RamBlock {
     const hva = this.process.mm.mmap(size, PROT_READ | PROT_WRITE, { name: `${this.name}:${name}` });
-    const block: RamBlock = { name, gpa: gpa as Gpa, size, hva: hva as Hva, hotplugged };
+    const block: RamBlock = { name, gpa, size, hva, hotplugged };
     this.memMap.add(block);
     try {
       this.space.mapBlock(block);
@@ -557,8 +558,8 @@ export class Vmm {
     return block;
   }
 
-  private lookup(device: GuestPciDevice): Attached {
-    const a = device instanceof VfioPciDevice ? this.attached.get(device) : undefined;
+  private lookup(device: AttachedDevice): Attached {
+    const a = device instanceof VfioPciFrontend ? this.attached.get(device) : undefined;
     if (a === undefined) {
       throw new KernelError(Errno.ENODEV, `${this.name}: ${device.name} is not attached to this VM`);
     }

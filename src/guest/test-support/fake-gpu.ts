@@ -58,7 +58,7 @@ import {
 } from "../../gpu/index.ts";
 import { PciConfigSpace } from "../../host/index.ts";
 import type { GmExtent } from "../gm.ts";
-import type { GuestMemory, GuestPageAllocator, GuestPciFunction, GuestPlatform, GuestTime } from "../platform.ts";
+import type { GuestPageAllocator, GuestPciFunction, GuestPlatform, GuestRam, GuestTime } from "../platform.ts";
 
 const TWO32 = 4294967296;
 export const FAKE_BAR0 = 0x40_0000_0000;
@@ -69,7 +69,7 @@ export const FAKE_LRI_ALLOWED = new Set([0x20c0, 0x22200]);
 
 // ---- memory and pages --------------------------------------------------------------------------------------------
 
-export class FakeMemory implements GuestMemory {
+export class FakeMemory implements GuestRam {
   private readonly pages = new Map<number, Uint8Array>();
   constructor(readonly size: number) {}
 

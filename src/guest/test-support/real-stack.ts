@@ -16,8 +16,7 @@ import type { MdevCore } from "../../mdev/index.ts";
 import { testWorld } from "../../mdev/testing.ts";
 import type { VfioCore, VfioPciDriver } from "../../vfio/index.ts";
 import { GvtParent } from "../../vgpu/index.ts";
-import { type GuestPciDevice, Vmm } from "../../vmm/index.ts";
-import { VmmGuestPlatform } from "./vmm-platform.ts";
+import { type AttachedDevice, Vmm, VmmGuestPlatform } from "../../vmm/index.ts";
 
 const MiB = 1024 * 1024;
 
@@ -40,7 +39,7 @@ export interface GuestOptions {
 /** One running guest. */
 export interface GuestVm {
   readonly vmm: Vmm;
-  readonly device: GuestPciDevice;
+  readonly device: AttachedDevice;
   readonly platform: VmmGuestPlatform;
 }
 
