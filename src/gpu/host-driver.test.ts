@@ -10,6 +10,8 @@ import {
   PCI_MSI_FLAGS,
   PCI_MSI_FLAGS_ENABLE,
 } from "../host/index.ts";
+// The type table lives with the vendor driver, above this layer; a test may assemble both.
+import { GVT_TYPES } from "../vgpu/index.ts";
 import { srcCopyBlt, storeDataImm, colorBlt as xyColorBlt } from "./commands.ts";
 import type { GpuResourceRequest, GpuResources, ShadowBuffer, SubmissionResult } from "./contract.ts";
 import { DEFAULT_COST } from "./cost.ts";
@@ -31,13 +33,10 @@ import {
 } from "./regs.ts";
 
 const PAGE = 4096;
-/** GVT-g's gen9 type table: aperture, hidden, fences. */
-const TYPES: Record<string, GpuResourceRequest> = {
-  GVTg_V5_8: { aperture: 64 * MiB, hidden: 384 * MiB, fences: 4 },
-  GVTg_V5_4: { aperture: 128 * MiB, hidden: 512 * MiB, fences: 4 },
-  GVTg_V5_2: { aperture: 256 * MiB, hidden: 1024 * MiB, fences: 4 },
-  GVTg_V5_1: { aperture: 512 * MiB, hidden: 2048 * MiB, fences: 4 },
-};
+/** What each of GVT-g's gen9 types asks of the host driver: the vendor driver's own table (src/vgpu/types.ts). */
+const TYPES: Record<string, GpuResourceRequest> = Object.fromEntries(
+  GVT_TYPES.map((t) => [t.id, { aperture: t.aperture, hidden: t.hidden, fences: t.fences }]),
+);
 
 function setup(opts: CreateGpuOptions & { iommu?: boolean; trace?: boolean } = {}) {
   const clock = new VirtualClock();

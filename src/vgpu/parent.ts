@@ -22,7 +22,15 @@ import type { GpuResources, HostGpu } from "../gpu/index.ts";
 import type { CoherentBuffer } from "../host/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
 import { GvtScheduler } from "./scheduler.ts";
-import { findGvtType, GVT_MAX_VGPUS, GVT_TYPES, type GvtTypeSpec, gvtAvailability, listedTypes } from "./types.ts";
+import {
+  findGvtType,
+  GVT_DRIVER_NAME,
+  GVT_MAX_VGPUS,
+  GVT_TYPES,
+  type GvtTypeSpec,
+  gvtAvailability,
+  listedTypes,
+} from "./types.ts";
 import { Vgpu } from "./vgpu.ts";
 
 declare module "../core/trace.ts" {
@@ -67,7 +75,7 @@ export interface GvtParentOptions {
 
 export class GvtParent implements MdevParentDriver {
   readonly parentName: string;
-  readonly driverName = "i915";
+  readonly driverName = GVT_DRIVER_NAME;
   readonly scheduler: GvtScheduler;
   private readonly gpu: HostGpu;
   private readonly tracer: Tracer;

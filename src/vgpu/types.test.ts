@@ -3,7 +3,16 @@ import { describe, it } from "node:test";
 import { Errno, KernelError } from "../core/index.ts";
 import type { GpuCapacity } from "../gpu/index.ts";
 import { MiB, nextUuid, VgpuWorld } from "./testing.ts";
-import { GVT_TYPES, gvtAvailability, listedTypes } from "./types.ts";
+import {
+  GVT_DRIVER_NAME,
+  GVT_TYPES,
+  gvtAvailability,
+  gvtDemand,
+  gvtFit,
+  gvtTypeDirName,
+  gvtTypeId,
+  listedTypes,
+} from "./types.ts";
 
 const cap = (over: Partial<GpuCapacity> = {}): GpuCapacity => ({
   apertureTotal: 512 * MiB,
@@ -66,6 +75,65 @@ describe("GVT-g type table", () => {
     );
     assert.equal(gvtAvailability(type(8), cap({ fencesFree: 3 }), 7).reason, "fences: 3 left, needs 4");
     assert.match(gvtAvailability(type(8), cap(), 0).reason!, /vGPU ids: all 7 in use/);
+  });
+});
+
+describe("whether several vGPUs fit (gvtFit)", () => {
+  it("adds up the types and names the first short resource with ENOSPC and its numbers", () => {
+    assert.deepEqual(gvtDemand([type(8), type(4)]), { vgpus: 2, aperture: 192 * MiB, hidden: 896 * MiB, fences: 8 });
+    assert.equal(gvtFit(["GVTg_V5_8", "i915-GVTg_V5_4", "GVTg_V5_8"], cap()), undefined, "either name form");
+    assert.equal(gvtFit(["GVTg_V5_2", "GVTg_V5_4"], cap()), undefined, "exactly the 384 MiB free");
+    assert.deepEqual(gvtFit(["GVTg_V5_2", "GVTg_V5_4", "GVTg_V5_8"], cap()), {
+      errno: Errno.ENOSPC,
+      message: "aperture: they need 448 MiB, 384 MiB is free for vGPUs",
+      resource: "aperture",
+      needs: 448 * MiB,
+      free: 384 * MiB,
+    });
+    const hidden = gvtFit(["GVTg_V5_8", "GVTg_V5_8"], cap({ hiddenFree: 500 * MiB }))!;
+    assert.deepEqual([hidden.resource, hidden.needs, hidden.free], ["hidden", 768 * MiB, 500 * MiB]);
+    assert.equal(hidden.message, "hidden graphics memory: they need 768 MiB, 500 MiB is free for vGPUs");
+    assert.equal(
+      gvtFit(["GVTg_V5_8", "GVTg_V5_8"], cap({ fencesFree: 5 }))!.message,
+      "fences: they need 8, 5 are free",
+    );
+  });
+
+  it("checks names and vGPU ids without a capacity (before the GPU exists)", () => {
+    const eight = Array.from({ length: 8 }, () => "GVTg_V5_8");
+    const ids = gvtFit(eight)!;
+    assert.deepEqual([ids.errno, ids.resource, ids.needs, ids.free], [Errno.ENOSPC, "vGPU ids", 8, 7]);
+    assert.match(ids.message, /^vGPU ids: they need 8, 7 of 7 are free/);
+    assert.equal(gvtFit(eight.slice(1)), undefined);
+    assert.equal(gvtFit(["GVTg_V5_8"], cap(), 0)!.resource, "vGPU ids");
+    const bad = gvtFit(["GVTg_V5_3"])!;
+    assert.deepEqual([bad.errno, bad.resource], [Errno.EINVAL, "type"]);
+    assert.match(bad.message, /unknown vGPU type "GVTg_V5_3"; GVT-g offers GVTg_V5_8, GVTg_V5_4/);
+  });
+
+  it("agrees with what the host driver then carves: a set that fits is created, one more is refused", () => {
+    const w = new VgpuWorld({ trace: false });
+    const want = ["GVTg_V5_2", "GVTg_V5_8", "GVTg_V5_8"];
+    assert.equal(gvtFit(want, w.driver.capacity()), undefined);
+    const uuids = want.map((t) => w.create(t));
+    assert.equal(gvtFit(["GVTg_V5_8"], w.driver.capacity())!.resource, "aperture");
+    assert.throws(
+      () => w.create("GVTg_V5_8"),
+      (e: unknown) => e instanceof KernelError && e.errno === Errno.ENOSPC,
+    );
+    for (const u of uuids) w.mdev.remove(u);
+  });
+
+  it("names types as sysfs does: i915-<type id>, and back", () => {
+    assert.equal(GVT_DRIVER_NAME, "i915");
+    assert.equal(gvtTypeDirName("GVTg_V5_8"), "i915-GVTg_V5_8");
+    assert.equal(gvtTypeDirName("i915-GVTg_V5_8"), "i915-GVTg_V5_8");
+    assert.equal(gvtTypeId("i915-GVTg_V5_4"), "GVTg_V5_4");
+    assert.equal(gvtTypeId("GVTg_V5_4"), "GVTg_V5_4");
+    const w = new VgpuWorld({ trace: false });
+    assert.equal(w.parent.driverName, GVT_DRIVER_NAME);
+    const dir = `/sys/class/mdev_bus/${w.parent.parentName}/mdev_supported_types/${gvtTypeDirName("GVTg_V5_8")}`;
+    assert.equal(w.host.sysfs.read(`${dir}/name`), "GVTg_V5_8\n");
   });
 });
 

@@ -14,13 +14,21 @@
  * GVT-g drops types that no longer fit the aperture; Linux decides that once at probe time, this model on every
  * listing. At most 7 vGPUs exist per GPU (8 ids, id 0 is the idle vGPU).
  *
+ * `gvtFit` answers the question a planner asks before creating anything: can vGPUs of these types all fit this GPU,
+ * and if not, which resource is short (errno and sentence). Types appear in sysfs as `i915-<type id>`
+ * (`GVT_DRIVER_NAME`, `gvtTypeDirName`); `gvtTypeId` takes either form back to the id.
+ *
  * Invariant: the table is ordered by ascending size (GVT-g's order, _8 first), and every size is a power of two
  * (each is also a vGPU's BAR2 size).
  */
+import { Errno } from "../core/index.ts";
 import type { GpuCapacity } from "../gpu/index.ts";
-import type { MdevAvailability, MdevTypeSpec } from "../mdev/index.ts";
+import { type MdevAvailability, type MdevTypeSpec, mdevTypeDirName } from "../mdev/index.ts";
 
 const MiB = 1024 * 1024;
+
+/** The driver name the GVT-g parent registers under: its types show in sysfs as `i915-<type id>`. */
+export const GVT_DRIVER_NAME = "i915";
 
 /** GVT_MAX_VGPU: vGPU ids 0..7; id 0 is the idle vGPU the scheduler runs when nobody has work. */
 export const GVT_MAX_VGPU_IDS = 8;
@@ -69,9 +77,20 @@ export const GVT_TYPES: readonly GvtTypeSpec[] = [
   gvtType(1, 512, 2048, 16, "1920x1200"),
 ];
 
-/** The table row of `typeId`, or undefined. */
+/** The table row of type id `typeId` ("GVTg_V5_8"; see `gvtTypeId` for a name with the driver prefix), or undefined. */
 export function findGvtType(typeId: string): GvtTypeSpec | undefined {
   return GVT_TYPES.find((t) => t.id === typeId);
+}
+
+/** The type id of a type named with or without the driver prefix: "i915-GVTg_V5_8" and "GVTg_V5_8" give "GVTg_V5_8". */
+export function gvtTypeId(name: string): string {
+  const prefix = `${GVT_DRIVER_NAME}-`;
+  return name.startsWith(prefix) ? name.slice(prefix.length) : name;
+}
+
+/** The directory of a type under mdev_supported_types: "GVTg_V5_8" (or "i915-GVTg_V5_8") gives "i915-GVTg_V5_8". */
+export function gvtTypeDirName(typeId: string): string {
+  return mdevTypeDirName(GVT_DRIVER_NAME, gvtTypeId(typeId));
 }
 
 const mib = (bytes: number): string => `${Math.floor(bytes / MiB)} MiB`;
@@ -102,4 +121,92 @@ function shortOf(what: string, largest: number, needs: number): string {
 /** The types offered now: those whose aperture size fits the largest free aperture range. */
 export function listedTypes(cap: GpuCapacity): readonly GvtTypeSpec[] {
   return GVT_TYPES.filter((t) => t.aperture <= cap.apertureLargestFree);
+}
+
+/** What vGPUs of several types take together from one GPU. */
+export interface GvtDemand {
+  readonly vgpus: number;
+  readonly aperture: number;
+  readonly hidden: number;
+  readonly fences: number;
+}
+
+/** The resource that stops a set of vGPUs from fitting, with its numbers (bytes for memory, counts otherwise). */
+export interface GvtShortage {
+  /** ENOSPC when a resource is short; EINVAL for a type name the table does not have. */
+  readonly errno: Errno;
+  /** "aperture: they need 1024 MiB, 384 MiB is free for vGPUs". */
+  readonly message: string;
+  readonly resource: "type" | "vGPU ids" | "aperture" | "hidden" | "fences";
+  readonly needs: number;
+  readonly free: number;
+}
+
+/** The sum of what the vGPUs of `types` take. */
+export function gvtDemand(types: readonly GvtTypeSpec[]): GvtDemand {
+  let aperture = 0;
+  let hidden = 0;
+  let fences = 0;
+  for (const t of types) {
+    aperture += t.aperture;
+    hidden += t.hidden;
+    fences += t.fences;
+  }
+  return { vgpus: types.length, aperture, hidden, fences };
+}
+
+/**
+ * Whether vGPUs of the types `typeIds` (one name per vGPU, with or without the `i915-` prefix) can all exist at once
+ * on a GPU whose host driver reports `cap`, with `idsLeft` vGPU ids free (default: all of them): undefined if they
+ * fit, else the first shortage in the order type names, vGPU ids, aperture, hidden, fences. Without `cap` only the
+ * names and the ids are checked (what can be known before the GPU exists).
+ *
+ * Totals are compared (free bytes, not the largest free range): exact for a GPU whose vGPU regions are each one free
+ * range (no vGPU created yet, or all destroyed), since partitions are carved first fit from the bottom; an upper bound
+ * once the free space is fragmented, and then `create` fails with the host driver's ENOSPC naming the range.
+ */
+export function gvtFit(
+  typeIds: readonly string[],
+  cap?: GpuCapacity,
+  idsLeft: number = GVT_MAX_VGPUS,
+): GvtShortage | undefined {
+  const types: GvtTypeSpec[] = [];
+  for (const name of typeIds) {
+    const t = findGvtType(gvtTypeId(name));
+    if (t === undefined) {
+      return {
+        errno: Errno.EINVAL,
+        message: `unknown vGPU type "${name}"; GVT-g offers ${GVT_TYPES.map((x) => x.id).join(", ")}`,
+        resource: "type",
+        needs: 1,
+        free: 0,
+      };
+    }
+    types.push(t);
+  }
+  const d = gvtDemand(types);
+  if (d.vgpus > idsLeft) {
+    return {
+      errno: Errno.ENOSPC,
+      message: `vGPU ids: they need ${d.vgpus}, ${idsLeft} of ${GVT_MAX_VGPUS} are free (ids 1..${GVT_MAX_VGPUS}; id 0 is the idle vGPU)`,
+      resource: "vGPU ids",
+      needs: d.vgpus,
+      free: idsLeft,
+    };
+  }
+  if (cap === undefined) return undefined;
+  const short = (resource: GvtShortage["resource"], what: string, needs: number, free: number): GvtShortage => ({
+    errno: Errno.ENOSPC,
+    message:
+      resource === "fences"
+        ? `fences: they need ${needs}, ${free} are free`
+        : `${what}: they need ${mib(needs)}, ${mib(free)} is free for vGPUs`,
+    resource,
+    needs,
+    free,
+  });
+  if (d.aperture > cap.apertureFree) return short("aperture", "aperture", d.aperture, cap.apertureFree);
+  if (d.hidden > cap.hiddenFree) return short("hidden", "hidden graphics memory", d.hidden, cap.hiddenFree);
+  if (d.fences > cap.fencesFree) return short("fences", "fences", d.fences, cap.fencesFree);
+  return undefined;
 }
