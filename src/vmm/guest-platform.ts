@@ -23,7 +23,7 @@ import { type Gpa, gpa, type VirtualClock } from "../core/index.ts";
 import { BlockPageAllocator } from "./guest-pages.ts";
 import type { InterruptHandler } from "./irq.ts";
 import type { MappedGuestRam } from "./memory.ts";
-import type { AttachedDevice } from "./vfio-pci-dev.ts";
+import type { AttachedDevice } from "./vfio-pci.ts";
 import type { Vmm } from "./vmm.ts";
 
 /** Guest time over the host's virtual clock. */

@@ -10,5 +10,7 @@ export * from "./irq.ts";
 export * from "./memory.ts";
 export * from "./pci-bus.ts";
 export { VfioSpace, type VfioSpaceEnv, VmmContainer, VmmGroup } from "./vfio-container.ts";
-export * from "./vfio-pci-dev.ts";
+export * from "./vfio-interrupts.ts";
+export * from "./vfio-pci.ts";
+export * from "./vfio-region.ts";
 export * from "./vmm.ts";

@@ -55,7 +55,7 @@ import {
 } from "./memory.ts";
 import { allOnes, GuestPciBus, WindowAllocator } from "./pci-bus.ts";
 import { failed, VfioSpace, type VmmGroup, within } from "./vfio-container.ts";
-import { type AttachedDevice, VfioPciFrontend } from "./vfio-pci-dev.ts";
+import { type AttachedDevice, VfioPciFrontend } from "./vfio-pci.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {

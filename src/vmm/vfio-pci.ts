@@ -1,58 +1,36 @@
 /**
  * The generic vfio-pci device frontend (QEMU hw/vfio/pci.c): turns an open VFIO device fd into a PCI function on the
  * guest's bus, knowing nothing about the device behind it. An mdev vGPU, an mtty and a whole physical device take the
- * same path; everything is learned through the VFIO ioctls and the config region.
+ * same path; everything is learned through the VFIO ioctls and the config region. This file is the device and its
+ * config space; its BARs are vfio-region.ts and its interrupts vfio-interrupts.ts.
  *
  * Realize (vfio_realize): GET_INFO (must be a PCI device with a config region), GET_REGION_INFO of every region,
- * GET_IRQ_INFO of INTx and MSI, a read of the whole config region, then for each BAR: its kind from the BAR
- * register's low bits, its size from REGION_INFO (as QEMU does) cross-checked by a sizing probe (all ones written to
- * the BAR register through the config region, read back, restored; a disagreement is a `vmm.warn` event and the region
- * size wins), a naturally aligned address in the guest's window (pci-bus.ts), and an mmap of the parts the region
- * allows (MMAP flag, SPARSE_MMAP areas); the rest is trapped (pread/pwrite on the device fd). Then the VMM does what
- * the guest's firmware would: programs the BAR addresses and the interrupt line through the config region and turns
- * on I/O and memory decoding in the command register.
+ * GET_IRQ_INFO of INTx and MSI, a read of the whole config region, the BARs realized (kinds, sizes, placement, mmap:
+ * vfio-region.ts). Then the VMM does what the guest's firmware would: programs the BAR addresses and the interrupt line
+ * through the config region and turns on I/O and memory decoding in the command register; then it wires the
+ * interrupts (vfio-interrupts.ts).
  *
  * The guest's config space: the device's config region, with QEMU's emulated bits on top. BARs (0x10-0x27), the ROM
  * BAR (no ROM is exposed: it reads 0), the interrupt line, and the MSI capability's flags, address and data are
  * emulated: reads come from the VMM's copy, writes update it under a write mask (BAR sizing probes by the guest read
  * back ~(size - 1) | flags). Every guest write is also passed to the device, as QEMU does (the kernel virtualizes
  * what it must). Writes to BARs or to the command register re-evaluate the guest mappings (pci_update_mappings: a BAR
- * decodes only while its space is enabled and its address is valid).
+ * decodes only while its space is enabled and its address is valid); writes to the MSI capability go to the
+ * interrupt wiring.
  *
- * Interrupts (vfio_intx_enable, vfio_msi_enable): INTx is wired at realize when the device has a pin and an INTx
- * index (eventfd, SET_IRQS TRIGGER; after each injection the VMM's EOI is SET_IRQS UNMASK, see irq.ts). When the
- * guest sets the MSI Enable bit of the emulated capability, INTx is torn down and one eventfd per enabled vector is
- * given with SET_IRQS MSI; clearing it goes back to INTx. With `msi: "attach"` (the default) the VMM enables MSI
- * itself at realize for devices that have the capability, as a guest driver would right away. The vector a handler
- * receives is the MSI data the guest programmed (plus the vector index), or the interrupt line number for INTx.
- * Devices without an MSI capability (mtty) stay on INTx even if their MSI index exists, as in QEMU.
- *
- * Guest accesses that fail on the device side (an EIO from the device fd) read as all ones and drop writes, with a
- * `vmm.warn` event, as QEMU reports and carries on: a guest cannot receive an errno.
+ * Guest config accesses that fail on the device side (an EIO from the device fd) read as all ones and drop writes,
+ * with a `vmm.warn` event, as QEMU reports and carries on: a guest cannot receive an errno.
  *
  * Not modelled: MSI-X, the expansion ROM, VGA regions, device-specific regions and quirks, PCI Express capabilities
  * (passed through as the device shows them), migration, the display (QUERY_GFX_PLANE), ioeventfds, sub-page BARs.
  *
- * Invariants: a BAR is in the guest's dispatch iff `mapped`; its window allocation lives from realize to release; the
- * interrupt mode is "msi" iff MSI eventfds are set, "intx" iff the INTx eventfd is set.
+ * Invariants: the emulated bytes (`emuMask` 0xff) are the VMM's only: the guest reads them from `emu`; the command
+ * register's decode bits are `command`; after realize every BAR's decoding matches its register and `command`.
  */
-import {
-  defineTraceEvents,
-  Errno,
-  type Hva,
-  hex,
-  isKernelError,
-  KernelError,
-  PAGE_SIZE,
-  roundUpPowerOfTwo,
-  type Tracer,
-} from "../core/index.ts";
+import { defineTraceEvents, Errno, type Hva, hex, isKernelError, KernelError, type Tracer } from "../core/index.ts";
 import {
   type BarKind,
   PCI_BASE_ADDRESS_0,
-  PCI_BASE_ADDRESS_MEM_PREFETCH,
-  PCI_BASE_ADDRESS_MEM_TYPE_64,
-  PCI_BASE_ADDRESS_SPACE_IO,
   PCI_CAP_ID_MSI,
   PCI_CAPABILITY_LIST,
   PCI_COMMAND,
@@ -77,73 +55,35 @@ import {
   type Process,
 } from "../host/index.ts";
 import {
-  encodeVfioIrqSet,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
-  VFIO_DEVICE_SET_IRQS,
   VFIO_IRQ_INFO_EVENTFD,
-  VFIO_IRQ_SET_ACTION_UNMASK,
-  VFIO_IRQ_SET_DATA_NONE,
-  VFIO_PCI_BAR5_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_INTX_IRQ_INDEX,
   VFIO_PCI_MSI_IRQ_INDEX,
-  VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
   type VfioDeviceHandle,
   type VfioIrqInfoReply,
-  type VfioRegionInfoReply,
 } from "../vfio/index.ts";
-import { EventfdIrq, type InterruptSource, IntxLine } from "./irq.ts";
-import { formatBytes } from "./memory.ts";
-import {
-  allOnes,
-  type BarAccess,
-  type ConfigAccess,
-  type GuestPciBus,
-  guestBdf,
-  type WindowAllocator,
-} from "./pci-bus.ts";
+import type { InterruptSource } from "./irq.ts";
+import { allOnes, type ConfigAccess, type GuestPciBus, guestBdf } from "./pci-bus.ts";
+import { type VfioIrqEnv, VfioPciIrqs } from "./vfio-interrupts.ts";
+import { realizeBars, type VfioBar, type VfioRegionEnv } from "./vfio-region.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
-    "vmm.bar.place": {
-      vm: string;
-      device: string;
-      bar: number;
-      kind: string;
-      gpa: number;
-      size: number;
-      regionSize: number;
-      probedSize: number;
-      mmap: boolean;
-    };
-    "vmm.bar.map": { vm: string; device: string; bar: number; gpa: number; mapped: boolean };
-    "vmm.msi.enable": { vm: string; device: string; vectors: number; data: number };
-    "vmm.msi.disable": { vm: string; device: string };
-    "vmm.intx.enable": { vm: string; device: string; line: number };
     "vmm.warn": { vm: string; device: string; message: string };
   }
 }
 defineTraceEvents("vmm", {
-  "vmm.bar.place":
-    "{vm}: {device} BAR{bar} ({kind}, {size} bytes, region {regionSize}, probe {probedSize}) at {gpa}, mmap {mmap}",
-  "vmm.bar.map": "{vm}: {device} BAR{bar} at {gpa} decoding {mapped}",
-  "vmm.msi.enable": "{vm}: {device} MSI enabled with {vectors} vector(s), data {data}",
-  "vmm.msi.disable": "{vm}: {device} MSI disabled, back to INTx",
-  "vmm.intx.enable": "{vm}: {device} INTx wired to line {line}",
   "vmm.warn": "{vm}: {device}: {message}",
 });
 
 /** What the guest's firmware gives INTx pins: PC-style PIRQ lines, swizzled by slot. */
 const INTX_LINES: readonly number[] = [10, 11, 5, 9];
-/** The x86 MSI address (local APIC 0) the VMM programs when it enables MSI itself. */
-export const MSI_ADDRESS = 0xfee00000;
-/** The MSI data (vector) the VMM programs for the device in slot s: MSI_DATA_BASE + s. */
-export const MSI_DATA_BASE = 0x40;
 
-/** One BAR as the guest sees it. */
+/** One BAR of an attached device, as the VMM placed it and the guest's register now points it. */
 export interface GuestBar {
   readonly index: number;
   readonly kind: BarKind;
@@ -162,7 +102,7 @@ export interface GuestBar {
   readonly mmapAreas: readonly { readonly offset: number; readonly size: number; readonly hva: Hva }[];
 }
 
-/** The guest's view of an attached device. */
+/** A device attached to the VM (what `Vmm.attach` returns): its identity, its BARs, config cycles, interrupts. */
 export interface AttachedDevice {
   /** The VFIO device name (the mdev UUID or the PCI BDF). */
   readonly name: string;
@@ -184,22 +124,6 @@ export interface AttachedDevice {
   eoi(): void;
 }
 
-interface BarState {
-  readonly index: number;
-  readonly kind: BarKind;
-  readonly prefetchable: boolean;
-  /** The low flag bits of the BAR register (read-only for the guest). */
-  readonly flags: number;
-  readonly size: number;
-  readonly regionSize: number;
-  readonly regionOffset: number;
-  readonly window: WindowAllocator;
-  placedAt: number;
-  mapped: boolean;
-  mappedAt: number;
-  readonly areas: { offset: number; end: number; size: number; hva: Hva }[];
-}
-
 export interface VfioPciFrontendEnv {
   readonly vm: string;
   readonly proc: Process;
@@ -218,7 +142,7 @@ function overlaps(off: number, size: number, start: number, len: number): boolea
 }
 
 /** A vfio-pci device on the guest's bus. */
-export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess {
+export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
   readonly name: string;
   readonly sysfsdev: string;
   readonly group: number;
@@ -228,7 +152,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
   private readonly tracer: Tracer;
   private readonly vm: string;
   private readonly env: VfioPciFrontendEnv;
-  private readonly barStates: (BarState | undefined)[] = [];
+  private barStates: (VfioBar | undefined)[] = [];
   private infoFlags = 0;
   private configOffset = 0;
   private configSize = 0;
@@ -243,13 +167,8 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
   private msiCap = 0;
   private msiDataOffset = 0;
   private msiMaxVectors = 0;
-  private intx: IntxLine | undefined;
-  private intxFd = -1;
-  private msiIrqs: EventfdIrq[] = [];
-  private msiFds: number[] = [];
-  private mode: "none" | "intx" | "msi" = "none";
-  /** Prebuilt SET_IRQS INTx UNMASK: the EOI path issues it without allocating. */
-  private readonly unmaskBuf: Uint8Array;
+  /** The interrupt wiring, from realize on. */
+  private irqs: VfioPciIrqs | undefined;
   private readonly scratchBuf = new ArrayBuffer(8);
   private readonly s1 = new Uint8Array(this.scratchBuf, 0, 1);
   private readonly s2 = new Uint8Array(this.scratchBuf, 0, 2);
@@ -271,12 +190,6 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     this.proc = env.proc;
     this.tracer = env.tracer;
     this.vm = env.vm;
-    this.unmaskBuf = encodeVfioIrqSet({
-      flags: VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_DATA_NONE,
-      index: VFIO_PCI_INTX_IRQ_INDEX,
-      start: 0,
-      count: 1,
-    });
   }
 
   // ---- AttachedDevice --------------------------------------------------------------------------------------------
@@ -307,7 +220,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
   }
 
   get irqMode(): "none" | "intx" | "msi" {
-    return this.mode;
+    return this.irqs?.mode ?? "none";
   }
 
   get interrupts(): { readonly delivered: number; readonly intx: number; readonly msi: number } {
@@ -316,7 +229,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
   }
 
   eoi(): void {
-    this.intx?.eoi();
+    this.irqs?.eoi();
   }
 
   // ---- realize ---------------------------------------------------------------------------------------------------
@@ -374,9 +287,40 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     this.emuMask = new Uint8Array(this.configSize);
     this.wmask = new Uint8Array(this.configSize);
     this.setupEmulation(phys);
-    this.setupBars(phys);
+    this.barStates = realizeBars(this.regionEnv(), phys, {
+      read32: (off) => this.devRead32(off),
+      write32: (off, v) => this.devWrite32(off, v),
+    });
+    for (const b of this.barStates) if (b !== undefined) this.setBarWriteMask(b);
+    this.irqs = new VfioPciIrqs(this.irqEnv(), {
+      emu: this.emu,
+      intx: this.intxInfo !== undefined,
+      msiCap: this.msiCap,
+      msiDataOffset: this.msiDataOffset,
+      msiMaxVectors: this.msiMaxVectors,
+    });
     this.firmwareProgram();
-    this.setupInterrupts();
+    this.irqs.setup();
+  }
+
+  private regionEnv(): VfioRegionEnv {
+    const { vm, proc, tracer, env } = this;
+    return { vm, device: this.name, proc, handle: this.handle, tracer, bus: env.bus, warn: (m) => this.warn(m) };
+  }
+
+  private irqEnv(): VfioIrqEnv {
+    const { vm, proc, tracer, env } = this;
+    return {
+      vm,
+      device: this.name,
+      proc,
+      handle: this.handle,
+      tracer,
+      source: env.source,
+      slot: this.slot,
+      msi: env.msi,
+      warn: (m) => this.warn(m),
+    };
   }
 
   private optionalIrqInfo(index: number, numIrqs: number): VfioIrqInfoReply | undefined {
@@ -430,115 +374,14 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     for (let i = 0; i < size; i++) this.wmask[off + i] = Math.floor(mask / 256 ** i) & 0xff;
   }
 
-  /** Kinds from the BAR registers, sizes from REGION_INFO (cross-checked), placement, mmap of what may be mapped. */
-  private setupBars(phys: Uint8Array): void {
-    const dv = new DataView(phys.buffer);
-    for (let i = 0; i <= VFIO_PCI_BAR5_REGION_INDEX; i++) {
-      const r = this.handle.regionInfo(i);
-      if (r.size === 0) continue;
-      const low = dv.getUint32(PCI_BASE_ADDRESS_0 + 4 * i, true);
-      const io = (low & PCI_BASE_ADDRESS_SPACE_IO) !== 0;
-      const is64 = !io && (low & 0x6) === PCI_BASE_ADDRESS_MEM_TYPE_64;
-      if (is64 && i === VFIO_PCI_BAR5_REGION_INDEX) {
-        throw new KernelError(Errno.EINVAL, `${this.name}: BAR5 claims to be 64-bit, which needs a BAR6`);
-      }
-      const kind: BarKind = io ? "io" : is64 ? "mem64" : "mem32";
-      const prefetchable = !io && (low & PCI_BASE_ADDRESS_MEM_PREFETCH) !== 0;
-      const size = Math.max(roundUpPowerOfTwo(r.size), io ? 4 : 16);
-      const probed = this.probeBarSize(i, kind);
-      if (probed !== size && this.tracer.enabled) {
-        this.warn(
-          `BAR${i}: the sizing probe says ${probed} bytes, REGION_INFO ${r.size} (decoded as ${size}): using REGION_INFO`,
-        );
-      }
-      const window = io ? this.env.bus.io : is64 ? this.env.bus.mmio64 : this.env.bus.mmio32;
-      const align = io ? size : Math.max(size, PAGE_SIZE);
-      const placedAt = window.alloc(size, align, `${this.name} BAR${i}`);
-      const b: BarState = {
-        index: i,
-        kind,
-        prefetchable,
-        flags: io ? low & 0x3 : low & 0xf,
-        size,
-        regionSize: r.size,
-        regionOffset: r.offset,
-        window,
-        placedAt,
-        mapped: false,
-        mappedAt: 0,
-        areas: [],
-      };
-      this.barStates[i] = b;
-      this.setBarWriteMask(b);
-      if ((r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0 && !io) this.mmapBar(b, r);
-      if (this.tracer.enabled) {
-        this.tracer.emit("vmm.bar.place", {
-          vm: this.vm,
-          device: this.name,
-          bar: i,
-          kind,
-          gpa: placedAt,
-          size,
-          regionSize: r.size,
-          probedSize: probed,
-          mmap: b.areas.length > 0,
-        });
-      }
-      if (is64) i++;
-    }
-  }
-
-  /** The sizing probe on the device's config region: all ones, read back, restore. 0 if the device refuses. */
-  private probeBarSize(i: number, kind: BarKind): number {
-    const off = PCI_BASE_ADDRESS_0 + 4 * i;
-    try {
-      const lo0 = this.devRead32(off);
-      this.devWrite32(off, 0xffffffff);
-      const lo = this.devRead32(off);
-      this.devWrite32(off, lo0);
-      if (kind === "io") {
-        let mask = (lo & ~0x3) >>> 0;
-        if ((mask & 0xffff0000) === 0) mask = (mask | 0xffff0000) >>> 0; // 16-bit I/O decoders (Linux does the same)
-        return mask === 0 ? 0 : 2 ** 32 - mask;
-      }
-      const lomask = (lo & ~0xf) >>> 0;
-      if (kind === "mem32") return lomask === 0 ? 0 : 2 ** 32 - lomask;
-      const hi0 = this.devRead32(off + 4);
-      this.devWrite32(off + 4, 0xffffffff);
-      const hi = this.devRead32(off + 4);
-      this.devWrite32(off + 4, hi0);
-      if (hi === 0 && lomask === 0) return 0;
-      return (0xffffffff - hi) * 2 ** 32 + (2 ** 32 - lomask);
-    } catch (e) {
-      if (isKernelError(e)) return 0;
-      throw e;
-    }
-  }
-
   /** The guest may write the address bits of a BAR (not its flags, not the bits below its size). */
-  private setBarWriteMask(b: BarState): void {
+  private setBarWriteMask(b: VfioBar): void {
     const off = PCI_BASE_ADDRESS_0 + 4 * b.index;
     const lowMask = b.size >= 2 ** 32 ? 0 : (2 ** 32 - b.size) >>> 0;
     this.setMask(off, 4, (lowMask & ~(b.kind === "io" ? 0x3 : 0xf)) >>> 0);
     if (b.kind === "mem64") {
       const hiMask = b.size > 2 ** 32 ? (0xffffffff - (b.size / 2 ** 32 - 1)) >>> 0 : 0xffffffff;
       this.setMask(off + 4, 4, hiMask);
-    }
-  }
-
-  private mmapBar(b: BarState, r: VfioRegionInfoReply): void {
-    const areas = r.sparseMmap ?? [{ offset: 0, size: r.size }];
-    for (const a of areas) {
-      if (a.size === 0 || a.offset % PAGE_SIZE !== 0 || a.size % PAGE_SIZE !== 0 || a.offset + a.size > r.size) {
-        continue; // QEMU skips areas it cannot map and traps them instead
-      }
-      try {
-        const hva = this.handle.mmap(b.index, a.offset, a.size);
-        b.areas.push({ offset: a.offset, end: a.offset + a.size, size: a.size, hva });
-      } catch (e) {
-        if (!isKernelError(e)) throw e;
-        this.warn(`BAR${b.index}: mmap of ${formatBytes(a.size)} at ${hex(a.offset)} failed (${e.code}): trapping it`);
-      }
     }
   }
 
@@ -567,149 +410,6 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     this.devWrite16(PCI_COMMAND, cmd);
     this.command = cmd & (PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE);
     this.updateMappings();
-  }
-
-  private setupInterrupts(): void {
-    if (this.env.msi === "attach" && this.msiCap !== 0) {
-      const cap = this.msiCap;
-      this.setEmu32(cap + PCI_MSI_ADDRESS_LO, MSI_ADDRESS);
-      this.emu[this.msiDataOffset] = (MSI_DATA_BASE + this.slot) & 0xff;
-      this.emu[this.msiDataOffset + 1] = 0;
-      this.emu[cap + PCI_MSI_FLAGS]! |= PCI_MSI_FLAGS_ENABLE;
-      try {
-        this.msiEnable();
-      } catch (e) {
-        if (!isKernelError(e)) throw e;
-        // msiEnable went back to INTx, as QEMU does when MSI setup fails.
-        this.warn(`MSI setup failed (${e.code}): ${e.message}; using INTx`);
-      }
-    } else {
-      this.enableIntx();
-    }
-  }
-
-  // ---- interrupts ------------------------------------------------------------------------------------------------
-
-  private enableIntx(): void {
-    if (this.intxInfo === undefined || this.emu[PCI_INTERRUPT_LINE] === 0 || this.intx !== undefined) return;
-    const fd = this.proc.eventfd();
-    const line = new IntxLine(
-      this.proc.eventfdOf(fd),
-      this.env.source,
-      () => this.emu[PCI_INTERRUPT_LINE]!,
-      () => void this.proc.ioctl(this.handle.fd, VFIO_DEVICE_SET_IRQS, this.unmaskBuf),
-      this.tracer,
-    );
-    try {
-      this.handle.setIrqsEventfd(VFIO_PCI_INTX_IRQ_INDEX, 0, [fd]);
-    } catch (e) {
-      line.dispose();
-      this.proc.close(fd);
-      throw e;
-    }
-    this.intx = line;
-    this.intxFd = fd;
-    this.mode = "intx";
-    if (this.tracer.enabled) {
-      this.tracer.emit("vmm.intx.enable", { vm: this.vm, device: this.name, line: this.emu[PCI_INTERRUPT_LINE]! });
-    }
-  }
-
-  private disableIntx(): void {
-    if (this.intx === undefined) return;
-    try {
-      this.handle.setIrqsNone(VFIO_PCI_INTX_IRQ_INDEX, 0, 0, "trigger");
-    } catch (e) {
-      if (!isKernelError(e)) throw e;
-      this.warn(`disabling INTx failed (${e.code}): ${e.message}`);
-    }
-    this.intx.dispose();
-    this.proc.close(this.intxFd);
-    this.intx = undefined;
-    this.intxFd = -1;
-    if (this.mode === "intx") this.mode = "none";
-  }
-
-  /** vfio_msi_enable: INTx off, one eventfd per vector the guest enabled (Queue Size), SET_IRQS MSI. */
-  private msiEnable(): void {
-    const flags = this.emu[this.msiCap + PCI_MSI_FLAGS]!;
-    const n = Math.max(1, Math.min(1 << ((flags & PCI_MSI_FLAGS_QSIZE) >> 4), this.msiMaxVectors));
-    this.disableIntx();
-    const fds: number[] = [];
-    const irqs: EventfdIrq[] = [];
-    for (let i = 0; i < n; i++) {
-      const fd = this.proc.eventfd();
-      fds.push(fd);
-      const vector = i;
-      irqs.push(new EventfdIrq(this.proc.eventfdOf(fd), () => this.env.source.inject(this.msiVector(vector), "msi")));
-    }
-    try {
-      this.handle.setIrqsEventfd(VFIO_PCI_MSI_IRQ_INDEX, 0, fds);
-    } catch (e) {
-      for (const irq of irqs) irq.dispose();
-      for (const fd of fds) this.proc.close(fd);
-      this.emu[this.msiCap + PCI_MSI_FLAGS]! &= ~PCI_MSI_FLAGS_ENABLE;
-      this.enableIntx(); // QEMU falls back to INTx
-      throw e;
-    }
-    this.msiIrqs = irqs;
-    this.msiFds = fds;
-    this.mode = "msi";
-    if (this.tracer.enabled) {
-      this.tracer.emit("vmm.msi.enable", { vm: this.vm, device: this.name, vectors: n, data: this.msiVector(0) });
-    }
-  }
-
-  private msiDisable(reenableIntx: boolean): void {
-    if (this.msiFds.length === 0) return;
-    try {
-      this.handle.setIrqsNone(VFIO_PCI_MSI_IRQ_INDEX, 0, 0, "trigger");
-    } catch (e) {
-      if (!isKernelError(e)) throw e;
-      this.warn(`disabling MSI failed (${e.code}): ${e.message}`);
-    }
-    for (const irq of this.msiIrqs) irq.dispose();
-    for (const fd of this.msiFds) this.proc.close(fd);
-    this.msiIrqs = [];
-    this.msiFds = [];
-    this.mode = "none";
-    if (this.tracer.enabled) this.tracer.emit("vmm.msi.disable", { vm: this.vm, device: this.name });
-    if (reenableIntx) this.enableIntx();
-  }
-
-  /** The vector MSI vector `i` delivers: the guest's data with the vector number in its low bits. */
-  private msiVector(i: number): number {
-    const data = this.emu[this.msiDataOffset]! | (this.emu[this.msiDataOffset + 1]! << 8);
-    const n = this.msiFds.length > 0 ? this.msiFds.length : 1;
-    return (data & ~(n - 1)) | i;
-  }
-
-  /** The guest changed the MSI capability: follow its Enable bit and vector count. */
-  private msiUpdate(): void {
-    const flags = this.emu[this.msiCap + PCI_MSI_FLAGS]!;
-    const enabled = (flags & PCI_MSI_FLAGS_ENABLE) !== 0;
-    const active = this.msiFds.length > 0;
-    try {
-      if (enabled && !active) this.msiEnable();
-      else if (!enabled && active) this.msiDisable(true);
-      else if (enabled && active) {
-        const want = Math.max(1, Math.min(1 << ((flags & PCI_MSI_FLAGS_QSIZE) >> 4), this.msiMaxVectors));
-        if (want !== this.msiFds.length) {
-          this.msiDisable(false);
-          this.msiEnable();
-        }
-      }
-    } catch (e) {
-      if (!isKernelError(e)) throw e;
-      this.warn(`MSI ${enabled ? "enable" : "disable"} failed (${e.code}): ${e.message}`);
-    }
-  }
-
-  /** Tears down whichever interrupt is active (QEMU's vfio_disable_interrupts). */
-  private disableInterrupts(): void {
-    this.msiDisable(false);
-    this.disableIntx();
-    this.mode = "none";
   }
 
   // ---- guest config space ----------------------------------------------------------------------------------------
@@ -770,7 +470,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     }
     if (remap) this.updateMappings();
     if (this.msiCap !== 0 && overlaps(offset, size, this.msiCap, this.msiDataOffset + 2 - this.msiCap))
-      this.msiUpdate();
+      this.irqs?.msiConfigChanged();
   }
 
   private validConfigAccess(offset: number, size: number): boolean {
@@ -785,7 +485,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
 
   // ---- guest mappings --------------------------------------------------------------------------------------------
 
-  private barRegisterAddress(b: BarState): number {
+  private barRegisterAddress(b: VfioBar): number {
     const off = PCI_BASE_ADDRESS_0 + 4 * b.index;
     const lo = this.emu32(off);
     if (b.kind === "io") return (lo & ~0x3) >>> 0;
@@ -798,74 +498,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     for (const b of this.barStates) {
       if (b === undefined) continue;
       const enabled = (this.command & (b.kind === "io" ? PCI_COMMAND_IO : PCI_COMMAND_MEMORY)) !== 0;
-      const addr = this.barRegisterAddress(b);
-      const last = addr + b.size - 1;
-      const limit = b.kind === "io" ? 0x10000 : b.kind === "mem32" ? 0xffffffff : 2 ** 52;
-      const ok = enabled && addr !== 0 && last < limit;
-      if (ok === b.mapped && (!ok || addr === b.mappedAt)) continue;
-      const space = b.kind === "io" ? this.env.bus.ioSpace : this.env.bus.memSpace;
-      if (b.mapped) {
-        space.unmap(this, b.index);
-        b.mapped = false;
-      }
-      if (ok) {
-        try {
-          space.map(addr, b.size, this, b.index, `${this.name} BAR${b.index}`);
-          b.mapped = true;
-          b.mappedAt = addr;
-        } catch (e) {
-          if (!isKernelError(e)) throw e;
-          this.warn(`BAR${b.index} at ${hex(addr)} cannot decode: ${e.message}`);
-        }
-      }
-      if (this.tracer.enabled) {
-        this.tracer.emit("vmm.bar.map", { vm: this.vm, device: this.name, bar: b.index, gpa: addr, mapped: b.mapped });
-      }
-    }
-  }
-
-  // ---- BarAccess: the guest's MMIO and port I/O ------------------------------------------------------------------
-
-  barRead(bar: number, offset: number, size: number): number {
-    const b = this.barStates[bar]!;
-    if (offset + size > b.regionSize) return allOnes(size);
-    const s = this.scratch(size);
-    const areas = b.areas;
-    for (let k = 0; k < areas.length; k++) {
-      const a = areas[k]!;
-      if (offset >= a.offset && offset + size <= a.end) {
-        this.proc.mm.read((a.hva + (offset - a.offset)) as Hva, s, 0, size);
-        return this.decode(size);
-      }
-    }
-    try {
-      this.proc.pread(this.handle.fd, s, b.regionOffset + offset);
-    } catch (e) {
-      if (!isKernelError(e)) throw e;
-      if (this.tracer.enabled) this.warn(`BAR${bar} read of ${size} at ${hex(offset)} failed (${e.code})`);
-      return allOnes(size);
-    }
-    return this.decode(size);
-  }
-
-  barWrite(bar: number, offset: number, size: number, value: number): void {
-    const b = this.barStates[bar]!;
-    if (offset + size > b.regionSize) return;
-    const s = this.scratch(size);
-    this.encode(size, value);
-    const areas = b.areas;
-    for (let k = 0; k < areas.length; k++) {
-      const a = areas[k]!;
-      if (offset >= a.offset && offset + size <= a.end) {
-        this.proc.mm.write((a.hva + (offset - a.offset)) as Hva, s, 0, size);
-        return;
-      }
-    }
-    try {
-      this.proc.pwrite(this.handle.fd, s, b.regionOffset + offset);
-    } catch (e) {
-      if (!isKernelError(e)) throw e;
-      if (this.tracer.enabled) this.warn(`BAR${bar} write of ${size} at ${hex(offset)} failed (${e.code})`);
+      b.updateDecoding(enabled, this.barRegisterAddress(b));
     }
   }
 
@@ -882,7 +515,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
         `${this.name} does not support VFIO_DEVICE_RESET (GET_INFO flags ${hex(this.infoFlags)} lack RESET)`,
       );
     }
-    this.disableInterrupts();
+    this.irqs?.disableAll();
     this.devWrite16(
       PCI_COMMAND,
       this.devRead16(PCI_COMMAND) & ~(PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER),
@@ -890,13 +523,9 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
     this.command = 0;
     this.updateMappings();
     this.handle.reset();
-    if (this.msiCap !== 0) {
-      // The guest's MSI state is reset with the function (pci_device_reset).
-      this.emu[this.msiCap + PCI_MSI_FLAGS]! &= ~(PCI_MSI_FLAGS_ENABLE | PCI_MSI_FLAGS_QSIZE);
-      this.emu.fill(0, this.msiCap + PCI_MSI_ADDRESS_LO, this.msiDataOffset + 2);
-    }
+    this.irqs?.resetMsiState();
     this.firmwareProgram();
-    this.setupInterrupts();
+    this.irqs?.setup();
   }
 
   /** Whether the device supports VFIO_DEVICE_RESET. */
@@ -918,15 +547,8 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
         error ??= e;
       }
     };
-    attempt(() => this.disableInterrupts());
-    for (const b of this.barStates) {
-      if (b === undefined) continue;
-      if (b.mapped) (b.kind === "io" ? this.env.bus.ioSpace : this.env.bus.memSpace).unmap(this, b.index);
-      b.mapped = false;
-      b.window.free(b.placedAt);
-      for (const a of b.areas) attempt(() => this.proc.mm.munmap(a.hva, a.size));
-      b.areas.length = 0;
-    }
+    attempt(() => this.irqs?.disableAll());
+    for (const b of this.barStates) b?.release(attempt);
     attempt(() => this.handle.close());
     this.env.source.clear();
     this.released = true;
@@ -935,17 +557,8 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess, BarAccess 
 
   /** The process died: nothing to close (exit closed every fd); forget the guest mappings. */
   forget(): void {
-    for (const b of this.barStates) {
-      if (b === undefined) continue;
-      if (b.mapped) (b.kind === "io" ? this.env.bus.ioSpace : this.env.bus.memSpace).unmap(this, b.index);
-      b.mapped = false;
-      b.window.free(b.placedAt);
-      b.areas.length = 0;
-    }
-    this.intx = undefined;
-    this.msiIrqs = [];
-    this.msiFds = [];
-    this.mode = "none";
+    for (const b of this.barStates) b?.forget();
+    this.irqs?.forget();
     this.env.source.clear();
     this.released = true;
   }
