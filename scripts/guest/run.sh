@@ -84,10 +84,10 @@ LOG=$WORK/serial.log
 SERVE_PID=
 QEMU_PID=
 # shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-  [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
-  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null
-  wait 2>/dev/null
+cleanup() { # (errexit is on: nothing here may fail before the rm)
+  if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; fi
+  if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
