@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { KernelError } from "../core/index.ts";
+import { type Gma, gma, KernelError } from "../core/index.ts";
 import { GmRegionAllocator } from "./gm-region-allocator.ts";
 
 const P = 4096;
@@ -13,13 +13,13 @@ describe("GmRegionAllocator", () => {
     const y = a.alloc(3 * P);
     const z = a.alloc(5 * P);
     assert.deepEqual([x, y, z], [16 * P, 18 * P, 21 * P]);
-    assert.equal(a.alloc(P), -1, "full");
-    assert.equal(a.release(y), 3 * P);
+    assert.equal(a.alloc(P), undefined, "full");
+    assert.equal(a.release(y!), 3 * P);
     assert.equal(a.largestFree(), 3 * P);
-    assert.equal(a.alloc(4 * P), -1, "3 pages free");
-    a.release(x);
+    assert.equal(a.alloc(4 * P), undefined, "3 pages free");
+    a.release(x!);
     assert.deepEqual(a.freeExtents(), [{ base: 16 * P, size: 5 * P }], "merged with the hole after it");
-    a.release(z);
+    a.release(z!);
     assert.deepEqual(a.freeExtents(), [{ base: 16 * P, size: 10 * P }]);
     a.check();
   });
@@ -29,9 +29,9 @@ describe("GmRegionAllocator", () => {
     assert.equal(a.alloc(P), P);
     assert.equal(a.alloc(4 * P, 8 * P), 8 * P);
     assert.throws(() => a.alloc(100), KernelError);
-    assert.throws(() => a.release(3 * P), /not allocated/);
-    a.release(P);
-    assert.throws(() => a.release(P), /double free/);
+    assert.throws(() => a.release(gma(3 * P)), /not allocated/);
+    a.release(gma(P));
+    assert.throws(() => a.release(gma(P)), /double free/);
     a.check();
   });
 
@@ -41,11 +41,11 @@ describe("GmRegionAllocator", () => {
         fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 12 }), fc.nat()), { maxLength: 60 }),
         (ops) => {
           const a = new GmRegionAllocator("p", 8 * P, 64 * P);
-          const live: number[] = [];
+          const live: Gma[] = [];
           for (const [alloc, pages, pick] of ops) {
             if (alloc || live.length === 0) {
               const base = a.alloc(pages * P);
-              if (base >= 0) live.push(base);
+              if (base !== undefined) live.push(base);
               else assert.ok(a.largestFree() < pages * P, "alloc failed although a range fits");
             } else {
               const [base] = live.splice(pick % live.length, 1);

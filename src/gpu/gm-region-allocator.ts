@@ -10,7 +10,7 @@
  * Invariants (checked by `check()`): free extents are sorted, disjoint, non-adjacent and inside the range; allocated
  * pieces are inside the range and disjoint from each other and from free extents; free + allocated bytes = the range.
  */
-import { Errno, hex, KernelError, PAGE_SIZE } from "../core/index.ts";
+import { Errno, type Gma, hex, KernelError, PAGE_SIZE } from "../core/index.ts";
 
 export class GmRegionAllocator {
   readonly name: string;
@@ -54,8 +54,11 @@ export class GmRegionAllocator {
     return m;
   }
 
-  /** The lowest base of a free piece of `size` bytes (a multiple of 4 KiB) aligned to `align`, or -1. */
-  alloc(size: number, align = PAGE_SIZE): number {
+  /**
+   * The lowest base of a free piece of `size` bytes (a multiple of 4 KiB) aligned to `align`, or undefined when no
+   * free extent holds one. The allocator is where graphics memory addresses are minted: its pieces are `Gma`s.
+   */
+  alloc(size: number, align = PAGE_SIZE): Gma | undefined {
     if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0) {
       throw new KernelError(
         Errno.EINVAL,
@@ -85,13 +88,13 @@ export class GmRegionAllocator {
       }
       this.live.set(at, size);
       this.freeBytes -= size;
-      return at;
+      return at as Gma;
     }
-    return -1;
+    return undefined;
   }
 
   /** Frees the piece allocated at `base`; returns its size. EINVAL if nothing is allocated there. */
-  release(base: number): number {
+  release(base: Gma): number {
     const size = this.live.get(base);
     if (size === undefined) {
       throw new KernelError(
@@ -128,7 +131,7 @@ export class GmRegionAllocator {
   }
 
   /** Size of the piece allocated at `base`, or undefined. */
-  sizeAt(base: number): number | undefined {
+  sizeAt(base: Gma): number | undefined {
     return this.live.get(base);
   }
 

@@ -1,8 +1,13 @@
 /**
  * gpu: the physical GPU (a gen9-like Intel integrated GPU as a PCI device model: GGTT, engines with ring buffers, the
  * blitter, GT interrupts, an engine time cost model) and the i915-like host graphics driver that owns it and offers
- * `HostGpu` (contract.ts) to the vGPU vendor driver. `regs.ts` is the register map; docs/gpu-programming.md is the
- * datasheet. Depends on core and host.
+ * `HostGpu` (contract.ts) to the vGPU vendor driver. `regs.ts` is the register map and `commands.ts` the one encoder
+ * of each command; docs/gpu-programming.md is the datasheet. Depends on core and host.
+ *
+ * The host driver is `host-driver.ts` (its face: probe, interrupts, unbind, the HostGpu methods) over parts that are
+ * not exported here: host-partitions.ts (GM and fences between host and vGPUs), host-buffers.ts (the driver's own
+ * DMA-coherent buffers, shadow buffers and their observer), host-submission.ts (rings and queues on the engines),
+ * host-invariants.ts (the checks that they never collide) and host-mmio.ts (register access).
  */
 export * from "./blitter.ts";
 export * from "./commands.ts";
