@@ -55,8 +55,8 @@ export interface SubmissionResult {
   readonly faults: number;
   /** Set when the engine stopped on a malformed command. */
   readonly error?: string;
-  /** MI_USER_INTERRUPT commands executed (whether or not the interrupt was masked). Added by src/gpu. */
-  readonly userInterrupts?: number;
+  /** MI_USER_INTERRUPT commands executed (whether or not the interrupt was masked). */
+  readonly userInterrupts: number;
 }
 
 export interface Submission {

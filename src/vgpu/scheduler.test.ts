@@ -18,7 +18,7 @@ class FakeEngines implements WorkSink {
     const ns = this.busyNs(s);
     this.busyUntil.set(s.engine, start + ns);
     this.ran.push({ owner: s.owner, engine: s.engine, at: start });
-    const r: SubmissionResult = { busyNs: ns, commands: s.commands.length, faults: 0 };
+    const r: SubmissionResult = { busyNs: ns, commands: s.commands.length, faults: 0, userInterrupts: 0 };
     this.clock.at(start + ns, () => s.onComplete(r));
   }
 }

@@ -576,8 +576,8 @@ export class Vgpu implements VfioDeviceOps {
     if (result.error !== undefined) {
       this.irq.raise(engine, GT_CS_MASTER_ERROR_INTERRUPT, `${engine} engine error: ${result.error}`);
     }
-    // The engine's count when it reports one (it executed what the scanner counted, unless it stopped early).
-    if ((result.userInterrupts ?? scan.userInterrupts) > 0) {
+    // The engine's count: it executed what the scanner counted, unless it stopped early.
+    if (result.userInterrupts > 0) {
       this.irq.raise(engine, GT_RENDER_USER_INTERRUPT, `${engine} user interrupt`);
     }
   }
