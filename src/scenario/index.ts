@@ -6,9 +6,13 @@
  */
 export * from "./checker.ts";
 export * from "./explain.ts";
+export { type FairnessWindow, jainIndex } from "./fairness.ts";
 export * from "./gpus.ts";
 export * from "./report.ts";
 export * from "./runner.ts";
 export * from "./schema.ts";
+export { DEFAULT_WAIT_TIMEOUT_NS, WAIT_POLL_NS } from "./steps.ts";
 export * from "./system.ts";
+export type { TeardownResult } from "./teardown.ts";
 export * from "./units.ts";
+export type { KeptBuffer, VmRun } from "./vm-run.ts";

@@ -18,14 +18,9 @@ import { PAGE_SIZE } from "../core/index.ts";
 import type { AttackOutcome, WorkloadResult } from "../guest/index.ts";
 import { describeViolation, type Violation } from "./checker.ts";
 import { type Explanation, formatExplanation } from "./explain.ts";
-import {
-  type FairnessWindow,
-  type RunError,
-  type RunOptions,
-  ScenarioRun,
-  type StepRecord,
-  type TeardownResult,
-} from "./runner.ts";
+import type { FairnessWindow } from "./fairness.ts";
+import { type RunError, type RunOptions, ScenarioRun, type StepRecord } from "./runner.ts";
+import type { TeardownResult } from "./teardown.ts";
 import { formatPercent, formatSize, formatStamp, formatTime } from "./units.ts";
 
 export interface VmReport {
