@@ -36,6 +36,7 @@ import {
   VirtualClock,
 } from "../core/index.ts";
 import { GuestGpuDriver, type GuestGpuDriverOptions } from "../guest/index.ts";
+import { gvtTypeDirName } from "../vgpu/index.ts";
 import { Vmm, VmmGuestPlatform } from "../vmm/index.ts";
 import { IsolationChecker } from "./checker.ts";
 import { type Explanation, explainGma } from "./explain.ts";
@@ -319,7 +320,7 @@ export class ScenarioRun {
       }
       const uuid = uuidFrom(uuidRng);
       const parent = d.kind === "vgpu" ? this.gpuNamed(d.gpu).bdf : d.parent;
-      const typeDir = d.kind === "vgpu" ? `i915-${d.type}` : (d.type ?? "mtty-1");
+      const typeDir = d.kind === "vgpu" ? gvtTypeDirName(d.type) : (d.type ?? "mtty-1");
       sys.sysfs.write(`/sys/class/mdev_bus/${parent}/mdev_supported_types/${typeDir}/create`, `${uuid}\n`);
       v.mdevs.push({ uuid, parent, kind: d.kind, removed: false });
       attachments.push({ sysfsdev: `/sys/bus/mdev/devices/${uuid}` });

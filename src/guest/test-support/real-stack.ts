@@ -15,7 +15,7 @@ import { GiB, type Host, parseBdf } from "../../host/index.ts";
 import type { MdevCore } from "../../mdev/index.ts";
 import { testWorld } from "../../mdev/testing.ts";
 import type { VfioCore, VfioPciDriver } from "../../vfio/index.ts";
-import { GvtParent } from "../../vgpu/index.ts";
+import { GvtParent, gvtTypeDirName } from "../../vgpu/index.ts";
 import { type AttachedDevice, Vmm, VmmGuestPlatform } from "../../vmm/index.ts";
 
 const MiB = 1024 * 1024;
@@ -91,9 +91,7 @@ export class VgpuStack extends BaseStack {
   createVgpu(typeId = "GVTg_V5_8"): string {
     const uuid = `6e7a1f00-0000-4000-8000-${(++this.uuids).toString(16).padStart(12, "0")}`;
     const types = `/sys/class/mdev_bus/${this.parent.parentName}/mdev_supported_types`;
-    const dir = this.host.sysfs.readdir(types).find((d) => d.endsWith(typeId));
-    if (dir === undefined) throw new Error(`the GPU does not offer type ${typeId}`);
-    this.host.sysfs.write(`${types}/${dir}/create`, `${uuid}\n`);
+    this.host.sysfs.write(`${types}/${gvtTypeDirName(typeId)}/create`, `${uuid}\n`);
     return `/sys/bus/mdev/devices/${uuid}`;
   }
 
