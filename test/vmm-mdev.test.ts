@@ -58,7 +58,7 @@ describe("vmm: mdevs that pin on demand", () => {
     const dimm = vmm.plugMemory(64 * MiB);
     assert.equal(dimm.gpa, vmm.layout.hotplug.start);
     assert.equal(dimm.name, "dimm0");
-    parent.pinAtOpen = dimm.gpa + 0x3000;
+    parent.pinAtOpen = gpa(dimm.gpa + 0x3000);
     const sysfsdev = createMdev(h, "pintest", "pintest-pin", PIN_UUID);
     const dev = vmm.attach({ sysfsdev });
     const pin = parent.devices.get(PIN_UUID)!;

@@ -30,7 +30,7 @@
  * Not covered: CPU accesses (the vendor driver's vfio_dma_rw and the host driver's own CPU writes are not device
  * DMA), DMA by devices other than the watched GPUs, ATS translation requests made outside a context.
  */
-import { defineTraceEvents, hex, type Iova, PAGE_SIZE, type Pfn } from "../core/index.ts";
+import { defineTraceEvents, hex, type Iova, iova, PAGE_SIZE, type Pfn } from "../core/index.ts";
 import { GTT_ENTRIES, gen8PteDecode } from "../gpu/index.ts";
 import type { Atc, DeviceDma, Host } from "../host/index.ts";
 import type { GpuInstance } from "./gpus.ts";
@@ -388,7 +388,7 @@ export class IsolationChecker {
    * Reverse GGTT lookup of the DMA page holding `iova` (slow: only for recorded violations). Several entries may map
    * one page; the vGPU's own partition is searched first, as its work can only have used its own GMAs.
    */
-  private gmaOf(w: GpuWatch, iova: number, vgpu: number | undefined): number | undefined {
+  private gmaOf(w: GpuWatch, iova: Iova, vgpu: number | undefined): number | undefined {
     const page = iova - (iova % PAGE_SIZE);
     const ggtt = w.inst.gpu.ggtt;
     const find = (first: number, count: number): number | undefined => {
@@ -411,7 +411,8 @@ export class IsolationChecker {
     if (dmaAddr < 0) return -1;
     const iommu = this.host.iommu;
     if (!iommu.enabled) return Math.floor(dmaAddr / PAGE_SIZE);
-    const hpa = iommu.domainOf(w.inst.gpu.bdf).iovaToPhys(dmaAddr as Iova);
+    // A GGTT entry holds a DMA address, an IOVA behind the IOMMU: the PTE decode is where it gets its kind.
+    const hpa = iommu.domainOf(w.inst.gpu.bdf).iovaToPhys(iova(dmaAddr));
     return hpa < 0 ? -1 : Math.floor(hpa / PAGE_SIZE);
   }
 

@@ -19,11 +19,21 @@
  *
  * Reading changes nothing: no fault is taken, no IOTLB lookup counted (the IOMMU's page table is read directly).
  */
-import { Errno, type Gpa, type Hva, hex, type Iova, KernelError, PAGE_SIZE, type Pfn } from "../core/index.ts";
+import {
+  gpa as asGpa,
+  iova as asIova,
+  Errno,
+  type Gpa,
+  type Hpa,
+  hex,
+  type Iova,
+  KernelError,
+  PAGE_SIZE,
+} from "../core/index.ts";
 import { GTT_ENTRIES, gen8PteDecode } from "../gpu/index.ts";
-import type { Host } from "../host/index.ts";
+import { type Host, pfnToHpa } from "../host/index.ts";
 import type { Vgpu } from "../vgpu/index.ts";
-import type { Vmm } from "../vmm/index.ts";
+import { hvaIn, type Vmm } from "../vmm/index.ts";
 import type { GpuInstance } from "./gpus.ts";
 import { formatSize } from "./units.ts";
 
@@ -86,7 +96,8 @@ function explainVgpu(t: ExplainTarget, vgpu: Vgpu, gma: number): Explanation {
   // 1. The guest's own entry, in the vGPU's virtual GTT.
   const pte = vgpu.gtt.readHalf(index, 0) + vgpu.gtt.readHalf(index, 1) * TWO32;
   const gpaPage = gen8PteDecode(pte);
-  const gpa = gpaPage < 0 ? -1 : gpaPage + offset;
+  // The guest's PTE holds a guest-physical address: its decode is where the number becomes a GPA.
+  const gpa: Gpa | -1 = gpaPage < 0 ? -1 : asGpa(gpaPage + offset);
   layers.push({
     layer: "guest GTT entry",
     holder: `vgpu${vgpu.id}'s virtual GTT[${hex(index)}] (the guest wrote ${hex(pte)} at BAR0 + ${hex(0x800000 + index * 8)})`,
@@ -94,7 +105,7 @@ function explainVgpu(t: ExplainTarget, vgpu: Vgpu, gma: number): Explanation {
     to: gpa < 0 ? "not present" : `GPA ${hex(gpa)}`,
     value: gpa,
   });
-  if (gpa < 0) {
+  if (gpa === -1) {
     return done(
       false,
       vgpu.gtt.inPartition(gma, 1) ? "the guest has not mapped this GMA" : "outside the vGPU's partition",
@@ -161,9 +172,10 @@ function explainAssigned(t: ExplainTarget, gma: number): Explanation {
     agree,
     note,
   });
-  if (iova < 0) return done(false, "the guest has not mapped this GMA");
-  // The IOVA is a GPA: type1 mapped guest RAM at IOVA = GPA.
-  const hpaFromMm = ramLayers(t, iova, layers);
+  if (iova === -1) return done(false, "the guest has not mapped this GMA");
+  // The guest wrote a guest-physical address into the physical GGTT, and the VMM mapped guest RAM at IOVA = GPA in
+  // type1's domain: the same number is both (a decode of the guest's own entry, not a conversion).
+  const hpaFromMm = ramLayers(t, asGpa(iova), layers);
   const hpa = iommuLayer(t, iova, layers);
   const agree = hpaFromMm >= 0 && hpa === hpaFromMm;
   return done(
@@ -175,7 +187,7 @@ function explainAssigned(t: ExplainTarget, gma: number): Explanation {
 }
 
 /** Layers 2 and 3: RAM block (GPA -> HVA) and page table (HVA -> HPA). Returns the HPA or -1. */
-function ramLayers(t: ExplainTarget, gpa: number, layers: ExplainLayer[]): number {
+function ramLayers(t: ExplainTarget, gpa: Gpa, layers: ExplainLayer[]): Hpa | -1 {
   const block = t.vmm.ramBlocks().find((b) => gpa >= b.gpa && gpa < b.gpa + b.size);
   if (block === undefined) {
     layers.push({
@@ -190,24 +202,24 @@ function ramLayers(t: ExplainTarget, gpa: number, layers: ExplainLayer[]): numbe
     });
     return -1;
   }
-  const hva = block.hva + (gpa - block.gpa);
+  const hva = hvaIn(block, gpa);
   layers.push({
     layer: "VMM RAM block",
     holder: `${t.vm} RAM block "${block.name}" (GPA ${hex(block.gpa)} + ${formatSize(block.size)} at HVA ${hex(block.hva)}; type1's MAP_DMA entry)`,
-    from: `GPA ${hex(gpa as Gpa)}`,
+    from: `GPA ${hex(gpa)}`,
     to: `HVA ${hex(hva)}`,
     value: hva,
   });
   const mm = t.vmm.process.mm;
-  const pfn = mm.exited ? undefined : mm.translate(hva as Hva);
+  const pfn = mm.exited ? undefined : mm.translate(hva);
   const pm = t.host.physmem;
-  const hpa = pfn === undefined ? -1 : pfn * PAGE_SIZE + (hva % PAGE_SIZE);
+  const hpa = pfn === undefined ? -1 : pfnToHpa(pfn, hva % PAGE_SIZE);
   layers.push({
     layer: "process page table",
     holder:
       pfn === undefined
         ? `${t.vmm.process.comm} (pid ${t.vmm.process.pid}): no page mapped at this HVA`
-        : `${t.vmm.process.comm} (pid ${t.vmm.process.pid}) page table: pfn ${hex(pfn)}, pin count ${pm.pinCount(pfn as Pfn)}`,
+        : `${t.vmm.process.comm} (pid ${t.vmm.process.pid}) page table: pfn ${hex(pfn)}, pin count ${pm.pinCount(pfn)}`,
     from: `HVA ${hex(hva)}`,
     to: hpa < 0 ? "not mapped" : `HPA ${hex(hpa)}`,
     value: hpa,
@@ -221,10 +233,11 @@ function physicalGgttLayer(
   offset: number,
   what: string,
   layers: ExplainLayer[],
-): number {
+): Iova | -1 {
   const pte = t.gpu.gpu.ggtt.read(index);
   const page = gen8PteDecode(pte);
-  const iova = page < 0 ? -1 : page + offset;
+  // A physical GGTT entry holds a DMA address: an IOVA behind the IOMMU (its decode is the edge).
+  const iova: Iova | -1 = page < 0 ? -1 : asIova(page + offset);
   layers.push({
     layer: "physical GGTT entry",
     holder: `${t.gpu.name} (${t.gpu.bdf}) GGTT[${hex(index)}] = ${hex(pte)} (${what})`,
@@ -235,9 +248,9 @@ function physicalGgttLayer(
   return iova;
 }
 
-function iommuLayer(t: ExplainTarget, iova: number, layers: ExplainLayer[]): number {
+function iommuLayer(t: ExplainTarget, iova: Iova | -1, layers: ExplainLayer[]): number {
   const iommu = t.host.iommu;
-  if (iova < 0) return -1;
+  if (iova === -1) return -1;
   if (!iommu.enabled) {
     layers.push({
       layer: "IOMMU",
@@ -249,7 +262,7 @@ function iommuLayer(t: ExplainTarget, iova: number, layers: ExplainLayer[]): num
     return iova;
   }
   const domain = iommu.domainOf(t.gpu.gpu.bdf);
-  const hpa = domain.iovaToPhys(iova as Iova);
+  const hpa = domain.iovaToPhys(iova);
   const atc =
     iommu.device(t.gpu.gpu.bdf).atc !== undefined ? "; the GPU's ATC caches it (ATS)" : "; the IOTLB caches it";
   layers.push({

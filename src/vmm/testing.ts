@@ -13,7 +13,7 @@
  * With `stubborn`, dma_unmap does not unpin (a buggy vendor driver): type1 then fails UNMAP_DMA with EBUSY.
  */
 import assert from "node:assert/strict";
-import { Errno, type Iova, KernelError, PAGE_SIZE } from "../core/index.ts";
+import { Errno, type Gpa, gpa, type Iova, KernelError, PAGE_SIZE } from "../core/index.ts";
 import { type Host, PciConfigSpace } from "../host/index.ts";
 import type { MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
 import { type TestWorld, testWorld } from "../mdev/testing.ts";
@@ -37,6 +37,7 @@ import {
   type VfioDeviceOps,
   type VfioDmaAccess,
 } from "../vfio/index.ts";
+import { iovaOfGpa } from "../vgpu/index.ts";
 
 const MiB = 1024 * 1024;
 
@@ -91,18 +92,18 @@ export class PinDevice implements VfioDeviceOps {
   });
   dma: VfioDmaAccess | undefined;
   /** GPAs pinned now (one page each). */
-  readonly pinned = new Set<number>();
+  readonly pinned = new Set<Gpa>();
   readonly log: string[] = [];
   unmapNotifications = 0;
   private pendingHigh = 0;
-  private lastPinned = -1;
+  private lastPinned: Gpa | -1 = -1;
   private intx: IrqTrigger | null = null;
   private intxMasked = false;
 
   constructor(
     readonly name: string,
     /** Pinned at open (a vendor driver that pins its ring at open). */
-    private readonly pinAtOpen: number | undefined,
+    private readonly pinAtOpen: Gpa | undefined,
     private readonly stubborn: boolean,
   ) {}
 
@@ -113,7 +114,7 @@ export class PinDevice implements VfioDeviceOps {
   }
 
   close(): void {
-    for (const gpa of [...this.pinned]) this.unpin(gpa);
+    for (const page of [...this.pinned]) this.unpin(page);
     this.intx = null;
     this.dma = undefined;
     this.log.push("close");
@@ -172,14 +173,14 @@ export class PinDevice implements VfioDeviceOps {
     }
     switch (offset) {
       case 0x00:
-        this.pin(this.pendingHigh * 2 ** 32 + v);
+        this.pin(gpa(this.pendingHigh * 2 ** 32 + v)); // the register's value: a GPA
         this.pendingHigh = 0;
         break;
       case 0x04:
         this.pendingHigh = v;
         break;
       case 0x0c:
-        if (this.lastPinned >= 0) this.dma?.dmaRw(this.lastPinned as Iova, buf, true);
+        if (this.lastPinned !== -1) this.dma?.dmaRw(iovaOfGpa(this.lastPinned), buf, true);
         break;
       case 0x10:
         if (this.intx !== null && !this.intxMasked) {
@@ -195,19 +196,19 @@ export class PinDevice implements VfioDeviceOps {
     this.unmapNotifications++;
     this.log.push(`dmaUnmap ${iova.toString(16)} ${length.toString(16)}`);
     if (this.stubborn) return;
-    for (const gpa of [...this.pinned]) if (gpa >= iova && gpa < iova + length) this.unpin(gpa);
+    for (const page of [...this.pinned]) if (page >= iova && page < iova + length) this.unpin(page);
   }
 
-  private pin(gpa: number): void {
-    const page = gpa - (gpa % PAGE_SIZE);
+  private pin(at: Gpa): void {
+    const page = gpa(at - (at % PAGE_SIZE));
     if (this.dma === undefined || this.pinned.has(page)) return;
-    this.dma.pinPages(page as Iova, 1, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
+    this.dma.pinPages(iovaOfGpa(page), 1, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
     this.pinned.add(page);
     this.lastPinned = page;
   }
 
-  private unpin(page: number): void {
-    this.dma?.unpinPages(page as Iova, 1);
+  private unpin(page: Gpa): void {
+    this.dma?.unpinPages(iovaOfGpa(page), 1);
     this.pinned.delete(page);
   }
 }
@@ -215,7 +216,7 @@ export class PinDevice implements VfioDeviceOps {
 /** The pin test parent: one type, "pintest-pin"; `pinAtOpen` and `stubborn` apply to devices created afterwards. */
 export function pinParent(): MdevParentDriver & {
   devices: Map<string, PinDevice>;
-  pinAtOpen: number | undefined;
+  pinAtOpen: Gpa | undefined;
   stubborn: boolean;
 } {
   const devices = new Map<string, PinDevice>();
@@ -224,7 +225,7 @@ export function pinParent(): MdevParentDriver & {
     driverName: "pintest",
     types: [{ id: "pin", name: "pin", description: "pins guest pages on request", deviceApi: "vfio-pci" as const }],
     devices,
-    pinAtOpen: undefined as number | undefined,
+    pinAtOpen: undefined as Gpa | undefined,
     stubborn: false,
     availability: () => ({ instances: 8 - devices.size }),
     create(uuid: string): MdevDeviceInstance {
