@@ -13,7 +13,7 @@
  * Not modelled: GPUs added or removed at run time, a GPU moved between i915 and vfio-pci.
  */
 import type { Tracer } from "../core/index.ts";
-import { type CostModel, createGpu, GpuDevice, type HostGpuDriver, type ShadowObserver } from "../gpu/index.ts";
+import { type CostModel, createGpu, GpuDevice, type HostGpuDriver } from "../gpu/index.ts";
 import { type Host, parseBdf } from "../host/index.ts";
 import type { VfioPciDriver } from "../vfio/index.ts";
 import { GvtParent } from "../vgpu/index.ts";
@@ -29,29 +29,6 @@ export interface GpuInstance {
   /** i915 only. */
   readonly hostDriver: HostGpuDriver | undefined;
   readonly parent: GvtParent | undefined;
-  /** @deprecated i915 only: use `hostDriver.setShadowObserver`. */
-  readonly observed: ShadowObservable | undefined;
-}
-
-/** Told about every shadow buffer the vendor driver allocates (`alive` true) and frees (false). */
-export type ShadowListener = ShadowObserver;
-
-/**
- * @deprecated The shadow observer of the host driver, for callers written against the old `ObservedHostGpu`:
- * `onShadow(fn)` is `hostDriver.setShadowObserver(fn)` and returns the function that removes it. Use
- * `GpuInstance.hostDriver.setShadowObserver` instead.
- */
-export interface ShadowObservable {
-  onShadow(fn: ShadowListener): () => void;
-}
-
-function shadowObservable(driver: HostGpuDriver): ShadowObservable {
-  return {
-    onShadow(fn) {
-      driver.setShadowObserver(fn);
-      return () => driver.setShadowObserver(undefined);
-    },
-  };
 }
 
 export interface GpuOptions {
@@ -96,7 +73,6 @@ export function createMediatedGpu(host: Host, opts: MediatedGpuOptions): GpuInst
     group: created.group,
     hostDriver: created.driver,
     parent,
-    observed: shadowObservable(created.driver),
   };
 }
 
@@ -123,6 +99,5 @@ export function createAssignedGpu(host: Host, vfioPci: VfioPciDriver, tracer: Tr
     group,
     hostDriver: undefined,
     parent: undefined,
-    observed: undefined,
   };
 }
