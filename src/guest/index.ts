@@ -3,8 +3,9 @@
  * only, so it drives a vGPU, a whole passed-through GPU, or a fake. The driver (driver.ts) probes, balloons (gm.ts),
  * maps guest pages through GTT entries, runs rings (ring.ts) of encoded commands (commands.ts) with interrupt-driven
  * fences; workloads.ts runs self-checking fills and copies; hostile.ts is the malicious guest's attack set.
- * Depends on core, host (PCI constants) and gpu (register tables). Test support (fake machine, VMM adapter, real
- * stack assembly) lives in test-support/ and is not exported.
+ * Depends on core, host (PCI constants) and gpu (register tables). The in-process VMM provides the platform
+ * (src/vmm/guest-platform.ts). Test support (a fake machine, the real stack assembly) lives in test-support/ and is
+ * not exported.
  */
 export * from "./commands.ts";
 export * from "./driver.ts";

@@ -1,8 +1,11 @@
 /**
- * scenario: whole systems from a config (system.ts, gpus.ts), scenario files (schema.ts), the runner that executes
- * them deterministically on a virtual clock (runner.ts) with the guest's view of a VM (guest-platform.ts), the isolation checker that checks every DMA (checker.ts), reports (report.ts) and the translation
- * chain of one access (explain.ts). Depends on every layer below: core, host, vfio, mdev, devices, gpu, vgpu, vmm,
- * guest.
+ * scenario: whole systems from a config (system.ts, gpus.ts), scenario files (schema.ts), and the runner that executes
+ * them deterministically on a virtual clock (runner.ts: the order of a run and its records) with its parts: the checks
+ * before a run (prechecks.ts), the step handlers (steps.ts), the VM records (vm-run.ts), fairness windows
+ * (fairness.ts), check metrics (metrics.ts), host limits met in the vendor driver (diagnose.ts) and the teardown audit
+ * (teardown.ts); the isolation checker that checks every DMA (checker.ts), reports (report.ts) and the translation
+ * chain of one access (explain.ts). The guest's platform inside a VM is the VMM's (vmm/guest-platform.ts). Depends on
+ * every layer below: core, host, vfio, mdev, devices, gpu, vgpu, vmm, guest.
  */
 export * from "./checker.ts";
 export * from "./explain.ts";

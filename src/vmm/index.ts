@@ -1,8 +1,11 @@
 /**
- * vmm: a QEMU-like VMM. One host process owns guest RAM laid out like a PC and attaches devices by sysfs path through
- * the VFIO ioctl interface only (containers, groups, device fds), with one generic vfio-pci frontend for every device:
- * an mdev vGPU, an mtty, a whole physical device. The guest's side is its MMIO and port I/O, its PCI config cycles,
- * its RAM and its interrupt handlers. Depends on core, host and vfio.
+ * vmm: a QEMU-like VMM. One host process owns guest RAM laid out like a PC (memory.ts) and attaches devices by sysfs
+ * path through the VFIO ioctl interface only (vfio-container.ts: containers, groups, device fds), with one generic
+ * vfio-pci frontend for every device (vfio-pci.ts, with its BARs in vfio-region.ts and its interrupts in
+ * vfio-interrupts.ts): an mdev vGPU, an mtty, a whole physical device. The guest's side is its MMIO and port I/O
+ * (pci-bus.ts), its PCI config cycles, its RAM and its interrupt handlers (irq.ts); for a guest driver the VMM provides
+ * the machine as guest/platform.ts describes it (guest-platform.ts, with the guest kernel's page allocator in
+ * guest-pages.ts). Depends on core, host and vfio.
  */
 export * from "./guest-pages.ts";
 export * from "./guest-platform.ts";
