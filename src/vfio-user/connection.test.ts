@@ -1,10 +1,12 @@
 /**
  * Channel over real socketpairs in process: framing across reads, fds matched to their message, protocol errors that
- * drop the connection, synchronous waits and their timeout, and the two bounds on a peer that stops reading.
+ * drop the connection, synchronous waits and their timeout, the two bounds on a peer that stops reading, and buffers
+ * that start small, grow with the messages and shrink back when idle.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Errno, isKernelError, SystemClock } from "../core/index.ts";
+import fc from "fast-check";
+import { Errno, isKernelError, NS_PER_MS, SystemClock, VirtualClock } from "../core/index.ts";
 import { Channel, type ChannelOptions, type Frame, type ProtocolErrorInfo } from "./connection.ts";
 import {
   closeFd,
@@ -16,7 +18,7 @@ import {
   setSocketBuffer,
   unixSocketPair,
 } from "./native.ts";
-import { HEADER_SIZE, VfioUserHeader } from "./protocol.ts";
+import { HEADER_SIZE, VFIO_USER_F_TYPE_REPLY, VfioUserHeader } from "./protocol.ts";
 
 const OPTS: ChannelOptions = {
   label: "test channel",
@@ -41,7 +43,7 @@ function message(id: number, cmd: number, payload: number[] | Uint8Array = [], s
 /** Raw sender: writes exactly these bytes (and fds) with one sendmsg. */
 class Raw {
   private readonly io = new MsgIo(8);
-  private readonly buf = new NativeBuffer(1 << 16);
+  private readonly buf = new NativeBuffer(1 << 18);
   constructor(readonly fd: number) {}
   send(bytes: Uint8Array, fds?: number[]): number {
     this.buf.bytes.set(bytes);
@@ -298,5 +300,118 @@ describe("Channel waits and sending", () => {
     for (let i = 0; i < 500 && !tx.closed; i++) tx.send(i, 9, 1, 0, payload);
     assert.match(reason ?? "", /stopped reading/);
     closeFd(b);
+  });
+});
+
+describe("Channel buffers", () => {
+  const pattern = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+
+  it("starts with a few KiB, grows to fit a large message, and returns to the initial size when idle", () => {
+    const clock = new VirtualClock();
+    const t = setup({ maxMsgSize: 128 * 1024, clock, bufferIdleMs: 1000 });
+    const initial = t.ch.bufferBytes;
+    assert.ok(initial <= 16 * 1024, `an idle channel holds a few KiB, not two maximal messages: ${initial} bytes`);
+    const big = pattern(100_000, 3);
+    t.raw.send(message(1, 9, big));
+    t.ch.drain();
+    assert.equal(t.frames.length, 1);
+    assert.deepEqual(t.frames[0]!.payload, [...big]);
+    assert.ok(t.ch.bufferBytes >= 100_000, "the receive buffer grew to the message");
+    assert.ok(t.ch.bufferBytes <= 2 * (2 * 128 * 1024 + 64 * 1024), "and no further than its ceiling");
+    const view = t.ch.payloadBuffer(50_000);
+    view.set(pattern(50_000, 5));
+    t.ch.commit(2, 9, 1, 0, 50_000);
+    const grown = t.ch.bufferBytes;
+    // A large message within each idle period keeps the buffers.
+    clock.advance(1000 * NS_PER_MS);
+    assert.equal(t.ch.bufferBytes, grown, "used in this period: kept");
+    clock.advance(1000 * NS_PER_MS);
+    assert.equal(t.ch.bufferBytes, initial, "idle for a whole period: back to the initial size");
+    // Small messages afterwards fit as before.
+    t.raw.send(message(3, 9, [1, 2, 3]));
+    t.ch.drain();
+    assert.deepEqual(t.frames[1]!.payload, [1, 2, 3]);
+    assert.equal(t.ch.bufferBytes, initial);
+    t.done();
+  });
+
+  it("keeps a running handler's payload valid while a wait inside it grows the buffer for a large reply", () => {
+    const [a, b] = unixSocketPair(true);
+    const raw = new Raw(a);
+    const own = pattern(3000, 1);
+    const reply = pattern(150_000, 2);
+    let seen: { own: number[]; reply: number[] } | undefined;
+    const ch: Channel = new Channel(
+      b,
+      { ...OPTS, maxMsgSize: 256 * 1024 },
+      {
+        onFrame: (f) => {
+          const r = ch.waitFor((x) => x.id === 50, 1000, "defer", "the large reply");
+          const replyBytes = [...r.payload];
+          seen = { own: [...f.payload], reply: replyBytes };
+        },
+        onClose: () => {},
+      },
+    );
+    raw.send(message(1, 9, own));
+    const rep = message(50, 12, reply);
+    rep[8] = VFIO_USER_F_TYPE_REPLY;
+    // The reply follows in pieces, so the wait grows the buffer while the handler's frame is in the first one.
+    assert.equal(raw.send(rep.subarray(0, 100)), 100);
+    for (let at = 100; at < rep.length; at += 60_000) {
+      const piece = rep.subarray(at, Math.min(rep.length, at + 60_000));
+      assert.equal(raw.send(piece), piece.length);
+    }
+    ch.drain();
+    assert.ok(seen !== undefined);
+    assert.deepEqual(seen.own, [...own], "the handler's own payload survived the grow");
+    assert.deepEqual(seen.reply, [...reply]);
+    assert.equal(ch.closed, false);
+    ch.close();
+    raw.free();
+    closeFd(a);
+  });
+
+  it("delivers any mix of message sizes split at any points, within the buffer ceiling (property)", () => {
+    const maxMsgSize = 40_000;
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: maxMsgSize - HEADER_SIZE }), { minLength: 1, maxLength: 12 }),
+        fc.array(fc.integer({ min: 1, max: 70_000 }), { minLength: 1, maxLength: 40 }),
+        (sizes, cuts) => {
+          const clock = new VirtualClock();
+          const t = setup({ maxMsgSize, clock, bufferIdleMs: 10 });
+          const initial = t.ch.bufferBytes;
+          const msgs = sizes.map((n, i) => message(i + 1, 9, pattern(n, i)));
+          const stream = new Uint8Array(msgs.reduce((s, m) => s + m.length, 0));
+          let at = 0;
+          for (const m of msgs) {
+            stream.set(m, at);
+            at += m.length;
+          }
+          let peak = 0;
+          let pos = 0;
+          for (let i = 0; pos < stream.length; i++) {
+            const n = Math.min(cuts[i % cuts.length]!, stream.length - pos);
+            assert.equal(t.raw.send(stream.subarray(pos, pos + n)), n);
+            pos += n;
+            t.ch.drain();
+            peak = Math.max(peak, t.ch.bufferBytes);
+          }
+          assert.equal(t.closed(), undefined);
+          assert.deepEqual(
+            t.frames.map((f) => [f.id, f.payload.length]),
+            sizes.map((n, i) => [i + 1, n]),
+          );
+          for (let i = 0; i < sizes.length; i++) assert.deepEqual(t.frames[i]!.payload, [...pattern(sizes[i]!, i)]);
+          assert.ok(peak <= 2 * maxMsgSize + 64 * 1024 + initial, `peak ${peak}`);
+          clock.advance(10 * NS_PER_MS);
+          clock.advance(10 * NS_PER_MS);
+          assert.equal(t.ch.bufferBytes, initial, "back to the initial size when idle");
+          t.done();
+        },
+      ),
+      { numRuns: 60 },
+    );
   });
 });

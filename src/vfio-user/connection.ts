@@ -4,9 +4,14 @@
  *
  * Receiving: recvmsg writes into one native buffer that the framing code parses in place; a `Frame`'s payload is a
  * view into it, valid while the frame's handler runs (a frame kept longer must be copied; frames put aside during a
- * synchronous wait are copied). The buffer holds two maximal messages plus a read chunk; a frame is dispatched from
- * the first chunk of it (the buffer is compacted before), and while its handler runs the bytes below its end stay
- * put (`keep`), so a wait inside the handler (the server's DMA_READ) always has a maximal message's room above.
+ * synchronous wait are copied). While a handler runs the bytes below its frame's end stay put (`keep`).
+ *
+ * Buffer sizes: a channel starts with small buffers (`RECV_BUFFER_INITIAL`, `SEND_BUFFER_INITIAL`), so an idle
+ * connection costs a few KiB, not two maximal messages. The receive buffer grows (doubling, at most two maximal
+ * messages plus a read chunk) when a message's header announces more than fits; a grow inside a handler (a wait for a
+ * large reply) moves the unread bytes to a new buffer and keeps the old one, which the running handlers' payloads view,
+ * until no handler runs. The send buffer grows to the largest message built. Both return to their initial size once
+ * `bufferIdleMs` pass without a message that needed more (checked on the clock, only while a buffer is large).
  *
  * Fds: the kernel hands out a message's fds with the first bytes of the sendmsg that carried them, and stops the read
  * right after that sendmsg's first segment. So the fds of one recvmsg belong to the last message that starts within
@@ -45,7 +50,16 @@ import { HEADER_SIZE, VFIO_USER_F_TYPE_MASK, VFIO_USER_F_TYPE_REPLY } from "./pr
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Reactor, type Watch } from "./reactor.ts";
 
 const EAGAIN = 11;
+/** Room a read wants above the unread bytes; also the slack above two maximal messages at the largest size. */
 const READ_CHUNK = 64 * 1024;
+/** Least room worth a recvmsg: below it the buffer is compacted or grown first. */
+const MIN_READ = 1024;
+/** The receive buffer a channel starts with (and returns to when idle). */
+export const RECV_BUFFER_INITIAL = 8 * 1024;
+/** The send buffer a channel starts with (and returns to when idle). */
+export const SEND_BUFFER_INITIAL = 4 * 1024;
+/** Default for `ChannelOptions.bufferIdleMs`. */
+const BUFFER_IDLE_MS = 1000;
 
 /** One received message. `payload` is valid while its handler runs; see the module comment for `fds`. */
 export interface Frame {
@@ -91,6 +105,8 @@ export interface ChannelOptions {
   readonly watch: boolean;
   /** Keep the process alive while open. */
   readonly ref: boolean;
+  /** Grown buffers return to their initial size after this long without a message that needed them. Default 1000. */
+  readonly bufferIdleMs?: number;
 }
 
 export interface ChannelHandlers {
@@ -122,8 +138,17 @@ export class Channel {
   private readonly opts: ChannelOptions;
   private readonly handlers: ChannelHandlers;
   private readonly io: MsgIo;
-  private readonly rbuf: NativeBuffer;
+  private rbuf: NativeBuffer;
   private sbuf: NativeBuffer;
+  /** The receive buffer's ceiling: two maximal messages and a read chunk. */
+  private readonly rbufMax: number;
+  /** Receive buffers replaced by a grow while handlers viewing them ran; freed when none runs. */
+  private readonly retired: NativeBuffer[] = [];
+  /** Counts receive buffers: a `keep` saved under another generation pins nothing in the current one. */
+  private rbufGen = 0;
+  /** Set by a message that needed a grown buffer; cleared by each idle check. */
+  private bigUse = false;
+  private idleTimer: TimerHandle | undefined;
   private watchHandle: Watch | undefined;
   /** Buffer offsets of the first unparsed byte and the end of received data. */
   private start = 0;
@@ -158,8 +183,9 @@ export class Channel {
     this.handlers = handlers;
     this.maxSendFds = opts.maxSendFds;
     this.io = new MsgIo(Math.max(opts.maxRecvFds, opts.maxSendFds, 16));
-    this.rbuf = new NativeBuffer(2 * opts.maxMsgSize + READ_CHUNK);
-    this.sbuf = new NativeBuffer(Math.max(4096, HEADER_SIZE + 64));
+    this.rbufMax = 2 * opts.maxMsgSize + READ_CHUNK;
+    this.rbuf = new NativeBuffer(Math.min(RECV_BUFFER_INITIAL, this.rbufMax));
+    this.sbuf = new NativeBuffer(SEND_BUFFER_INITIAL);
     if (opts.watch) {
       this.watchHandle = Reactor.shared().watch(fd, EPOLLIN | EPOLLRDHUP, (ev) => this.onEvents(ev), opts.ref);
     }
@@ -183,15 +209,27 @@ export class Channel {
     return this.queuedBytes;
   }
 
+  /** Native bytes the receive and send buffers hold now (retired receive buffers included). */
+  get bufferBytes(): number {
+    if (this.freed) return 0;
+    let n = this.rbuf.size + this.sbuf.size;
+    for (const b of this.retired) n += b.size;
+    return n;
+  }
+
   // ---- sending ---------------------------------------------------------------------------------------------------
 
   /** A view of the send buffer where a payload of `len` bytes is written before `commit`; valid until then. */
   payloadBuffer(len: number): Uint8Array {
     const need = HEADER_SIZE + len;
-    if (need > this.sbuf.size) {
-      const grown = new NativeBuffer(Math.max(need, 2 * this.sbuf.size));
-      this.sbuf.free();
-      this.sbuf = grown;
+    if (need > SEND_BUFFER_INITIAL) {
+      this.bigUse = true;
+      if (need > this.sbuf.size) {
+        const grown = new NativeBuffer(Math.max(need, 2 * this.sbuf.size));
+        this.sbuf.free();
+        this.sbuf = grown;
+        this.armIdleCheck();
+      }
     }
     return this.sbuf.bytes.subarray(HEADER_SIZE, need);
   }
@@ -420,11 +458,13 @@ export class Channel {
   private dispatch(f: Frame): void {
     this.received++;
     const keep = this.keep;
+    const gen = this.rbufGen;
     if (this.start > this.keep) this.keep = this.start;
     try {
       this.handlers.onFrame(f);
     } finally {
-      this.keep = keep;
+      // After a grow, the outer handlers' frames are in a retired buffer: nothing in this one is theirs.
+      this.keep = gen === this.rbufGen ? keep : 0;
       for (let i = 0; i < f.fds.length; i++) {
         const fd = f.fds[i]!;
         if (fd >= 0) closeFd(fd);
@@ -511,6 +551,8 @@ export class Channel {
       this.notifyClose();
       return;
     }
+    // No handler runs: no payload views a retired buffer any more.
+    for (const b of this.retired.splice(0)) b.free();
     if (this.start === this.end) {
       this.base += this.start;
       this.start = this.end = 0;
@@ -523,18 +565,13 @@ export class Channel {
    */
   private recvSome(): number {
     let space = this.rbuf.size - this.end;
-    if (space < READ_CHUNK && this.start > this.keep) {
+    if (space < Math.min(READ_CHUNK, this.rbuf.size >> 1) && this.start > this.keep) {
       this.compact();
       space = this.rbuf.size - this.end;
     }
-    if (space <= 0) {
-      throw new ProtocolError({
-        id: undefined,
-        cmd: undefined,
-        flags: undefined,
-        errno: Errno.E2BIG,
-        message: `${this.end - this.start} unprocessed bytes fill the receive buffer`,
-      });
+    if (space < MIN_READ) {
+      this.grow(this.end - this.start + MIN_READ);
+      space = this.rbuf.size - this.end;
     }
     const chunkStart = this.base + this.end;
     const r = this.io.recv(this.fd, this.rbuf.address + this.end, space);
@@ -557,6 +594,63 @@ export class Channel {
       this.attributeFds(fds, chunkStart, this.base + this.end);
     }
     return r;
+  }
+
+  /**
+   * Replaces the receive buffer with one of at least `need` bytes (doubling, at most `rbufMax`) holding the unparsed
+   * bytes at offset 0. The old buffer is freed, or retired while a handler runs (its frame's payload views it).
+   */
+  private grow(need: number): void {
+    if (need > this.rbufMax) {
+      throw new ProtocolError({
+        id: undefined,
+        cmd: undefined,
+        flags: undefined,
+        errno: Errno.E2BIG,
+        message: `${this.end - this.start} unprocessed bytes fill the receive buffer`,
+      });
+    }
+    const next = new NativeBuffer(Math.min(this.rbufMax, Math.max(need, 2 * this.rbuf.size)));
+    next.bytes.set(this.rbuf.bytes.subarray(this.start, this.end));
+    if (this.keep > 0) this.retired.push(this.rbuf);
+    else this.rbuf.free();
+    this.rbuf = next;
+    this.rbufGen++;
+    this.base += this.start;
+    this.end -= this.start;
+    this.start = 0;
+    this.keep = 0;
+    this.bigUse = true;
+    this.armIdleCheck();
+  }
+
+  /** While a buffer is larger than its initial size, checks every `bufferIdleMs` whether it can return to it. */
+  private armIdleCheck(): void {
+    if (this.idleTimer !== undefined || this.closed) return;
+    const ms = this.opts.bufferIdleMs ?? BUFFER_IDLE_MS;
+    this.idleTimer = this.opts.clock.after(ms * NS_PER_MS, () => {
+      this.idleTimer = undefined;
+      if (this.closed) return;
+      const busy = this.bigUse || this.depth > 0 || this.start !== this.end;
+      this.bigUse = false;
+      if (!busy) this.shrink();
+      if (this.rbuf.size > RECV_BUFFER_INITIAL || this.sbuf.size > SEND_BUFFER_INITIAL) this.armIdleCheck();
+    });
+  }
+
+  /** Back to the initial buffers; only between handlers with nothing unread (no frame views a buffer). */
+  private shrink(): void {
+    if (this.rbuf.size > RECV_BUFFER_INITIAL) {
+      this.rbuf.free();
+      this.rbuf = new NativeBuffer(Math.min(RECV_BUFFER_INITIAL, this.rbufMax));
+      this.rbufGen++;
+      this.base += this.end;
+      this.start = this.end = this.keep = 0;
+    }
+    if (this.sbuf.size > SEND_BUFFER_INITIAL) {
+      this.sbuf.free();
+      this.sbuf = new NativeBuffer(SEND_BUFFER_INITIAL);
+    }
   }
 
   /** Moves the unparsed bytes down to `keep`; stream positions of moved bytes stay `base + offset`. */
@@ -613,8 +707,12 @@ export class Channel {
             : `msg_size ${size} exceeds the limit of ${this.opts.maxMsgSize} bytes`,
       });
     }
+    if (size > RECV_BUFFER_INITIAL >> 1) this.bigUse = true;
     if (this.end - at < size) {
-      if (at + size > this.rbuf.size) this.compact();
+      if (at + size > this.rbuf.size) {
+        this.compact();
+        if (this.start + size > this.rbuf.size) this.grow(size);
+      }
       return null;
     }
     const abs = this.base + at;
@@ -642,6 +740,8 @@ export class Channel {
     this.watchHandle = undefined;
     this.writeTimer?.cancel();
     this.writeTimer = undefined;
+    this.idleTimer?.cancel();
+    this.idleTimer = undefined;
     closeFd(this.fd);
     for (const fds of this.fdsAt.values()) for (const f of fds) closeFd(f);
     this.fdsAt.clear();
@@ -672,6 +772,7 @@ export class Channel {
     if (this.freed) return;
     this.freed = true;
     this.rbuf.free();
+    for (const b of this.retired.splice(0)) b.free();
     this.sbuf.free();
     this.io.free();
   }

@@ -1,6 +1,10 @@
-/** `vgpu serve`: the mdev created on the parent offering the type, served on a 0600 socket; unknown types named. */
+/**
+ * `vgpu serve`: the mdev created on the parent offering the type, served on a 0600 socket; unknown types named; a
+ * live server's socket never taken over; the path checked before anything is built; the handshake timeout passed on.
+ */
 import assert from "node:assert/strict";
-import { statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Command } from "commander";
@@ -44,7 +48,65 @@ describe("vgpu serve", () => {
     assert.ok(serve);
     assert.deepEqual(
       serve.options.map((o) => o.long),
-      ["--type", "--socket", "--uuid", "--config", "--once", "--trace"],
+      ["--type", "--socket", "--uuid", "--config", "--once", "--trace", "--handshake-timeout"],
     );
+  });
+
+  it("refuses a socket where a live server answers (EADDRINUSE) and leaves that server serving", async () => {
+    const socket = join(tmp.dir, "live.sock");
+    const first = startServe({ type: "mtty-2", socket }, () => {});
+    const ino = statSync(socket).ino;
+    assert.throws(
+      () => startServe({ type: "mtty-2", socket }, () => {}),
+      (e: unknown) =>
+        isKernelError(e) &&
+        e.errno === Errno.EADDRINUSE &&
+        e.message.includes(socket) &&
+        /live server answers/.test(e.message),
+    );
+    assert.equal(statSync(socket).ino, ino, "the socket was not replaced");
+    const c = new AsyncClient(socket);
+    assert.ok(!isError(await c.version()), "the first server still answers");
+    c.close();
+    await first.server.idle();
+    first.stop();
+  });
+
+  it("checks the socket path's length against sun_path before building anything", () => {
+    const socket = join(tmp.dir, `${"s".repeat(130)}.sock`);
+    const before = readdirSync(tmp.dir).sort();
+    assert.throws(
+      () => startServe({ type: "mtty-2", socket }, () => {}),
+      (e: unknown) =>
+        isKernelError(e) &&
+        e.errno === Errno.ENAMETOOLONG &&
+        e.message.includes(`${socket} is ${Buffer.byteLength(socket)} bytes`) &&
+        /sun_path is 108 bytes/.test(e.message),
+    );
+    assert.deepEqual(readdirSync(tmp.dir).sort(), before);
+  });
+
+  it("drops a client that sends no VERSION within --handshake-timeout", async () => {
+    assert.throws(
+      () => startServe({ type: "mtty-2", socket: join(tmp.dir, "h0.sock"), handshakeTimeout: "soon" }, () => {}),
+      (e: unknown) => isKernelError(e) && e.errno === Errno.EINVAL && /--handshake-timeout/.test(e.message),
+    );
+    const socket = join(tmp.dir, "h.sock");
+    const lines: string[] = [];
+    const s = startServe({ type: "mtty-2", socket, handshakeTimeout: "150", trace: true }, (l) => lines.push(l));
+    const mute = connect(socket);
+    const outcome = await new Promise<string>((resolve) => {
+      const timer = setTimeout(() => resolve("still connected after 3 s"), 3000);
+      mute.on("close", () => {
+        clearTimeout(timer);
+        resolve("closed");
+      });
+      mute.on("error", () => {});
+    });
+    assert.equal(outcome, "closed");
+    assert.ok(lines.some((l) => l.startsWith("vfiouser.handshake.timeout")));
+    mute.destroy();
+    await s.server.idle();
+    s.stop();
   });
 });

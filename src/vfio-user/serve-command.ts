@@ -1,8 +1,14 @@
 /**
- * `vgpu serve --type mtty-2 --socket /tmp/mtty.sock [--uuid U] [--config FILE] [--once] [--trace]`: builds a model
- * host (the embedded default, or a config file), creates one mdev of the given type on the first parent that offers
- * it, and serves it over vfio-user until SIGINT/SIGTERM (or, with --once, until the first client leaves). A real VMM
- * attaches it with `-device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/mtty.sock","type":"unix"}}'`.
+ * `vgpu serve --type mtty-2 --socket /tmp/mtty.sock [--uuid U] [--config FILE] [--once] [--trace]
+ * [--handshake-timeout MS]`: builds a model host (the embedded default, or a config file), creates one mdev of the given
+ * type on the first parent that offers it, and serves it over vfio-user until SIGINT/SIGTERM (or, with --once, until
+ * the first client leaves). A real VMM attaches it with
+ * `-device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/mtty.sock","type":"unix"}}'`. A client that sends no
+ * VERSION within the handshake timeout (default 5000 ms) is dropped, freeing the device.
+ *
+ * The socket path is checked before anything is built: too long for sun_path is ENAMETOOLONG; a live server answering
+ * at it is EADDRINUSE (it is not taken over); a dead socket file there is replaced. If serving fails, the mdev is
+ * removed again.
  *
  * Output: one line "vgpu serve: serving <type> <uuid> on <path>" on stdout when the socket is ready (scripts wait
  * for it), disconnects and problems on stderr; with --trace every vfio-user and device trace event on stderr.
@@ -13,7 +19,7 @@ import { pathToFileURL } from "node:url";
 import { Command } from "commander";
 import { Errno, formatTrace, KernelError } from "../core/index.ts";
 import { createSystem, DEFAULT_SYSTEM_CONFIG, loadSystemConfigFile, parseSystemConfig } from "../scenario/index.ts";
-import { serveDevice, type VfioUserServer } from "./server.ts";
+import { checkSocketPath, serveDevice, type VfioUserServer } from "./server.ts";
 
 /** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
 export const DEFAULT_SERVE_UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -25,6 +31,8 @@ export interface ServeCommandOptions {
   readonly config?: string;
   readonly once?: boolean;
   readonly trace?: boolean;
+  /** Milliseconds a client has to send VERSION (a string as commander passes it, or a number). */
+  readonly handshakeTimeout?: string | number;
 }
 
 export interface RunningServe {
@@ -36,6 +44,8 @@ export interface RunningServe {
 
 /** Starts serving (without signal handling): what the command does, for tests. */
 export function startServe(o: ServeCommandOptions, log: (line: string) => void): RunningServe {
+  checkSocketPath(o.socket);
+  const handshakeTimeoutMs = o.handshakeTimeout === undefined ? undefined : positiveMs(o.handshakeTimeout);
   const config = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
   const system = createSystem(config);
   if (o.trace) system.host.tracer.subscribe((r) => log(formatTrace(r)));
@@ -55,7 +65,19 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   }
   const uuid = (o.uuid ?? DEFAULT_SERVE_UUID).toLowerCase();
   system.mdev.create(parent, o.type, uuid);
-  const server = serveDevice({ socketPath: o.socket, system, uuid });
+  let server: VfioUserServer;
+  try {
+    server = serveDevice({
+      socketPath: o.socket,
+      system,
+      uuid,
+      ...(handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs } : {}),
+    });
+  } catch (e) {
+    // Nothing half-done: the socket path was refused, so the device goes too.
+    system.mdev.remove(uuid);
+    throw e;
+  }
   return {
     server,
     uuid,
@@ -71,6 +93,14 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   };
 }
 
+function positiveMs(v: string | number): number {
+  const n = typeof v === "number" ? v : /^\d+$/.test(v.trim()) ? Number(v.trim()) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new KernelError(Errno.EINVAL, `--handshake-timeout must be a positive number of milliseconds, got ${v}`);
+  }
+  return n;
+}
+
 /** Registers `vgpu serve` on the program. */
 export function registerServe(program: Command): void {
   program
@@ -82,6 +112,7 @@ export function registerServe(program: Command): void {
     .option("-c, --config <file>", "host config file (default: the embedded host with one mtty parent)")
     .option("--once", "exit after the first client disconnects")
     .option("--trace", "print trace events on stderr")
+    .option("--handshake-timeout <ms>", "drop a client that sends no VERSION within this (default 5000)")
     .action(async (o: ServeCommandOptions) => {
       const log = (line: string): void => {
         process.stderr.write(`vgpu serve: ${line}\n`);

@@ -9,12 +9,24 @@
  * server.close();
  * ```
  *
- * - The socket file is created with mode 0600 (the umask is narrowed around bind); a stale socket file at the path is
- *   replaced, any other file is EEXIST. `close` removes it.
+ * - The socket file is created with mode 0600 (the umask is narrowed around bind). The path is checked against
+ *   sun_path first (ENAMETOOLONG, nothing created). A socket file at the path is probed with a non-blocking connect:
+ *   a live listener (the connect succeeds, or its backlog is full) is EADDRINUSE and left alone; only a dead socket
+ *   (ECONNREFUSED) is replaced. Any other file is EEXIST. `close` removes it.
  * - One client at a time. A second connection while one is served is refused, not queued: it gets an error reply
  *   EBUSY to its first message (QEMU prints "version reply: Device or resource busy") and is closed, and a trace event
  *   names the device and the client being served. Waiting would leave a VMM hanging in device realize with no way to
  *   tell why; refusing tells it at once. After the client leaves, the next connection is served.
+ * - Refusals are cheap and bounded: a refused connection gets no Channel, only its fd, a poll handle and a 16-byte
+ *   header slot (the receive and reply bytes are shared by all refusals); the reply goes out as soon as the header of
+ *   its first message is in, and the rest of what it sent is discarded. One that says nothing is closed after
+ *   `refuseTimeoutMs` (one timer for all). At most `maxPendingConnections` refusals are in flight: beyond that the
+ *   server stops accepting (trace `vfiouser.accept.pause`) and the kernel's backlog (4096, clamped by
+ *   net.core.somaxconn) holds the rest until refusals finish. Running out of fds at accept also pauses accepting for a
+ *   while instead of spinning on the listening socket.
+ * - A served client must negotiate (VERSION) within `handshakeTimeoutMs`, or it is dropped (trace
+ *   `vfiouser.handshake.timeout`) and the device is free for the next client: a client that connects and says nothing
+ *   cannot hold it.
  * - Each connection gets a Session (session.ts): its own host Process, container and device fd. When the client goes
  *   (cleanly, abruptly, or dropped for a protocol error or a write timeout) everything the session held is released
  *   and the device is reset, so the next client finds it as after a reset.
@@ -23,7 +35,7 @@
  *   header claims more than the limit gets an error reply E2BIG and the connection is dropped.
  *
  * Not offered: twin-socket mode, migration (DEVICE_FEATURE, MIG_DATA_*: EOPNOTSUPP), ioeventfds (REGION_IO_FDS
- * answers with none), mmap of regions (see session.ts).
+ * answers with none). Mmap-able regions are exported as memfds (see session.ts).
  */
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import {
@@ -31,21 +43,36 @@ import {
   Errno,
   KernelError,
   NS_PER_MS,
+  readU16LE,
+  readU32LE,
   type SchedulingClock,
   SystemClock,
   type TimerHandle,
+  writeU16LE,
+  writeU32LE,
 } from "../core/index.ts";
 import type { Host } from "../host/index.ts";
 import { Channel, type Frame } from "./connection.ts";
-import { acceptUnix, closeFd, listenUnix } from "./native.ts";
+import {
+  acceptUnix,
+  closeFd,
+  connectUnixNonblocking,
+  listenUnix,
+  MsgIo,
+  NativeBuffer,
+  UNIX_PATH_MAX,
+} from "./native.ts";
 import {
   DEFAULT_MAX_DATA_XFER_SIZE,
   DEFAULT_MAX_DMA_MAPS,
   DMA_RW_LAYOUTS,
+  HEADER_SIZE,
   VFIO_USER_F_ERROR,
+  VFIO_USER_F_TYPE_COMMAND,
+  VFIO_USER_F_TYPE_MASK,
   VFIO_USER_F_TYPE_REPLY,
 } from "./protocol.ts";
-import { EPOLLIN, Reactor, type Watch } from "./reactor.ts";
+import { EPOLLERR, EPOLLIN, EPOLLRDHUP, Reactor, type Watch } from "./reactor.ts";
 import { maxMessageSize, Session } from "./session.ts";
 
 declare module "../core/trace.ts" {
@@ -53,6 +80,9 @@ declare module "../core/trace.ts" {
     "vfiouser.listen": { device: string; path: string };
     "vfiouser.connect": { device: string; connection: number };
     "vfiouser.refuse": { device: string; connection: number; serving: number; reason: string };
+    "vfiouser.handshake.timeout": { device: string; connection: number; timeoutMs: number };
+    "vfiouser.accept.pause": { device: string; pending: number; reason: string };
+    "vfiouser.accept.resume": { device: string; pending: number };
     "vfiouser.disconnect": { device: string; connection: number; reason: string; messages: number };
     "vfiouser.close": { device: string; path: string };
   }
@@ -61,6 +91,9 @@ defineTraceEvents("vfio-user", {
   "vfiouser.listen": "{device}: serving vfio-user on {path}",
   "vfiouser.connect": "{device}: client connection {connection} accepted",
   "vfiouser.refuse": "{device}: connection {connection} refused: {reason} (connection {serving} is being served)",
+  "vfiouser.handshake.timeout": "{device}: connection {connection} sent no VERSION within {timeoutMs} ms; dropped",
+  "vfiouser.accept.pause": "{device}: not accepting connections ({pending} refusals in flight): {reason}",
+  "vfiouser.accept.resume": "{device}: accepting connections again ({pending} refusals in flight)",
   "vfiouser.disconnect": "{device}: connection {connection} ended after {messages} message(s): {reason}",
   "vfiouser.close": "{device}: no longer serving on {path}",
 });
@@ -87,6 +120,10 @@ export interface VfioUserServerOptions {
   readonly maxQueuedBytes?: number;
   /** A refused connection that sends nothing is closed after this. Default 2000 ms. */
   readonly refuseTimeoutMs?: number;
+  /** Refused connections waiting for their first message, at most; more wait in the listen backlog. Default 64. */
+  readonly maxPendingConnections?: number;
+  /** The served client must send VERSION within this, or it is dropped and the device freed. Default 5000 ms. */
+  readonly handshakeTimeoutMs?: number;
   /** DMA_READ/DMA_WRITE layout: "qemu" (QEMU 10.x, the default) or "spec" (libvfio-user). */
   readonly dmaRwLayout?: "qemu" | "spec";
   /** Real time for timeouts (default a SystemClock). */
@@ -103,8 +140,14 @@ export interface VfioUserServerState {
   readonly pid: number | undefined;
   readonly windows: number;
   readonly eventfds: number;
+  /** Interrupt edges the served client's eventfds could not take (a full counter): lost, never waited for. */
+  readonly lostSignals: number;
   readonly connections: number;
   readonly refused: number;
+  /** Refused connections not yet answered or closed. */
+  readonly pending: number;
+  /** False while accepting is paused (too many refusals in flight, or out of fds). */
+  readonly accepting: boolean;
   /** Problems found while releasing past sessions (pinned windows left mapped, ...). */
   readonly problems: readonly string[];
 }
@@ -115,6 +158,33 @@ interface Active {
   readonly session: Session;
 }
 
+/** The kernel clamps the listen backlog to net.core.somaxconn (4096 since Linux 5.4). */
+const LISTEN_BACKLOG = 4096;
+/** After accept ran out of fds (EMFILE, ENFILE) or memory, accepting resumes after this. */
+const ACCEPT_RETRY_MS = 100;
+/** Bytes of a refused client's first message discarded before its socket is closed (the rest resets the peer). */
+const REFUSE_DISCARD_MAX = 64 * 1024;
+const ECONNABORTED = 103;
+const ENOBUFS = 105;
+
+/** A refused connection until the header of its first message is in (then answered EBUSY) or it times out. */
+interface Refusal {
+  readonly id: number;
+  readonly fd: number;
+  readonly watch: Watch;
+  /** Clock time (ns) after which it is closed unanswered. */
+  readonly deadline: number;
+  /** The first message's header, as far as it arrived. */
+  readonly header: Uint8Array;
+  got: number;
+}
+
+/**
+ * The receive and reply bytes every refusal uses, allocated on the first refusal: refusals are handled synchronously
+ * on the main thread, one at a time, so one block serves all servers of the process.
+ */
+let refuseScratch: { readonly io: MsgIo; readonly buf: NativeBuffer } | undefined;
+
 export class VfioUserServer {
   readonly socketPath: string;
   readonly device: string;
@@ -124,7 +194,14 @@ export class VfioUserServer {
   private listenFd: number;
   private watchHandle: Watch | undefined;
   private active: Active | undefined;
-  private readonly refusedChannels = new Set<Channel>();
+  /** Refusals in flight, in accept order (so in deadline order). */
+  private readonly refusing = new Map<number, Refusal>();
+  private refuseTimer: TimerHandle | undefined;
+  /** Why accepting is paused (undefined: accepting). */
+  private paused: "pending" | "resources" | undefined;
+  private retryTimer: TimerHandle | undefined;
+  /** accept ran out of fds or memory at least once (reported once in `problems`). */
+  private acceptFailed = false;
   private connections = 0;
   private refused = 0;
   private readonly problems: string[] = [];
@@ -147,9 +224,17 @@ export class VfioUserServer {
       writeTimeoutMs: o.writeTimeoutMs ?? 5000,
       maxQueuedBytes: o.maxQueuedBytes ?? 16 * 1024 * 1024,
       refuseTimeoutMs: o.refuseTimeoutMs ?? 2000,
+      maxPendingConnections: o.maxPendingConnections ?? 64,
+      handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
       dmaRwLayout: o.dmaRwLayout ?? "qemu",
       clock: o.clock ?? new SystemClock(),
     };
+    for (const k of ["maxPendingConnections", "handshakeTimeoutMs", "refuseTimeoutMs"] as const) {
+      const v = this.opts[k];
+      if (!Number.isSafeInteger(v) || v <= 0) {
+        throw new KernelError(Errno.EINVAL, `vfio-user server option ${k} must be a positive integer, got ${v}`);
+      }
+    }
     this.listenFd = openListener(o.socketPath);
     this.watchHandle = Reactor.shared().watch(this.listenFd, EPOLLIN, () => this.acceptAll(), true);
     if (this.host.tracer.enabled)
@@ -177,8 +262,11 @@ export class VfioUserServer {
       pid: s?.process?.pid,
       windows: s?.dmaTable?.size ?? 0,
       eventfds: s?.eventfdCount ?? 0,
+      lostSignals: s?.lostSignals ?? 0,
       connections: this.connections,
       refused: this.refused,
+      pending: this.refusing.size,
+      accepting: this.listening && this.paused === undefined,
       problems: [...this.problems],
     };
   }
@@ -208,8 +296,10 @@ export class VfioUserServer {
     this.watchHandle = undefined;
     closeFd(this.listenFd);
     this.listenFd = -1;
+    this.retryTimer?.cancel();
+    this.retryTimer = undefined;
     this.active?.channel.close("the server is closing");
-    for (const c of [...this.refusedChannels]) c.close("the server is closing");
+    for (const r of [...this.refusing.values()]) this.endRefusal(r);
     try {
       unlinkSync(this.socketPath);
     } catch {
@@ -219,30 +309,82 @@ export class VfioUserServer {
       this.host.tracer.emit("vfiouser.close", { device: this.device, path: this.socketPath });
   }
 
+  // ---- accepting -------------------------------------------------------------------------------------------------
+
   private acceptAll(): void {
-    while (this.listenFd >= 0) {
+    while (this.listenFd >= 0 && this.paused === undefined) {
+      // With the device busy the next connection is a refusal: past the bound, it waits in the backlog.
+      if (this.active !== undefined && this.refusing.size >= this.opts.maxPendingConnections) {
+        this.pause("pending", `${this.refusing.size} refused connections are waiting for their first message`);
+        return;
+      }
       const fd = acceptUnix(this.listenFd);
-      if (fd < 0) return;
+      if (fd < 0) {
+        if (fd === -Errno.EINTR || fd === -ECONNABORTED) continue;
+        if (fd === -Errno.EMFILE || fd === -Errno.ENFILE || fd === -Errno.ENOMEM || fd === -ENOBUFS) {
+          // Level-triggered: the waiting connection would wake us again at once. Let fds come back first.
+          if (!this.acceptFailed) {
+            this.acceptFailed = true;
+            this.problems.push(`accept failed with errno ${-fd} (out of fds or memory); accepting pauses meanwhile`);
+          }
+          this.pause("resources", `accept failed with errno ${-fd} (out of fds or memory)`);
+          this.retryTimer = this.opts.clock.after(ACCEPT_RETRY_MS * NS_PER_MS, () => {
+            this.retryTimer = undefined;
+            this.resume();
+          });
+        }
+        return;
+      }
       const id = ++this.connections;
       try {
         if (this.active === undefined) this.serve(fd, id);
         else this.refuse(fd, id, this.active.id);
       } catch (e) {
-        // Out of fds or memory for the connection's buffers: that connection goes, the server stays.
+        // Out of fds or memory for the connection: that connection goes, the server stays.
         closeFd(fd);
         this.problems.push(`connection ${id}: ${e instanceof Error ? e.message : String(e)}`);
       }
     }
   }
 
+  private pause(why: "pending" | "resources", reason: string): void {
+    if (this.paused !== undefined) return;
+    this.paused = why;
+    this.watchHandle?.modify(0);
+    if (this.host.tracer.enabled) {
+      this.host.tracer.emit("vfiouser.accept.pause", { device: this.device, pending: this.refusing.size, reason });
+    }
+  }
+
+  /** Accepting again (the listening socket's readiness brings the waiting connections). */
+  private resume(): void {
+    if (this.paused === undefined || this.listenFd < 0) return;
+    this.paused = undefined;
+    this.watchHandle?.modify(EPOLLIN);
+    if (this.host.tracer.enabled) {
+      this.host.tracer.emit("vfiouser.accept.resume", { device: this.device, pending: this.refusing.size });
+    }
+  }
+
+  // ---- the served client -----------------------------------------------------------------------------------------
+
   private serve(fd: number, id: number): void {
     const o = this.opts;
     let session: Session | undefined;
+    let handshake: TimerHandle | undefined;
     const channel = this.makeChannel(
       fd,
       id,
-      (f) => session!.onFrame(f),
+      (f) => {
+        session!.onFrame(f);
+        if (handshake !== undefined && session!.negotiated !== undefined) {
+          handshake.cancel();
+          handshake = undefined;
+        }
+      },
       (reason) => {
+        handshake?.cancel();
+        handshake = undefined;
         const problems = session?.release(reason) ?? [];
         for (const p of problems) this.problems.push(`connection ${id}: ${p}`);
         if (this.host.tracer.enabled) {
@@ -254,6 +396,8 @@ export class VfioUserServer {
           });
         }
         if (this.active?.id === id) this.active = undefined;
+        // The next connection is served, not refused: the bound on refusals no longer holds it back.
+        if (this.paused === "pending") this.resume();
         for (const w of this.disconnectWaiters.splice(0)) w();
         for (const fn of this.listeners.disconnect) fn(id, reason);
       },
@@ -272,35 +416,20 @@ export class VfioUserServer {
       channel,
     );
     this.active = { id, channel, session };
+    handshake = o.clock.after(o.handshakeTimeoutMs * NS_PER_MS, () => {
+      handshake = undefined;
+      if (channel.closed || session.negotiated !== undefined) return;
+      if (this.host.tracer.enabled) {
+        this.host.tracer.emit("vfiouser.handshake.timeout", {
+          device: this.device,
+          connection: id,
+          timeoutMs: o.handshakeTimeoutMs,
+        });
+      }
+      channel.close(`no VERSION within ${o.handshakeTimeoutMs} ms`);
+    });
     if (this.host.tracer.enabled) this.host.tracer.emit("vfiouser.connect", { device: this.device, connection: id });
     for (const fn of this.listeners.connect) fn(id);
-    channel.drain();
-  }
-
-  private refuse(fd: number, id: number, serving: number): void {
-    this.refused++;
-    const reason = `${this.device} already has a client; one client at a time`;
-    if (this.host.tracer.enabled) {
-      this.host.tracer.emit("vfiouser.refuse", { device: this.device, connection: id, serving, reason });
-    }
-    let timer: TimerHandle | undefined;
-    const channel = this.makeChannel(
-      fd,
-      id,
-      (f) => {
-        try {
-          if ((f.flags & 0xf) === 0) channel.send(f.id, f.cmd, VFIO_USER_F_TYPE_REPLY | VFIO_USER_F_ERROR, Errno.EBUSY);
-        } finally {
-          channel.close(reason);
-        }
-      },
-      () => {
-        timer?.cancel();
-        this.refusedChannels.delete(channel);
-      },
-    );
-    this.refusedChannels.add(channel);
-    timer = this.opts.clock.after(this.opts.refuseTimeoutMs * NS_PER_MS, () => channel.close(`${reason} (silent)`));
     channel.drain();
   }
 
@@ -331,23 +460,156 @@ export class VfioUserServer {
     );
     return channel;
   }
+
+  // ---- refusals --------------------------------------------------------------------------------------------------
+
+  private refuse(fd: number, id: number, serving: number): void {
+    this.refused++;
+    if (this.host.tracer.enabled) {
+      const reason = `${this.device} already has a client; one client at a time`;
+      this.host.tracer.emit("vfiouser.refuse", { device: this.device, connection: id, serving, reason });
+    }
+    refuseScratch ??= { io: new MsgIo(16), buf: new NativeBuffer(4096) };
+    const watch = Reactor.shared().watch(fd, EPOLLIN | EPOLLRDHUP, (ev) => this.onRefusalEvent(r, ev), true);
+    const r: Refusal = {
+      id,
+      fd,
+      watch,
+      deadline: this.opts.clock.now() + this.opts.refuseTimeoutMs * NS_PER_MS,
+      header: new Uint8Array(HEADER_SIZE),
+      got: 0,
+    };
+    this.refusing.set(id, r);
+    if (this.refuseTimer === undefined) this.armRefuseTimer();
+    // The client may have sent its VERSION with its connect: answer it now.
+    this.onRefusalEvent(r, EPOLLIN);
+  }
+
+  /** Reads the first header; once complete, answers EBUSY (a command) and closes. */
+  private onRefusalEvent(r: Refusal, ev: number): void {
+    if (!this.refusing.has(r.id)) return;
+    if ((ev & EPOLLERR) !== 0) {
+      this.endRefusal(r);
+      return;
+    }
+    const { io, buf } = refuseScratch!;
+    while (r.got < HEADER_SIZE) {
+      const n = io.recv(r.fd, buf.address, HEADER_SIZE - r.got);
+      closeReceivedFds(io);
+      if (n === -Errno.EAGAIN) return;
+      if (n <= 0) {
+        // The client went away (or the socket failed) before a whole header: nothing to answer.
+        this.endRefusal(r);
+        return;
+      }
+      r.header.set(buf.bytes.subarray(0, n), r.got);
+      r.got += n;
+    }
+    const flags = readU32LE(r.header, 8);
+    if ((flags & VFIO_USER_F_TYPE_MASK) === VFIO_USER_F_TYPE_COMMAND) {
+      const b = buf.bytes;
+      writeU16LE(b, 0, readU16LE(r.header, 0));
+      writeU16LE(b, 2, readU16LE(r.header, 2));
+      writeU32LE(b, 4, HEADER_SIZE);
+      writeU32LE(b, 8, VFIO_USER_F_TYPE_REPLY | VFIO_USER_F_ERROR);
+      writeU32LE(b, 12, Errno.EBUSY);
+      // A fresh socket has room for 16 bytes; if not, the client gets the close alone.
+      io.send(r.fd, buf.address, HEADER_SIZE, undefined, false);
+    }
+    // Unread bytes at close would reset the connection under the client's read of the reply: take what is there.
+    for (let taken = 0; taken < REFUSE_DISCARD_MAX; ) {
+      const n = io.recv(r.fd, buf.address, buf.size);
+      closeReceivedFds(io);
+      if (n <= 0) break;
+      taken += n;
+    }
+    this.endRefusal(r);
+  }
+
+  private endRefusal(r: Refusal): void {
+    if (!this.refusing.delete(r.id)) return;
+    r.watch.close();
+    closeFd(r.fd);
+    if (this.refusing.size === 0) {
+      this.refuseTimer?.cancel();
+      this.refuseTimer = undefined;
+    }
+    if (this.paused === "pending" && this.refusing.size < this.opts.maxPendingConnections) this.resume();
+  }
+
+  /** One timer for all refusals, set for the oldest one's deadline. */
+  private armRefuseTimer(): void {
+    const first = this.refusing.values().next();
+    if (first.done === true) return;
+    this.refuseTimer = this.opts.clock.at(first.value.deadline, () => {
+      this.refuseTimer = undefined;
+      const now = this.opts.clock.now();
+      for (const r of [...this.refusing.values()]) {
+        if (r.deadline > now) break;
+        this.endRefusal(r);
+      }
+      if (this.refuseTimer === undefined) this.armRefuseTimer();
+    });
+  }
 }
 
-/** Creates the listening socket at `path` with mode 0600, replacing a stale socket file. */
+function closeReceivedFds(io: MsgIo): void {
+  for (let i = 0; i < io.fdCount; i++) closeFd(io.fds[i]!);
+  io.fdCount = 0;
+}
+
+/** Throws ENAMETOOLONG (or EINVAL for an empty path) unless `path` fits in sun_path. Touches nothing. */
+export function checkSocketPath(path: string): void {
+  if (path.length === 0) throw new KernelError(Errno.EINVAL, "the vfio-user socket path is empty");
+  const bytes = Buffer.byteLength(path, "utf8");
+  if (bytes > UNIX_PATH_MAX) {
+    throw new KernelError(
+      Errno.ENAMETOOLONG,
+      `socket path ${path} is ${bytes} bytes, longer than the ${UNIX_PATH_MAX} bytes a UNIX socket path can hold ` +
+        `(sun_path is 108 bytes with its NUL): pick a shorter socket path`,
+      { path, bytes, limit: UNIX_PATH_MAX },
+    );
+  }
+}
+
+/**
+ * Creates the listening socket at `path` with mode 0600. A socket file already there is probed: a live listener is
+ * EADDRINUSE, a dead one (ECONNREFUSED) is replaced. Nothing is created or removed when the path is refused.
+ */
 function openListener(path: string): number {
-  try {
-    const st = lstatSync(path);
+  checkSocketPath(path);
+  const st = lstatSync(path, { throwIfNoEntry: false });
+  if (st !== undefined) {
     if (!st.isSocket()) {
       throw new KernelError(Errno.EEXIST, `${path} exists and is not a socket; refusing to replace it`);
     }
-    unlinkSync(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+    const probe = connectUnixNonblocking(path);
+    if (probe >= 0 || probe === -Errno.EAGAIN) {
+      if (probe >= 0) closeFd(probe);
+      throw new KernelError(
+        Errno.EADDRINUSE,
+        `a live server answers at ${path} (a connection to it succeeded); stop it or pick another socket path`,
+        { path },
+      );
+    }
+    if (probe === -Errno.ECONNREFUSED) {
+      try {
+        unlinkSync(path);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+      }
+    } else if (probe !== -Errno.ENOENT) {
+      throw new KernelError(
+        -probe as Errno,
+        `cannot tell whether a server listens at ${path}: connect failed with errno ${-probe}; leaving it alone`,
+        { path },
+      );
+    }
   }
   const old = process.umask(0o177);
   let fd: number;
   try {
-    fd = listenUnix(path, 8);
+    fd = listenUnix(path, LISTEN_BACKLOG);
   } finally {
     process.umask(old);
   }
