@@ -16,18 +16,7 @@
  * figure is reported too, without a target.
  */
 import { type Pfn, VirtualClock } from "../src/core/index.ts";
-import {
-  BLT_WRITE_RGBA,
-  BR13_32BPP,
-  blitInstr,
-  createGpu,
-  gen8PteEncode,
-  type HostGpuDriver,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
-  XY_COLOR_BLT_OPCODE,
-  XY_SRC_COPY_BLT_OPCODE,
-} from "../src/gpu/index.ts";
+import { colorBlt, createGpu, gen8PteEncode, type HostGpuDriver, srcCopyBlt } from "../src/gpu/index.ts";
 import { type DmaDevice, DmaDirection, GiB, Host } from "../src/host/index.ts";
 import { opsPerSecond, record } from "./lib.ts";
 
@@ -82,30 +71,9 @@ function rig(ats: boolean, contiguous: boolean, resident = true) {
   map(driver, host, driver.dma, src, 1);
   map(driver, host, driver.dma, dst, 2);
   const pitch = 4096;
-  const hi = ((SURFACE / pitch) << 16) | (pitch / 4);
-  const copy = new Uint32Array([
-    blitInstr(XY_SRC_COPY_BLT_OPCODE, 10) | BLT_WRITE_RGBA,
-    BR13_32BPP | (ROP_SRCCOPY << 16) | pitch,
-    0,
-    hi,
-    dst,
-    0,
-    0,
-    pitch,
-    src,
-    0,
-  ]);
-  const fill = (color: number) =>
-    new Uint32Array([
-      blitInstr(XY_COLOR_BLT_OPCODE, 7) | BLT_WRITE_RGBA,
-      BR13_32BPP | (ROP_PATCOPY << 16) | pitch,
-      0,
-      hi,
-      dst,
-      0,
-      color,
-      0,
-    ]);
+  const rows = SURFACE / pitch;
+  const copy = new Uint32Array(srcCopyBlt(dst, pitch, 0, 0, pitch / 4, rows, src, pitch, 0, 0));
+  const fill = (color: number) => new Uint32Array(colorBlt(dst, pitch, 0, 0, pitch / 4, rows, color));
   let failures = 0;
   const onComplete = (r: { error?: string; faults: number }) => {
     if (r.error !== undefined || r.faults !== 0) failures++;
