@@ -19,7 +19,7 @@ import type { AttackOutcome, WorkloadResult } from "../guest/index.ts";
 import { describeViolation, type Violation } from "./checker.ts";
 import { type Explanation, formatExplanation } from "./explain.ts";
 import type { FairnessWindow } from "./fairness.ts";
-import { type RunError, type RunOptions, ScenarioRun, type StepRecord } from "./runner.ts";
+import { type RunError, ScenarioRun, type ScenarioRunOptions, type StepRecord } from "./runner.ts";
 import type { TeardownResult } from "./teardown.ts";
 import { formatPercent, formatSize, formatStamp, formatTime } from "./units.ts";
 
@@ -433,7 +433,7 @@ export interface ReportedRun {
  */
 export function runWithReport(
   scenario: ScenarioRun["scenario"],
-  opts: Omit<RunOptions, "keepAlive"> = {},
+  opts: Omit<ScenarioRunOptions, "keepAlive"> = {},
   beforeTeardown?: (run: ScenarioRun) => void,
 ): ReportedRun {
   const run = new ScenarioRun(scenario, { ...opts, keepAlive: true });

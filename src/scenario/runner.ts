@@ -67,7 +67,7 @@ defineTraceEvents("scenario", {
   "scenario.step": "step {index} {action} {vm}: ok {ok} (errno {errno}): {summary}",
 });
 
-export interface RunOptions {
+export interface ScenarioRunOptions {
   /** Overrides the scenario's seed. */
   readonly seed?: number;
   /** Receives the trace, one JSON object per line (with no receiver, tracing stays off: faster). */
@@ -137,13 +137,13 @@ export class ScenarioRun {
   /** Figures the host held right after assembly, for the teardown check. */
   private baseline = { gpuDmaMappings: new Map<string, number>() };
   private readonly rng: Rng;
-  private readonly opts: RunOptions;
+  private readonly opts: ScenarioRunOptions;
   private detachTrace: (() => void) | undefined;
   private stepStart = 0;
   /** What the step handlers may use of this run. */
   private readonly ctx: StepContext;
 
-  constructor(scenario: Scenario, opts: RunOptions = {}) {
+  constructor(scenario: Scenario, opts: ScenarioRunOptions = {}) {
     this.scenario = scenario;
     this.opts = opts;
     this.seed = opts.seed ?? scenario.seed;
@@ -539,6 +539,6 @@ export class ScenarioRun {
 }
 
 /** Runs a scenario (see the module comment). */
-export function runScenario(scenario: Scenario, opts: RunOptions = {}): ScenarioRun {
+export function runScenario(scenario: Scenario, opts: ScenarioRunOptions = {}): ScenarioRun {
   return new ScenarioRun(scenario, opts).run();
 }

@@ -60,7 +60,7 @@ export const MSI_ADDRESS = 0xfee00000;
 /** The MSI data (vector) the VMM programs for the device in slot s: MSI_DATA_BASE + s. */
 export const MSI_DATA_BASE = 0x40;
 
-export interface VfioIrqEnv {
+export interface FrontendIrqEnv {
   readonly vm: string;
   readonly device: string;
   readonly proc: Process;
@@ -75,7 +75,7 @@ export interface VfioIrqEnv {
 }
 
 /** Where the device's interrupt state is in the emulated config space, as the frontend found it at realize. */
-export interface VfioIrqLayout {
+export interface FrontendIrqLayout {
   /** The frontend's emulated config bytes (shared: the interrupt line and the MSI capability are read here). */
   readonly emu: Uint8Array;
   /** The device has a usable INTx index. */
@@ -89,7 +89,7 @@ export interface VfioIrqLayout {
 }
 
 /** One device's interrupt wiring (see the module comment). */
-export class VfioPciIrqs {
+export class FrontendInterrupts {
   private intx: IntxLine | undefined;
   private intxFd = -1;
   private msiIrqs: EventfdIrq[] = [];
@@ -99,8 +99,8 @@ export class VfioPciIrqs {
   private readonly unmaskBuf: Uint8Array;
 
   constructor(
-    private readonly env: VfioIrqEnv,
-    private readonly layout: VfioIrqLayout,
+    private readonly env: FrontendIrqEnv,
+    private readonly layout: FrontendIrqLayout,
   ) {
     this.unmaskBuf = encodeVfioIrqSet({
       flags: VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_DATA_NONE,

@@ -68,7 +68,7 @@ import {
 } from "../vfio/index.ts";
 import type { InterruptSource } from "./irq.ts";
 import { allOnes, type ConfigAccess, type GuestPciBus, guestBdf } from "./pci-bus.ts";
-import { type VfioIrqEnv, VfioPciIrqs } from "./vfio-interrupts.ts";
+import { FrontendInterrupts, type FrontendIrqEnv } from "./vfio-interrupts.ts";
 import { realizeBars, type VfioBar, type VfioRegionEnv } from "./vfio-region.ts";
 
 declare module "../core/trace.ts" {
@@ -168,7 +168,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
   private msiDataOffset = 0;
   private msiMaxVectors = 0;
   /** The interrupt wiring, from realize on. */
-  private irqs: VfioPciIrqs | undefined;
+  private irqs: FrontendInterrupts | undefined;
   private readonly scratchBuf = new ArrayBuffer(8);
   private readonly s1 = new Uint8Array(this.scratchBuf, 0, 1);
   private readonly s2 = new Uint8Array(this.scratchBuf, 0, 2);
@@ -292,7 +292,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
       write32: (off, v) => this.devWrite32(off, v),
     });
     for (const b of this.barStates) if (b !== undefined) this.setBarWriteMask(b);
-    this.irqs = new VfioPciIrqs(this.irqEnv(), {
+    this.irqs = new FrontendInterrupts(this.irqEnv(), {
       emu: this.emu,
       intx: this.intxInfo !== undefined,
       msiCap: this.msiCap,
@@ -308,7 +308,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
     return { vm, device: this.name, proc, handle: this.handle, tracer, bus: env.bus, warn: (m) => this.warn(m) };
   }
 
-  private irqEnv(): VfioIrqEnv {
+  private irqEnv(): FrontendIrqEnv {
     const { vm, proc, tracer, env } = this;
     return {
       vm,
