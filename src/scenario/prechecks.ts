@@ -6,7 +6,8 @@
  *   ENOMEM); the VMs asking one GPU for a vGPU must fit its vGPU ids (ENOSPC); a VM given a whole GPU must be allowed to
  *   lock all its RAM, since type1 pins every page at MAP_DMA (ENOMEM);
  * - `precheckCapacity` (once the host exists, nothing freed yet, so exact): the vGPUs asked of each GPU must fit its
- *   free aperture, hidden memory and fences (ENOSPC).
+ *   free aperture, hidden memory and fences (ENOSPC). The arithmetic is the vendor driver's own (`gvtFit`, and the
+ *   type names with or without the `i915-` prefix through `gvtTypeId`): this module only names the VMs.
  *
  * What it does not check: limits met while running (RLIMIT_MEMLOCK reached as a vGPU pins pages, IOVA space, host
  * memory: diagnose.ts), anything the schema already refuses (schema.ts).
@@ -14,7 +15,7 @@
  * Pure functions of the scenario (and of the host driver's capacity): they change nothing.
  */
 import { Errno, KernelError } from "../core/index.ts";
-import { findGvtType, GVT_MAX_VGPUS } from "../vgpu/index.ts";
+import { GVT_MAX_VGPUS, gvtFit, gvtTypeId } from "../vgpu/index.ts";
 import type { GpuInstance } from "./gpus.ts";
 import type { Scenario } from "./schema.ts";
 import { formatSize } from "./units.ts";
@@ -35,7 +36,10 @@ export function precheckScenario(s: Scenario): void {
   for (const gpu of s.host.gpus) {
     if (gpu.driver !== "i915") continue;
     const users = s.vms.filter((v) => v.devices.some((d) => d.kind === "vgpu" && d.gpu === gpu.name));
-    if (users.length > GVT_MAX_VGPUS) {
+    const types = users.flatMap((v) =>
+      v.devices.flatMap((d) => (d.kind === "vgpu" && d.gpu === gpu.name ? [d.type] : [])),
+    );
+    if (gvtFit(types)?.resource === "vGPU ids") {
       fail(
         Errno.ENOSPC,
         `vGPU instances: ${users.length} VMs (${users.map((v) => v.name).join(", ")}) want a vGPU on ${gpu.name}, ` +
@@ -56,36 +60,38 @@ export function precheckScenario(s: Scenario): void {
   }
 }
 
-/** The vGPU demand of each GPU against its capacity, once the host exists (exact: nothing is freed yet). */
+/**
+ * The vGPU demand of each GPU against its capacity, once the host exists (exact: nothing is freed yet). The arithmetic
+ * is the vendor driver's (`gvtFit`); this only names the VMs and sizes the sentence.
+ */
 export function precheckCapacity(s: Scenario, gpus: readonly GpuInstance[]): void {
   for (const inst of gpus) {
     const hd = inst.hostDriver;
     if (hd === undefined) continue;
-    const want = { aperture: 0, hidden: 0, fences: 0, names: [] as string[] };
+    const types: string[] = [];
+    const names: string[] = [];
     for (const vm of s.vms) {
       for (const d of vm.devices) {
         if (d.kind !== "vgpu" || d.gpu !== inst.name) continue;
-        const t = findGvtType(d.type)!;
-        want.aperture += t.aperture;
-        want.hidden += t.hidden;
-        want.fences += t.fences;
-        want.names.push(`${vm.name} (${t.id})`);
+        types.push(d.type);
+        names.push(`${vm.name} (${gvtTypeId(d.type)})`);
       }
     }
-    const cap = hd.capacity();
-    const short =
-      want.aperture > cap.apertureFree
-        ? `aperture: they need ${formatSize(want.aperture)}, ${formatSize(cap.apertureFree)} is free for vGPUs`
-        : want.hidden > cap.hiddenFree
-          ? `hidden graphics memory: they need ${formatSize(want.hidden)}, ${formatSize(cap.hiddenFree)} is free`
-          : want.fences > cap.fencesFree
-            ? `fences: they need ${want.fences}, ${cap.fencesFree} are free`
-            : undefined;
-    if (short !== undefined) {
-      throw new KernelError(
-        Errno.ENOSPC,
-        `vGPU instances: the vGPUs of ${want.names.join(", ")} do not fit ${inst.name} (${inst.bdf}): ${short}`,
-      );
-    }
+    const short = gvtFit(types, hd.capacity());
+    if (short === undefined) continue;
+    const sizes = (what: string, tail: string) =>
+      `${what}: they need ${formatSize(short.needs)}, ${formatSize(short.free)} is free${tail}`;
+    const why =
+      short.resource === "aperture"
+        ? sizes("aperture", " for vGPUs")
+        : short.resource === "hidden"
+          ? sizes("hidden graphics memory", "")
+          : short.resource === "fences"
+            ? `fences: they need ${short.needs}, ${short.free} are free`
+            : short.message;
+    throw new KernelError(
+      short.errno,
+      `vGPU instances: the vGPUs of ${names.join(", ")} do not fit ${inst.name} (${inst.bdf}): ${why}`,
+    );
   }
 }

@@ -155,7 +155,7 @@ function workload(ctx: StepContext, step: StepOf<"workload">): StepOutcome {
     ...(step.pattern !== undefined ? { pattern: step.pattern } : {}),
     ...(step.zone !== undefined ? { zone: step.zone } : {}),
   });
-  const limit = diagnose(v, before, ctx.scenario, ctx.system.host);
+  const limit = diagnose(v, before);
   if (limit !== undefined) {
     w.release();
     throw limit;
@@ -296,7 +296,7 @@ function alloc(ctx: StepContext, step: StepOf<"alloc">): StepOutcome {
   } finally {
     pages.only = undefined;
   }
-  const limit = diagnose(v, before, ctx.scenario, ctx.system.host);
+  const limit = diagnose(v, before);
   if (limit !== undefined) {
     driver.freeBuffer(buffer);
     throw limit;
