@@ -50,10 +50,10 @@ import { defineTraceEvents, Errno, KernelError, type Tracer } from "../core/inde
 import { PCI_BASE_ADDRESS_0, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_STATUS, PciConfigSpace } from "../host/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver, MdevTypeSpec } from "../mdev/index.ts";
 import {
+  EMULATED_PCI_DEVICE_INFO,
   type IrqTrigger,
+  trappedRegionInfo,
   VFIO_DEVICE_API_PCI_STRING,
-  VFIO_DEVICE_FLAGS_PCI,
-  VFIO_DEVICE_FLAGS_RESET,
   VFIO_IRQ_INFO_AUTOMASKED,
   VFIO_IRQ_INFO_EVENTFD,
   VFIO_IRQ_INFO_MASKABLE,
@@ -63,10 +63,8 @@ import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_INTX_IRQ_INDEX,
   VFIO_PCI_MSI_IRQ_INDEX,
-  VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
-  VFIO_REGION_INFO_FLAG_READ,
-  VFIO_REGION_INFO_FLAG_WRITE,
+  VFIO_REGION_RW,
   type VfioDeviceInfo,
   type VfioDeviceOps,
   type VfioDmaAccess,
@@ -164,8 +162,6 @@ const MTTY_VENDOR_STRING = "PCI Serial/UART";
 const IRQ_NONE = -1;
 const IRQ_TYPE_NAMES: Readonly<Record<number, string>> = { [-1]: "none", 0: "intx", 1: "msi" };
 
-const REGION_RW = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-
 /** A snapshot of a device's interrupt wiring (for tests and the dashboard). */
 export interface MttyIrqState {
   readonly type: "none" | "intx" | "msi";
@@ -227,21 +223,12 @@ export class MttyDevice implements VfioDeviceOps {
   // ---- VfioDeviceOps: identity ---------------------------------------------------------------------------------
 
   info(): VfioDeviceInfo {
-    return {
-      flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
-      numRegions: VFIO_PCI_NUM_REGIONS,
-      numIrqs: VFIO_PCI_NUM_IRQS,
-    };
+    return EMULATED_PCI_DEVICE_INFO;
   }
 
   regionInfo(index: number): VfioRegionInfo {
-    if (!Number.isInteger(index) || index < 0 || index >= VFIO_PCI_NUM_REGIONS) {
-      throw new KernelError(
-        Errno.EINVAL,
-        `mtty ${this.name}: region index ${index} is out of range [0, ${VFIO_PCI_NUM_REGIONS})`,
-      );
-    }
-    return { index, flags: REGION_RW, size: this.regionSize(index) };
+    // As Linux's mtty: read/write even for the regions it does not have (size 0).
+    return trappedRegionInfo(`mtty ${this.name}`, index, this.regionSize(index), VFIO_REGION_RW);
   }
 
   irqInfo(index: number): VfioIrqInfo {

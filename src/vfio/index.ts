@@ -14,6 +14,7 @@ export type { VfioDeviceInfo, VfioIrqInfo, VfioIrqSet, VfioRegionInfo } from "./
 export * from "./driver.ts";
 export * from "./noiommu.ts";
 export * from "./pci/index.ts";
+export * from "./pci-device.ts";
 export * from "./type1/index.ts";
 export * from "./uapi/index.ts";
 export * as uapi from "./uapi/index.ts";

@@ -29,21 +29,18 @@
 import { Errno, type Iova, isKernelError, KernelError, PAGE_SIZE, type Pfn } from "../../core/index.ts";
 import type { FileMapping, PhysicalMemory } from "../../host/index.ts";
 import {
+  EMULATED_PCI_DEVICE_INFO,
   type IrqTrigger,
-  VFIO_DEVICE_FLAGS_PCI,
-  VFIO_DEVICE_FLAGS_RESET,
+  trappedRegionInfo,
   VFIO_IRQ_INFO_EVENTFD,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR2_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_MSI_IRQ_INDEX,
-  VFIO_PCI_NUM_IRQS,
-  VFIO_PCI_NUM_REGIONS,
   VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_CAP_TYPE,
   VFIO_REGION_INFO_FLAG_MMAP,
-  VFIO_REGION_INFO_FLAG_READ,
-  VFIO_REGION_INFO_FLAG_WRITE,
+  VFIO_REGION_RW,
   type VfioDeviceInfo,
   type VfioDeviceOps,
   type VfioDmaAccess,
@@ -120,17 +117,13 @@ export class DmaTestDevice implements VfioDeviceOps {
   }
 
   info(): VfioDeviceInfo {
-    return {
-      flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
-      numRegions: VFIO_PCI_NUM_REGIONS,
-      numIrqs: VFIO_PCI_NUM_IRQS,
-    };
+    return EMULATED_PCI_DEVICE_INFO;
   }
 
   regionInfo(index: number): VfioRegionInfo {
-    const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-    if (index === VFIO_PCI_BAR0_REGION_INDEX) return { index, flags: rw, size: BAR0_SIZE };
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return { index, flags: rw, size: CONFIG_SIZE };
+    const rw = VFIO_REGION_RW;
+    if (index === VFIO_PCI_BAR0_REGION_INDEX) return trappedRegionInfo(this.name, index, BAR0_SIZE);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return trappedRegionInfo(this.name, index, CONFIG_SIZE);
     if (index === VFIO_PCI_BAR2_REGION_INDEX) {
       const sparse = new Uint8Array(8 + 16);
       const v = new DataView(sparse.buffer);
@@ -153,7 +146,7 @@ export class DmaTestDevice implements VfioDeviceOps {
         ],
       };
     }
-    return { index, flags: 0, size: 0 };
+    return trappedRegionInfo(this.name, index, 0);
   }
 
   irqInfo(index: number): VfioIrqInfo {
