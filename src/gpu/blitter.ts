@@ -1,6 +1,7 @@
 /**
- * The 2D blitter's data path: filling and copying rectangles of 32-bpp pixels in linear surfaces, through the GGTT and
- * the device's DMA path (`GpuMemory`). The engine decodes XY_COLOR_BLT / XY_SRC_COPY_BLT and calls this.
+ * The 2D blitter's data path: filling and copying rectangles of 32-bpp pixels in linear surfaces, through the address
+ * space the engine selected (`GpuMemory.space`: the GGTT, or the executing context's PPGTT) and the device's DMA path.
+ * The engine decodes XY_COLOR_BLT / XY_SRC_COPY_BLT and calls this.
  *
  * Geometry: a surface is a GMA and a pitch (bytes from one row to the next); pixel (x, y) is at
  * base + y * pitch + x * 4. A rectangle is [x1, x2) x [y1, y2) (bottom-right exclusive, as on hardware); an empty
@@ -14,7 +15,7 @@
  * pattern buffer.
  *
  * Faults (counted by `GpuMemory`): a page whose GGTT entry is not present reads as zeros and drops writes, and the
- * blit goes on; an IOMMU fault stops the blit at the faulting page and the call returns false.
+ * blit goes on; a PPGTT fault or an IOMMU fault stops the blit at the faulting page and the call returns false.
  *
  * Overlap: rows are copied top to bottom, each in ascending address order (memmove within one page). Overlapping
  * rectangles in one surface therefore copy correctly only when the destination is above (at lower addresses than)
@@ -22,7 +23,7 @@
  */
 import { type Iova, PAGE_SIZE } from "../core/index.ts";
 import { DMA_OK, IOMMU_READ } from "../host/index.ts";
-import type { GpuMemory } from "./memory.ts";
+import { type GpuMemory, PAGE_FAULT } from "./memory.ts";
 
 /** A fill with a multi-byte colour writes at most this many bytes per DMA operation (the pattern buffer's size). */
 const PATTERN_BYTES = 64 * 1024;
@@ -95,20 +96,24 @@ export class Blitter {
    */
   private fillRun(gma: number, len: number, uniform: boolean, byte: number): boolean {
     const mem = this.mem;
-    const ggtt = mem.ggtt;
+    const space = mem.space;
     const dma = mem.dma;
     let page = Math.floor(gma / PAGE_SIZE);
     let po = gma - page * PAGE_SIZE;
-    let base = ggtt.pageDma(page);
+    let base = space.pageDma(page, true);
     let done = 0;
     while (done < len) {
       if (base < 0) {
+        if (base === PAGE_FAULT) {
+          mem.translationFault(gma + done, true);
+          return false;
+        }
         const piece = Math.min(len - done, PAGE_SIZE - po);
         mem.gttFault(gma + done, true);
         done += piece;
         po += piece;
         if (po === PAGE_SIZE) {
-          base = ggtt.pageDma(++page);
+          base = space.pageDma(++page, true);
           po = 0;
         }
         continue;
@@ -121,7 +126,7 @@ export class Blitter {
         run += piece;
         po += piece;
         if (po === PAGE_SIZE) {
-          base = ggtt.pageDma(++page);
+          base = space.pageDma(++page, true);
           po = 0;
         }
         if (run === cap || base + po !== at + run) break;
@@ -143,17 +148,25 @@ export class Blitter {
    */
   private copyRun(d0: number, s0: number, len: number): boolean {
     const mem = this.mem;
-    const ggtt = mem.ggtt;
+    const space = mem.space;
     const dma = mem.dma;
     let dp = Math.floor(d0 / PAGE_SIZE);
     let sp = Math.floor(s0 / PAGE_SIZE);
     let dpo = d0 - dp * PAGE_SIZE;
     let spo = s0 - sp * PAGE_SIZE;
-    let dBase = ggtt.pageDma(dp);
-    let sBase = ggtt.pageDma(sp);
+    let dBase = space.pageDma(dp, true);
+    let sBase = space.pageDma(sp, false);
     let done = 0;
     while (done < len) {
       if (dBase < 0 || sBase < 0) {
+        if (sBase === PAGE_FAULT) {
+          mem.translationFault(s0 + done, false);
+          return false;
+        }
+        if (dBase === PAGE_FAULT) {
+          mem.translationFault(d0 + done, true);
+          return false;
+        }
         // A piece up to the nearer page boundary with a side not present: the source reads as zeros, a missing
         // destination drops the write.
         const piece = Math.min(len - done, PAGE_SIZE - Math.max(dpo, spo));
@@ -170,11 +183,11 @@ export class Blitter {
         dpo += piece;
         spo += piece;
         if (dpo === PAGE_SIZE) {
-          dBase = ggtt.pageDma(++dp);
+          dBase = space.pageDma(++dp, true);
           dpo = 0;
         }
         if (spo === PAGE_SIZE) {
-          sBase = ggtt.pageDma(++sp);
+          sBase = space.pageDma(++sp, false);
           spo = 0;
         }
         continue;
@@ -188,11 +201,11 @@ export class Blitter {
         dpo += piece;
         spo += piece;
         if (dpo === PAGE_SIZE) {
-          dBase = ggtt.pageDma(++dp);
+          dBase = space.pageDma(++dp, true);
           dpo = 0;
         }
         if (spo === PAGE_SIZE) {
-          sBase = ggtt.pageDma(++sp);
+          sBase = space.pageDma(++sp, false);
           spo = 0;
         }
         // Go on while the next byte on both sides follows the run in DMA space (false for a missing page: -1).

@@ -9,7 +9,9 @@
  * The figures are order-of-magnitude choices for a gen9 GT2 on dual-channel DDR4 (about 34 GB/s peak), not
  * measurements: every command costs `commandNs` (fetch and decode), plus its own term below. Blits cost a setup time
  * plus their bytes at the blitter's bandwidth (a copy reads and writes every byte, so it is half the fill rate).
- * Faulting accesses cost the same as successful ones.
+ * Faulting accesses cost the same as successful ones. Execlists add a context restore (on schedule-in) and save (on
+ * switch-out) per context switch, a PPGTT walk per TLB miss (four dependent memory reads), flushes and post-sync
+ * writes, and one evaluation per semaphore poll. The legacy ring path uses none of these.
  */
 import { Errno, KernelError } from "../core/index.ts";
 
@@ -30,6 +32,14 @@ export interface CostModel {
   readonly fillBytesPerNs: number;
   /** XY_SRC_COPY_BLT bandwidth, bytes per ns (= GB/s). */
   readonly copyBytesPerNs: number;
+  /** An execlists context restore plus its save at switch-out (the ring context of the LRC image). */
+  readonly contextSwitchNs: number;
+  /** A PPGTT walk: four dependent reads of page-table entries (a TLB miss). */
+  readonly ppgttWalkNs: number;
+  /** MI_FLUSH_DW or PIPE_CONTROL: the flush itself; a post-sync write adds `storeNs` per dword. */
+  readonly flushNs: number;
+  /** One evaluation of MI_SEMAPHORE_WAIT's condition (poll mode). */
+  readonly semaphoreNs: number;
 }
 
 export const DEFAULT_COST: CostModel = {
@@ -41,6 +51,10 @@ export const DEFAULT_COST: CostModel = {
   blitSetupNs: 500,
   fillBytesPerNs: 16,
   copyBytesPerNs: 8,
+  contextSwitchNs: 1000,
+  ppgttWalkNs: 80,
+  flushNs: 100,
+  semaphoreNs: 40,
 };
 
 /** A cost model with some figures overridden; every figure must be a finite number >= 0 (bandwidths > 0). */

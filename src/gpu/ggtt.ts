@@ -13,6 +13,7 @@
  *
  * Invariant: every stored entry is an integer in [0, 2^52), so decoding is exact double arithmetic.
  */
+import type { GpuAddressSpace } from "./memory.ts";
 import { GEN8_PAGE_PRESENT, GTT_ENTRIES } from "./regs.ts";
 
 const TWO32 = 4294967296;
@@ -32,7 +33,8 @@ function decode(pte: number): number {
   return (flags & GEN8_PAGE_PRESENT) === 0 ? -1 : pte - flags;
 }
 
-export class Ggtt {
+export class Ggtt implements GpuAddressSpace {
+  readonly kind = "ggtt";
   /** The entries, by index (read-only outside this class: writes must keep `pageAddr` in step). */
   readonly entries = new Float64Array(GTT_ENTRIES);
   /**
@@ -85,6 +87,11 @@ export class Ggtt {
   pageDma(gmaPage: number): number {
     if (!(gmaPage >= 0 && gmaPage < GTT_ENTRIES)) return -1;
     return this.pageAddr[gmaPage]!;
+  }
+
+  /** The GGTT never stops an access: a missing entry is a GTT fault that reads zeros and drops writes. */
+  faultReason(): string {
+    return "";
   }
 
   /** Every entry to zero (not present): the power-on state. */

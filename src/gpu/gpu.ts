@@ -16,12 +16,19 @@
  * is a GPU memory access at GMA X (GGTT entry X >> 12, then the DMA path); a GTT or IOMMU fault reads as 0 and drops
  * the write (and is counted).
  *
- * Interrupts: the GT interrupt logic (interrupts.ts) drives one line. With MSI enabled in config space its rising edge
- * sends MSI vector 0 through `PciBus.raiseMsi` (delivered only while Bus Master Enable is set and a driver is bound);
- * with MSI disabled the line is INTx.
+ * Engines: the four of a Skylake GT2 (engine.ts): rcs, bcs, vcs, vecs, each with its register block at its base
+ * (GT_ENGINE_BASE), legacy ring submission and execlists (execlists.ts). An engine waiting on MI_SEMAPHORE_WAIT is
+ * re-evaluated (in the fixed order rcs, bcs, vcs, vecs) after any other engine has executed commands, and on
+ * `pollSemaphores`. `executingEngine` names the engine executing right now (runs are synchronous, so every DMA the
+ * GPU makes happens inside one).
  *
- * Resets: GEN6_GDRST resets engines (ring registers, errors); function-level reset (PciBus.reset) returns every
- * register, the GGTT (all entries not present) and the fences to power-on values. The engines' time accounting stays.
+ * Interrupts: the GT interrupt logic (interrupts.ts, four banks) drives one line. With MSI enabled in config space its
+ * rising edge sends MSI vector 0 through `PciBus.raiseMsi` (delivered only while Bus Master Enable is set and a driver
+ * is bound); with MSI disabled the line is INTx.
+ *
+ * Resets: GEN6_GDRST resets engines (ring registers, execlists, errors); function-level reset (PciBus.reset) returns
+ * every register, the GGTT (all entries not present) and the fences to power-on values. The engines' time accounting
+ * stays.
  *
  * Not modelled: display, power management, forcewake, the I/O BAR, fence-based detiling through the aperture (fence
  * registers are stored only), memory decode enable (accesses work whatever PCI_COMMAND_MEMORY says), and every
@@ -46,16 +53,12 @@ import { GpuMemory } from "./memory.ts";
 import {
   BAR0_SIZE,
   BAR2_INDEX,
-  ENGINE_BASE,
-  type EngineId,
+  ENGINE_BLOCK_SIZE,
+  ENGINE_RESET_DOMAIN,
   FENCE_REG_GEN6_LO,
   GEN6_GDRST,
-  GEN6_GRDOM_BLT,
   GEN6_GRDOM_FULL,
-  GEN6_GRDOM_RENDER,
-  GEN8_GT_IER0,
-  GEN8_GT_IIR0,
-  GEN8_GT_IMR0,
+  GEN8_GT_BANKS,
   GEN8_GT_ISR0,
   GEN8_MASTER_IRQ,
   GM_SIZE,
@@ -63,9 +66,11 @@ import {
   GPU_DEVICE_ID,
   GPU_REVISION,
   GPU_VENDOR_ID,
+  GT_ENGINES,
   GTT_ENTRIES,
   GTT_OFFSET,
   GTT_SIZE,
+  type GtEngineId,
   MMIO_SIZE,
   NUM_FENCES,
 } from "./regs.ts";
@@ -94,9 +99,9 @@ export const MIN_APERTURE_SIZE = 128 * MiB;
 export const MAX_APERTURE_SIZE = 2048 * MiB;
 export const GPU_SUBSYSTEM_VENDOR_ID = 0x8086;
 export const GPU_SUBSYSTEM_ID = 0x2212;
-/** Size of one engine's register block in the MMIO range. */
-const ENGINE_BLOCK = 0x1000;
 const TWO32 = 4294967296;
+/** Bounds the rounds of semaphore re-evaluation after one run (each round must have made progress). */
+const MAX_POLL_ROUNDS = 64;
 
 export interface GpuDeviceOptions {
   readonly bdf: Bdf;
@@ -119,7 +124,7 @@ export interface GpuStats {
   readonly interrupts: number;
   readonly engines: Readonly<
     Record<
-      EngineId,
+      GtEngineId,
       { readonly runs: number; readonly commands: number; readonly busyNs: number; readonly busyUntil: number }
     >
   >;
@@ -136,6 +141,8 @@ export class GpuDevice implements PciDeviceModel {
   readonly irq: GtInterrupts;
   readonly rcs: Engine;
   readonly bcs: Engine;
+  readonly vcs: Engine;
+  readonly vecs: Engine;
   /** Fence registers as 32-bit halves: [2n] low, [2n + 1] high. */
   readonly fences = new Uint32Array(NUM_FENCES * 2);
   gttWrites = 0;
@@ -144,6 +151,11 @@ export class GpuDevice implements PciDeviceModel {
   private readonly bus: PciBus;
   private readonly tracer: Tracer;
   private readonly scratch = new Uint8Array(8);
+  private readonly engineList: readonly Engine[];
+  /** Engines executing, innermost last (an LRI may write another engine's TAIL or ELSP: a nested run). */
+  private readonly executingStack: GtEngineId[] = [];
+  private polling = false;
+  private pollAgain = false;
 
   constructor(opts: GpuDeviceOptions) {
     const ap = opts.apertureSize ?? DEFAULT_APERTURE_SIZE;
@@ -185,13 +197,59 @@ export class GpuDevice implements PciDeviceModel {
       tracer: opts.tracer,
       writeRegister: (off, v) => this.writeRegister(off, v),
       busMasterEnabled: () => this.config.busMasterEnabled(),
+      executing: (id) => {
+        if (id !== undefined) this.executingStack.push(id);
+        else this.executingStack.pop();
+      },
+      afterRun: (_e, progressed) => {
+        if (progressed) this.pollSemaphores();
+      },
     };
     this.rcs = new Engine("rcs", ctx);
     this.bcs = new Engine("bcs", ctx);
+    this.vcs = new Engine("vcs", ctx);
+    this.vecs = new Engine("vecs", ctx);
+    this.engineList = [this.rcs, this.bcs, this.vcs, this.vecs];
   }
 
-  engine(id: EngineId): Engine {
-    return id === "rcs" ? this.rcs : this.bcs;
+  engine(id: GtEngineId): Engine {
+    switch (id) {
+      case "rcs":
+        return this.rcs;
+      case "bcs":
+        return this.bcs;
+      case "vcs":
+        return this.vcs;
+      default:
+        return this.vecs;
+    }
+  }
+
+  /** The engine executing right now (inside a synchronous run), or undefined. */
+  get executingEngine(): GtEngineId | undefined {
+    return this.executingStack.at(-1);
+  }
+
+  /**
+   * Re-evaluates every engine waiting on an MI_SEMAPHORE_WAIT, in the order rcs, bcs, vcs, vecs, and again while one
+   * of them made progress (its commands may satisfy another's wait). Called after every run that executed commands;
+   * software may call it after changing memory the GPU waits on (hardware polls on its own).
+   */
+  pollSemaphores(): void {
+    if (this.polling) {
+      this.pollAgain = true;
+      return;
+    }
+    this.polling = true;
+    try {
+      for (let round = 0; round < MAX_POLL_ROUNDS; round++) {
+        this.pollAgain = false;
+        for (const e of this.engineList) if (e.waiting) e.retryWait();
+        if (!this.pollAgain) break;
+      }
+    } finally {
+      this.polling = false;
+    }
   }
 
   /** Graphics memory size (4 GiB: what the GGTT maps). */
@@ -235,8 +293,7 @@ export class GpuDevice implements PciDeviceModel {
 
   /** Function-level reset: registers, GGTT and fences to power-on values. */
   reset(): void {
-    this.rcs.reset();
-    this.bcs.reset();
+    for (const e of this.engineList) e.reset();
     this.irq.reset();
     this.ggtt.reset();
     this.fences.fill(0);
@@ -247,21 +304,16 @@ export class GpuDevice implements PciDeviceModel {
 
   /** A 4-byte MMIO register read (offset in BAR0). */
   readRegister(off: number): number {
-    const rb = ENGINE_BASE.rcs;
-    const bb = ENGINE_BASE.bcs;
-    if (off >= rb && off < rb + ENGINE_BLOCK) return this.rcs.readRegister(off - rb);
-    if (off >= bb && off < bb + ENGINE_BLOCK) return this.bcs.readRegister(off - bb);
+    const e = this.engineAt(off);
+    if (e !== undefined) return e.readRegister(off - e.base);
+    if (off >= GEN8_GT_ISR0 && off < GEN8_GT_ISR0 + 0x10 * GEN8_GT_BANKS) {
+      const b = this.irq.bank((off - GEN8_GT_ISR0) >>> 4);
+      const r = off & 0xf;
+      return r === 0 ? b.isr : r === 4 ? b.imr : r === 8 ? b.iir : b.ier;
+    }
     switch (off) {
       case GEN8_MASTER_IRQ:
         return this.irq.readMaster();
-      case GEN8_GT_ISR0:
-        return this.irq.isr;
-      case GEN8_GT_IMR0:
-        return this.irq.imr;
-      case GEN8_GT_IIR0:
-        return this.irq.iir;
-      case GEN8_GT_IER0:
-        return this.irq.ier;
       case GEN6_GDRST:
         return 0; // resets complete at once
       default:
@@ -275,28 +327,22 @@ export class GpuDevice implements PciDeviceModel {
   /** A 4-byte MMIO register write (offset in BAR0): CPU writes and MI_LOAD_REGISTER_IMM both land here. */
   writeRegister(off: number, value: number): void {
     const v = value >>> 0;
-    const rb = ENGINE_BASE.rcs;
-    const bb = ENGINE_BASE.bcs;
-    if (off >= rb && off < rb + ENGINE_BLOCK) {
-      this.rcs.writeRegister(off - rb, v);
+    const e = this.engineAt(off);
+    if (e !== undefined) {
+      e.writeRegister(off - e.base, v);
       return;
     }
-    if (off >= bb && off < bb + ENGINE_BLOCK) {
-      this.bcs.writeRegister(off - bb, v);
+    if (off >= GEN8_GT_ISR0 && off < GEN8_GT_ISR0 + 0x10 * GEN8_GT_BANKS) {
+      const n = (off - GEN8_GT_ISR0) >>> 4;
+      const r = off & 0xf;
+      if (r === 4) this.irq.writeImr(v, n);
+      else if (r === 8) this.irq.writeIir(v, n);
+      else if (r === 0xc) this.irq.writeIer(v, n);
       return;
     }
     switch (off) {
       case GEN8_MASTER_IRQ:
         this.irq.writeMaster(v);
-        return;
-      case GEN8_GT_IMR0:
-        this.irq.writeImr(v);
-        return;
-      case GEN8_GT_IIR0:
-        this.irq.writeIir(v);
-        return;
-      case GEN8_GT_IER0:
-        this.irq.writeIer(v);
         return;
       case GEN6_GDRST:
         this.gdrst(v);
@@ -319,16 +365,20 @@ export class GpuDevice implements PciDeviceModel {
     return this.fences[2 * n]! + this.fences[2 * n + 1]! * TWO32;
   }
 
+  /** The engine whose register block holds `off`, or undefined. */
+  private engineAt(off: number): Engine | undefined {
+    for (const e of this.engineList) if (off >= e.base && off < e.base + ENGINE_BLOCK_SIZE) return e;
+    return undefined;
+  }
+
   private gdrst(v: number): void {
     const full = (v & GEN6_GRDOM_FULL) !== 0;
     const domains: string[] = [];
-    if (full || (v & GEN6_GRDOM_RENDER) !== 0) {
-      this.rcs.reset();
-      domains.push("rcs");
-    }
-    if (full || (v & GEN6_GRDOM_BLT) !== 0) {
-      this.bcs.reset();
-      domains.push("bcs");
+    for (const id of GT_ENGINES) {
+      if (full || (v & ENGINE_RESET_DOMAIN[id]) !== 0) {
+        this.engine(id).reset();
+        domains.push(id);
+      }
     }
     if (this.tracer.enabled && domains.length > 0) {
       this.tracer.emit("gpu.reset", { bdf: this.bdf, domains: domains.join(",") });
@@ -377,7 +427,7 @@ export class GpuDevice implements PciDeviceModel {
   private apertureRead(offset: number, size: number): number {
     if (!this.apertureAccessOk(offset, size)) return 0;
     const mem = this.memory;
-    mem.agent = "aperture";
+    mem.use("aperture", mem.ggtt);
     if (size === 4 && offset % 4 === 0) {
       return Math.max(0, mem.readU32(offset));
     }
@@ -391,7 +441,7 @@ export class GpuDevice implements PciDeviceModel {
   private apertureWrite(offset: number, size: number, value: number): void {
     if (!this.apertureAccessOk(offset, size)) return;
     const mem = this.memory;
-    mem.agent = "aperture";
+    mem.use("aperture", mem.ggtt);
     if (size === 4 && offset % 4 === 0) {
       mem.writeU32(offset, value >>> 0);
       return;
@@ -421,13 +471,13 @@ export class GpuDevice implements PciDeviceModel {
    */
   readAperture(offset: number, dst: Uint8Array): boolean {
     this.checkApertureRange(offset, dst.length);
-    this.memory.agent = "aperture";
+    this.memory.use("aperture", this.memory.ggtt);
     return this.memory.read(offset, dst, 0, dst.length);
   }
 
   writeAperture(offset: number, src: Uint8Array): boolean {
     this.checkApertureRange(offset, src.length);
-    this.memory.agent = "aperture";
+    this.memory.use("aperture", this.memory.ggtt);
     return this.memory.write(offset, src, 0, src.length);
   }
 
@@ -477,7 +527,7 @@ export class GpuDevice implements PciDeviceModel {
       gttFaults: this.memory.gttFaults,
       iommuFaults: this.memory.iommuFaults,
       interrupts: this.interrupts,
-      engines: { rcs: e(this.rcs), bcs: e(this.bcs) },
+      engines: { rcs: e(this.rcs), bcs: e(this.bcs), vcs: e(this.vcs), vecs: e(this.vecs) },
     };
   }
 }

@@ -10,6 +10,7 @@
  * host-invariants.ts (the checks that they never collide) and host-mmio.ts (register access).
  */
 export * from "./blitter.ts";
+export * from "./command-table.ts";
 export * from "./commands.ts";
 export * from "./contract.ts";
 export * from "./cost.ts";
