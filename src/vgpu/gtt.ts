@@ -55,6 +55,8 @@ import {
   defineTraceEvents,
   Errno,
   type Gfn,
+  type Gpa,
+  gpa,
   hex,
   type Iova,
   KernelError,
@@ -66,7 +68,7 @@ import {
 import { GEN8_PAGE_PRESENT, type GpuResources, gen8PteEncode, type HostGpu } from "../gpu/index.ts";
 import { DmaDirection, IOMMU_READ, IOMMU_WRITE } from "../host/index.ts";
 import type { VfioDmaAccess } from "../vfio/index.ts";
-import { gfnOfIova, iovaOfGfn } from "./guest-iova.ts";
+import { gfnOfIova, iovaOfGfn, iovaOfGpa } from "./guest-iova.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -398,6 +400,44 @@ export class ShadowGtt {
   /** As `readGm`, writing `src` to guest graphics memory. */
   writeGm(gma: number, src: Uint8Array): number {
     return this.accessGm(gma, src, true);
+  }
+
+  /**
+   * The guest-physical address that GGTT address `gma` names through the guest's own entry (GVT-g's
+   * intel_vgpu_gma_to_gpa on its virtual GGTT, independent of the shadow), or undefined when the entry lies outside
+   * the partition or is not present.
+   */
+  guestGpaOf(gma: number): Gpa | undefined {
+    const local = this.localIndex(Math.floor(gma / PAGE_SIZE));
+    if (local < 0) return undefined;
+    const lo = this.guestLo[local]!;
+    if ((lo & GEN8_PAGE_PRESENT) === 0) return undefined;
+    const frame = (this.guestHi[local]! & PTE_HI_ADDR_MASK) * 2 ** 20 + (lo >>> 12);
+    return gpa(frame * PAGE_SIZE + (gma % PAGE_SIZE));
+  }
+
+  /**
+   * Writes `data` to guest GGTT address `gma` through the guest's own entries (GMA -> GPA -> vfio_dma_rw), as GVT-g
+   * writes the guest's status page. Returns undefined, or why not (a page with no present entry, no vfio session, or
+   * a GPA the VMM has not mapped).
+   */
+  writeGuestGgtt(gma: number, data: Uint8Array): string | undefined {
+    const dma = this.dma;
+    if (dma === undefined) return "no VMM has the vGPU open";
+    for (let done = 0; done < data.length; ) {
+      const a = gma + done;
+      const n = Math.min(data.length - done, PAGE_SIZE - (a % PAGE_SIZE));
+      const p = this.guestGpaOf(a);
+      if (p === undefined) return `GGTT address ${hex(a)} has no present guest entry in the vGPU's partition`;
+      try {
+        dma.dmaRw(iovaOfGpa(p), data.subarray(done, done + n), true);
+      } catch (e) {
+        if (!(e instanceof KernelError)) throw e;
+        return `GPA ${hex(p)} (GGTT address ${hex(a)}): ${e.message}`;
+      }
+      done += n;
+    }
+    return undefined;
   }
 
   // ---- VMM unmap, reset ----------------------------------------------------------------------------------------

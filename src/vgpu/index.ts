@@ -1,19 +1,30 @@
 /**
  * vgpu: the vGPU vendor driver, GVT-g-like mediation of the physical GPU (src/gpu) for guests behind VFIO. The parent
  * (parent.ts) is the GPU as an mdev parent with GVT-g's type table (types.ts); each vGPU (vgpu.ts) is an
- * emulated-IOMMU vfio device with a virtual config space (vconfig.ts), virtual registers (mmio.ts, irq.ts,
- * pvinfo.ts), a shadow GTT over pinned, DMA-mapped guest pages (gtt.ts; guest-iova.ts states the IOVA = GPA rule it
- * relies on), a command scanner that audits and shadows every submission (cmd-scanner.ts), and a share of the
- * weighted time-slice scheduler (scheduler.ts). Depends on core, host, vfio, mdev and gpu.
+ * emulated-IOMMU vfio device with a virtual config space (vconfig.ts), virtual registers (mmio.ts over the register
+ * table of mmio-table.ts, irq.ts, pvinfo.ts) for the four engines of engines.ts, virtual execlists (execlist.ts over
+ * the slot state machine of execlist-state.ts) whose workloads run on an injected `VirtualEngineBackend`
+ * (virtual-engine.ts), the guest's PPGTT roots (ppgtt-roots.ts), a failsafe state (failsafe.ts), a shadow GTT over
+ * pinned, DMA-mapped guest pages (gtt.ts; guest-iova.ts states the IOVA = GPA rule it relies on), a command scanner
+ * that audits and shadows every legacy ring submission (cmd-scanner.ts), and a share of the weighted time-slice
+ * scheduler (scheduler.ts). gvt-regs.ts (register names the GPU model does not define yet) stays private. Depends on
+ * core, host, vfio, mdev and gpu.
  */
 export * from "./cmd-scanner.ts";
+export * from "./engines.ts";
+export * from "./execlist.ts";
+export * from "./execlist-state.ts";
+export * from "./failsafe.ts";
 export * from "./gtt.ts";
 export * from "./guest-iova.ts";
 export * from "./irq.ts";
 export * from "./mmio.ts";
+export * from "./mmio-table.ts";
 export * from "./parent.ts";
+export * from "./ppgtt-roots.ts";
 export * from "./pvinfo.ts";
 export * from "./scheduler.ts";
 export * from "./types.ts";
 export * from "./vconfig.ts";
 export * from "./vgpu.ts";
+export * from "./virtual-engine.ts";

@@ -1,37 +1,32 @@
 /**
- * A vGPU's virtual interrupts (GVT-g interrupt.c, gen8 flavour) and their delivery to the VMM through VFIO
- * (kvmgt's INTx/MSI eventfds).
+ * A vGPU's virtual interrupts (GVT-g interrupt.c, gen8 flavour) and their delivery to the VMM through VFIO (kvmgt's
+ * MSI eventfd).
  *
- * Registers (the guest's own, never the physical GPU's): GEN8_MASTER_IRQ (bit 31 enable, read-only pending bits
- * GEN8_GT_RCS_IRQ / GEN8_GT_BCS_IRQ), and GT bank 0: ISR (read-only), IMR, IIR (write 1 to clear), IER. An event
- * (a user interrupt from the guest's command stream, or the command scanner's master error) sets its ISR bit and,
- * unless masked in IMR, its IIR bit; the master's pending bits are IIR & IER per engine field. Whenever an event
- * arrives, or the guest writes the master, IMR or IER, and the master is enabled with something pending, one
- * interrupt is injected (as GVT-g's check_pending_irq): by MSI when the guest enabled MSI in its virtual config
- * space, else by INTx unless the guest set INTx Disable in its command register.
+ * Registers (the guest's own, never the physical GPU's): GEN8_MASTER_IRQ (bit 31 CONTROL, the guest's; the other bits
+ * read-only pending bits) and the four GT banks GEN8_GT_ISR/IMR/IIR/IER(n) at 0x44300 + 0x10 n: ISR read-only, IMR
+ * and IER plain, IIR write 1 to clear. An engine event (a user interrupt, a context switch, the command scanner's
+ * master error) sets its ISR bit and, unless masked in IMR, its IIR bit (GVT-g's propagate_event latches only
+ * unmasked events). The master's pending bits are the OR of IIR & IER per field, by GVT-g's gen8_irq_map: bank 0 bits
+ * 15..0 -> bit 0 (RCS), 31..16 -> bit 1 (BCS), bank 1 15..0 -> bit 2 (VCS0), 31..16 -> bit 3 (VCS1), bank 2 -> bit 4
+ * (PM), bank 3 15..0 -> bit 6 (VECS). Whenever an event arrives, or the guest writes the master, an IMR or an IER,
+ * and the master's CONTROL is set with something pending, one interrupt is injected (GVT-g's check_pending_irq).
+ *
+ * Delivery, as GVT-g's inject_virtual_interrupt: **by MSI only**, and only when the guest enabled MSI with a single
+ * message in its virtual config space; otherwise nothing is injected (the event stays latched in IIR, counted as
+ * suppressed and traced with the reason). The vGPU still declares INTA# and accepts the VMM's INTx eventfd, mask and
+ * unmask (kvmgt's INTx handlers are stubs too), but never signals it.
  *
  * VFIO side (VFIO_DEVICE_SET_IRQS, vfio-pci semantics for a conventional PCI device): INTx (1 vector; EVENTFD,
- * MASKABLE, AUTOMASKED: delivering masks it until the user unmasks; unmasking with an interrupt still pending
- * delivers again), MSI (1 vector, NORESIZE; mask/unmask ENOTTY), MSI-X (count 0), ERR (not offered: no PCI Express
- * capability, EINVAL), REQ (1 vector, never raised by the vendor driver: the mdev core refuses to remove an open
- * device). DATA_NONE/BOOL triggers signal the eventfd (loopback testing); count 0 with DATA_NONE releases it.
+ * MASKABLE, AUTOMASKED), MSI (1 vector, NORESIZE; mask/unmask ENOTTY), MSI-X (count 0), ERR (not offered: no PCI
+ * Express capability, EINVAL), REQ (1 vector, never raised by the vendor driver: the mdev core refuses to remove an
+ * open device). DATA_NONE/BOOL triggers signal the eventfd (loopback testing); count 0 with DATA_NONE releases it.
  *
- * Not modelled: display and PCH interrupt banks, GT banks 1-3, MSI masking. Invariant: the master's pending bits
- * always equal the per-engine fields of IIR & IER.
+ * Not modelled here: display, PCU and PCH interrupt registers (mmio-table.ts keeps them as plain registers whose IIR
+ * clears on write 1; the vGPU raises no such event), MSI masking. Invariant: the master's pending bits always equal
+ * the map of IIR & IER.
  */
 import { defineTraceEvents, Errno, KernelError, type Tracer } from "../core/index.ts";
-import {
-  ENGINE_IRQ_SHIFT,
-  type EngineId,
-  GEN8_GT_BCS_IRQ,
-  GEN8_GT_IER0,
-  GEN8_GT_IIR0,
-  GEN8_GT_IMR0,
-  GEN8_GT_ISR0,
-  GEN8_GT_RCS_IRQ,
-  GEN8_MASTER_IRQ,
-  GEN8_MASTER_IRQ_CONTROL,
-} from "../gpu/index.ts";
+import { GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL } from "../gpu/index.ts";
 import type { PciConfigSpace } from "../host/index.ts";
 import {
   type IrqTrigger,
@@ -49,10 +44,12 @@ import {
   type VfioIrqSet,
   vfioPciIrqName,
 } from "../vfio/index.ts";
+import { type VEngineId, vengine } from "./engines.ts";
+import { GEN8_GT_BANKS, gen8GtIsr, IRQ_IER, IRQ_IIR, IRQ_IMR, IRQ_ISR } from "./gvt-regs.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
-    /** `event`: what raised it; `delivered`: "msi", "intx", or why nothing was ("master disabled", ...). */
+    /** `event`: what raised it; `delivered`: "msi", or why nothing was ("master disabled", ...). */
     "vgpu.virq": { vgpu: number; event: string; iir: number; master: number; delivered: string };
     "vgpu.irq_config": { vgpu: number; index: string; change: string };
   }
@@ -62,22 +59,31 @@ defineTraceEvents("vgpu", {
   "vgpu.irq_config": "vgpu{vgpu}: {index} {change}",
 });
 
-const FIELD_MASK = 0xffff;
+/** gen8_irq_map: which bits of which GT bank feed which master bit. */
+export const GEN8_MASTER_MAP: readonly { readonly bank: number; readonly mask: number; readonly bit: number }[] = [
+  { bank: 0, mask: 0x0000_ffff, bit: 0 },
+  { bank: 0, mask: 0xffff_0000, bit: 1 },
+  { bank: 1, mask: 0x0000_ffff, bit: 2 },
+  { bank: 1, mask: 0xffff_0000, bit: 3 },
+  { bank: 2, mask: 0x0000_ffff, bit: 4 },
+  { bank: 3, mask: 0x0000_ffff, bit: 6 },
+];
+
 /** GEN8 GT IMR's reset value: everything masked. */
 const IMR_RESET = 0xffff_ffff;
 
 /** The guest's interrupt registers and the VMM's eventfds for one vGPU. */
 export class VirtualIrq {
   private master = 0;
-  private isr = 0;
-  private imr = IMR_RESET;
-  private iir = 0;
-  private ier = 0;
+  private readonly isr = new Uint32Array(GEN8_GT_BANKS);
+  private readonly imr = new Uint32Array(GEN8_GT_BANKS).fill(IMR_RESET);
+  private readonly iir = new Uint32Array(GEN8_GT_BANKS);
+  private readonly ier = new Uint32Array(GEN8_GT_BANKS);
   private intxTrigger: IrqTrigger | null = null;
   private msiTrigger: IrqTrigger | null = null;
   private reqTrigger: IrqTrigger | null = null;
   private intxMasked = false;
-  /** Interrupts delivered to the VMM / events that found nothing to deliver to. */
+  /** Interrupts delivered to the VMM / events or checks that found nothing to deliver to. */
   delivered = 0;
   suppressed = 0;
 
@@ -89,46 +95,43 @@ export class VirtualIrq {
 
   // ---- events --------------------------------------------------------------------------------------------------
 
-  /** An engine event: `bits` within the engine's 16-bit field of GT bank 0 (GT_RENDER_USER_INTERRUPT, ...). */
-  raise(engine: EngineId, bits: number, event: string): void {
-    const b = (bits << ENGINE_IRQ_SHIFT[engine]) >>> 0;
-    this.isr = (this.isr | b) >>> 0;
-    const latched = (b & ~this.imr) >>> 0;
-    this.iir = (this.iir | latched) >>> 0;
+  /** An engine event: `bits` within the engine's 16-bit field (GT_RENDER_USER_INTERRUPT, GT_CONTEXT_SWITCH...). */
+  raise(engine: VEngineId, bits: number, event: string): void {
+    const e = vengine(engine);
+    const bank = e.irqBank;
+    const b = (bits << e.irqShift) >>> 0;
+    this.isr[bank] = (this.isr[bank]! | b) >>> 0;
+    const latched = (b & ~this.imr[bank]!) >>> 0;
+    this.iir[bank] = (this.iir[bank]! | latched) >>> 0;
     this.updateMaster();
     if (latched === 0) {
       this.suppressed++;
-      if (this.tracer.enabled) this.trace(event, "masked in IMR");
+      if (this.tracer.enabled) this.trace(event, bank, "masked in IMR");
       return;
     }
-    this.check(event, true);
+    this.check(event, bank, true);
   }
 
   // ---- MMIO ----------------------------------------------------------------------------------------------------
 
-  /** Whether `offset` is one of the interrupt registers. */
+  /** Whether `offset` is one of the interrupt registers this class owns (the master and the GT banks). */
   static handles(offset: number): boolean {
-    return (
-      offset === GEN8_MASTER_IRQ ||
-      offset === GEN8_GT_ISR0 ||
-      offset === GEN8_GT_IMR0 ||
-      offset === GEN8_GT_IIR0 ||
-      offset === GEN8_GT_IER0
-    );
+    return offset === GEN8_MASTER_IRQ || bankOf(offset) >= 0;
   }
 
   read(offset: number): number {
-    switch (offset) {
-      case GEN8_MASTER_IRQ:
-        return this.master;
-      case GEN8_GT_ISR0:
-        return this.isr;
-      case GEN8_GT_IMR0:
-        return this.imr;
-      case GEN8_GT_IIR0:
-        return this.iir;
-      case GEN8_GT_IER0:
-        return this.ier;
+    if (offset === GEN8_MASTER_IRQ) return this.master;
+    const bank = bankOf(offset);
+    if (bank < 0) return 0;
+    switch (offset - gen8GtIsr(bank)) {
+      case IRQ_ISR:
+        return this.isr[bank]!;
+      case IRQ_IMR:
+        return this.imr[bank]!;
+      case IRQ_IIR:
+        return this.iir[bank]!;
+      case IRQ_IER:
+        return this.ier[bank]!;
       default:
         return 0;
     }
@@ -136,26 +139,33 @@ export class VirtualIrq {
 
   /** A guest write of `value` to the bytes of `mask` in register `offset`. Returns false if the register is read-only. */
   write(offset: number, value: number, mask: number): boolean {
+    if (offset === GEN8_MASTER_IRQ) {
+      // Only CONTROL is the guest's; the pending bits are computed.
+      const control = (value & mask & GEN8_MASTER_IRQ_CONTROL) >>> 0;
+      const keep = (this.master & GEN8_MASTER_IRQ_CONTROL & ~mask) >>> 0;
+      this.master = ((this.master & ~GEN8_MASTER_IRQ_CONTROL) | keep | control) >>> 0;
+      this.check("master written", -1);
+      return true;
+    }
+    const bank = bankOf(offset);
+    if (bank < 0) return false;
     const merge = (old: number) => ((old & ~mask) | (value & mask)) >>> 0;
-    switch (offset) {
-      case GEN8_MASTER_IRQ:
-        // Only the enable bit is the guest's; the pending bits are computed.
-        this.master = ((this.master & ~GEN8_MASTER_IRQ_CONTROL) | (merge(this.master) & GEN8_MASTER_IRQ_CONTROL)) >>> 0;
-        this.check("master written");
+    switch (offset - gen8GtIsr(bank)) {
+      case IRQ_ISR:
+        return false;
+      case IRQ_IMR:
+        this.imr[bank] = merge(this.imr[bank]!);
+        this.check("IMR written", bank);
         return true;
-      case GEN8_GT_IMR0:
-        this.imr = merge(this.imr);
-        this.check("IMR written");
-        return true;
-      case GEN8_GT_IER0:
-        this.ier = merge(this.ier);
+      case IRQ_IIR:
+        this.iir[bank] = (this.iir[bank]! & ~(value & mask)) >>> 0;
+        this.isr[bank] = (this.isr[bank]! & ~(value & mask)) >>> 0;
         this.updateMaster();
-        this.check("IER written");
         return true;
-      case GEN8_GT_IIR0:
-        this.iir = (this.iir & ~(value & mask)) >>> 0;
-        this.isr = (this.isr & ~(value & mask)) >>> 0;
+      case IRQ_IER:
+        this.ier[bank] = merge(this.ier[bank]!);
         this.updateMaster();
+        this.check("IER written", bank);
         return true;
       default:
         return false;
@@ -194,14 +204,8 @@ export class VirtualIrq {
         throw new KernelError(Errno.ENOTTY, `vgpu${this.vgpuId}: INTx ${action} by eventfd is not supported`);
       }
       if (set.count === 0 || (data.kind === "bool" && data.values[0] !== true)) return;
-      if (action === "mask") {
-        this.intxMasked = true;
-        this.traceConfig(index, "masked");
-      } else {
-        this.intxMasked = false;
-        this.traceConfig(index, "unmasked");
-        if (this.pending() && this.intxSelected()) this.check("INTx unmasked with an interrupt pending");
-      }
+      this.intxMasked = action === "mask";
+      this.traceConfig(index, action === "mask" ? "masked" : "unmasked");
       return;
     }
     if (action !== "trigger") {
@@ -241,21 +245,21 @@ export class VirtualIrq {
   /** Registers back to power-on values (eventfds belong to the user session and stay). */
   reset(): void {
     this.master = 0;
-    this.isr = 0;
-    this.imr = IMR_RESET;
-    this.iir = 0;
-    this.ier = 0;
+    this.isr.fill(0);
+    this.imr.fill(IMR_RESET);
+    this.iir.fill(0);
+    this.ier.fill(0);
     this.intxMasked = false;
   }
 
-  /** For tests and the dashboard. */
-  state(): { master: number; isr: number; imr: number; iir: number; ier: number; intxMasked: boolean } {
+  /** For tests and the dashboard: the master and bank `bank` (default 0). */
+  state(bank = 0): { master: number; isr: number; imr: number; iir: number; ier: number; intxMasked: boolean } {
     return {
       master: this.master,
-      isr: this.isr,
-      imr: this.imr,
-      iir: this.iir,
-      ier: this.ier,
+      isr: this.isr[bank]!,
+      imr: this.imr[bank]!,
+      iir: this.iir[bank]!,
+      ier: this.ier[bank]!,
       intxMasked: this.intxMasked,
     };
   }
@@ -263,59 +267,43 @@ export class VirtualIrq {
   // ---- internals -------------------------------------------------------------------------------------------------
 
   private updateMaster(): void {
-    const active = this.iir & this.ier;
     let pending = 0;
-    if (((active >>> ENGINE_IRQ_SHIFT.rcs) & FIELD_MASK) !== 0) pending |= GEN8_GT_RCS_IRQ;
-    if (((active >>> ENGINE_IRQ_SHIFT.bcs) & FIELD_MASK) !== 0) pending |= GEN8_GT_BCS_IRQ;
+    for (const m of GEN8_MASTER_MAP) {
+      if ((this.iir[m.bank]! & this.ier[m.bank]! & m.mask) !== 0) pending |= 1 << m.bit;
+    }
     this.master = ((this.master & GEN8_MASTER_IRQ_CONTROL) | pending) >>> 0;
   }
 
-  private pending(): boolean {
-    return (this.master & ~GEN8_MASTER_IRQ_CONTROL) !== 0;
-  }
-
-  private intxSelected(): boolean {
-    return !this.config.msi().enabled;
-  }
-
-  /** GVT-g's check_pending_irq: inject once if the master is enabled and something is pending. */
-  private check(event: string, fromEvent = false): void {
+  /** GVT-g's check_pending_irq + inject_virtual_interrupt: one MSI if the master is enabled and something pends. */
+  private check(event: string, bank: number, fromEvent = false): void {
     this.updateMaster();
     if ((this.master & GEN8_MASTER_IRQ_CONTROL) === 0) {
-      if (this.tracer.enabled && fromEvent) this.trace(event, "master disabled");
+      if (this.tracer.enabled && fromEvent) this.trace(event, bank, "master disabled");
       return;
     }
-    if (!this.pending()) return;
+    if ((this.master & ~GEN8_MASTER_IRQ_CONTROL) === 0) return;
     let delivered: string;
-    if (this.config.msi().enabled) {
-      if (this.msiTrigger !== null) {
-        this.delivered++;
-        delivered = "msi";
-        this.msiTrigger.signal();
-      } else {
-        this.suppressed++;
-        delivered = "MSI enabled but no eventfd";
-      }
-    } else if (this.config.intxDisabled()) {
+    const msi = this.config.msi();
+    if (!msi.enabled) {
       this.suppressed++;
-      delivered = "INTx disabled in the command register";
-    } else if (this.intxTrigger === null) {
+      delivered = "MSI disabled (the vGPU injects only MSI)";
+    } else if (msi.vectors !== 1) {
       this.suppressed++;
-      delivered = "no INTx eventfd";
-    } else if (this.intxMasked) {
+      delivered = `MSI with ${msi.vectors} messages enabled (the vGPU sends a single message only)`;
+    } else if (this.msiTrigger === null) {
       this.suppressed++;
-      delivered = "INTx masked (awaiting unmask)";
+      delivered = "MSI enabled but no eventfd";
     } else {
-      this.intxMasked = true;
       this.delivered++;
-      delivered = "intx";
-      this.intxTrigger.signal();
+      delivered = "msi";
+      this.msiTrigger.signal();
     }
-    if (this.tracer.enabled) this.trace(event, delivered);
+    if (this.tracer.enabled) this.trace(event, bank, delivered);
   }
 
-  private trace(event: string, delivered: string): void {
-    this.tracer.emit("vgpu.virq", { vgpu: this.vgpuId, event, iir: this.iir, master: this.master, delivered });
+  private trace(event: string, bank: number, delivered: string): void {
+    const iir = bank >= 0 ? this.iir[bank]! : 0;
+    this.tracer.emit("vgpu.virq", { vgpu: this.vgpuId, event, iir, master: this.master, delivered });
   }
 
   private traceConfig(index: number, change: string): void {
@@ -339,4 +327,11 @@ export class VirtualIrq {
     } else if (index === VFIO_PCI_MSI_IRQ_INDEX) this.msiTrigger = t;
     else this.reqTrigger = t;
   }
+}
+
+/** The GT bank whose ISR..IER block holds dword `offset`, or -1. */
+function bankOf(offset: number): number {
+  const rel = offset - gen8GtIsr(0);
+  if (rel < 0 || rel >= 0x10 * GEN8_GT_BANKS || rel % 4 !== 0) return -1;
+  return Math.floor(rel / 0x10);
 }

@@ -1,141 +1,92 @@
 /**
- * The vGPU's virtual MMIO registers (BAR0 below 2 MiB), as GVT-g's handlers.c: a table of tracked registers by
- * offset or range, each with a handler kind, dispatched with a switch. Values live in `vreg` (the guest's view,
- * indexed by dword); the physical GPU's registers are never touched from here: the handlers call back into the vGPU
- * (`MmioSink`) for what has effects (a ring TAIL write submits work, GDRST resets engines, a fence write programs
- * the vGPU's physical fence).
+ * The vGPU's virtual MMIO registers (BAR0 below 2 MiB), as GVT-g's handlers.c and mmio.c: each behaviour of the
+ * register table (mmio-table.ts) implemented once, dispatched by the row's kind. Values live in `vreg` (the guest's
+ * view, indexed by dword); the physical GPU's registers are never touched from here: what has effects beyond the
+ * register file (a ring TAIL write, GDRST, a fence, PVINFO notifications, GFX_MODE, HWS_PGA, ELSP) is handed to the
+ * vGPU (`MmioSink`).
  *
- * Tracked registers:
- * - per engine (rcs, bcs): RING_TAIL, RING_HEAD, RING_START, RING_CTL (guest-written, masked as hardware keeps them),
- *   RING_ACTHD (read-only: where the engine is), RING_HWS_PGA (stored);
- * - interrupts: GEN8_MASTER_IRQ and GT bank 0 ISR/IMR/IIR/IER (the guest's own, in `VirtualIrq`);
- * - fences 0..31 (8 bytes each at 0x100000): guest fence i < fence_num is the vGPU's physical fence `fences[i]`;
- *   fences past fence_num read 0 and drop writes;
- * - GEN6_GDRST: a write requests a reset of the named engines; it reads 0 (the reset completes at once);
- * - the PVINFO page (pvinfo.ts): read-only except display_ready and g2v_notify.
- * Everything else reads 0 and drops writes; both are counted, and dropped writes traced.
+ * Untracked offsets are plain storage, as GVT-g's untracked registers: they read what was last written (0 after
+ * reset). Reads and writes of them are counted; writes are traced. Dropped writes (read-only registers, fences past
+ * fence_num, refused fence values or status page addresses, PVINFO fields the guest may not write) are counted and
+ * traced with the reason. In failsafe (failsafe.ts) every register is plain storage and nothing has effects.
+ *
+ * The PCU mailbox answers as GVT-g's mailbox_write: never busy (READY and the error code clear), canned DATA for the
+ * commands GVT-g answers (memory latency: Skylake's two words; CDCLK control: ready for change; RC6 VIDs: bit 0 set),
+ * DATA unchanged for the others. One difference: SAGV control (0x21) answers error 1 (illegal command), which i915
+ * reads as "No SAGV found on system, ignoring"; GVT-g answers success for a SAGV the vGPU does not have.
  *
  * Access: 1, 2 or 4 bytes within one dword (the region layer splits larger accesses as kvmgt does). A narrow write is
  * merged into the dword with `mask` telling the handler which bytes the guest wrote (IIR clears only those).
  */
 import { defineTraceEvents, Errno, hex, KernelError, type Tracer } from "../core/index.ts";
 import {
-  ENGINE_BASE,
-  type EngineId,
   FENCE_REG_GEN6_LO,
   FENCE_STRIDE,
-  GEN6_GDRST,
-  GEN8_GT_IER0,
-  GEN8_GT_IIR0,
-  GEN8_GT_IMR0,
-  GEN8_GT_ISR0,
-  GEN8_MASTER_IRQ,
-  HEAD_ADDR,
   MMIO_SIZE,
-  NUM_FENCES,
   RING_ACTHD,
   RING_CTL,
   RING_HEAD,
   RING_HWS_PGA,
   RING_START,
   RING_TAIL,
-  TAIL_ADDR,
   VGT_PVINFO_PAGE,
-  VGT_PVINFO_SIZE,
 } from "../gpu/index.ts";
+import { type VEngineId, vengine } from "./engines.ts";
+import {
+  FPGA_DBG_RM_NOCLAIM,
+  GEN6_PCODE_DATA,
+  GEN6_PCODE_ERROR_MASK,
+  GEN6_PCODE_ILLEGAL_CMD,
+  GEN6_PCODE_READ_RC6VIDS,
+  GEN6_PCODE_READY,
+  GEN9_PCODE_READ_MEM_LATENCY,
+  GEN9_PCODE_SAGV_CONTROL,
+  MODE_IDLE,
+  maskedWrite,
+  RESET_CTL_READY_TO_RESET,
+  RESET_CTL_REQUEST_RESET,
+  SKL_CDCLK_READY_FOR_CHANGE,
+  SKL_MEM_LATENCY_HIGH,
+  SKL_MEM_LATENCY_LOW,
+  SKL_PCODE_CDCLK_CONTROL,
+} from "./gvt-regs.ts";
 import type { VirtualIrq } from "./irq.ts";
-import { pvinfoWritableField } from "./pvinfo.ts";
+import { applyResetValues, findMmioReg } from "./mmio-table.ts";
+import { type PvinfoWriteAction, pvinfoWriteField } from "./pvinfo.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
     "vgpu.mmio.dropped": { vgpu: number; offset: number; value: number; reason: string };
+    "vgpu.mmio.untracked": { vgpu: number; offset: number; value: number };
   }
 }
 defineTraceEvents("vgpu", {
   "vgpu.mmio.dropped": "vgpu{vgpu}: MMIO write of {value} to {offset} dropped: {reason}",
+  "vgpu.mmio.untracked": "vgpu{vgpu}: MMIO write of {value} to untracked register {offset} stored",
 });
 
-/** What a tracked register does. */
-export type MmioHandlerKind = "ring" | "ring-ro" | "irq" | "fence" | "gdrst" | "pvinfo";
-
-/** One row of the tracked-register table. */
-export interface MmioRegInfo {
-  readonly name: string;
-  readonly offset: number;
-  /** Bytes covered (4 for a register; a multiple of 4 for a range). */
-  readonly size: number;
-  readonly kind: MmioHandlerKind;
-  /** For ring registers: the engine and the register's offset from the engine base. */
-  readonly engine?: EngineId;
-  readonly ringReg?: number;
-  /** Bits the guest can set (ring registers). */
-  readonly writeMask?: number;
-}
-
-const RING_REGS: readonly { name: string; reg: number; mask: number; ro?: boolean }[] = [
-  { name: "RING_TAIL", reg: RING_TAIL, mask: TAIL_ADDR },
-  { name: "RING_HEAD", reg: RING_HEAD, mask: HEAD_ADDR },
-  { name: "RING_START", reg: RING_START, mask: 0xffff_f000 },
-  { name: "RING_CTL", reg: RING_CTL, mask: 0xffff_ffff },
-  { name: "RING_ACTHD", reg: RING_ACTHD, mask: 0, ro: true },
-  { name: "RING_HWS_PGA", reg: RING_HWS_PGA, mask: 0xffff_f000 },
-];
-
-function buildTable(): MmioRegInfo[] {
-  const t: MmioRegInfo[] = [];
-  for (const engine of Object.keys(ENGINE_BASE) as EngineId[]) {
-    for (const r of RING_REGS) {
-      t.push({
-        name: `${engine.toUpperCase()}_${r.name}`,
-        offset: ENGINE_BASE[engine] + r.reg,
-        size: 4,
-        kind: r.ro ? "ring-ro" : "ring",
-        engine,
-        ringReg: r.reg,
-        writeMask: r.mask,
-      });
-    }
-  }
-  t.push(
-    { name: "GEN8_MASTER_IRQ", offset: GEN8_MASTER_IRQ, size: 4, kind: "irq" },
-    { name: "GEN8_GT_ISR0", offset: GEN8_GT_ISR0, size: 4, kind: "irq" },
-    { name: "GEN8_GT_IMR0", offset: GEN8_GT_IMR0, size: 4, kind: "irq" },
-    { name: "GEN8_GT_IIR0", offset: GEN8_GT_IIR0, size: 4, kind: "irq" },
-    { name: "GEN8_GT_IER0", offset: GEN8_GT_IER0, size: 4, kind: "irq" },
-    { name: "GEN6_GDRST", offset: GEN6_GDRST, size: 4, kind: "gdrst" },
-    { name: "FENCE_REG_GEN6", offset: FENCE_REG_GEN6_LO, size: NUM_FENCES * FENCE_STRIDE, kind: "fence" },
-    { name: "PVINFO", offset: VGT_PVINFO_PAGE, size: VGT_PVINFO_SIZE, kind: "pvinfo" },
-  );
-  return t;
-}
-
-/** The tracked registers, by offset (ranges listed once, at their first byte). */
-export const VGPU_MMIO_TABLE: readonly MmioRegInfo[] = buildTable();
-
-/** Dword offset -> table row, for single registers; ranges are found by comparison. */
-const SINGLE = new Map<number, MmioRegInfo>();
-const RANGES: MmioRegInfo[] = [];
-for (const r of VGPU_MMIO_TABLE) {
-  if (r.size === 4) SINGLE.set(r.offset, r);
-  else RANGES.push(r);
-}
-
-/** The tracked register covering dword `offset`, or undefined. */
-export function findMmioReg(offset: number): MmioRegInfo | undefined {
-  const r = SINGLE.get(offset);
-  if (r !== undefined) return r;
-  for (const x of RANGES) if (offset >= x.offset && offset < x.offset + x.size) return x;
-  return undefined;
-}
-
-/** The effects of register writes, implemented by the vGPU. */
+/** The effects of register accesses, implemented by the vGPU. */
 export interface MmioSink {
+  /** Failsafe: every register is plain storage. */
+  inFailsafe(): boolean;
   /** A ring register was written (vreg already holds the masked value). */
-  ringWritten(engine: EngineId, reg: number): void;
+  ringWritten(engine: VEngineId, reg: number): void;
   /** GDRST written with `domains` (GEN6_GRDOM_* bits). */
   gdrst(domains: number): void;
   /** Guest fence `fence` (< fence_num) now holds lo/hi; returns a reason if the write was refused, else undefined. */
   fenceWritten(fence: number, lo: number, hi: number): string | undefined;
+  /** The guest read the PVINFO page (GVT-g's pv_notified). */
+  pvinfoRead(): void;
+  /** The guest wrote PVINFO field `field` (vreg already holds it for "store", "display-ready" and "g2v"). */
+  pvinfoWritten(field: string, action: PvinfoWriteAction, value: number): void;
+  /** GFX_MODE of `engine` written with `value` (the raw masked write; vreg already updated). */
+  gfxModeWritten(engine: VEngineId, value: number): void;
+  /** HWS_PGA of `engine` is to hold `value`: a reason when refused (not stored), else undefined. */
+  hwsPgaWritten(engine: VEngineId, value: number): string | undefined;
+  /** A dword written to `engine`'s ELSP port. */
+  elspWritten(engine: VEngineId, value: number): void;
+  /** Whether `engine` has no work (MI_MODE's MODE_IDLE). */
+  engineIdle(engine: VEngineId): boolean;
 }
 
 export interface VgpuMmioOptions {
@@ -148,11 +99,15 @@ export interface VgpuMmioOptions {
 
 /** Counters of the register file. */
 export interface MmioStats {
-  /** Writes dropped: unknown registers, read-only registers, fences past fence_num, refused fence values. */
+  /** Writes dropped: read-only registers, fences past fence_num, refused values, non-writable PVINFO fields. */
   readonly droppedWrites: number;
-  /** Reads of unknown registers (answered 0). */
-  readonly unknownReads: number;
+  /** Accesses of registers the table does not track (plain storage). */
+  readonly untrackedReads: number;
+  readonly untrackedWrites: number;
 }
+
+/** The end of the registers a full GPU reset restores (GVT-g's GVT_GEN8_MMIO_RESET_OFFSET: interrupts and up stay). */
+export const GEN8_MMIO_RESET_END = 0x44200;
 
 export class VgpuMmio {
   /** The guest's view of every register, by dword (vreg[offset / 4]). */
@@ -163,7 +118,8 @@ export class VgpuMmio {
   private readonly sink: MmioSink;
   private readonly tracer: Tracer;
   private dropped = 0;
-  private unknownReads = 0;
+  private untrackedReads = 0;
+  private untrackedWrites = 0;
 
   constructor(opts: VgpuMmioOptions) {
     this.vgpuId = opts.vgpuId;
@@ -171,6 +127,7 @@ export class VgpuMmio {
     this.irq = opts.irq;
     this.sink = opts.sink;
     this.tracer = opts.tracer;
+    applyResetValues(this.vreg);
   }
 
   /** Reads `size` (1, 2, 4) bytes at `offset`, within one dword. */
@@ -193,76 +150,115 @@ export class VgpuMmio {
 
   /** The value of dword register `offset` as the guest reads it. */
   readDword(offset: number): number {
+    const i = offset / 4;
     const r = findMmioReg(offset);
     if (r === undefined) {
-      this.unknownReads++;
-      return 0;
+      this.untrackedReads++;
+      return this.vreg[i]!;
     }
+    if (this.sink.inFailsafe()) return this.vreg[i]!;
     switch (r.kind) {
-      case "irq":
+      case "gt-irq":
         return this.irq.read(offset);
-      case "gdrst":
-        return 0;
       case "fence":
-        return this.fenceOf(offset) < this.fenceNum ? this.vreg[offset / 4]! : 0;
+        return this.fenceOf(offset) < this.fenceNum ? this.vreg[i]! : 0;
+      case "mi-mode":
+        return ((this.vreg[i]! & ~MODE_IDLE) | (this.sink.engineIdle(r.engine!) ? MODE_IDLE : 0)) >>> 0;
+      case "pvinfo":
+        this.sink.pvinfoRead();
+        return this.vreg[i]!;
       default:
-        return this.vreg[offset / 4]!;
+        return this.vreg[i]!;
     }
   }
 
   /** A guest write to dword register `offset`: `value` in the bytes of `mask` (other bytes of `value` are 0). */
   writeDword(offset: number, value: number, mask: number): void {
+    const i = offset / 4;
+    const old = this.vreg[i]!;
+    const merged = ((old & ~mask) | (value & mask)) >>> 0;
     const r = findMmioReg(offset);
     if (r === undefined) {
-      this.drop(offset, value, "not a register the vGPU emulates");
+      this.untrackedWrites++;
+      this.vreg[i] = merged;
+      if (this.tracer.enabled) {
+        this.tracer.emit("vgpu.mmio.untracked", { vgpu: this.vgpuId, offset, value: merged });
+      }
       return;
     }
-    const i = offset / 4;
-    const merged = ((this.vreg[i]! & ~mask) | (value & mask)) >>> 0;
+    if (this.sink.inFailsafe()) {
+      this.vreg[i] = merged;
+      return;
+    }
+    const written = (value & mask) >>> 0;
     switch (r.kind) {
-      case "ring":
-        this.vreg[i] = (merged & r.writeMask!) >>> 0;
-        this.sink.ringWritten(r.engine!, r.ringReg!);
+      case "ram":
+        this.vreg[i] = merged;
         return;
+      case "masked":
+        this.vreg[i] = maskedWrite(old, written);
+        return;
+      case "ro":
       case "ring-ro":
+      case "execlist-ro":
         this.drop(offset, value, `${r.name} is read-only`);
         return;
-      case "irq":
-        if (!this.irq.write(offset, value, mask)) this.drop(offset, value, `${r.name} is read-only`);
+      case "w1c":
+        this.vreg[i] = (old & ~written) >>> 0;
         return;
+      case "fpga-dbg":
+        this.vreg[i] = (merged & ~FPGA_DBG_RM_NOCLAIM) >>> 0;
+        return;
+      case "reset-ctl": {
+        // Only REQUEST (and its mask bit) is the guest's; READY follows it (ring_reset_ctl_write).
+        const v = maskedWrite(old, written & (RESET_CTL_REQUEST_RESET | (RESET_CTL_REQUEST_RESET << 16)));
+        this.vreg[i] =
+          (v & RESET_CTL_REQUEST_RESET) !== 0 ? v | RESET_CTL_READY_TO_RESET : v & ~RESET_CTL_READY_TO_RESET;
+        return;
+      }
       case "gdrst":
+        this.vreg[i] = 0;
         this.sink.gdrst(merged);
         return;
-      case "fence": {
-        const fence = this.fenceOf(offset);
-        if (fence >= this.fenceNum) {
-          this.drop(offset, value, `fence ${fence} is beyond the vGPU's ${this.fenceNum} fences`);
-          return;
-        }
-        this.vreg[i] = merged;
-        const lo = FENCE_REG_GEN6_LO / 4 + fence * 2;
-        const why = this.sink.fenceWritten(fence, this.vreg[lo]!, this.vreg[lo + 1]!);
-        if (why !== undefined) this.drop(offset, value, why);
+      case "pcode-mailbox":
+        this.mailbox(i, merged);
+        return;
+      case "mi-mode":
+        this.vreg[i] = maskedWrite(old, written) & ~MODE_IDLE;
+        return;
+      case "gfx-mode":
+        // GVT-g strips a masked enable of bit 0 before storing (and sends such a guest to failsafe).
+        this.vreg[i] = maskedWrite(old, written & ~0x0001_0001);
+        this.sink.gfxModeWritten(r.engine!, written);
+        return;
+      case "hws-pga": {
+        const why = this.sink.hwsPgaWritten(r.engine!, merged);
+        if (why === undefined) this.vreg[i] = merged;
+        else this.drop(offset, value, why);
         return;
       }
-      case "pvinfo": {
-        const field = pvinfoWritableField(offset - VGT_PVINFO_PAGE);
-        if (field === undefined) {
-          this.drop(offset, value, `PVINFO offset ${hex(offset - VGT_PVINFO_PAGE)} is not guest-writable`);
-          return;
-        }
-        this.vreg[i] = merged;
-        if (this.tracer.enabled) {
-          this.tracer.emit("vgpu.pvinfo.write", { vgpu: this.vgpuId, field, value: merged });
-        }
+      case "elsp":
+        this.sink.elspWritten(r.engine!, merged);
         return;
-      }
+      case "ring":
+        this.vreg[i] = (merged & r.writeMask!) >>> 0;
+        this.sink.ringWritten(r.engine!, r.engineReg!);
+        return;
+      case "gt-irq":
+        if (!this.irq.write(offset, value, mask)) this.drop(offset, value, `${nameOfIrq(offset)} is read-only`);
+        return;
+      case "fence":
+        this.fenceWrite(offset, merged, value);
+        return;
+      case "pvinfo":
+        this.pvinfoWrite(offset, merged, value);
+        return;
     }
   }
 
   /** A read of BAR0 space that holds no registers (2 MiB to 8 MiB): counted; it reads 0. */
   unknownRead(): void {
-    this.unknownReads++;
+    this.untrackedReads++;
   }
 
   /** A write to BAR0 space that holds no registers: dropped and counted. */
@@ -270,19 +266,72 @@ export class VgpuMmio {
     this.drop(offset, value, "nothing is decoded between the registers and the GTT window");
   }
 
-  /** Ring registers of `engine` back to 0 (engine reset). */
-  resetEngine(engine: EngineId): void {
-    const base = ENGINE_BASE[engine];
-    for (const r of RING_REGS) this.vreg[(base + r.reg) / 4] = 0;
+  /** Ring buffer registers of `engine` back to 0 (engine reset). */
+  resetEngine(engine: VEngineId): void {
+    const base = vengine(engine).base;
+    for (const reg of RING_BUFFER_REGS) this.vreg[(base + reg) / 4] = 0;
   }
 
-  /** Every register back to 0 (the caller repopulates PVINFO and resets the interrupts). */
+  /** A full GPU reset: every register below the interrupt registers back to its reset value. */
+  resetGpuRange(): void {
+    this.vreg.fill(0, 0, GEN8_MMIO_RESET_END / 4);
+    applyResetValues(this.vreg, 0, GEN8_MMIO_RESET_END);
+  }
+
+  /** Every register back to its reset value (the caller repopulates PVINFO and resets the interrupts). */
   resetAll(): void {
     this.vreg.fill(0);
+    applyResetValues(this.vreg);
   }
 
   stats(): MmioStats {
-    return { droppedWrites: this.dropped, unknownReads: this.unknownReads };
+    return { droppedWrites: this.dropped, untrackedReads: this.untrackedReads, untrackedWrites: this.untrackedWrites };
+  }
+
+  // ---- behaviours with more than one line ------------------------------------------------------------------------
+
+  /** mailbox_write: the command completes at once; READY and the error code read clear (SAGV: illegal command). */
+  private mailbox(i: number, value: number): void {
+    const cmd = value & 0xff;
+    const data = GEN6_PCODE_DATA / 4;
+    let error = 0;
+    switch (cmd) {
+      case GEN9_PCODE_READ_MEM_LATENCY:
+        this.vreg[data] = this.vreg[data] === 0 ? SKL_MEM_LATENCY_LOW : SKL_MEM_LATENCY_HIGH;
+        break;
+      case SKL_PCODE_CDCLK_CONTROL:
+        this.vreg[data] = SKL_CDCLK_READY_FOR_CHANGE;
+        break;
+      case GEN6_PCODE_READ_RC6VIDS:
+        this.vreg[data] = (this.vreg[data]! | 1) >>> 0;
+        break;
+      case GEN9_PCODE_SAGV_CONTROL:
+        error = GEN6_PCODE_ILLEGAL_CMD;
+        break;
+    }
+    this.vreg[i] = ((value & ~(GEN6_PCODE_READY | GEN6_PCODE_ERROR_MASK)) | error) >>> 0;
+  }
+
+  private fenceWrite(offset: number, merged: number, value: number): void {
+    const fence = this.fenceOf(offset);
+    if (fence >= this.fenceNum) {
+      this.drop(offset, value, `fence ${fence} is beyond the vGPU's ${this.fenceNum} fences`);
+      return;
+    }
+    this.vreg[offset / 4] = merged;
+    const lo = FENCE_REG_GEN6_LO / 4 + fence * 2;
+    const why = this.sink.fenceWritten(fence, this.vreg[lo]!, this.vreg[lo + 1]!);
+    if (why !== undefined) this.drop(offset, value, why);
+  }
+
+  private pvinfoWrite(offset: number, merged: number, value: number): void {
+    const field = pvinfoWriteField(offset - VGT_PVINFO_PAGE);
+    if (field.action === "drop" || field.action === "failsafe") {
+      this.drop(offset, value, `PVINFO ${field.name} is not guest-writable`);
+    } else {
+      this.vreg[offset / 4] = merged;
+    }
+    if (field.action !== "drop") this.sink.pvinfoWritten(field.name, field.action, merged);
   }
 
   private fenceOf(offset: number): number {
@@ -309,4 +358,11 @@ export class VgpuMmio {
       );
     }
   }
+}
+
+/** The ring buffer registers an engine reset clears (TAIL, HEAD, START, CTL, ACTHD, HWS_PGA). */
+const RING_BUFFER_REGS: readonly number[] = [RING_TAIL, RING_HEAD, RING_START, RING_CTL, RING_ACTHD, RING_HWS_PGA];
+
+function nameOfIrq(offset: number): string {
+  return findMmioReg(offset)?.name ?? hex(offset);
 }

@@ -18,7 +18,7 @@
  * draining vGPUs are distinct.
  */
 import { defineTraceEvents, Errno, KernelError, PAGE_SIZE, type SchedulingClock, type Tracer } from "../core/index.ts";
-import type { GpuResources, HostGpu } from "../gpu/index.ts";
+import { type GpuResources, HOST_APERTURE_RESERVED, type HostGpu } from "../gpu/index.ts";
 import type { CoherentBuffer } from "../host/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
 import { GvtScheduler } from "./scheduler.ts";
@@ -32,6 +32,7 @@ import {
   listedTypes,
 } from "./types.ts";
 import { Vgpu } from "./vgpu.ts";
+import type { VirtualEngineBackend } from "./virtual-engine.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -71,6 +72,19 @@ export interface GvtParentOptions {
    * scenario's isolation checker can be shown to catch what then reaches another VM's memory. Never set otherwise.
    */
   readonly unsafeSkipAddressAudit?: boolean;
+  /**
+   * What executes the vGPUs' virtual execlist workloads (default: `UNIMPLEMENTED_BACKEND`, nothing runs them yet).
+   * Tests inject one that completes at once.
+   */
+  readonly execlistBackend?: VirtualEngineBackend;
+}
+
+/**
+ * The host aperture's size, which is every vGPU's BAR2 size (GVT-g's gvt_aperture_sz): the host driver's own
+ * aperture reservation plus the aperture region it gives vGPUs (host-partitions.ts lays GM out so, from 0).
+ */
+export function hostApertureSize(gpu: HostGpu): number {
+  return HOST_APERTURE_RESERVED + gpu.capacity().apertureTotal;
 }
 
 export class GvtParent implements MdevParentDriver {
@@ -85,9 +99,14 @@ export class GvtParent implements MdevParentDriver {
   private readonly draining = new Set<Vgpu>();
 
   private readonly unsafeSkipAddressAudit: boolean;
+  private readonly execlistBackend: VirtualEngineBackend | undefined;
+  /** Every vGPU's BAR2 size: the host aperture. */
+  readonly bar2Size: number;
 
   constructor(opts: GvtParentOptions) {
     this.unsafeSkipAddressAudit = opts.unsafeSkipAddressAudit ?? false;
+    this.execlistBackend = opts.execlistBackend;
+    this.bar2Size = hostApertureSize(opts.gpu);
     this.gpu = opts.gpu;
     this.tracer = opts.tracer;
     this.parentName = opts.parentName ?? opts.gpu.bdf;
@@ -126,6 +145,8 @@ export class GvtParent implements MdevParentDriver {
         uuid: name,
         type,
         resources,
+        bar2Size: this.bar2Size,
+        ...(this.execlistBackend !== undefined ? { backend: this.execlistBackend } : {}),
         scratch,
         gpu: this.gpu,
         scheduler: this.scheduler,

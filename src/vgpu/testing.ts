@@ -8,6 +8,10 @@
  * memory is the VMM's mapping of guest RAM (GPA x is at hva base + x). It allocates guest pages and graphics memory
  * with simple bump allocators and builds rings and batches the way a guest driver would. Nothing here reaches into
  * the driver's internals except through `parent` (for stats and invariants), as a test may.
+ *
+ * `TestEngineBackend` is the test-only `VirtualEngineBackend`: it completes each workload at once (or holds it until
+ * the test completes it), so that the virtual execlists' CSB and interrupt sequences can be asserted without a GPU
+ * that runs contexts. Production code never uses it (virtual-engine.ts).
  */
 import {
   Errno,
@@ -60,8 +64,10 @@ import {
   type VfioDeviceHandle,
   VfioGroupHandle,
 } from "../vfio/index.ts";
+import type { VEngineId } from "./engines.ts";
 import { GvtParent } from "./parent.ts";
 import type { Vgpu } from "./vgpu.ts";
+import type { ExeclistWorkload, VirtualEngineBackend, WorkloadCompletion } from "./virtual-engine.ts";
 
 export const MiB = 1024 * 1024;
 
@@ -77,6 +83,50 @@ export interface VgpuWorldOptions {
   readonly memoryBytes?: number;
   /** Record trace events (default true). */
   readonly trace?: boolean;
+  /** The virtual execlists' backend (default: the production one, which runs nothing). */
+  readonly execlistBackend?: VirtualEngineBackend;
+}
+
+/** TEST ONLY: a backend that completes workloads at once (`auto`) or when the test says (`complete`). */
+export class TestEngineBackend implements VirtualEngineBackend {
+  readonly name = "test";
+  /** Complete each workload inside `run` (true) or hold it until `complete` (false). */
+  auto = true;
+  /** What completions report about MI_USER_INTERRUPT. */
+  userInterrupt = false;
+  /** Set to refuse workloads (as the production backend does) with this error. */
+  refuse: KernelError | undefined;
+  readonly ran: ExeclistWorkload[] = [];
+  readonly cancelled: ExeclistWorkload[] = [];
+  private readonly held: { w: ExeclistWorkload; done: (c: WorkloadCompletion) => void }[] = [];
+
+  run(w: ExeclistWorkload, done: (c: WorkloadCompletion) => void): KernelError | undefined {
+    if (this.refuse !== undefined) return this.refuse;
+    this.ran.push(w);
+    if (this.auto) done({ userInterrupt: this.userInterrupt });
+    else this.held.push({ w, done });
+    return undefined;
+  }
+
+  cancel(w: ExeclistWorkload): void {
+    this.cancelled.push(w);
+    const i = this.held.findIndex((h) => h.w === w);
+    if (i >= 0) this.held.splice(i, 1);
+  }
+
+  /** Workloads held (auto = false) and not yet completed. */
+  get holding(): readonly ExeclistWorkload[] {
+    return this.held.map((h) => h.w);
+  }
+
+  /** Completes the oldest held workload of `engine` (default: any) with `c`. */
+  complete(engine?: VEngineId, c: WorkloadCompletion = { userInterrupt: this.userInterrupt }): ExeclistWorkload {
+    const i = this.held.findIndex((h) => engine === undefined || h.w.engine === engine);
+    if (i < 0) throw new Error(`no held workload${engine !== undefined ? ` on ${engine}` : ""}`);
+    const [h] = this.held.splice(i, 1);
+    h!.done(c);
+    return h!.w;
+  }
 }
 
 let uuidSeq = 0;
@@ -110,7 +160,12 @@ export class VgpuWorld {
     );
     this.mdev = new MdevCore({ sysfs: this.host.sysfs, vfio: this.vfio, tracer: this.host.tracer });
     this.gpu = createGpu(this.host, opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {});
-    this.parent = new GvtParent({ gpu: this.gpu.driver, clock: this.clock, tracer: this.host.tracer });
+    this.parent = new GvtParent({
+      gpu: this.gpu.driver,
+      clock: this.clock,
+      tracer: this.host.tracer,
+      ...(opts.execlistBackend !== undefined ? { execlistBackend: opts.execlistBackend } : {}),
+    });
     this.mdev.registerParent(this.parent);
   }
 
@@ -330,6 +385,24 @@ export class GuestSession {
     this.setMmio(GEN8_GT_IER0, 0xffff_ffff);
     this.setMmio(GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL);
     return this.msi;
+  }
+
+  /**
+   * What i915 does before it submits through execlists on `engine` (base `base`): reads PVINFO (if not yet),
+   * enables RUN_LIST in GFX_MODE, clears STOP_RING, points HWS_PGA at `hwsGma`, and resets the CSB pointers as
+   * reset_csb_pointers does (read and write pointer 5, so that the first event lands in entry 0).
+   */
+  enableExeclists(base: number, hwsGma: number): void {
+    this.mmio(VGT_PVINFO_PAGE + PVINFO.magic);
+    this.setMmio(base + 0x29c, ((1 << 15) << 16) | (1 << 15));
+    this.setMmio(base + 0x9c, (1 << 8) << 16);
+    this.setMmio(base + 0x80, hwsGma);
+    this.setMmio(base + 0x3a0, (0x0707 << 16) | 0x0505);
+  }
+
+  /** One ELSP submission: element 0 and element 1 (0, 0 for none), each [lo, hi], in i915's dword order. */
+  elsp(base: number, e0: readonly [number, number], e1: readonly [number, number] = [0, 0]): void {
+    for (const v of [e1[1], e1[0], e0[1], e0[0]]) this.setMmio(base + 0x230, v);
   }
 
   /** An INTx eventfd (MSI left disabled). */

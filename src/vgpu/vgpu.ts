@@ -11,11 +11,16 @@
  *
  * BAR0: registers (mmio.ts); the GTT window (gtt.ts: only 4- and 8-byte writes, EINVAL otherwise; reads return the
  * guest's entries); between 2 MiB and 8 MiB nothing: reads 0, writes dropped and counted.
- * BAR2 (aperture): sized to the vGPU's aperture partition; guest offset X is GMA `aperture.base + X` of its partition
- * (not GMA X as on the physical GPU), and reaches memory the way the GPU's aperture would, through the vGPU's shadow
- * GTT: the page a shadow entry maps is read or written with vfio_dma_rw (the host driver offers no CPU aperture path,
- * and the page is pinned, so this is the very frame the shadow's IOVA translates to). A page whose shadow is the
- * scratch page reads zeros and drops writes (counted): the CPU never sees the scratch page's contents.
+ * BAR2 (aperture): **the size of the whole host aperture, as GVT-g makes it** (`bar2Size`, vconfig.ts): guest offset
+ * X is graphics memory address X, the same address the guest's PVINFO names for its mappable range, so i915's
+ * ballooning rules hold (m_base + m_size <= BAR2 size, non-mappable base >= BAR2 size). Only the vGPU's own aperture
+ * partition answers: an access outside it fails with EINVAL, as kvmgt's intel_vgpu_aperture_rw refuses it (a
+ * ballooned guest never makes one). Inside, it reaches memory the way the GPU's aperture would, through the vGPU's
+ * shadow GTT: the page a shadow entry maps is read or written with vfio_dma_rw (the host driver offers no CPU
+ * aperture path, and the page is pinned, so this is the very frame the shadow's IOVA translates to). A page whose
+ * shadow is the scratch page reads zeros and drops writes (counted): the CPU never sees the scratch page's contents.
+ * (The choice against a smaller BAR2: a BAR2 of the partition's size would need m_base + m_size <= its size, i.e.
+ * the guest's addresses translated to the host's on every GTT write, command and register: GVT-g translates none.)
  *
  * Scratch page: each vGPU has its own (`scratch`), a zeroed page the parent allocates at create with the GPU's DMA
  * API (dma_alloc_coherent) and frees at release, after the partition is back on the host driver's scratch page.
@@ -24,7 +29,14 @@
  * every coherent allocation (0, the host kernel, as createGpu sets the GPU up: dma_alloc_coherent takes no
  * per-allocation tag), so an isolation checker attributes it to this vGPU by frame number, `scratch.pfn`.
  *
- * Submission: the guest programs RING_START/CTL/HEAD and writes RING_TAIL. On a TAIL write of an enabled ring the
+ * Two submission paths, one per engine at a time:
+ * - execlists (what i915 uses on gen8+): GFX_MODE's RUN_LIST puts the engine in execlist mode; ELSP writes, workloads
+ *   and context status events are the engine's `VirtualExeclist` (execlist.ts), executed by the injected
+ *   `VirtualEngineBackend` (virtual-engine.ts; in production `UNIMPLEMENTED_BACKEND` until the physical GPU runs
+ *   logical ring contexts). The status page (HWS_PGA) is accepted only inside the vGPU's graphics memory. Enabling
+ *   RUN_LIST or PPGTT before the guest ever read PVINFO sends the vGPU to failsafe (failsafe.ts), as GVT-g.
+ * - the legacy ring path (this project's own guest driver), on engines the physical GPU has and not in execlist mode:
+ * The guest programs RING_START/CTL/HEAD and writes RING_TAIL. On a TAIL write of an enabled ring the
  * dwords from the scan position (HEAD, or where the last scan ended) to TAIL are copied out of the guest's ring
  * (through its shadow GTT), audited and patched by the scanner, and queued with the scheduler; on completion RING_HEAD
  * (and ACTHD) advance to that TAIL and, if the stream had MI_USER_INTERRUPT, the guest's user interrupt is raised. A
@@ -32,12 +44,20 @@
  * guest gets GT_CS_MASTER_ERROR_INTERRUPT, and HEAD moves past it (at once, or when the engine's earlier work has
  * completed) so the ring stays usable.
  *
+ * PVINFO notifications (pvinfo.ts): any read of the page marks the guest PV-aware; g2v_notify L4/L3 create and
+ * destroy keep the table of the guest's PPGTT roots (ppgtt-roots.ts: pdp[0] is the PML4), for the shadow PPGTT to
+ * come; display_ready is traced; a write into rsv5 sends the vGPU to failsafe.
+ *
  * Resets, as GVT-g's intel_gvt_reset_vgpu_locked:
- * - GDRST (engine reset, dmlr = false): the named engines' queued work is dropped, their ring registers cleared;
- *   interrupts, fences and the GTT stay (a guest's GGTT survives a GPU reset: i915 does not rewrite it afterwards).
+ * - GDRST (engine reset, dmlr = false): the named engines (RENDER, BLT, MEDIA, VECS; FULL for all) have their
+ *   queued work dropped, their ring registers cleared and their virtual execlists emptied; a FULL reset also puts
+ *   every register below the interrupt registers (0x44200) back to its reset value and leaves execlist mode, as
+ *   GVT-g's intel_vgpu_reset_mmio(dmlr = false). Interrupts, fences, PVINFO state and the GTT stay (a guest's GGTT
+ *   survives a GPU reset: i915 does not rewrite it afterwards). GDRST reads 0 at once: the reset is complete.
  * - VFIO_DEVICE_RESET (device-model-level reset): everything: queued work, every register (PVINFO rebuilt),
- *   interrupts, fences (physical ones zeroed), config space, and the GTT (guest entries zeroed; every pin, IOVA and
- *   shadow entry released). Eventfds belong to the user session and stay.
+ *   interrupts, fences (physical ones zeroed), config space, the GTT (guest entries zeroed; every pin, IOVA and
+ *   shadow entry released), failsafe, the PV-aware mark and the PPGTT roots. Eventfds belong to the user session and
+ *   stay.
  * - close (last fd): a device reset, then the eventfds and the vfio DMA access go and the vGPU leaves the run queue.
  * Work already on an engine cannot be recalled; it completes unseen (a generation number tells stale completions).
  * Releasing pins while such work is still being timed is safe here because the GPU model performs a submission's
@@ -56,9 +76,7 @@ import {
   BAR0_SIZE,
   ENGINE_BASE,
   type EngineId,
-  GEN6_GRDOM_BLT,
   GEN6_GRDOM_FULL,
-  GEN6_GRDOM_RENDER,
   type GpuResources,
   GT_CS_MASTER_ERROR_INTERRUPT,
   GT_RENDER_USER_INTERRUPT,
@@ -68,11 +86,13 @@ import {
   RING_ACTHD,
   RING_CTL,
   RING_HEAD,
+  RING_HWS_PGA,
   RING_START,
   RING_TAIL,
   RING_VALID,
   ringCtlLength,
   type SubmissionResult,
+  VGT_PVINFO_PAGE,
 } from "../gpu/index.ts";
 import type { CoherentBuffer, PciConfigSpace } from "../host/index.ts";
 import {
@@ -94,13 +114,29 @@ import {
   vfioPciRegionName,
 } from "../vfio/index.ts";
 import { CommandScanner, type ScanResult } from "./cmd-scanner.ts";
+import { isPhysicalEngine, VENGINE_IDS, type VEngineId, VGPU_ENGINES, vengine } from "./engines.ts";
+import { type ExeclistStats, VirtualExeclist } from "./execlist.ts";
+import { Failsafe, type FailsafeState } from "./failsafe.ts";
 import { type PopulateError, ShadowGtt, type ShadowGttStats } from "./gtt.ts";
+import { GFX_MODE_UNSUPPORTED, GFX_PPGTT_ENABLE, GFX_RUN_LIST_ENABLE, maskedEnables } from "./gvt-regs.ts";
 import { VirtualIrq } from "./irq.ts";
 import { type MmioSink, VgpuMmio } from "./mmio.ts";
-import { populatePvinfo } from "./pvinfo.ts";
+import { GuestPpgttRoots } from "./ppgtt-roots.ts";
+import {
+  PVINFO_EXTRA,
+  type PvinfoWriteAction,
+  populatePvinfo,
+  VGT_G2V_EXECLIST_CONTEXT_CREATE,
+  VGT_G2V_EXECLIST_CONTEXT_DESTROY,
+  VGT_G2V_PPGTT_L3_PAGE_TABLE_CREATE,
+  VGT_G2V_PPGTT_L3_PAGE_TABLE_DESTROY,
+  VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE,
+  VGT_G2V_PPGTT_L4_PAGE_TABLE_DESTROY,
+} from "./pvinfo.ts";
 import type { GvtScheduler } from "./scheduler.ts";
 import type { GvtTypeSpec } from "./types.ts";
 import { configRead, configWrite, createVgpuConfig, pieceSize, VGPU_CONFIG_SIZE } from "./vconfig.ts";
+import { UNIMPLEMENTED_BACKEND, type VirtualEngineBackend } from "./virtual-engine.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -109,6 +145,7 @@ declare module "../core/trace.ts" {
     "vgpu.fence": { vgpu: number; fence: number; physical: number; lo: number; hi: number };
     "vgpu.open": { vgpu: number; uuid: string };
     "vgpu.close": { vgpu: number; uuid: string };
+    "vgpu.pvinfo.notify": { vgpu: number; field: string; value: number; outcome: string };
   }
 }
 defineTraceEvents("vgpu", {
@@ -117,6 +154,7 @@ defineTraceEvents("vgpu", {
   "vgpu.fence": "vgpu{vgpu}: guest fence {fence} -> physical fence {physical} = {hi}:{lo}",
   "vgpu.open": "vgpu{vgpu} ({uuid}): opened by a VMM",
   "vgpu.close": "vgpu{vgpu} ({uuid}): closed; every pin and mapping released",
+  "vgpu.pvinfo.notify": "vgpu{vgpu}: PVINFO {field} = {value}: {outcome}",
 });
 
 const ENGINES: readonly EngineId[] = Object.keys(ENGINE_BASE) as EngineId[];
@@ -142,6 +180,17 @@ export interface VgpuStats extends ShadowGttStats {
   readonly apertureMisses: number;
   readonly interruptsDelivered: number;
   readonly interruptsSuppressed: number;
+  /** MMIO accesses of registers the vendor driver does not track (plain storage). */
+  readonly untrackedMmioReads: number;
+  readonly untrackedMmioWrites: number;
+  /** Whether the guest has read PVINFO (GVT-g's pv_notified). */
+  readonly pvNotified: boolean;
+  /** Why the vGPU is in failsafe, if it is. */
+  readonly failsafe: FailsafeState | undefined;
+  /** Guest PPGTT roots announced through g2v_notify and not destroyed. */
+  readonly ppgttRoots: number;
+  /** The virtual execlists, per engine. */
+  readonly execlists: Readonly<Record<VEngineId, ExeclistStats>>;
 }
 
 export interface VgpuOptions {
@@ -151,6 +200,13 @@ export interface VgpuOptions {
   readonly uuid: string;
   readonly type: GvtTypeSpec;
   readonly resources: GpuResources;
+  /**
+   * BAR2's size: the host aperture (a power of two covering the partition and ending at or below its hidden range).
+   * Default: the smallest power of two that covers the aperture partition (what a test without a host layout gets).
+   */
+  readonly bar2Size?: number;
+  /** What executes the virtual execlists' workloads (default `UNIMPLEMENTED_BACKEND`: nothing, they stay pending). */
+  readonly backend?: VirtualEngineBackend;
   /** The vGPU's own scratch page: one page from `gpu.dma.allocCoherent`, owned (and freed) by the caller. */
   readonly scratch: CoherentBuffer;
   readonly gpu: HostGpu;
@@ -184,6 +240,15 @@ export class Vgpu implements VfioDeviceOps {
   readonly gtt: ShadowGtt;
   readonly irq: VirtualIrq;
   readonly mmio: VgpuMmio;
+  /** BAR2's size in bytes (the host aperture). */
+  readonly bar2Size: number;
+  readonly failsafe: Failsafe;
+  /** The guest's PPGTT roots (g2v_notify). */
+  readonly ppgttRoots: GuestPpgttRoots;
+  /** The virtual execlists, per engine. */
+  readonly execlists: ReadonlyMap<VEngineId, VirtualExeclist>;
+  /** GVT-g's pv_notified: the guest has read PVINFO since the last device reset. */
+  private pvNotified = false;
   private readonly gpu: HostGpu;
   private readonly scheduler: GvtScheduler;
   private readonly tracer: Tracer;
@@ -207,7 +272,18 @@ export class Vgpu implements VfioDeviceOps {
     this.gpu = opts.gpu;
     this.scheduler = opts.scheduler;
     this.tracer = opts.tracer;
-    this.config = createVgpuConfig(opts.resources.aperture.size);
+    const apEnd = opts.resources.aperture.base + opts.resources.aperture.size;
+    this.bar2Size = opts.bar2Size ?? 2 ** Math.ceil(Math.log2(apEnd));
+    if (this.bar2Size < apEnd || 2 ** Math.round(Math.log2(this.bar2Size)) !== this.bar2Size) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${opts.id}: BAR2 of ${hex(this.bar2Size)} bytes must be a power of two covering the aperture partition ` +
+          `[${hex(opts.resources.aperture.base)}, ${hex(apEnd)})`,
+      );
+    }
+    this.config = createVgpuConfig(this.bar2Size);
+    this.failsafe = new Failsafe(opts.id, opts.tracer);
+    this.ppgttRoots = new GuestPpgttRoots(opts.id, opts.tracer);
     this.gtt = new ShadowGtt({
       vgpuId: this.id,
       gpu: this.gpu,
@@ -217,9 +293,18 @@ export class Vgpu implements VfioDeviceOps {
     });
     this.irq = new VirtualIrq(this.id, this.config, this.tracer);
     const sink: MmioSink = {
+      inFailsafe: () => this.failsafe.active,
       ringWritten: (engine, reg) => this.ringWritten(engine, reg),
       gdrst: (domains) => this.gdrst(domains),
       fenceWritten: (fence, lo, hi) => this.fenceWritten(fence, lo, hi),
+      pvinfoRead: () => {
+        this.pvNotified = true;
+      },
+      pvinfoWritten: (field, action, value) => this.pvinfoWritten(field, action, value),
+      gfxModeWritten: (engine, value) => this.gfxModeWritten(engine, value),
+      hwsPgaWritten: (engine, value) => this.hwsPgaWritten(engine, value),
+      elspWritten: (engine, value) => this.execlists.get(engine)!.elspWrite(value),
+      engineIdle: (engine) => this.engineIdle(engine),
     };
     this.mmio = new VgpuMmio({
       vgpuId: this.id,
@@ -229,15 +314,30 @@ export class Vgpu implements VfioDeviceOps {
       tracer: this.tracer,
     });
     populatePvinfo(this.mmio.vreg, this.id, this.resources);
+    const backend = opts.backend ?? UNIMPLEMENTED_BACKEND;
+    const execlists = new Map<VEngineId, VirtualExeclist>();
+    for (const e of VGPU_ENGINES) {
+      execlists.set(
+        e.id,
+        new VirtualExeclist({
+          vgpuId: this.id,
+          engine: e,
+          vreg: this.mmio.vreg,
+          backend,
+          tracer: this.tracer,
+          hwsPga: () => this.mmio.vreg[(e.base + RING_HWS_PGA) / 4]!,
+          writeGuestGgtt: (gma, data) => this.gtt.writeGuestGgtt(gma, data),
+          raise: (bits, event) => this.irq.raise(e.id, bits, event),
+        }),
+      );
+    }
+    this.execlists = execlists;
     for (const e of ENGINES) this.rings.set(e, { scanPos: 0, headOnDrain: -1, generation: 0 });
-    const { aperture, hidden } = this.resources;
     this.scanner = new CommandScanner({
       memory: {
         inPartition: opts.unsafeSkipAddressAudit ? () => true : (gma, len) => this.gtt.inPartition(gma, len),
         readGm: (gma, dst) => this.gtt.readGm(gma, dst),
-        describe: () =>
-          `aperture [${hex(aperture.base)}, ${hex(aperture.base + aperture.size)}), hidden [${hex(hidden.base)}, ` +
-          `${hex(hidden.base + hidden.size)})`,
+        describe: () => this.describePartition(),
       },
       allocShadow: (size) => this.gpu.allocShadow(size),
     });
@@ -405,6 +505,15 @@ export class Vgpu implements VfioDeviceOps {
       apertureMisses: this.apertureMisses,
       interruptsDelivered: this.irq.delivered,
       interruptsSuppressed: this.irq.suppressed,
+      untrackedMmioReads: m.untrackedReads,
+      untrackedMmioWrites: m.untrackedWrites,
+      pvNotified: this.pvNotified,
+      failsafe: this.failsafe.state,
+      ppgttRoots: this.ppgttRoots.size,
+      execlists: Object.fromEntries(VENGINE_IDS.map((e) => [e, this.execlists.get(e)!.stats()])) as Record<
+        VEngineId,
+        ExeclistStats
+      >,
     };
   }
 
@@ -456,8 +565,16 @@ export class Vgpu implements VfioDeviceOps {
   }
 
   private apertureAccess(offset: number, buf: Uint8Array, write: boolean): number {
-    const base = this.resources.aperture.base + offset;
+    const { aperture } = this.resources;
+    const base = offset;
     const len = buf.length;
+    if (base < aperture.base || base + len > aperture.base + aperture.size) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vgpu${this.id} ${this.name}: BAR2 access [${hex(base)}, ${hex(base + len)}) lies outside the vGPU's aperture ` +
+          `[${hex(aperture.base)}, ${hex(aperture.base + aperture.size)}); only its own partition of the host aperture answers`,
+      );
+    }
     for (let done = 0; done < len; ) {
       const gma = base + done;
       const n = Math.min(len - done, PAGE_SIZE - (gma % PAGE_SIZE));
@@ -482,7 +599,10 @@ export class Vgpu implements VfioDeviceOps {
     this.mmio.vreg[(ENGINE_BASE[engine] + reg) / 4] = v >>> 0;
   }
 
-  private ringWritten(engine: EngineId, reg: number): void {
+  private ringWritten(vengineId: VEngineId, reg: number): void {
+    // The legacy path runs only on engines the physical GPU has, and not once the engine is in execlist mode.
+    if (!isPhysicalEngine(vengineId) || this.execlists.get(vengineId)!.enabled) return;
+    const engine: EngineId = vengineId;
     const ring = this.rings.get(engine)!;
     switch (reg) {
       case RING_TAIL:
@@ -599,36 +719,140 @@ export class Vgpu implements VfioDeviceOps {
   // ---- resets and fences -------------------------------------------------------------------------------------------
 
   private gdrst(domains: number): void {
-    const engines: EngineId[] = [];
-    if ((domains & GEN6_GRDOM_FULL) !== 0) engines.push(...ENGINES);
-    else {
-      if ((domains & GEN6_GRDOM_RENDER) !== 0) engines.push("rcs");
-      if ((domains & GEN6_GRDOM_BLT) !== 0) engines.push("bcs");
-    }
+    const full = (domains & GEN6_GRDOM_FULL) !== 0;
+    const engines = full ? VENGINE_IDS : VGPU_ENGINES.filter((e) => (domains & e.gdrstDomain) !== 0).map((e) => e.id);
     if (engines.length === 0) return;
-    for (const e of engines) this.resetEngine(e);
-    if (this.tracer.enabled) this.tracer.emit("vgpu.reset", { vgpu: this.id, kind: "GDRST", engines });
+    if (full) this.mmio.resetGpuRange();
+    for (const e of engines) this.resetEngine(e, full);
+    if (this.tracer.enabled) {
+      this.tracer.emit("vgpu.reset", { vgpu: this.id, kind: full ? "GDRST (full)" : "GDRST", engines });
+    }
   }
 
-  private resetEngine(engine: EngineId): void {
-    this.scheduler.drop(this.id, engine);
+  /** Resets one engine's submission state; `leaveExeclistMode` for a full GPU or device reset. */
+  private resetEngine(engine: VEngineId, leaveExeclistMode: boolean): void {
+    this.execlists.get(engine)!.reset(leaveExeclistMode);
     this.mmio.resetEngine(engine);
-    const ring = this.rings.get(engine)!;
+    if (!isPhysicalEngine(engine)) return;
+    this.scheduler.drop(this.id, engine);
+    const ring = this.rings.get(engine);
+    if (ring === undefined) return;
     ring.scanPos = 0;
     ring.headOnDrain = -1;
     ring.generation++;
   }
 
+  /** Whether `engine` has no work queued, pending or running (MI_MODE's MODE_IDLE). */
+  private engineIdle(engine: VEngineId): boolean {
+    if (!this.execlists.get(engine)!.idle) return false;
+    return !isPhysicalEngine(engine) || this.scheduler.outstanding(this.id, engine) === 0;
+  }
+
+  // ---- execlists, PVINFO ---------------------------------------------------------------------------------------
+
+  /** ring_mode_mmio_write: GFX_MODE of `engine` written with the masked `value`. */
+  private gfxModeWritten(engine: VEngineId, value: number): void {
+    const name = vengine(engine).i915Name;
+    if (maskedEnables(value, GFX_MODE_UNSUPPORTED)) {
+      this.failsafe.enter("unsupported-guest", `GFX_MODE of ${name} enabled bit 0, which the vGPU does not support`);
+      return;
+    }
+    const runList = maskedEnables(value, GFX_RUN_LIST_ENABLE);
+    if ((runList || maskedEnables(value, GFX_PPGTT_ENABLE)) && !this.pvNotified) {
+      this.failsafe.enter(
+        "unsupported-guest",
+        `GFX_MODE of ${name} enabled ${runList ? "RUN_LIST (execlists)" : "PPGTT"} before the guest read PVINFO: ` +
+          "a driver that does not know it runs on a vGPU",
+      );
+      return;
+    }
+    // A masked disable of RUN_LIST changes only the register: GVT-g keeps the execlist submission selected.
+    if (runList) this.execlists.get(engine)!.enable();
+  }
+
+  /** hws_pga_write: a status page must be a page of the vGPU's graphics memory (0 unsets it). */
+  private hwsPgaWritten(engine: VEngineId, value: number): string | undefined {
+    if (value === 0 || this.gtt.inPartition(value, PAGE_SIZE)) return undefined;
+    return (
+      `${vengine(engine).i915Name} status page ${hex(value)} is outside the vGPU's graphics memory ` +
+      `(${this.describePartition()})`
+    );
+  }
+
+  /** pvinfo_mmio_write's effects: display_ready, g2v_notify, rsv5. */
+  private pvinfoWritten(field: string, action: PvinfoWriteAction, value: number): void {
+    let outcome: string;
+    switch (action) {
+      case "display-ready":
+        outcome = value !== 0 ? "the guest's display is ready" : "the guest's display is not ready";
+        break;
+      case "g2v":
+        outcome = this.g2v(value);
+        break;
+      case "failsafe":
+        this.failsafe.enter(
+          "insufficient-resource",
+          `the guest wrote PVINFO ${field}: its driver found the vGPU's resources insufficient`,
+        );
+        outcome = "failsafe";
+        break;
+      default:
+        return;
+    }
+    if (this.tracer.enabled) this.tracer.emit("vgpu.pvinfo.notify", { vgpu: this.id, field, value, outcome });
+  }
+
+  /** handle_g2v_notification. */
+  private g2v(notification: number): string {
+    const pdp = (i: number) => {
+      const lo = this.mmio.vreg[(VGT_PVINFO_PAGE + PVINFO_EXTRA.pdp + 8 * i) / 4]!;
+      const hi = this.mmio.vreg[(VGT_PVINFO_PAGE + PVINFO_EXTRA.pdp + 8 * i + 4) / 4]!;
+      return hi * 2 ** 32 + lo;
+    };
+    const pdps = [0, 1, 2, 3].map(pdp);
+    switch (notification) {
+      case VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE:
+      case VGT_G2V_PPGTT_L3_PAGE_TABLE_CREATE: {
+        const levels = notification === VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE ? 4 : 3;
+        const r = this.ppgttRoots.create(levels, pdps);
+        return `${levels}-level PPGTT root ${r.pdps.map((p) => hex(p)).join(", ")} recorded`;
+      }
+      case VGT_G2V_PPGTT_L4_PAGE_TABLE_DESTROY:
+      case VGT_G2V_PPGTT_L3_PAGE_TABLE_DESTROY: {
+        const levels = notification === VGT_G2V_PPGTT_L4_PAGE_TABLE_DESTROY ? 4 : 3;
+        const err = this.ppgttRoots.destroy(levels, pdps);
+        return err === undefined ? `${levels}-level PPGTT root ${hex(pdps[0]!)} released` : err.message;
+      }
+      case VGT_G2V_EXECLIST_CONTEXT_CREATE:
+      case VGT_G2V_EXECLIST_CONTEXT_DESTROY:
+      case 1:
+        return "ignored (as GVT-g)";
+      default:
+        return `invalid PV notification ${notification}`;
+    }
+  }
+
+  private describePartition(): string {
+    const { aperture, hidden } = this.resources;
+    return (
+      `aperture [${hex(aperture.base)}, ${hex(aperture.base + aperture.size)}), hidden [${hex(hidden.base)}, ` +
+      `${hex(hidden.base + hidden.size)})`
+    );
+  }
+
   /** The device-model-level reset (VFIO_DEVICE_RESET, close). */
   private deviceReset(kind: string): void {
-    for (const e of ENGINES) this.resetEngine(e);
+    for (const e of VENGINE_IDS) this.resetEngine(e, true);
     this.gtt.reset();
     this.mmio.resetAll();
     populatePvinfo(this.mmio.vreg, this.id, this.resources);
     this.irq.reset();
     this.zeroFences();
     this.config.reset();
-    if (this.tracer.enabled) this.tracer.emit("vgpu.reset", { vgpu: this.id, kind, engines: ENGINES });
+    this.failsafe.clear();
+    this.pvNotified = false;
+    this.ppgttRoots.clear();
+    if (this.tracer.enabled) this.tracer.emit("vgpu.reset", { vgpu: this.id, kind, engines: VENGINE_IDS });
   }
 
   private fenceWritten(fence: number, lo: number, hi: number): string | undefined {
@@ -660,7 +884,7 @@ export class Vgpu implements VfioDeviceOps {
       case VFIO_PCI_BAR0_REGION_INDEX:
         return BAR0_SIZE;
       case VFIO_PCI_BAR2_REGION_INDEX:
-        return this.resources.aperture.size;
+        return this.bar2Size;
       default:
         return 0;
     }

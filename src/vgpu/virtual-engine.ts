@@ -1,0 +1,65 @@
+/**
+ * Where the virtual execlists hand a guest context for execution: the consumer-side interface of the vendor driver
+ * (`VirtualEngineBackend`), declared here and injected by whoever assembles the system. The virtual execlists
+ * (execlist.ts) decide when a workload starts and what the guest sees of it (context status events, interrupts); a
+ * backend decides how it runs: building the shadow context and the shadow PPGTT from the guest's LRC, scanning its
+ * ring, and submitting it to the physical GPU's execlists, which src/gpu is growing. Nothing in this file executes
+ * anything.
+ *
+ * Contract: `run` either refuses at once (returns an error value, and never calls `done`) or accepts and calls `done`
+ * exactly once, later or from inside `run`; `cancel` tells the backend a workload's engine was reset (a later `done`
+ * for it is ignored by the caller). One workload per engine per vGPU is in a backend at a time.
+ *
+ * The production backend, until the physical GPU offers context execution, is `UNIMPLEMENTED_BACKEND`: it refuses
+ * every workload with ENOSYS and a sentence, so the workload stays pending, no context status event is written, and
+ * the guest's request times out (i915 then declares the GPU wedged), as a guest on a GVT-g host whose GPU never
+ * answered would. There is deliberately no completing stub here: a test backend that completes at once lives with the
+ * test fixtures (testing.ts), never in a production path.
+ */
+import { Errno, hex, KernelError } from "../core/index.ts";
+import type { VEngineId } from "./engines.ts";
+import type { ContextDescriptor } from "./execlist-state.ts";
+
+/** One context the guest submitted through ELSP, as the virtual execlists hand it over. */
+export interface ExeclistWorkload {
+  readonly vgpuId: number;
+  readonly engine: VEngineId;
+  /** The element of the ELSP write, as the guest wrote it (LRCA in the guest's GGTT, context id, mode bits). */
+  readonly descriptor: ContextDescriptor;
+  /** Order of submission on this engine of this vGPU, from 1. */
+  readonly seq: number;
+}
+
+/** How a workload ended. */
+export interface WorkloadCompletion {
+  /** Undefined when the context ran to its tail; else why not (the guest then sees a hang: no context status event). */
+  readonly error?: KernelError;
+  /** The context executed MI_USER_INTERRUPT: the user interrupt is raised before the context-switch event. */
+  readonly userInterrupt: boolean;
+}
+
+/** What executes the workloads of the virtual execlists. */
+export interface VirtualEngineBackend {
+  /** For traces: "none", "test", "gpu". */
+  readonly name: string;
+  /**
+   * Starts `workload`. Returns undefined when accepted (`done` is then called exactly once), or an error value when
+   * it cannot run now (the workload stays pending; the virtual execlists retry at the engine's next ELSP write).
+   */
+  run(workload: ExeclistWorkload, done: (completion: WorkloadCompletion) => void): KernelError | undefined;
+  /** The workload's engine was reset before it completed. */
+  cancel(workload: ExeclistWorkload): void;
+}
+
+/** The backend of production builds today: the physical GPU model cannot run guest contexts yet. */
+export const UNIMPLEMENTED_BACKEND: VirtualEngineBackend = {
+  name: "none",
+  run: (w) =>
+    new KernelError(
+      Errno.ENOSYS,
+      `vgpu${w.vgpuId}: ${w.engine} context ${hex(w.descriptor.contextId)} (LRCA ${hex(w.descriptor.lrca)}) stays ` +
+        "pending: the physical GPU model does not execute logical ring contexts yet, so the guest's request will " +
+        "time out",
+    ),
+  cancel: () => {},
+};
