@@ -414,7 +414,6 @@ export class Execlists {
     const e = this.engine;
     const ctx = this.ctx;
     const mem = ctx.memory;
-    e.charge(ctx.cost.contextSwitchNs);
     const l: Loaded = {
       elem,
       ctxControl: 0,
@@ -428,6 +427,7 @@ export class Execlists {
       irq0: e.totalUserInterrupts,
     };
     this.loaded = l;
+    e.charge(ctx.cost.contextSwitchNs);
     e.contextLoaded = true;
     e.statusPage = elem.lrca;
     e.waiting = false;
