@@ -64,7 +64,12 @@ export const FPGA_DBG_RM_NOCLAIM = 1 << 31;
 /** More GEN6_GDRST domains (gpu/regs.ts has FULL, RENDER, BLT). */
 export const GEN6_GRDOM_MEDIA = 1 << 2;
 export const GEN6_GRDOM_VECS = 1 << 4;
+export const GEN9_GRDOM_GUC = 1 << 5;
 export const GEN8_GRDOM_MEDIA2 = 1 << 7;
+
+/** GUC_STATUS: i915 resets the GuC (GDRST GUC domain) at sanitize and WARNs unless MIA_IN_RESET then reads 1. */
+export const GUC_STATUS = 0xc000;
+export const GS_MIA_IN_RESET = 1 << 0;
 
 /** GEN8_FUSE2: slice enable bits 27..25, subslice disable bits 23..20. */
 export const GEN8_FUSE2 = 0x9120;
@@ -111,6 +116,18 @@ export const GEN8_GAMW_ECO_DEV_RW_IA = 0x4080;
 export const GEN8_PRIVATE_PAT_LO = 0x40e0;
 export const GEN8_PRIVATE_PAT_HI = 0x40e4;
 export const GEN8_MCR_SELECTOR = 0xfdc;
+/**
+ * Display power wells: i915 6.1 enables them at init even without a display pipe (intel_power_domains_init_hw).
+ * HSW_PWR_WELL_CTL2 is the driver's request register; on Skylake well i's REQUEST is bit 2i + 1 and its STATE bit 2i
+ * (MISC_IO 0, DDI_A_E 1, DDI_B 2, DDI_C 3, DDI_D 4, PW_1 14, PW_2 15). SKL_FUSE_STATUS reports the power gates'
+ * fuse distribution done (PG0-2: bits 27-25) and the fuse download (bit 31).
+ */
+export const HSW_PWR_WELL_CTL1 = 0x45400;
+export const HSW_PWR_WELL_CTL2 = 0x45404;
+export const SKL_PWR_WELL_REQUESTS = (1 << 31) | (1 << 29) | (1 << 9) | (1 << 7) | (1 << 5) | (1 << 3) | (1 << 1);
+export const SKL_FUSE_STATUS = 0x42000;
+export const SKL_FUSE_DONE = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25);
+
 /** DC_STATE_EN: i915 rereads it until it holds what it wrote (gen9_write_dc_state), with or without display. */
 export const DC_STATE_EN = 0x45504;
 /** MOCS tables: GEN9_GFX_MOCS(0..) (0xc800-0xcfff, every engine's) and the L3 table GEN9_LNCFCMOCS(0..31). */

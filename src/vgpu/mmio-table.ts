@@ -12,6 +12,8 @@
  * - `fpga-dbg`: storage whose bit 31 (unclaimed access) never reads 1 (fpga_dbg_mmio_write);
  * - `reset-ctl`: masked; READY_TO_RESET follows REQUEST_RESET (ring_reset_ctl_write);
  * - `gdrst`: a write resets the named engines of the vGPU; reads 0 (gdrst_mmio_write);
+ * - `guc-status`: GUC_STATUS: MIA_IN_RESET reads 1 once after a GuC reset (guc_status_read);
+ * - `power-well`: the driver's power well requests; each well's STATE follows its REQUEST (skl_power_well_ctl_write);
  * - `pcode-mailbox`: the PCU mailbox: never busy, canned answers (mailbox_write; SAGV refused, see mmio.ts);
  * - `mi-mode`: masked; MODE_IDLE (bit 9) reads 1 while the virtual engine has no work;
  * - `gfx-mode`: masked; RUN_LIST switches the engine to execlists; failsafe rules (ring_mode_mmio_write);
@@ -24,10 +26,11 @@
  * - `pvinfo`: the PVINFO page (pvinfo.ts).
  *
  * Values after reset are GVT-g's host snapshot where i915 cares (a Skylake GT2 with one slice of 3 subslices, no RPS,
- * a 24 MHz raw clock, no display) and 0 elsewhere. **SKL_DFSM is a stated difference from GVT-g**: GVT-g copies the
+ * a 24 MHz raw clock, no display, its power-gate fuses distributed) and 0 elsewhere. **SKL_DFSM is a stated difference from GVT-g**: GVT-g copies the
  * host's DFSM and emulates a display (virtual pipes, ports, EDID, power wells); this vGPU has no display and sets the
  * three pipe-disable fuses, so i915 finds no pipe (HAS_DISPLAY false) and skips display initialisation entirely
- * (i915.disable_display=1 would not: on 6.1 it only stops output probing).
+ * (i915.disable_display=1 would not: on 6.1 it only stops output probing). What i915 still touches of the display
+ * without a pipe (power wells, their fuses, DC state) is answered as GVT-g answers it.
  *
  * Invariant: rows do not overlap; every row lies in [0, MMIO_SIZE).
  */
@@ -73,8 +76,11 @@ import {
   GEN9_LNCFCMOCS_BYTES,
   GEN9_LNCFCMOCS0,
   GEN9_MAX_SLICES,
+  GUC_STATUS,
   gen8GtIsr,
   HSW_GTT_CACHE_EN,
+  HSW_PWR_WELL_CTL1,
+  HSW_PWR_WELL_CTL2,
   IRQ_IER,
   IRQ_IIR,
   IRQ_IMR,
@@ -101,6 +107,8 @@ import {
   SKL_DFSM_PIPE_A_DISABLE,
   SKL_DFSM_PIPE_B_DISABLE,
   SKL_DFSM_PIPE_C_DISABLE,
+  SKL_FUSE_DONE,
+  SKL_FUSE_STATUS,
   SKL_GT2_FUSE2,
   SPT_RAWCLK_MHZ,
 } from "./gvt-regs.ts";
@@ -114,6 +122,8 @@ export type MmioBehaviour =
   | "fpga-dbg"
   | "reset-ctl"
   | "gdrst"
+  | "guc-status"
+  | "power-well"
   | "pcode-mailbox"
   | "mi-mode"
   | "gfx-mode"
@@ -206,6 +216,10 @@ function buildTable(): MmioRegInfo[] {
   t.push(
     { name: "FPGA_DBG", offset: FPGA_DBG, size: 4, kind: "fpga-dbg" },
     { name: "GEN6_GDRST", offset: GEN6_GDRST, size: 4, kind: "gdrst" },
+    { name: "GUC_STATUS", offset: GUC_STATUS, size: 4, kind: "guc-status" },
+    { name: "HSW_PWR_WELL_CTL1", offset: HSW_PWR_WELL_CTL1, size: 4, kind: "ram" },
+    { name: "HSW_PWR_WELL_CTL2", offset: HSW_PWR_WELL_CTL2, size: 4, kind: "power-well" },
+    { name: "SKL_FUSE_STATUS", offset: SKL_FUSE_STATUS, size: 4, kind: "ro", init: SKL_FUSE_DONE },
     { name: "GEN8_FUSE2", offset: GEN8_FUSE2, size: 4, kind: "ro", init: SKL_GT2_FUSE2 },
     { name: "GEN9_EU_DISABLE(0..2)", offset: GEN9_EU_DISABLE0, size: 4 * GEN9_MAX_SLICES, kind: "ro" },
     { name: "GEN6_RP_STATE_CAP", offset: GEN6_RP_STATE_CAP, size: 4, kind: "ro" },

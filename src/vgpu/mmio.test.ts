@@ -11,7 +11,9 @@ import {
   GEN6_RP_STATE_CAP,
   GEN8_FUSE2,
   GEN9_EU_DISABLE0,
+  GUC_STATUS,
   HSW_GTT_CACHE_EN,
+  HSW_PWR_WELL_CTL2,
   MASKED_WA_REGS,
   MODE_IDLE,
   maskedWrite,
@@ -23,6 +25,7 @@ import {
   RING_MODE_GEN7,
   RING_RESET_CTL,
   SKL_DFSM,
+  SKL_FUSE_STATUS,
   STOP_RING,
 } from "./gvt-regs.ts";
 import { findMmioReg, VGPU_MMIO_TABLE } from "./mmio-table.ts";
@@ -112,6 +115,24 @@ describe("vGPU MMIO: the registers i915 6.1 reads and polls at probe, answered a
     assert.deepEqual(pcode(0x5, 0x10), { ready: 0, error: 0, data: 0x11 }, "RC6 VIDs");
     assert.deepEqual(pcode(0x21, 3), { ready: 0, error: 1, data: 3 }, "SAGV: illegal command (no SAGV)");
     assert.deepEqual(pcode(0x1a, 0x55), { ready: 0, error: 0, data: 0x55 }, "others: success, DATA untouched");
+  });
+
+  it("GuC reset: GDRST's GuC domain sets GUC_STATUS MIA_IN_RESET, which reads 1 once (guc_status_read)", () => {
+    const { g } = setup();
+    assert.equal(g.mmio(GUC_STATUS) & 1, 0);
+    g.setMmio(GEN6_GDRST, 1 << 5);
+    assert.equal(g.mmio(GEN6_GDRST), 0);
+    assert.equal(g.mmio(GUC_STATUS) & 1, 1, "what __uc_sanitize expects after intel_reset_guc");
+    assert.equal(g.mmio(GUC_STATUS) & 1, 0);
+  });
+
+  it("display power wells: each STATE follows its REQUEST; the power-gate fuses read distributed", () => {
+    const { g } = setup();
+    assert.equal(g.mmio(SKL_FUSE_STATUS), ((1 << 31) | (1 << 27) | (1 << 26) | (1 << 25)) >>> 0);
+    g.setMmio(HSW_PWR_WELL_CTL2, (1 << 31) | (1 << 3)); // PW_2 and DDI_A_E requested
+    assert.equal(g.mmio(HSW_PWR_WELL_CTL2), ((1 << 31) | (1 << 30) | (1 << 3) | (1 << 2)) >>> 0);
+    g.setMmio(HSW_PWR_WELL_CTL2, (1 << 3) | (1 << 0) | (1 << 12)); // PW_2 released; stray bits ignored
+    assert.equal(g.mmio(HSW_PWR_WELL_CTL2), (1 << 3) | (1 << 2));
   });
 
   it("echo registers: HSW_GTT_CACHE_EN and DC_STATE_EN read back what was written", () => {

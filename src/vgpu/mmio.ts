@@ -39,8 +39,11 @@ import {
   GEN6_PCODE_ILLEGAL_CMD,
   GEN6_PCODE_READ_RC6VIDS,
   GEN6_PCODE_READY,
+  GEN9_GRDOM_GUC,
   GEN9_PCODE_READ_MEM_LATENCY,
   GEN9_PCODE_SAGV_CONTROL,
+  GS_MIA_IN_RESET,
+  GUC_STATUS,
   MODE_IDLE,
   maskedWrite,
   RESET_CTL_READY_TO_RESET,
@@ -49,6 +52,7 @@ import {
   SKL_MEM_LATENCY_HIGH,
   SKL_MEM_LATENCY_LOW,
   SKL_PCODE_CDCLK_CONTROL,
+  SKL_PWR_WELL_REQUESTS,
 } from "./gvt-regs.ts";
 import type { VirtualIrq } from "./irq.ts";
 import { applyResetValues, findMmioReg } from "./mmio-table.ts";
@@ -57,12 +61,12 @@ import { type PvinfoWriteAction, pvinfoWriteField } from "./pvinfo.ts";
 declare module "../core/trace.ts" {
   interface TraceEventMap {
     "vgpu.mmio.dropped": { vgpu: number; offset: number; value: number; reason: string };
-    "vgpu.mmio.untracked": { vgpu: number; offset: number; value: number };
+    "vgpu.mmio.untracked": { vgpu: number; reg: string; value: number };
   }
 }
 defineTraceEvents("vgpu", {
   "vgpu.mmio.dropped": "vgpu{vgpu}: MMIO write of {value} to {offset} dropped: {reason}",
-  "vgpu.mmio.untracked": "vgpu{vgpu}: MMIO write of {value} to untracked register {offset} stored",
+  "vgpu.mmio.untracked": "vgpu{vgpu}: MMIO write of {value} to untracked register {reg} stored",
 });
 
 /** The effects of register accesses, implemented by the vGPU. */
@@ -167,6 +171,12 @@ export class VgpuMmio {
       case "pvinfo":
         this.sink.pvinfoRead();
         return this.vreg[i]!;
+      case "guc-status": {
+        // guc_status_read: MIA_IN_RESET is seen once, then cleared.
+        const v = this.vreg[i]!;
+        this.vreg[i] = (v & ~GS_MIA_IN_RESET) >>> 0;
+        return v;
+      }
       default:
         return this.vreg[i]!;
     }
@@ -182,7 +192,7 @@ export class VgpuMmio {
       this.untrackedWrites++;
       this.vreg[i] = merged;
       if (this.tracer.enabled) {
-        this.tracer.emit("vgpu.mmio.untracked", { vgpu: this.vgpuId, offset, value: merged });
+        this.tracer.emit("vgpu.mmio.untracked", { vgpu: this.vgpuId, reg: hex(offset), value: merged });
       }
       return;
     }
@@ -218,8 +228,18 @@ export class VgpuMmio {
       }
       case "gdrst":
         this.vreg[i] = 0;
+        if ((merged & GEN9_GRDOM_GUC) !== 0)
+          this.vreg[GUC_STATUS / 4] = (this.vreg[GUC_STATUS / 4]! | GS_MIA_IN_RESET) >>> 0;
         this.sink.gdrst(merged);
         return;
+      case "guc-status":
+        this.vreg[i] = merged;
+        return;
+      case "power-well": {
+        const requests = merged & SKL_PWR_WELL_REQUESTS;
+        this.vreg[i] = (requests | (requests >>> 1)) >>> 0;
+        return;
+      }
       case "pcode-mailbox":
         this.mailbox(i, merged);
         return;
