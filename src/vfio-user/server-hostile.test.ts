@@ -1,18 +1,33 @@
 /**
  * The server against many, silent and rival clients, in process with plain node:net clients (a connect error shows as
  * such): a burst gets protocol answers only, idle connections cost little memory, refusals in flight are bounded, a
- * client that never negotiates loses the device, and a live server's socket is never taken over.
+ * client that never negotiates loses the device, a live server's socket is never taken over, and a server out of fds
+ * waits instead of spinning.
  */
 import assert from "node:assert/strict";
-import { readdirSync, statSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import koffi from "koffi";
 import { Errno, isKernelError, type TraceRecord } from "../core/index.ts";
 import { encodeVersion } from "./caps.ts";
 import { closeFd, connectUnixNonblocking, listenUnix } from "./native.ts";
 import { serveDevice, type VfioUserServerOptions } from "./server.ts";
-import { AsyncClient, isError, serverSystem, tempDir } from "./testing/harness.ts";
+import { AsyncClient, type ChildState, isError, serverSystem, tempDir } from "./testing/harness.ts";
+
+const RLIMIT_NOFILE = 7;
+const prlimit = koffi
+  .load("libc.so.6")
+  .func("int prlimit(int pid, int resource, const uint64_t *limit, uint64_t *old)") as (
+  pid: number,
+  resource: number,
+  limit: BigUint64Array,
+  old: null,
+) => number;
 
 const tmp = tempDir("vu-hostile-");
 after(() => tmp.cleanup());
@@ -249,5 +264,69 @@ describe("vfio-user server under many and hostile clients", () => {
     );
     assert.deepEqual(readdirSync(tmp.dir).sort(), entries, "nothing was created");
     t.close();
+  });
+
+  it("pauses accepting when out of fds instead of spinning on the listening socket, and catches up once fds free", async () => {
+    // server-child.ts, its fd limit lowered once it runs: silent refused clients use up the 16 fds left.
+    const dir = tempDir("vu-emfile-");
+    const script = fileURLToPath(new URL("./testing/server-child.ts", import.meta.url));
+    const proc = spawn(process.execPath, ["--import", "tsx", script, JSON.stringify({ dir: dir.dir })], {
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    const lines: string[] = [];
+    let wake: (() => void) | undefined;
+    createInterface({ input: proc.stdout! }).on("line", (l) => {
+      lines.push(l);
+      wake?.();
+    });
+    const next = async (): Promise<string> => {
+      const t0 = performance.now();
+      while (lines.length === 0) {
+        if (performance.now() - t0 > 30_000) assert.fail("server child: no output within 30 s");
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, 100);
+        });
+      }
+      return lines.shift()!;
+    };
+    const state = async () => {
+      proc.stdin!.write("state\n");
+      return JSON.parse(await next()) as ChildState & { servers: { mtty: { pending: number; accepting: boolean } } };
+    };
+    const ready = JSON.parse(await next()) as { pid: number; sockets: { mtty: string } };
+    const cpuTicks = () => {
+      const f = readFileSync(`/proc/${ready.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      return Number(f[11]) + Number(f[12]);
+    };
+    // Counted from outside: the child itself cannot open /proc/self/fd once it is out of fds.
+    const childFds = () => readdirSync(`/proc/${ready.pid}/fd`).length;
+    const limit = childFds() + 16;
+    assert.equal(prlimit(ready.pid, RLIMIT_NOFILE, BigUint64Array.of(BigInt(limit), BigInt(limit)), null), 0);
+    const served = netClient(ready.sockets.mtty, { version: true, timeoutMs: 30_000 });
+    // Paced, so that all of them connect even through a short backlog: 18 or so take the free fds, the rest wait.
+    const silent: ReturnType<typeof netClient>[] = [];
+    for (let i = 0; i < 24; i += 2) {
+      const pair = [0, 1].map(() => netClient(ready.sockets.mtty, { version: false, timeoutMs: 30_000 }));
+      silent.push(...pair);
+      await Promise.all(pair.map((c) => c.connected));
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await until("the server ran out of fds", () => childFds() >= limit);
+    // Connections wait in the backlog and accept fails with EMFILE: a server that retries at once burns a core.
+    const before = cpuTicks();
+    await new Promise((r) => setTimeout(r, 1000));
+    const used = cpuTicks() - before;
+    assert.ok(used < 50, `the server used ${used} ticks of CPU in 1 s while out of fds`);
+    // The refusals time out (2 s), fds come back, and the waiting connections are taken and refused in turn.
+    const results = await Promise.all(silent.map((c) => c.result));
+    assert.deepEqual(count(results), { closed: 24 });
+    const s = await state();
+    assert.equal(s.servers.mtty.refused, 24);
+    assert.ok(s.servers.mtty.problems.some((p) => /accept failed with errno 24/.test(p)));
+    served.socket.destroy();
+    proc.stdin!.end();
+    await new Promise((r) => proc.once("exit", r));
+    dir.cleanup();
   });
 });
