@@ -8,24 +8,17 @@
  * for a local user, and the device (its VfioDeviceOps) cannot tell which kind of VMM it serves. The wire structs are
  * the ioctl structs: payloads go to the ioctls nearly as they come.
  *
- * What the session adds between the wire and the fds:
- * - SET_IRQS with DATA_EVENTFD: the eventfds come as SCM_RIGHTS fds (none: every vector de-assigned); any fd that is
- *   not an eventfd is refused with EINVAL before anything changes. Each becomes a model EventFd in the Process whose
- *   signal adds 1 to the real eventfd without ever blocking (made non-blocking first: a full counter is a lost edge,
- *   counted in `lostSignals`, not a server frozen by a client that never reads). The ioctl gets the model fds.
- *   Entries superseded by a later SET_IRQS (or disabled with count 0) are closed, real fd included.
- * - REGION_INFO: the offset field is 0 (vfio-user regions carry their index, not an fd offset), argsz is the size
- *   of the full reply, CAPS is set only when the chain fits (libvfio-user's rule, which QEMU relies on; the kernel
- *   sets it either way). An mmap-able region (MMAP, with or without SPARSE_MMAP areas) is exported with an fd, as
- *   libvfio-user does: on the first REGION_INFO for it the session creates a memfd of the region's size, maps it,
- *   mmaps the device fd over each mmap-able area in the model (the device's regionMmap gives its frames) and moves
- *   those frames' bytes into the memfd (`PhysicalMemory.shareFrames`), so the client's mapping and the device share
- *   the memory; the reply carries the fd (offset 0) and keeps MMAP and the areas. If any step fails, MMAP and its
- *   areas are withdrawn instead and the client traps every access (REGION_READ/WRITE). On release the frames get
- *   their own memory back (with the bytes they hold) before the device is closed, then the memfd goes.
- * - DMA windows (dma.ts), and DMA_READ/DMA_WRITE to the client for windows without an fd: vfio-core's DMA
- *   interposer hook (`VfioDeviceHandle.interposeDma`) sends the device's vfio_dma_rw inside such a window here, where
- *   it becomes a synchronous round trip (others wait, deferred); pins there fail in vfio-core.
+ * What the session adds between the wire and the fds, each in its own module:
+ * - the connection itself is a `SessionTransport` (transport.ts): the socket Channel in production, an in-memory
+ *   transport in tests, as libvfio-user injects transport_ops;
+ * - SET_IRQS with eventfds: the interrupt bridge (irq-bridge.ts), real eventfds refused unless they are eventfds and
+ *   signalled without ever blocking;
+ * - REGION_INFO: the offset field is 0 (vfio-user regions carry their index, not an fd offset), argsz is the size of
+ *   the full reply, CAPS is set only when the chain fits (libvfio-user's rule, which QEMU relies on; the kernel sets
+ *   it either way); an mmap-able region is exported as a memfd (region-export.ts), or MMAP is withdrawn;
+ * - DMA windows (dma.ts), and DMA_READ/DMA_WRITE to the client for windows without an fd (remote-dma.ts): vfio-core's
+ *   DMA interposer hook (`VfioDeviceHandle.interposeDma`) sends the device's vfio_dma_rw inside such a window there,
+ *   where it becomes a synchronous round trip (others wait, deferred); pins there fail in vfio-core.
  *
  * Errors: a KernelError from a handler becomes an error reply with its errno (none for NO_REPLY messages: they are
  * traced); anything else is a bug: error reply EIO, the connection closes, the process stays up.
@@ -36,22 +29,9 @@
  * container closed, the Process exits (address space torn down), then external frames and real mappings released.
  * Region exports are undone right after the reset, while the device is still open.
  */
+import { defineTraceEvents, Errno, isKernelError, KernelError, readU32LE, writeU32LE } from "../core/index.ts";
+import type { Host, Process } from "../host/index.ts";
 import {
-  defineTraceEvents,
-  Errno,
-  type Iova,
-  isKernelError,
-  KernelError,
-  PAGE_SIZE,
-  type Pfn,
-  readU32LE,
-  readU64Number,
-  writeU32LE,
-  writeU64LE,
-} from "../core/index.ts";
-import type { EventFd, Host, Process } from "../host/index.ts";
-import {
-  decodeSparseMmapCap,
   infoCap,
   parseCapChain,
   regionInfoReply,
@@ -61,12 +41,6 @@ import {
   VFIO_DEVICE_GET_IRQ_INFO,
   VFIO_DEVICE_GET_REGION_INFO,
   VFIO_DEVICE_RESET,
-  VFIO_DEVICE_SET_IRQS,
-  VFIO_IRQ_SET_ACTION_TRIGGER,
-  VFIO_IRQ_SET_ACTION_TYPE_MASK,
-  VFIO_IRQ_SET_DATA_EVENTFD,
-  VFIO_IRQ_SET_DATA_NONE,
-  VFIO_IRQ_SET_DATA_TYPE_MASK,
   VFIO_PCI_OFFSET_MASK,
   VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_FLAG_CAPS,
@@ -75,28 +49,16 @@ import {
   VfioContainerHandle,
   type VfioDeviceHandle,
   VfioGroupHandle,
-  vfioIrqSetDataSize,
   vfioPciIndexToOffset,
 } from "../vfio/index.ts";
 import { decodeVersion, type NegotiatedCaps, negotiate } from "./caps.ts";
-import { type Channel, type Frame, isReply } from "./connection.ts";
+import { type Frame, isReply } from "./connection.ts";
 import { DmaTable } from "./dma.ts";
-import {
-  closeFd,
-  eventfdSignal,
-  fdTarget,
-  isEventfd,
-  MAP_SHARED,
-  type Mapping,
-  memfdCreate,
-  mmapFd,
-  PROT_READ,
-  PROT_WRITE,
-} from "./native.ts";
+import { IrqBridge } from "./irq-bridge.ts";
+import { closeFd } from "./native.ts";
 import {
   commandInfo,
   commandName,
-  DMA_RW_FIXED,
   type DmaRwLayout,
   HEADER_SIZE,
   VFIO_USER_DEVICE_FEATURE,
@@ -108,9 +70,7 @@ import {
   VFIO_USER_DEVICE_SET_IRQS,
   VFIO_USER_DIRTY_PAGES,
   VFIO_USER_DMA_MAP,
-  VFIO_USER_DMA_READ,
   VFIO_USER_DMA_UNMAP,
-  VFIO_USER_DMA_WRITE,
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
   VFIO_USER_F_DMA_UNMAP_ALL,
@@ -131,6 +91,9 @@ import {
   VfioUserDmaUnmap,
   VfioUserRegionIoFds,
 } from "./protocol.ts";
+import { RegionExports } from "./region-export.ts";
+import { RemoteDma } from "./remote-dma.ts";
+import type { SessionTransport } from "./transport.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -144,9 +107,6 @@ declare module "../core/trace.ts" {
     };
     "vfiouser.open": { device: string; pid: number; group: number; regions: number; irqs: number };
     "vfiouser.error": { device: string; cmd: string; id: number; errno: number; posted: boolean; message: string };
-    "vfiouser.irq.eventfds": { device: string; index: number; start: number; count: number; fds: number };
-    "vfiouser.irq.release": { device: string; index: number; vector: number };
-    "vfiouser.dma.rw": { device: string; iova: number; length: number; write: boolean };
     "vfiouser.release": { device: string; windows: number; eventfds: number; reset: boolean; problems: string };
   }
 }
@@ -155,9 +115,6 @@ defineTraceEvents("vfio-user", {
     "{device}: VERSION {major}.{minor} agreed (client takes {clientMaxMsgFds} fds, {clientMaxDataXferSize} bytes; {maxDmaMaps} DMA windows)",
   "vfiouser.open": "{device}: opened by host process {pid} through group {group}: {regions} regions, {irqs} irqs",
   "vfiouser.error": "{device}: {cmd} (id {id}) failed with errno {errno} (posted {posted}): {message}",
-  "vfiouser.irq.eventfds": "{device}: SET_IRQS index {index} [{start}, +{count}) with {fds} eventfd(s)",
-  "vfiouser.irq.release": "{device}: eventfd of irq {index} vector {vector} released",
-  "vfiouser.dma.rw": "{device}: DMA {write} {length} bytes at {iova} through the client (DMA_READ/DMA_WRITE)",
   "vfiouser.release":
     "{device}: client gone: {windows} DMA window(s) unmapped, {eventfds} eventfd(s) closed, reset {reset}; problems: {problems}",
 });
@@ -179,12 +136,6 @@ export interface SessionConfig {
 /** The bytes of info ioctls (argsz) the server accepts. */
 const MAX_INFO_ARGSZ = 64 * 1024;
 
-interface IrqEntry {
-  readonly realFd: number;
-  readonly modelFd: number;
-  readonly off: () => void;
-}
-
 interface DeviceHandles {
   readonly proc: Process;
   readonly container: VfioContainerHandle;
@@ -196,33 +147,36 @@ interface DeviceHandles {
   readonly dma: DmaTable;
 }
 
-/** An mmap-able region exported as a memfd: the frames it shares with the device. */
-interface RegionExport {
-  readonly fd: number;
-  readonly mapping: Mapping;
-  readonly areas: { readonly pfn: Pfn; readonly pages: number }[];
-}
-
 export class Session {
   readonly cfg: SessionConfig;
-  readonly channel: Channel;
-  /** Exported regions by index (undefined: tried and withdrawn). */
-  private readonly exports = new Map<number, RegionExport | undefined>();
+  readonly channel: SessionTransport;
+  private readonly exports: RegionExports;
+  private readonly irqBridge: IrqBridge;
+  private readonly remote: RemoteDma;
   private caps: NegotiatedCaps | undefined;
   private dev: DeviceHandles | undefined;
-  private readonly irqs = new Map<string, IrqEntry>();
-  private nextId = 0;
   private scratch = new Uint8Array(4096);
   private released = false;
   /** Commands handled and failed (for stats). */
   handled = 0;
-  /** Interrupt signals the client's eventfd could not take (counter full, or the fd failed). */
-  lostSignals = 0;
   failed = 0;
 
-  constructor(cfg: SessionConfig, channel: Channel) {
+  constructor(cfg: SessionConfig, channel: SessionTransport) {
     this.cfg = cfg;
     this.channel = channel;
+    this.exports = new RegionExports(cfg.device, cfg.host.physmem, cfg.host.tracer);
+    this.irqBridge = new IrqBridge(cfg.device, cfg.host.tracer);
+    this.remote = new RemoteDma(channel, {
+      device: cfg.device,
+      tracer: cfg.host.tracer,
+      layout: cfg.dmaRwLayout,
+      replyTimeoutMs: cfg.replyTimeoutMs,
+    });
+  }
+
+  /** Interrupt signals the client's eventfds could not take (counter full, or the fd failed). */
+  get lostSignals(): number {
+    return this.irqBridge.lostSignals;
   }
 
   get negotiated(): NegotiatedCaps | undefined {
@@ -239,7 +193,7 @@ export class Session {
   }
 
   get eventfdCount(): number {
-    return this.irqs.size;
+    return this.irqBridge.size;
   }
 
   // ---- dispatch ------------------------------------------------------------------------------------------------
@@ -483,7 +437,7 @@ export class Session {
             `vfio_dma_rw ${write ? "write" : "read"} at 0x${iova.toString(16)}: the client mapped that window ${write ? "read-only" : "write-only"}`,
           );
         }
-        this.remoteDma(iova, buf, write);
+        this.remote.rw(this.caps!, iova, buf, write);
       },
     });
   }
@@ -543,49 +497,6 @@ export class Session {
     this.reply(f, VfioUserDmaUnmap.sizeof);
   }
 
-  /** DMA_READ/DMA_WRITE round trips for `buf` at `iova` (a window without fd), in max-transfer chunks. */
-  private remoteDma(iova: number, buf: Uint8Array, write: boolean): void {
-    const caps = this.caps!;
-    const layout = this.cfg.dmaRwLayout;
-    const chunkMax = Math.max(1, Math.min(caps.clientMaxDataXferSize, caps.serverMaxDataXferSize));
-    const t = this.cfg.host.tracer;
-    if (t.enabled) t.emit("vfiouser.dma.rw", { device: this.cfg.device, iova, length: buf.length, write });
-    for (let done = 0; done < buf.length; ) {
-      const n = Math.min(chunkMax, buf.length - done);
-      const id = this.nextId;
-      this.nextId = (this.nextId + 1) & 0xffff;
-      const cmd = write ? VFIO_USER_DMA_WRITE : VFIO_USER_DMA_READ;
-      const len = DMA_RW_FIXED + (write ? n : 0);
-      const p = this.channel.payloadBuffer(len);
-      p.fill(0, 0, DMA_RW_FIXED);
-      writeU64LE(p, 0, iova + done);
-      if (layout.countBytes === 8) writeU64LE(p, 8, n);
-      else writeU32LE(p, 8, n);
-      if (write) p.set(buf.subarray(done, done + n), layout.dataOffset);
-      this.channel.commit(id, cmd, VFIO_USER_F_TYPE_COMMAND, 0, len, undefined, true);
-      const r = this.channel.waitFor(
-        (x) => isReply(x) && x.id === id,
-        this.cfg.replyTimeoutMs,
-        "defer",
-        `${write ? "DMA_WRITE" : "DMA_READ"} of ${n} bytes at 0x${(iova + done).toString(16)}`,
-      );
-      if ((r.flags & VFIO_USER_F_ERROR) !== 0) {
-        throw new KernelError(
-          (r.errorNo || Errno.EIO) as Errno,
-          `the client refused ${commandName(cmd)} at 0x${(iova + done).toString(16)} (errno ${r.errorNo})`,
-        );
-      }
-      if (!write) {
-        const got = layout.countBytes === 8 ? readU64Number(r.payload, 8, "count") : readU32LE(r.payload, 8);
-        if (r.payload.length < layout.dataOffset + n || got < n) {
-          throw new KernelError(Errno.EIO, `the client's DMA_READ reply carries ${got} of the ${n} bytes asked for`);
-        }
-        buf.set(r.payload.subarray(layout.dataOffset, layout.dataOffset + n), done);
-      }
-      done += n;
-    }
-  }
-
   // ---- device info -------------------------------------------------------------------------------------------
 
   private argsz(f: Frame, min: number, what: string): number {
@@ -627,7 +538,9 @@ export class Session {
     const chain =
       (r.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 && r.cap_offset !== 0 ? parseCapChain(full, r.cap_offset) : [];
     const exported =
-      (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0 ? this.exportRegion(dev, index, Number(r.size), chain) : undefined;
+      (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0
+        ? this.exports.get(dev.proc, dev.deviceFd, index, Number(r.size), chain)
+        : undefined;
     const caps = chain
       .filter((c) => exported !== undefined || c.id !== VFIO_REGION_INFO_CAP_SPARSE_MMAP)
       .map((c) => infoCap(c.id, c.version, c.bytes.subarray(8)));
@@ -640,80 +553,6 @@ export class Session {
     else writeU32LE(out, 4, readU32LE(out, 4) & ~VFIO_REGION_INFO_FLAG_CAPS);
     if (exported === undefined || (f.flags & VFIO_USER_F_NO_REPLY) !== 0) this.replyBytes(f, out);
     else this.channel.send(f.id, f.cmd, VFIO_USER_F_TYPE_REPLY, 0, out, [exported.fd]);
-  }
-
-  /**
-   * The memfd export of mmap-able region `index` (made on first use), or undefined when it cannot be exported: the
-   * caller then withdraws MMAP. The areas are the SPARSE_MMAP ones, or the whole region.
-   */
-  private exportRegion(
-    dev: DeviceHandles,
-    index: number,
-    size: number,
-    chain: readonly { id: number; bytes: Uint8Array }[],
-  ): RegionExport | undefined {
-    if (this.exports.has(index)) return this.exports.get(index);
-    const bytes = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
-    const sparse = chain.find((c) => c.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP);
-    let fd = -1;
-    let mapping: Mapping | undefined;
-    const areas: { pfn: Pfn; pages: number }[] = [];
-    const physmem = this.cfg.host.physmem;
-    try {
-      if (bytes === 0 || !Number.isSafeInteger(bytes)) throw new KernelError(Errno.EINVAL, `region size ${size}`);
-      const wanted =
-        sparse === undefined
-          ? [{ offset: 0, size: bytes }]
-          : decodeSparseMmapCap(sparse.bytes).areas.map((a) => ({ offset: Number(a.offset), size: Number(a.size) }));
-      fd = memfdCreate(`vfio-user ${this.cfg.device} region ${index}`, bytes);
-      const m = mmapFd(fd, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
-      if (typeof m === "number") throw new KernelError(-m as Errno, `mmap of the region's memfd failed: errno ${-m}`);
-      mapping = m;
-      const file = dev.proc.file(dev.deviceFd);
-      for (const a of wanted) {
-        if (a.size === 0) continue;
-        if (a.offset % PAGE_SIZE !== 0 || a.size % PAGE_SIZE !== 0 || a.offset + a.size > bytes) {
-          throw new KernelError(Errno.EINVAL, `mmap area [${a.offset}, +${a.size}) is not page-aligned in the region`);
-        }
-        if (file.ops.mmap === undefined) throw new KernelError(Errno.ENODEV, "the device file has no mmap");
-        const fm = file.ops.mmap(vfioPciIndexToOffset(index) + a.offset, a.size, PROT_READ | PROT_WRITE);
-        const pages = a.size / PAGE_SIZE;
-        physmem.shareFrames(fm.basePfn, pages, m.bytes.subarray(a.offset, a.offset + a.size));
-        areas.push({ pfn: fm.basePfn, pages });
-      }
-    } catch (e) {
-      for (const a of areas) physmem.unshareFrames(a.pfn, a.pages);
-      mapping?.unmap();
-      if (fd >= 0) closeFd(fd);
-      this.exports.set(index, undefined);
-      const t = this.cfg.host.tracer;
-      if (t.enabled) {
-        t.emit("vfiouser.error", {
-          device: this.cfg.device,
-          cmd: "DEVICE_GET_REGION_INFO",
-          id: 0,
-          errno: e instanceof KernelError ? e.errno : Errno.EIO,
-          posted: false,
-          message: `region ${index} cannot be exported for mmap (trapped instead): ${e instanceof Error ? e.message : String(e)}`,
-        });
-      }
-      return undefined;
-    }
-    const ex: RegionExport = { fd, mapping, areas };
-    this.exports.set(index, ex);
-    return ex;
-  }
-
-  /** Gives exported frames their own memory back and closes the memfds (before the device file closes). */
-  private releaseExports(): void {
-    const physmem = this.cfg.host.physmem;
-    for (const ex of this.exports.values()) {
-      if (ex === undefined) continue;
-      for (const a of ex.areas) physmem.unshareFrames(a.pfn, a.pages);
-      ex.mapping.unmap();
-      closeFd(ex.fd);
-    }
-    this.exports.clear();
   }
 
   private getRegionIoFds(f: Frame, dev: DeviceHandles): void {
@@ -747,127 +586,8 @@ export class Session {
   // ---- interrupts ----------------------------------------------------------------------------------------------
 
   private setIrqs(f: Frame, dev: DeviceHandles): void {
-    const hdr = uapi.VfioIrqSet.decodeMin(f.payload);
-    const type = hdr.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
-    const minsz = uapi.VfioIrqSet.minsz;
-    if (hdr.argsz < minsz) throw new KernelError(Errno.EINVAL, `DEVICE_SET_IRQS: argsz ${hdr.argsz} is below ${minsz}`);
-    if (type !== VFIO_IRQ_SET_DATA_EVENTFD) {
-      if (f.fds.length > 0) throw new KernelError(Errno.EINVAL, "DEVICE_SET_IRQS: fds given without DATA_EVENTFD");
-      const size = vfioIrqSetDataSize(hdr.flags, hdr.count);
-      if (f.payload.length < minsz + size) {
-        throw new KernelError(
-          Errno.EINVAL,
-          `DEVICE_SET_IRQS: ${hdr.count} value(s) need ${size} data bytes, the message carries ${f.payload.length - minsz}`,
-        );
-      }
-      const arg = f.payload.slice(0, minsz + size);
-      writeU32LE(arg, 0, minsz + size);
-      dev.proc.ioctl(dev.deviceFd, VFIO_DEVICE_SET_IRQS, arg);
-      if (
-        type === VFIO_IRQ_SET_DATA_NONE &&
-        hdr.count === 0 &&
-        (hdr.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK) === VFIO_IRQ_SET_ACTION_TRIGGER
-      ) {
-        this.releaseIrqs(hdr.index, 0, Number.MAX_SAFE_INTEGER);
-      }
-      this.reply(f, 0);
-      return;
-    }
-    if (hdr.count > 4096) throw new KernelError(Errno.EINVAL, `DEVICE_SET_IRQS: count ${hdr.count} is too large`);
-    if (f.fds.length !== 0 && f.fds.length !== hdr.count) {
-      throw new KernelError(
-        Errno.EINVAL,
-        `DEVICE_SET_IRQS: count ${hdr.count} but ${f.fds.length} eventfd(s) came (all of them, or none to de-assign)`,
-      );
-    }
-    // Every fd must be an eventfd: the server signals them, and a pipe (or anything else) could block it.
-    for (let i = 0; i < f.fds.length; i++) {
-      if (!isEventfd(f.fds[i]!)) {
-        throw new KernelError(
-          Errno.EINVAL,
-          `DEVICE_SET_IRQS: fd ${i} of index ${hdr.index} is not an eventfd (it is ${fdTarget(f.fds[i]!) ?? "unknown"})`,
-        );
-      }
-    }
-    const arg = new Uint8Array(minsz + 4 * hdr.count);
-    arg.set(f.payload.subarray(0, minsz));
-    writeU32LE(arg, 0, arg.length);
-    const fresh: IrqEntry[] = [];
-    try {
-      for (let i = 0; i < hdr.count; i++) {
-        if (f.fds.length === 0) {
-          writeU32LE(arg, minsz + 4 * i, 0xffff_ffff);
-          continue;
-        }
-        const realFd = f.fds[i]!;
-        f.fds[i] = -1;
-        const entry = this.bridgeEventfd(dev.proc, realFd);
-        fresh.push(entry);
-        writeU32LE(arg, minsz + 4 * i, entry.modelFd);
-      }
-      dev.proc.ioctl(dev.deviceFd, VFIO_DEVICE_SET_IRQS, arg);
-    } catch (e) {
-      for (const x of fresh) this.closeEntry(dev.proc, x);
-      throw e;
-    }
-    this.releaseIrqs(hdr.index, hdr.start, hdr.count);
-    for (let i = 0; i < fresh.length; i++) this.irqs.set(`${hdr.index}:${hdr.start + i}`, fresh[i]!);
-    const t = this.cfg.host.tracer;
-    if (t.enabled) {
-      t.emit("vfiouser.irq.eventfds", {
-        device: this.cfg.device,
-        index: hdr.index,
-        start: hdr.start,
-        count: hdr.count,
-        fds: fresh.length,
-      });
-    }
+    this.irqBridge.set(dev.proc, dev.deviceFd, f.payload, f.fds);
     this.reply(f, 0);
-  }
-
-  /** A model eventfd in `proc` whose every signal adds 1 to the client's real eventfd. */
-  private bridgeEventfd(proc: Process, realFd: number): IrqEntry {
-    let modelFd: number;
-    try {
-      modelFd = proc.eventfd();
-    } catch (e) {
-      closeFd(realFd);
-      throw e;
-    }
-    const ev: EventFd = proc.eventfdOf(modelFd);
-    const off = ev.onSignal((x) => {
-      x.consume();
-      // Never blocks: a full counter (the client does not read it) loses this edge instead of freezing the server.
-      const r = eventfdSignal(realFd);
-      if (r < 0) this.lostSignals++;
-    });
-    return { realFd, modelFd, off };
-  }
-
-  private closeEntry(proc: Process, e: IrqEntry): void {
-    e.off();
-    if (proc.isAlive) {
-      try {
-        proc.close(e.modelFd);
-      } catch {
-        // Already gone with the process.
-      }
-    }
-    closeFd(e.realFd);
-  }
-
-  /** Closes the bridged eventfds of vectors [start, start+count) of `index`. */
-  private releaseIrqs(index: number, start: number, count: number): void {
-    const proc = this.dev?.proc;
-    for (const [key, e] of this.irqs) {
-      const [i, v] = key.split(":").map(Number) as [number, number];
-      if (i !== index || v < start || v >= start + count) continue;
-      this.irqs.delete(key);
-      if (proc) this.closeEntry(proc, e);
-      else closeFd(e.realFd);
-      const t = this.cfg.host.tracer;
-      if (t.enabled) t.emit("vfiouser.irq.release", { device: this.cfg.device, index: i, vector: v });
-    }
   }
 
   // ---- region access -------------------------------------------------------------------------------------------
@@ -981,7 +701,7 @@ export class Session {
     const dev = this.dev;
     let windows = 0;
     let reset = false;
-    const eventfds = this.irqs.size;
+    const eventfds = this.irqBridge.size;
     const attempt = (what: string, fn: () => void): void => {
       try {
         fn();
@@ -997,12 +717,11 @@ export class Session {
           reset = true;
         });
       }
-      attempt("release mmap exports", () => this.releaseExports());
+      attempt("release mmap exports", () => this.exports.release());
       windows = dev.dma.size;
       attempt("unmap DMA windows", () => dev.dma.release());
       attempt("close device", () => proc.close(dev.deviceFd));
-      for (const e of this.irqs.values()) this.closeEntry(proc, e);
-      this.irqs.clear();
+      this.irqBridge.closeAll(proc);
       attempt("close group", () => dev.group.close());
       attempt("close container", () => dev.container.close());
       attempt("process exit", () => proc.exit());
@@ -1012,8 +731,7 @@ export class Session {
         problems.push(`${dev.dma.zombieCount} DMA window(s) still pinned by the device: their memory stays mapped`);
       }
     } else {
-      for (const e of this.irqs.values()) closeFd(e.realFd);
-      this.irqs.clear();
+      this.irqBridge.closeAll(undefined);
     }
     const t = this.cfg.host.tracer;
     if (t.enabled) {
