@@ -21,7 +21,7 @@
  *
  * Not modelled: per-mapping task_struct (the `mm` stands for both task and mm), reserved (non-struct-page) pfns.
  */
-import type { AddressSpace } from "../../host/index.ts";
+import { type AddressSpace, IOMMU_READ, IOMMU_WRITE } from "../../host/index.ts";
 import type { VfioEmulatedDevice } from "../driver.ts";
 
 /** Pages per block: small enough that a splice is a short memmove, large enough to keep the directory short. */
@@ -274,6 +274,11 @@ export class VfioDma {
 }
 
 const EMPTY_RUNS = new Float64Array(0);
+
+/** "rw", "r-" or "-w": a mapping's IOMMU_READ / IOMMU_WRITE for messages and trace events. */
+export function protName(prot: number): string {
+  return `${prot & IOMMU_READ ? "r" : "-"}${prot & IOMMU_WRITE ? "w" : "-"}`;
+}
 
 /** One block of the tree: mappings in IOVA order and, in a typed array, their ends (the search key). */
 interface Block {
