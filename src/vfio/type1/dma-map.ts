@@ -168,7 +168,14 @@ export class PinIndex {
   }
 }
 
-/** One MAP_DMA mapping (struct vfio_dma). Addresses are bytes; `size` is a multiple of 4 KiB. */
+/**
+ * One MAP_DMA mapping (struct vfio_dma). Addresses are bytes; `size` is a multiple of 4 KiB.
+ *
+ * A record shared by the backend's parts, each field written by one of them: `vaddr` (mapping.ts) and `vaddrInvalid`
+ * (state.ts); `runs` and `iommuMapped` false (pinning.ts), `iommuMapped` true once mapped (mapping.ts, groups.ts);
+ * `lockedVm` (accounting.ts); `pins` and the holders (emulated.ts); `bitmap` (dirty-tracking.ts, and cleared by
+ * mapping.ts when the mapping goes).
+ */
 export class VfioDma {
   readonly iova: number;
   vaddr: number;

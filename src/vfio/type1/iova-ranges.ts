@@ -77,7 +77,7 @@ export class IovaRanges {
 
   /**
    * vfio_iommu_aper_conflict, first half: would narrowing to the aperture [start, end] leave the current ranges
-   * disjoint from it? (The second half, existing mappings outside the aperture, needs the mapping tree; see type1.)
+   * disjoint from it? (The second half, existing mappings outside the aperture, needs the mapping tree; see groups.ts.)
    */
   disjointFrom(start: number, end: number): boolean {
     if (this.list.length === 0) return false;

@@ -5,16 +5,23 @@
  * concept, each of which says which Linux functions it mirrors.
  *
  * ```
- * ioctl.ts          container ioctls: decoding, argument checks in the kernel's order, replies
- *   mapping.ts      MAP_DMA / UNMAP_DMA on the mappings, removal, teardown
- *   dirty-tracking.ts  START / STOP / GET_BITMAP, what is dirty
- * groups.ts         attach / detach: the IOMMU domain, aperture, reserved regions, replay
- * emulated.ts       mdev devices: vfio_pin_pages / unpin, vfio_dma_rw, dma_unmap notifications with retries
- * pinning.ts        pin_user_pages in batches and IOMMU domain programming, and their undoing
- * accounting.ts     locked_vm charges (vfio_lock_acct)
- * introspection.ts  stats, mapping snapshots, invariants
- * state.ts          the shared facts (struct vfio_iommu), changed only through its accessors
+ * ioctl.ts           container ioctls: decoding, argument checks in the kernel's order, replies
+ * mapping.ts         MAP_DMA / UNMAP_DMA on the mappings, removal of mappings, teardown
+ * dirty-tracking.ts  START / STOP / GET_BITMAP, which pages are dirty
+ * groups.ts          attach / detach: the IOMMU domain, aperture, reserved regions, replay
+ * emulated.ts        mdev devices: vfio_pin_pages / unpin, vfio_dma_rw, dma_unmap notifications with retries
+ * pinning.ts         pin_user_pages in batches and IOMMU domain programming, and their undoing
+ * accounting.ts      locked_vm charges (vfio_lock_acct)
+ * introspection.ts   stats, mapping snapshots, invariants
+ * state.ts           the shared facts (struct vfio_iommu), changed only through its accessors
+ * dma-map.ts, iova-ranges.ts, dirty.ts   the data: mapping tree and pins, allowed ranges, bitmap operations
  * ```
+ *
+ * Who calls whom: ioctl.ts -> mapping.ts, dirty-tracking.ts; groups.ts -> mapping.ts (teardown), pinning.ts
+ * (replay), emulated.ts (names), dirty-tracking.ts; mapping.ts -> pinning.ts, emulated.ts (notifications),
+ * dirty-tracking.ts, accounting.ts; emulated.ts -> accounting.ts, dirty-tracking.ts; pinning.ts -> accounting.ts;
+ * introspection.ts reads state.ts, emulated.ts (pins) and dirty-tracking.ts; every part reads state.ts, and nothing
+ * calls back up.
  *
  * Parts reach each other only through narrow views (`Pick`s of the providers, declared by each consumer) and share
  * state only through `Type1State`; this file wires them and forwards the backend's calls, tracing each entry call
