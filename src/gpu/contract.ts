@@ -3,11 +3,13 @@
  * i915-like host driver that owns it) and src/vgpu (GVT-g-like mediation). The vendor driver never touches the
  * physical GPU's registers directly: it asks the host driver for graphics-memory partitions and fences, writes
  * physical GGTT entries, maps guest pages for DMA through the host driver's DMA API (the same IOVA space the host
- * driver's own buffers come from: the seed's point), and submits audited command streams to the engines.
+ * driver's own buffers come from: the seed's point), and submits audited command streams to the engines, or, with
+ * execlists, audited shadow contexts (GVT-g's workloads: a logical ring context image and a shadow PPGTT).
  */
 import type { Gma, Iova, Pfn } from "../core/index.ts";
 import type { Bdf, DmaDevice } from "../host/index.ts";
-import type { EngineId } from "./regs.ts";
+import type { CsbEvent } from "./lrc.ts";
+import type { EngineId, GtEngineId } from "./regs.ts";
 
 /** A range of graphics memory addresses, [base, base + size). */
 export interface GmRange {
@@ -72,6 +74,51 @@ export interface Submission {
   readonly onComplete: (result: SubmissionResult) => void;
 }
 
+/** How the host driver submits to the engines: legacy ring buffers, or execlists with logical ring contexts. */
+export type SubmissionMode = "ring" | "execlists";
+
+/**
+ * A context to run as GVT-g runs a guest workload: the vendor driver's shadow of a guest context, audited. The host
+ * driver points the image's PDP0 at `pml4`, submits the image's descriptor to the engine's ELSP when the engine is
+ * free (in one queue with `submit`'s work, in order), and completes it when the engine switches it out.
+ */
+export interface ContextSubmission {
+  readonly engine: GtEngineId;
+  /**
+   * The logical ring context image (datasheet section 6.7; `lrcRegisterState` builds page 1): a live `ShadowBuffer`
+   * of this host driver (`allocShadow`) of at least 2 pages, its GMA the LRCA. Page 0 is the context's PPHWSP (its
+   * store-index writes land there); page 1 holds the ring registers the engine restores: HEAD, TAIL, START (the GMA
+   * of a ring the vendor driver audited, e.g. a shadow ring in another shadow buffer), CTL, and CONTEXT_CONTROL.
+   */
+  readonly image: ShadowBuffer;
+  /**
+   * DMA address (IOVA on this GPU's DMA API) of the PML4 of the shadow PPGTT: page aligned, not 0. Its tables and
+   * pages must be IOVA-backed (`dma.allocCoherent`, `dma.mapPage`): the engine walks them through the IOMMU.
+   */
+  readonly pml4: Iova;
+  /** Who the work is for (a vGPU id, 0 = host): attributed in traces, `executingOwner` and busy-time accounting. */
+  readonly owner: number;
+  readonly onComplete: (result: ContextSubmissionResult) => void;
+}
+
+/** Outcome of a context: the `SubmissionResult` figures plus what the engine wrote back and reported. */
+export interface ContextSubmissionResult extends SubmissionResult {
+  /** The context id the host driver gave it (its descriptor's high dword: what `events` carry). */
+  readonly ctxId: number;
+  /** CTX_RING_HEAD as the engine saved it into the image at switch-out (TAIL when the ring ran to its end). */
+  readonly head: number;
+  /** CTX_RING_TAIL of the image at switch-out. */
+  readonly tail: number;
+  /** CTX_TIMESTAMP as saved (CS timestamp ticks, 12 MHz). */
+  readonly timestamp: number;
+  /**
+   * The context status buffer entries the engine wrote for this context, in order: IDLE_TO_ACTIVE (or PREEMPTED
+   * with LITE_RESTORE when it continued a context still loaded), then ACTIVE_TO_IDLE | COMPLETE (also after an
+   * engine error, with `error` set).
+   */
+  readonly events: readonly CsbEvent[];
+}
+
 /** A host-owned buffer in graphics memory, backed by DMA-coherent frames, for shadow batch buffers. */
 export interface ShadowBuffer {
   readonly gma: Gma;
@@ -126,4 +173,18 @@ export interface HostGpu {
   submit(s: Submission): void;
   /** Engines run queued work up to this clock time (the scheduler drives time; see src/gpu). */
   readonly engines: readonly EngineId[];
+  /** How this host driver submits ("ring": `submitContext` is refused; "execlists": every engine takes contexts). */
+  readonly submissionMode: SubmissionMode;
+  /** The engines `submitContext` accepts: all four (rcs, bcs, vcs, vecs) with execlists, none with rings. */
+  readonly contextEngines: readonly GtEngineId[];
+  /**
+   * Queues a shadow context on an engine (execlists only). EOPNOTSUPP with ring submission; EINVAL for an engine not
+   * in `contextEngines`, an image that is not a live shadow buffer of this driver of at least 2 pages, or a PML4
+   * address that is 0 or not page aligned. The context runs when the engine is free; `onComplete` is called (from a
+   * clock timer, when the engine's busy time has elapsed, as for `submit`) once the engine has switched it out:
+   * completed, or stopped by an engine error (then `error` is set, the engine's error is cleared and the next work
+   * runs; HEAD in the image is where the engine stopped). A context that waits on MI_SEMAPHORE_WAIT holds its engine
+   * until the wait is satisfied (there is no hang detection). While it executes, `executingOwner` is `owner`.
+   */
+  submitContext(cs: ContextSubmission): void;
 }

@@ -538,7 +538,8 @@ export class Execlists {
         }
       }
     }
-    this.csb(status, l.elem.hi);
+    // The record first, then the CSB entry: a driver whose interrupt handler runs inside the entry's write finds
+    // the record of the context that entry reports (`lastOut`).
     const run: ContextRun = {
       engine: e.id,
       ctxId: l.elem.hi,
@@ -554,11 +555,12 @@ export class Execlists {
       outcome,
       ...(l.error !== undefined ? { error: l.error } : {}),
     };
+    this.lastOut = run;
+    this.outCount++;
+    this.csb(status, l.elem.hi);
     this.loaded = undefined;
     e.contextLoaded = false;
     e.ppgtt.load(-1);
-    this.lastOut = run;
-    this.outCount++;
     if (ctx.tracer.enabled) {
       ctx.tracer.emit("gpu.execlist.out", {
         bdf: ctx.bdf,

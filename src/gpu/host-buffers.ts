@@ -5,7 +5,8 @@
  *
  * - The scratch page: allocated first and never mapped into GM; every GGTT entry nobody owns points at it (probe
  *   points all 1 Mi entries at it, gen8_ggtt_clear_range).
- * - Rings and hardware status pages, in the host aperture reservation (host-submission.ts asks for them).
+ * - Rings, hardware status pages and (with execlists) the kernel contexts' images, in the host aperture reservation
+ *   (host-submission.ts and host-execlists.ts ask for them).
  * - Shadow buffers (`allocShadow`), in the host hidden reservation: the vendor driver's audited copies of guest batch
  *   buffers. CPU access goes through the kernel's mapping (the frames directly, no IOMMU). An observer
  *   (`setShadowObserver`) hears of each one allocated and freed: the isolation checker's way to know which host frames
@@ -34,8 +35,9 @@ import { type Bdf, type CoherentBuffer, type DmaDevice, type PhysicalMemory, pfn
 import type { ShadowBuffer } from "./contract.ts";
 import type { GmRegionAllocator } from "./gm-region-allocator.ts";
 import type { GpuDevice } from "./gpu.ts";
+import type { HostGgtt } from "./host-ggtt.ts";
 import { type GmLayout, mib, regionAllocator } from "./host-partitions.ts";
-import { GTT_ENTRIES, GTT_OFFSET, gen8PteEncode } from "./regs.ts";
+import { GTT_ENTRIES, gen8PteEncode } from "./regs.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -51,7 +53,7 @@ defineTraceEvents("gpu", {
 /** Told about a shadow buffer when it is allocated (`alive` true) and when it is freed (false). */
 export type ShadowObserver = (buf: ShadowBuffer, alive: boolean) => void;
 
-export type HostBufferKind = "scratch" | "ring" | "status page" | "shadow";
+export type HostBufferKind = "scratch" | "ring" | "status page" | "context" | "shadow";
 
 /** A buffer the host driver allocated with dma_alloc_coherent and mapped into the GGTT (gma undefined: not mapped). */
 export interface HostBuffer {
@@ -68,6 +70,8 @@ export interface MappedHostBuffer extends HostBuffer {
 export interface HostBuffersOptions {
   readonly bdf: Bdf;
   readonly gpu: GpuDevice;
+  /** Where GGTT writes go. */
+  readonly ggtt: HostGgtt;
   readonly dma: DmaDevice;
   readonly physmem: PhysicalMemory;
   readonly tracer: Tracer;
@@ -82,7 +86,7 @@ export class HostBuffers {
   /** The PTE of the scratch page (present). */
   readonly scratchPte: number;
   private readonly bdf: Bdf;
-  private readonly gpu: GpuDevice;
+  private readonly ggtt: HostGgtt;
   private readonly dma: DmaDevice;
   private readonly physmem: PhysicalMemory;
   private readonly tracer: Tracer;
@@ -92,7 +96,7 @@ export class HostBuffers {
   /** Allocates the scratch page and points every GGTT entry at it. */
   constructor(opts: HostBuffersOptions) {
     this.bdf = opts.bdf;
-    this.gpu = opts.gpu;
+    this.ggtt = opts.ggtt;
     this.dma = opts.dma;
     this.physmem = opts.physmem;
     this.tracer = opts.tracer;
@@ -102,7 +106,7 @@ export class HostBuffers {
     this.scratch = { kind: "scratch", buf: scratch, gma: undefined };
     this.buffers.add(this.scratch);
     this.scratchPte = gen8PteEncode(scratch.dmaAddr);
-    this.gpu.fillGgtt(0, GTT_ENTRIES, this.scratchPte);
+    this.ggtt.fill(0, GTT_ENTRIES, this.scratchPte);
   }
 
   /** Every live buffer, the scratch page included. */
@@ -119,7 +123,7 @@ export class HostBuffers {
    * dma_alloc_coherent + GM from the reservation of its kind (rings and status pages: aperture; shadow buffers:
    * hidden) + GGTT entries for every page. ENOSPC naming the reservation when it is full.
    */
-  map(kind: "ring" | "status page" | "shadow", bytes: number): MappedHostBuffer {
+  map(kind: "ring" | "status page" | "context" | "shadow", bytes: number): MappedHostBuffer {
     const region = this.regionOf(kind);
     const gma = region.alloc(bytes);
     if (gma === undefined) {
@@ -136,7 +140,7 @@ export class HostBuffers {
       throw err;
     }
     for (let i = 0; i < bytes / PAGE_SIZE; i++) {
-      this.gpu.barWrite(0, GTT_OFFSET + (gma / PAGE_SIZE + i) * 8, 8, gen8PteEncode(buf.dmaAddr + i * PAGE_SIZE));
+      this.ggtt.write(gma / PAGE_SIZE + i, gen8PteEncode(buf.dmaAddr + i * PAGE_SIZE));
     }
     const hb: MappedHostBuffer = { kind, buf, gma };
     this.buffers.add(hb);
@@ -145,7 +149,7 @@ export class HostBuffers {
 
   /** Points the buffer's entries back at the scratch page, then frees its frames, IOVAs and GM. */
   unmap(hb: MappedHostBuffer): void {
-    this.gpu.fillGgtt(hb.gma / PAGE_SIZE, hb.buf.size / PAGE_SIZE, this.scratchPte);
+    this.ggtt.fill(hb.gma / PAGE_SIZE, hb.buf.size / PAGE_SIZE, this.scratchPte);
     this.dma.dmaFreeCoherent(hb.buf);
     this.regionOf(hb.kind).release(hb.gma);
     this.buffers.delete(hb);
@@ -186,6 +190,11 @@ export class HostBuffers {
     return sb;
   }
 
+  /** Whether `b` is a shadow buffer this driver allocated and has not freed. */
+  isLiveShadow(b: ShadowBuffer): boolean {
+    return b instanceof HostShadowBuffer && b.alive;
+  }
+
   /** Installs (or with undefined removes) the observer told about every shadow buffer allocated and freed. */
   setShadowObserver(fn: ShadowObserver | undefined): void {
     this.shadowObserver = fn;
@@ -224,6 +233,11 @@ class HostShadowBuffer implements ShadowBuffer {
   /** DMA address (IOVA) of the buffer's first byte. */
   get dmaAddr(): Iova {
     return this.hb.buf.dmaAddr;
+  }
+
+  /** Not freed yet. */
+  get alive(): boolean {
+    return this.live();
   }
 
   write(offset: number, data: Uint8Array): void {

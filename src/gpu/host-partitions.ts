@@ -29,8 +29,9 @@ import type { Bdf } from "../host/index.ts";
 import type { GmRange, GpuCapacity, GpuResourceRequest, GpuResources } from "./contract.ts";
 import { GmRegionAllocator } from "./gm-region-allocator.ts";
 import { type GpuDevice, MiB } from "./gpu.ts";
+import type { HostGgtt } from "./host-ggtt.ts";
 import { mmioWrite, mmioWrite64 } from "./host-mmio.ts";
-import { FENCE_REG_GEN6_LO, GM_SIZE, GTT_ENTRIES, GTT_OFFSET, NUM_FENCES } from "./regs.ts";
+import { FENCE_REG_GEN6_LO, GM_SIZE, GTT_ENTRIES, NUM_FENCES } from "./regs.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -118,11 +119,14 @@ export interface HostPartitionsOptions {
   readonly layout: GmLayout;
   /** The PTE of the host driver's scratch page: what a partition's entries hold when handed out and when freed. */
   readonly scratchPte: number;
+  /** Where GGTT writes go. */
+  readonly ggtt: HostGgtt;
 }
 
 export class HostPartitions {
   readonly vgpuAperture: GmRegionAllocator;
   readonly vgpuHidden: GmRegionAllocator;
+  private readonly ggtt: HostGgtt;
   private readonly bdf: Bdf;
   private readonly gpu: GpuDevice;
   private readonly tracer: Tracer;
@@ -141,6 +145,7 @@ export class HostPartitions {
     this.gpu = opts.gpu;
     this.tracer = opts.tracer;
     this.scratchPte = opts.scratchPte;
+    this.ggtt = opts.ggtt;
     const { hostAperture, hostHidden } = opts.layout;
     this.vgpuAperture = regionAllocator(opts.layout.vgpuAperture);
     this.vgpuHidden = regionAllocator(opts.layout.vgpuHidden);
@@ -249,7 +254,7 @@ export class HostPartitions {
     }
     const res = p.resources;
     for (const range of [res.aperture, res.hidden]) {
-      this.gpu.fillGgtt(range.base / PAGE_SIZE, range.size / PAGE_SIZE, this.scratchPte);
+      this.ggtt.fill(range.base / PAGE_SIZE, range.size / PAGE_SIZE, this.scratchPte);
       this.entryOwner.fill(OWNER_FREE, range.base / PAGE_SIZE, (range.base + range.size) / PAGE_SIZE);
     }
     for (const f of res.fences) {
@@ -303,7 +308,7 @@ export class HostPartitions {
     if (!Number.isSafeInteger(pte) || pte < 0) {
       throw new KernelError(Errno.EINVAL, `GGTT entry value ${pte} is not an integer in [0, 2^53)`);
     }
-    this.gpu.barWrite(0, GTT_OFFSET + index * 8, 8, pte);
+    this.ggtt.write(index, pte);
   }
 
   /**
@@ -328,7 +333,7 @@ export class HostPartitions {
     if (!Number.isSafeInteger(pte) || pte < 0) {
       throw new KernelError(Errno.EINVAL, `GGTT entry value ${pte} is not an integer in [0, 2^53)`);
     }
-    this.gpu.fillGgtt(first, count, pte);
+    this.ggtt.fill(first, count, pte);
   }
 
   /** Any entry (the GGTT is readable whole); EINVAL outside the table. */
@@ -336,7 +341,7 @@ export class HostPartitions {
     if (!Number.isInteger(index) || index < 0 || index >= GTT_ENTRIES) {
       throw new KernelError(Errno.EINVAL, `GGTT entry ${index} is outside the ${GTT_ENTRIES} entries`);
     }
-    return this.gpu.barRead(0, GTT_OFFSET + index * 8, 8);
+    return this.ggtt.read(index);
   }
 
   writeFence(fence: number, value: number): void {
