@@ -101,7 +101,8 @@ export type DirtyMarks = Pick<DirtyTracking, "markPinned" | "markWritten">;
 
 /**
  * One UNMAP_DMA's notifications (the retry count of vfio_dma_do_unmap's `again:` loop): `notify` tells every
- * registered device to drop its pins in the mapping; the 11th notification in a row for the same mapping throws EBUSY.
+ * registered device to drop its pins in the mapping; called again for a mapping still pinned after 11 notifications
+ * in a row (1 + DMA_UNMAP_MAX_RETRIES), it throws EBUSY instead.
  */
 export interface DmaUnmapRetries {
   notify(dma: VfioDma): void;
