@@ -54,7 +54,7 @@ fail() {
 }
 
 # ---- the server ----
-node --import tsx src/vfio-user/serve-command.ts --type mtty-2 --socket "$SOCK" --once \
+node --import tsx src/cli/commands/serve.ts --type mtty-2 --socket "$SOCK" --once \
   >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVE_PID=$!
 for _ in $(seq 1 100); do
@@ -315,7 +315,7 @@ SERVE_PID=
 # ---- a vGPU, when the host model offers one ----
 echo "== vGPU (i915-GVTg_V5_4) over vfio-user, 8 GiB guest =="
 VSOCK="$WORK/vgpu.sock"
-node --import tsx src/vfio-user/serve-command.ts --type i915-GVTg_V5_4 --socket "$VSOCK" --once \
+node --import tsx src/cli/commands/serve.ts --type i915-GVTg_V5_4 --socket "$VSOCK" --once \
   >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVE_PID=$!
 for _ in $(seq 1 100); do

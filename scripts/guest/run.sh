@@ -107,7 +107,7 @@ finish() { # finish CODE RESULT...
 # ---- the server ----
 SERVE_ARGS=(--type "$DEVICE" --socket "$SOCK" --once)
 [ "$TRACE" -eq 1 ] && SERVE_ARGS+=(--trace)
-node --import tsx src/vfio-user/serve-command.ts "${SERVE_ARGS[@]}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
+node --import tsx src/cli/commands/serve.ts "${SERVE_ARGS[@]}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVE_PID=$!
 for _ in $(seq 1 300); do
   grep -q "serving" "$WORK/serve.out" 2>/dev/null && break

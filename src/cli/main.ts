@@ -5,13 +5,12 @@
  */
 import { Command } from "commander";
 import { isKernelError } from "../core/index.ts";
-// By path, not through the vfio-user index: the serve command assembles a system (scenario), which the index avoids.
-import { registerServe } from "../vfio-user/serve-command.ts";
 import { configureCommandOutput } from "./commands/common.ts";
 import { registerDemo } from "./commands/demo.ts";
 import { registerExplain } from "./commands/explain.ts";
 import { processIo, registerMdevCommands } from "./commands/index.ts";
 import { registerRun } from "./commands/run.ts";
+import { registerServe } from "./commands/serve.ts";
 
 // `vgpu list | head`: a reader that goes away is not an error.
 process.stdout.on("error", (e: NodeJS.ErrnoException) => {

@@ -9,3 +9,4 @@ export * from "./error.ts";
 export * from "./rng.ts";
 export * from "./struct.ts";
 export * from "./trace.ts";
+export * from "./unix-socket.ts";

@@ -22,7 +22,7 @@
  */
 import { isMainThread } from "node:worker_threads";
 import koffi from "koffi";
-import { Errno, KernelError } from "../core/index.ts";
+import { checkSocketPath, Errno, KernelError } from "../core/index.ts";
 
 const libc = koffi.load("libc.so.6");
 
@@ -86,7 +86,6 @@ export const POLLOUT = 4;
 export const POLLERR = 8;
 export const POLLHUP = 0x10;
 /** Longest sun_path (108 bytes with its NUL). */
-export const UNIX_PATH_MAX = 107;
 
 const EAGAIN = 11;
 const EINTR = 4;
@@ -170,13 +169,8 @@ function readU64(view: DataView, at: number): number {
 // Sockets
 
 function sockaddrUn(path: string): number {
+  checkSocketPath(path);
   const bytes = Buffer.from(path, "utf8");
-  if (bytes.length === 0 || bytes.length > UNIX_PATH_MAX) {
-    throw new KernelError(
-      Errno.ENAMETOOLONG,
-      `socket path ${path} is ${bytes.length} bytes; a UNIX socket path must be 1 to ${UNIX_PATH_MAX} bytes`,
-    );
-  }
   const b = scratch.bytes;
   b.fill(0, 0, 110);
   scratch.view.setUint16(0, AF_UNIX, true);

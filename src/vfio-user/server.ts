@@ -39,6 +39,7 @@
  */
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import {
+  checkSocketPath,
   defineTraceEvents,
   Errno,
   KernelError,
@@ -53,15 +54,7 @@ import {
 } from "../core/index.ts";
 import type { Host } from "../host/index.ts";
 import { Channel, type Frame } from "./connection.ts";
-import {
-  acceptUnix,
-  closeFd,
-  connectUnixNonblocking,
-  listenUnix,
-  MsgIo,
-  NativeBuffer,
-  UNIX_PATH_MAX,
-} from "./native.ts";
+import { acceptUnix, closeFd, connectUnixNonblocking, listenUnix, MsgIo, NativeBuffer } from "./native.ts";
 import {
   DEFAULT_MAX_DATA_XFER_SIZE,
   DEFAULT_MAX_DMA_MAPS,
@@ -556,20 +549,6 @@ export class VfioUserServer {
 function closeReceivedFds(io: MsgIo): void {
   for (let i = 0; i < io.fdCount; i++) closeFd(io.fds[i]!);
   io.fdCount = 0;
-}
-
-/** Throws ENAMETOOLONG (or EINVAL for an empty path) unless `path` fits in sun_path. Touches nothing. */
-export function checkSocketPath(path: string): void {
-  if (path.length === 0) throw new KernelError(Errno.EINVAL, "the vfio-user socket path is empty");
-  const bytes = Buffer.byteLength(path, "utf8");
-  if (bytes > UNIX_PATH_MAX) {
-    throw new KernelError(
-      Errno.ENAMETOOLONG,
-      `socket path ${path} is ${bytes} bytes, longer than the ${UNIX_PATH_MAX} bytes a UNIX socket path can hold ` +
-        `(sun_path is 108 bytes with its NUL): pick a shorter socket path`,
-      { path, bytes, limit: UNIX_PATH_MAX },
-    );
-  }
 }
 
 /**

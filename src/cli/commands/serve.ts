@@ -13,13 +13,13 @@
  * Output: one line "vgpu serve: serving <type> <uuid> on <path>" on stdout when the socket is ready (scripts wait
  * for it), disconnects and problems on stderr; with --trace every vfio-user and device trace event on stderr.
  * Errors are KernelErrors (unknown type: ENOENT naming the types on offer). Also runnable directly with tsx
- * (`node --import tsx src/vfio-user/serve-command.ts --type mtty-2 --socket PATH`).
+ * (`node --import tsx src/cli/commands/serve.ts --type mtty-2 --socket PATH`).
  */
 import { pathToFileURL } from "node:url";
 import { Command } from "commander";
-import { Errno, formatTrace, KernelError } from "../core/index.ts";
-import { createSystem, DEFAULT_SYSTEM_CONFIG, loadSystemConfigFile, parseSystemConfig } from "../scenario/index.ts";
-import { checkSocketPath, serveDevice, type VfioUserServer } from "./server.ts";
+import { checkSocketPath, Errno, formatTrace, KernelError } from "../../core/index.ts";
+import { createSystem, DEFAULT_SYSTEM_CONFIG, loadSystemConfigFile, parseSystemConfig } from "../../scenario/index.ts";
+import { serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
 
 /** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
 export const DEFAULT_SERVE_UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -140,7 +140,7 @@ export function registerServe(program: Command): void {
     });
 }
 
-// Runnable on its own (`node --import tsx src/vfio-user/serve-command.ts --type mtty-2 --socket PATH`) until the
+// Runnable on its own (`node --import tsx src/cli/commands/serve.ts --type mtty-2 --socket PATH`) until the
 // command is registered in the main CLI.
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const program = new Command().name("vgpu");

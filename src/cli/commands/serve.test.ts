@@ -8,9 +8,9 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Command } from "commander";
-import { Errno, isKernelError } from "../core/index.ts";
-import { DEFAULT_SERVE_UUID, registerServe, startServe } from "./serve-command.ts";
-import { AsyncClient, isError, tempDir } from "./testing/harness.ts";
+import { Errno, isKernelError } from "../../core/index.ts";
+import { AsyncClient, isError, tempDir } from "../../vfio-user/testing/harness.ts";
+import { DEFAULT_SERVE_UUID, registerServe, startServe } from "./serve.ts";
 
 const tmp = tempDir();
 after(() => tmp.cleanup());
