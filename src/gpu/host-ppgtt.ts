@@ -9,7 +9,8 @@
  * 2 MiB each). A page table whose 512 entries are all the same (most: GM is mostly the scratch page, a vGPU partition
  * starts on its own scratch page) is shared: one table per distinct entry value, reference-counted; a table becomes
  * private (copied) when one of its entries is written with another value, and shared again when a fill covers it
- * whole. Tables are dma_alloc_coherent pages of the GPU's DMA API, written by the CPU (the kernel's mapping); the GPU
+ * whole or when its last entry that differs from the initial value (the host's scratch page) is written back to it,
+ * so a table returns to the shared one once what was mapped there is unmapped. Tables are dma_alloc_coherent pages of the GPU's DMA API, written by the CPU (the kernel's mapping); the GPU
  * reads them through the IOMMU like any other DMA.
  *
  * Entries: a present GGTT entry (DMA address | present) becomes DMA address | present | writable; a not-present one
@@ -37,6 +38,14 @@ interface Shared {
   refs: number;
 }
 
+interface Private {
+  readonly buf: CoherentBuffer;
+  /** The table's entries as written (the CPU's copy). */
+  readonly entries: Float64Array;
+  /** How many entries differ from the initial value. */
+  differ: number;
+}
+
 export class AliasingPpgtt implements GgttMirror {
   /** DMA address of the PML4: the kernel contexts' PDP0. */
   readonly root: Iova;
@@ -44,7 +53,9 @@ export class AliasingPpgtt implements GgttMirror {
   private readonly pdp: CoherentBuffer;
   private readonly pds: CoherentBuffer[] = [];
   /** Per 2 MiB table: its private table, or undefined when it uses the shared table of `value[t]`. */
-  private readonly privateTable: (CoherentBuffer | undefined)[] = new Array(TABLES).fill(undefined);
+  private readonly privateTable: (Private | undefined)[] = new Array(TABLES).fill(undefined);
+  /** The entry value every table starts with (the host's scratch page). */
+  private readonly base: number;
   /** The PPGTT entry value of a shared table (meaningless for a private one). */
   private readonly value = new Float64Array(TABLES);
   private readonly shared = new Map<number, Shared>();
@@ -62,6 +73,7 @@ export class AliasingPpgtt implements GgttMirror {
     this.root = this.pml4.dmaAddr;
     this.writeEntry(this.pml4, 0, this.pdp.dmaAddr + GEN8_PAGE_PRESENT + GEN8_PAGE_RW);
     const v = ppte(initialPte);
+    this.base = v;
     const s = this.sharedOf(v);
     for (let d = 0; d < TABLES / PTES; d++) {
       const pd = this.table(s.buf.dmaAddr + GEN8_PAGE_PRESENT + GEN8_PAGE_RW);
@@ -80,13 +92,10 @@ export class AliasingPpgtt implements GgttMirror {
   write(index: number, pte: number): void {
     const t = Math.floor(index / PTES);
     const v = ppte(pte);
-    const own = this.privateTable[t];
-    if (own !== undefined) {
-      this.writeEntry(own, index % PTES, v);
-      return;
-    }
-    if (this.value[t] === v) return;
-    this.writeEntry(this.makePrivate(t), index % PTES, v);
+    if (this.privateTable[t] === undefined && this.value[t] === v) return;
+    const own = this.privateTable[t] ?? this.makePrivate(t);
+    this.set(own, index % PTES, v);
+    this.collapse(t, own);
   }
 
   fill(first: number, count: number, pte: number): void {
@@ -100,7 +109,8 @@ export class AliasingPpgtt implements GgttMirror {
         this.setShared(t, v);
       } else if (this.privateTable[t] !== undefined || this.value[t] !== v) {
         const own = this.privateTable[t] ?? this.makePrivate(t);
-        for (let k = i; k < tEnd; k++) this.writeEntry(own, k % PTES, v);
+        for (let k = i; k < tEnd; k++) this.set(own, k % PTES, v);
+        this.collapse(t, own);
       }
       i = tEnd;
     }
@@ -110,13 +120,13 @@ export class AliasingPpgtt implements GgttMirror {
   tableFrames(): Pfn[] {
     const out: Pfn[] = [this.pml4.pfn, this.pdp.pfn, ...this.pds.map((b) => b.pfn)];
     for (const s of this.shared.values()) out.push(s.buf.pfn);
-    for (const t of this.privateTable) if (t !== undefined) out.push(t.pfn);
+    for (const t of this.privateTable) if (t !== undefined) out.push(t.buf.pfn);
     return out;
   }
 
   /** Frees every table (unbinding). */
   free(): void {
-    for (const t of this.privateTable) if (t !== undefined) this.dma.dmaFreeCoherent(t);
+    for (const t of this.privateTable) if (t !== undefined) this.dma.dmaFreeCoherent(t.buf);
     for (const s of this.shared.values()) this.dma.dmaFreeCoherent(s.buf);
     for (const pd of this.pds) this.dma.dmaFreeCoherent(pd);
     this.dma.dmaFreeCoherent(this.pdp);
@@ -126,13 +136,31 @@ export class AliasingPpgtt implements GgttMirror {
   }
 
   /** Table `t` gets a private copy of its shared table; returns it. */
-  private makePrivate(t: number): CoherentBuffer {
+  private makePrivate(t: number): Private {
     const v = this.value[t]!;
-    const own = this.table(v);
+    const own: Private = {
+      buf: this.table(v),
+      entries: new Float64Array(PTES).fill(v),
+      differ: v === this.base ? 0 : PTES,
+    };
     this.privateTable[t] = own;
     this.release(v);
-    this.pointPde(t, own);
+    this.pointPde(t, own.buf);
     return own;
+  }
+
+  private set(own: Private, i: number, v: number): void {
+    const old = own.entries[i]!;
+    if (old === v) return;
+    own.entries[i] = v;
+    if (old === this.base) own.differ++;
+    else if (v === this.base) own.differ--;
+    this.writeEntry(own.buf, i, v);
+  }
+
+  /** A private table whose entries are all the initial value again goes back to the shared table. */
+  private collapse(t: number, own: Private): void {
+    if (own.differ === 0) this.setShared(t, this.base);
   }
 
   /** Table `t` becomes the shared table of value `v`. */
@@ -142,7 +170,7 @@ export class AliasingPpgtt implements GgttMirror {
     const s = this.sharedOf(v);
     s.refs++;
     if (own !== undefined) {
-      this.dma.dmaFreeCoherent(own);
+      this.dma.dmaFreeCoherent(own.buf);
       this.privateTable[t] = undefined;
     } else this.release(this.value[t]!);
     this.value[t] = v;
