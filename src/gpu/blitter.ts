@@ -23,7 +23,7 @@
  */
 import { type Iova, PAGE_SIZE } from "../core/index.ts";
 import { DMA_OK, IOMMU_READ } from "../host/index.ts";
-import { type GpuMemory, PAGE_FAULT } from "./memory.ts";
+import { type GpuMemory, PAGE_FAULT, PAGE_NOT_PRESENT } from "./memory.ts";
 
 /** A fill with a multi-byte colour writes at most this many bytes per DMA operation (the pattern buffer's size). */
 const PATTERN_BYTES = 64 * 1024;
@@ -113,8 +113,8 @@ export class Blitter {
         done += piece;
         po += piece;
         if (po === PAGE_SIZE) {
-          base = space.pageDma(++page, true);
           po = 0;
+          base = done < len ? space.pageDma(++page, true) : PAGE_NOT_PRESENT;
         }
         continue;
       }
@@ -126,8 +126,9 @@ export class Blitter {
         run += piece;
         po += piece;
         if (po === PAGE_SIZE) {
-          base = space.pageDma(++page, true);
+          // Translate the next page only if the run goes on there (a PPGTT walk has a cost and may fault).
           po = 0;
+          base = done + run < len ? space.pageDma(++page, true) : PAGE_NOT_PRESENT;
         }
         if (run === cap || base + po !== at + run) break;
       }
@@ -183,12 +184,12 @@ export class Blitter {
         dpo += piece;
         spo += piece;
         if (dpo === PAGE_SIZE) {
-          dBase = space.pageDma(++dp, true);
           dpo = 0;
+          dBase = done < len ? space.pageDma(++dp, true) : PAGE_NOT_PRESENT;
         }
         if (spo === PAGE_SIZE) {
-          sBase = space.pageDma(++sp, false);
           spo = 0;
+          sBase = done < len ? space.pageDma(++sp, false) : PAGE_NOT_PRESENT;
         }
         continue;
       }
@@ -200,13 +201,14 @@ export class Blitter {
         run += piece;
         dpo += piece;
         spo += piece;
+        const more = done + run < len;
         if (dpo === PAGE_SIZE) {
-          dBase = space.pageDma(++dp, true);
           dpo = 0;
+          dBase = more ? space.pageDma(++dp, true) : PAGE_NOT_PRESENT;
         }
         if (spo === PAGE_SIZE) {
-          sBase = space.pageDma(++sp, false);
           spo = 0;
+          sBase = more ? space.pageDma(++sp, false) : PAGE_NOT_PRESENT;
         }
         // Go on while the next byte on both sides follows the run in DMA space (false for a missing page: -1).
         if (done + run === len || dBase + dpo !== dAt + run || sBase + spo !== sAt + run) break;

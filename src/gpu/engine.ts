@@ -311,7 +311,9 @@ export class Engine {
     this.irqShift = GT_ENGINE_IRQ[id].shift;
     this.videoOnly = id === "vcs" || id === "vecs";
     this.ctx = ctx;
-    this.ppgtt = new Ppgtt(ctx.memory.dma, ctx.tracer, ctx.bdf, id);
+    this.ppgtt = new Ppgtt(ctx.memory.dma, ctx.tracer, ctx.bdf, id, () => {
+      this.busy += ctx.cost.ppgttWalkNs;
+    });
     this.execlists = new Execlists(this, ctx);
   }
 

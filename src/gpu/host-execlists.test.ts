@@ -150,7 +150,10 @@ describe("host driver with execlists: the legacy submission contract", () => {
     const a = s.submit("bcs", colorBlt(r.aperture.base, PAGE, 0, 0, 1024, 3, 0x11111111), 1);
     const b = s.submit("bcs", [...storeDataImm(r.aperture.base + 3 * PAGE + 16, 7), MI_USER_INTERRUPT], 2);
     const c = DEFAULT_COST;
-    const busyA = Math.ceil(c.contextSwitchNs + 2 * c.commandNs + c.blitSetupNs + (3 * PAGE) / c.fillBytesPerNs);
+    // Restore and save, the blit (3 pages: 3 walks of the aliasing PPGTT), the pad MI_NOOP.
+    const busyA = Math.ceil(
+      c.contextSwitchNs + 2 * c.commandNs + c.blitSetupNs + (3 * PAGE) / c.fillBytesPerNs + 3 * c.ppgttWalkNs,
+    );
     assert.equal(s.u32(pages[2]!), 0x11111111, "through the aliasing PPGTT to the partition's pages");
     assert.equal(a.result, undefined);
     s.clock.advance(busyA - 1);

@@ -77,6 +77,8 @@ export class Ppgtt implements GpuAddressSpace {
     private readonly bdf: Bdf,
     /** The engine walking (for traces). */
     private readonly engine: string,
+    /** Called once per walk (a TLB miss): the engine charges its cost. */
+    private readonly onWalk: () => void = () => {},
   ) {}
 
   /** Loads a new root (a context restore): the TLB is flushed. -1: no PPGTT. */
@@ -114,6 +116,7 @@ export class Ppgtt implements GpuAddressSpace {
       return this.fault(gma, "PML4E", 0, 0, `the address is beyond the ${GEN8_PPGTT_ADDRESS_BITS}-bit PPGTT`);
     }
     this.walks++;
+    this.onWalk();
     let table = this.root;
     let writable = true;
     for (let level = 0; level < 4; level++) {
