@@ -156,3 +156,62 @@ describe("PPGTT walker (48-bit, 4 levels)", () => {
     assert.equal(pt.root % TWO32, r.host.physmem.readU32(pfnToHpa(r.frames.get(d.lrca / PAGE + 1)!, 0x33 * 4)));
   });
 });
+
+describe("PPGTT walker and engines on garbage", () => {
+  it("a walk through random table contents returns an address or a fault, never throws", () => {
+    const r = gpuRig();
+    const pt = r.ppgtt();
+    const p = walker(r, pt.root);
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.tuple(
+            fc.integer({ min: 0, max: 511 }),
+            fc.integer({ min: 0, max: 0xffffffff }),
+            fc.integer({ min: 0, max: 0xffffffff }),
+          ),
+          { maxLength: 16 },
+        ),
+        fc.integer({ min: 0, max: 2 ** 49 }),
+        fc.boolean(),
+        (entries, addr, write) => {
+          const root = pfnToHpa(pt.tables.get(pt.root)!);
+          for (const [i, lo, hi] of entries) {
+            r.host.physmem.writeU32((root + 8 * i) as Hpa, lo);
+            r.host.physmem.writeU32((root + 8 * i + 4) as Hpa, hi);
+          }
+          p.invalidate();
+          const got = p.translate(addr, write);
+          assert.ok(got === PAGE_FAULT || (Number.isSafeInteger(got) && got >= 0));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("an engine in a context fed random dwords and a garbage PPGTT completes or halts, never throws", () => {
+    const r = gpuRig();
+    r.enableExeclists("rcs");
+    const pt = r.ppgtt();
+    pt.mapRange(0x1000, 2 * PAGE);
+    const root = pfnToHpa(pt.tables.get(pt.root)!);
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 0xffffffff }), { minLength: 1, maxLength: 64 }),
+        fc.integer({ min: 0, max: 0xffffffff }),
+        (words, junk) => {
+          r.host.physmem.writeU32((root + 8 * 3) as Hpa, junk);
+          const c = r.newContext("rcs", { pml4: pt.root, ringBytes: 2 * PAGE });
+          c.emit(words.slice(0, 1000));
+          r.elsp("rcs", c.desc);
+          const e = r.gpu.rcs;
+          assert.ok(e.eir !== 0 || e.execlists.active || e.execlists.lastOut?.ctxId === c.desc.hi);
+          // Recover for the next case: a halted engine or a waiting context is reset.
+          r.setReg(0x941c, 0x2);
+          r.enableExeclists("rcs");
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+});
