@@ -449,15 +449,14 @@ export class HostGpuDriver implements HostGpu {
   }
 
   /**
-   * The host frames the GPU itself reads or writes during anyone's work: the rings it fetches from; with execlists
-   * also the kernel contexts' images and the status pages it writes (context save, CSB entries) and the aliasing
-   * PPGTT's tables it walks. An isolation checker allows these for every owner.
+   * The host frames the GPU itself reads or writes during anyone's work: the rings it fetches from, the status pages
+   * (store-index post-sync writes; with execlists the CSB entries), and with execlists the kernel contexts' images
+   * (context save) and the aliasing PPGTT's tables it walks. An isolation checker allows these for every owner.
    */
   hostGpuFrames(): HostGpuFrame[] {
     const out: HostGpuFrame[] = [];
     for (const b of this.buffers.all()) {
       if (b.kind !== "ring" && b.kind !== "status page" && b.kind !== "context") continue;
-      if (b.kind === "status page" && this.execlists === undefined) continue; // the legacy engines never write it
       for (let i = 0; i < b.buf.pages; i++) {
         out.push({ pfn: (b.buf.pfn + i) as Pfn, write: b.kind !== "ring", what: b.kind });
       }
