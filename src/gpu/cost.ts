@@ -9,9 +9,10 @@
  * The figures are order-of-magnitude choices for a gen9 GT2 on dual-channel DDR4 (about 34 GB/s peak), not
  * measurements: every command costs `commandNs` (fetch and decode), plus its own term below. Blits cost a setup time
  * plus their bytes at the blitter's bandwidth (a copy reads and writes every byte, so it is half the fill rate).
- * Faulting accesses cost the same as successful ones. Execlists add a context restore (on schedule-in) and save (on
- * switch-out) per context switch, a PPGTT walk per TLB miss (four dependent memory reads), flushes and post-sync
- * writes, and one evaluation per semaphore poll. The legacy ring path uses none of these.
+ * Faulting accesses cost the same as successful ones. Execlists add a context restore and save per context switch
+ * (charged to the incoming context) and a PPGTT walk per TLB miss (four dependent memory reads); flushes with their
+ * post-sync writes and semaphore evaluations cost the same in both submission modes. Work of the legacy interface
+ * (which uses none of these commands) on a legacy ring costs exactly what it did before they existed.
  */
 import { Errno, KernelError } from "../core/index.ts";
 
