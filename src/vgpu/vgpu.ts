@@ -96,12 +96,12 @@ import {
 } from "../gpu/index.ts";
 import type { CoherentBuffer, PciConfigSpace } from "../host/index.ts";
 import {
-  VFIO_DEVICE_FLAGS_PCI,
-  VFIO_DEVICE_FLAGS_RESET,
+  checkPciRegionIndex,
+  EMULATED_PCI_DEVICE_INFO,
+  trappedRegionInfo,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR2_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
@@ -158,7 +158,7 @@ defineTraceEvents("vgpu", {
 });
 
 const ENGINES: readonly EngineId[] = Object.keys(ENGINE_BASE) as EngineId[];
-const REGION_RW = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+const _REGION_RW = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
 
 /** Everything a vGPU counts (the brief's `stats()`). */
 export interface VgpuStats extends ShadowGttStats {
@@ -352,22 +352,13 @@ export class Vgpu implements VfioDeviceOps {
   // ---- VfioDeviceOps: identity -------------------------------------------------------------------------------------
 
   info(): VfioDeviceInfo {
-    return {
-      flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
-      numRegions: VFIO_PCI_NUM_REGIONS,
-      numIrqs: VFIO_PCI_NUM_IRQS,
-    };
+    return EMULATED_PCI_DEVICE_INFO;
   }
 
   regionInfo(index: number): VfioRegionInfo {
-    if (!Number.isInteger(index) || index < 0 || index >= VFIO_PCI_NUM_REGIONS) {
-      throw new KernelError(
-        Errno.EINVAL,
-        `vgpu${this.id} ${this.name}: region index ${index} is out of range [0, ${VFIO_PCI_NUM_REGIONS})`,
-      );
-    }
-    const size = this.regionSize(index);
-    return { index, flags: size === 0 ? 0 : REGION_RW, size };
+    const name = `vgpu${this.id} ${this.name}`;
+    checkPciRegionIndex(name, index);
+    return trappedRegionInfo(name, index, this.regionSize(index));
   }
 
   irqInfo(index: number): VfioIrqInfo {
