@@ -313,36 +313,51 @@ wait "$SERVE_PID" 2>/dev/null
 SERVE_PID=
 
 # ---- a vGPU, when the host model offers one ----
-echo "== vGPU (i915-GVTg_V5_4) over vfio-user, 8 GiB guest =="
-VSOCK="$WORK/vgpu.sock"
-node --import tsx src/cli/commands/serve.ts --type i915-GVTg_V5_4 --socket "$VSOCK" --once \
-  >"$WORK/serve.out" 2>"$WORK/serve.err" &
-SERVE_PID=$!
-for _ in $(seq 1 100); do
-  grep -q "serving" "$WORK/serve.out" 2>/dev/null && break
-  kill -0 "$SERVE_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if ! grep -q "serving" "$WORK/serve.out"; then
-  echo "skipped: $(tail -1 "$WORK/serve.err")"
-  SERVE_PID=
-  VGPU=skipped
-else
-  start_qemu "$VSOCK" memory-backend-memfd,id=ram,size=8G,share=on 8G
-  find_device 0x19128086 "vGPU (8086:1912)"
-  cfg 0x08; qt "inl 0xcfc"; expect "class (display controller)" "$(( REPLY_VALUE >> 8 ))" 0x030000
-  cfg 0x10; qt "outl 0xcfc 0xe0000000"; cfg 0x14; qt "outl 0xcfc 0"
-  cfg 0x04; qt "outw 0xcfc 0x0006"
-  rl 0xe0078000; expect "PVINFO magic, low dword (BAR0 MMIO through vfio-user)" "$REPLY_VALUE" 0x76544776
-  rl 0xe0078004; expect "PVINFO magic, high dword" "$REPLY_VALUE" 0x47765447
+# The vGPU and mtty under both kinds of guest RAM: an 8 GiB memfd and a file that cannot be sealed.
+VGPU=passed
+serve_and_attach() { # serve_and_attach <type> <vendor:device> <backend> <size> <label>
+  local sock="$WORK/attach.sock"
+  node --import tsx src/cli/commands/serve.ts --type "$1" --socket "$sock" --once \
+    >"$WORK/serve.out" 2>"$WORK/serve.err" &
+  SERVE_PID=$!
+  for _ in $(seq 1 100); do
+    grep -q "serving" "$WORK/serve.out" 2>/dev/null && break
+    kill -0 "$SERVE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q "serving" "$WORK/serve.out"; then
+    echo "skipped: $(tail -1 "$WORK/serve.err")"
+    SERVE_PID=
+    VGPU=skipped
+    return 0
+  fi
+  echo "== $1 over vfio-user, $5 =="
+  start_qemu "$sock" "$3" "$4"
+  find_device "$2" "$1 ($5)"
+  if [ "$1" = mtty-2 ]; then
+    cfg 0x08; qt "inl 0xcfc"; expect "class/revision" "$REPLY_VALUE" 0x07000210
+  else
+    cfg 0x08; qt "inl 0xcfc"; expect "class (display controller)" "$(( REPLY_VALUE >> 8 ))" 0x030000
+    cfg 0x10; qt "outl 0xcfc 0xe0000000"; cfg 0x14; qt "outl 0xcfc 0"
+    cfg 0x04; qt "outw 0xcfc 0x0006"
+    rl 0xe0078000; expect "PVINFO magic, low dword (BAR0 MMIO through vfio-user)" "$REPLY_VALUE" 0x76544776
+    rl 0xe0078004; expect "PVINFO magic, high dword" "$REPLY_VALUE" 0x47765447
+  fi
   stop_qemu
   for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
   wait "$SERVE_PID" 2>/dev/null
   SERVE_PID=
-  grep -q "problem:" "$WORK/serve.err" && fail "the vGPU server reported problems releasing the session"
-  VGPU=passed
-fi
+  grep -q "problem:" "$WORK/serve.err" && fail "the $1 server reported problems releasing the session"
+  rm -f "$WORK/attach-ram"
+}
+MEMFD8G="memory-backend-memfd,id=ram,size=8G,share=on"
+FILE512="memory-backend-file,id=ram,size=512M,share=on,mem-path=$WORK/attach-ram"
+serve_and_attach i915-GVTg_V5_4 0x19128086 "$MEMFD8G" 8G "8 GiB memfd guest"
+serve_and_attach i915-GVTg_V5_4 0x19128086 "$FILE512" 512M "file-backed guest (share=on)"
+serve_and_attach mtty-2 0x32534348 "$MEMFD8G" 8G "8 GiB memfd guest"
+serve_and_attach mtty-2 0x32534348 "$FILE512" 512M "file-backed guest (share=on)"
 echo "PASS: QEMU $("$QEMU" --version | head -1 | awk '{print $4}') attached the devices over vfio-user: UART, INTx," \
   "DMA into guest RAM (memfd, pinned frames) and DMA_READ of its ROM; an mmap-able BAR exported as a memfd;" \
   "an 8 GiB guest (DMA above 4 GiB); file-backed RAM (unsealable: guarded, a shrunk file faults DMA);" \
+  "vGPU and mtty attached by 8 GiB and file-backed guests;" \
   "vGPU MMIO: $VGPU"
