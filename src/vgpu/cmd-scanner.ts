@@ -36,18 +36,30 @@
  * Not modelled: PPGTT addressing, indirect state, MI commands beyond the table of regs.ts, per-engine command
  * legality (blits are accepted on every engine, as the GPU model does).
  */
-import { hex } from "../core/index.ts";
+import { defineTraceEvents, hex, type Tracer } from "../core/index.ts";
 import {
   BR13_32BPP,
   BR13_COLOR_DEPTH_MASK,
   BR13_ROP_SHIFT,
   type CommandInfo,
   decodeCommand,
+  type GtEngineId,
+  INSTR_BC_CLIENT,
   INSTR_CLIENT_SHIFT,
   INSTR_MI_CLIENT,
   MAX_BATCH_BYTES,
   MI_BATCH_PPGTT,
+  MI_FLUSH_DW_OP_MASK,
+  MI_FLUSH_DW_OP_NONE,
+  MI_FLUSH_DW_OP_STAMP,
+  MI_FLUSH_DW_OP_STOREDW,
+  MI_FLUSH_DW_STORE_INDEX,
+  MI_FLUSH_DW_USE_GTT,
+  MI_NOOP,
   MI_USE_GGTT,
+  PIPE_CONTROL_GLOBAL_GTT_IVB,
+  PIPE_CONTROL_POST_SYNC_OP_MASK,
+  PIPE_CONTROL_STORE_DATA_INDEX,
   ROP_PATCOPY,
   ROP_SRCCOPY,
   type ShadowBuffer,
@@ -55,10 +67,24 @@ import {
   XY_SRC_COPY_BLT_SRC_TILED,
 } from "../gpu/index.ts";
 
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "vgpu.gvt_command": { vgpu: number; engine: string; where: string; name: string; dwords: number };
+  }
+}
+defineTraceEvents("vgpu", {
+  "vgpu.gvt_command": "vgpu{vgpu}: {engine} {where}: {name} ({dwords} dwords) audited",
+});
+
 /** GVT-g's device_info.max_surface_size: the largest operation (surface, batch) a command may touch. */
 export const MAX_OP_SIZE = 36 * 1024 * 1024;
 
-/** MI_LOAD_REGISTER_IMM targets a guest may program: state with no effect on addressing or on other vGPUs. */
+/**
+ * MI_LOAD_REGISTER_IMM targets a guest may program: state with no effect on addressing, on interrupts or on other
+ * vGPUs. The rows after the first eight are the context workaround registers i915 6.1 loads on a Skylake render
+ * engine (gen9_ctx_workarounds_init, emitted by intel_engine_emit_ctx_wa), each marked F_CMD_ACCESS in GVT-g's
+ * register table (gvt/handlers.c): GVT-g lets a guest's commands write them. The GPU model implements none of them.
+ */
 export const LRI_ALLOWED: readonly { readonly offset: number; readonly name: string }[] = [
   { offset: 0x20c0, name: "INSTPM" },
   { offset: 0x20d0, name: "GEN6_GT_MODE" },
@@ -68,8 +94,19 @@ export const LRI_ALLOWED: readonly { readonly offset: number; readonly name: str
   { offset: 0x7300, name: "HDC_CHICKEN0" },
   { offset: 0xe184, name: "HALF_SLICE_CHICKEN3" },
   { offset: 0x22200, name: "BCS_SWCTRL" },
+  { offset: 0x2580, name: "GEN8_CS_CHICKEN1" },
+  { offset: 0x7014, name: "COMMON_SLICE_CHICKEN2" },
+  { offset: 0xe180, name: "HALF_SLICE_CHICKEN2" },
+  { offset: 0xe188, name: "GEN9_HALF_SLICE_CHICKEN5" },
+  { offset: 0xe194, name: "GEN9_HALF_SLICE_CHICKEN7" },
+  { offset: 0xe4f0, name: "GEN8_ROW_CHICKEN" },
+  { offset: 0xe4f4, name: "GEN7_ROW_CHICKEN2" },
 ];
 const LRI_ALLOWED_SET: ReadonlySet<number> = new Set(LRI_ALLOWED.map((r) => r.offset));
+/** PIPE_CONTROL dword 1 bit 23: write an MMIO register after the flush (an LRI in disguise). */
+const PIPE_CONTROL_MMIO_WRITE = 1 << 23;
+/** The end of a 48-bit PPGTT. */
+const PPGTT_LIMIT = 2 ** 48;
 /** The register field of an LRI register dword (bits 2..22). */
 const LRI_REG_MASK = 0x7f_fffc;
 
@@ -88,10 +125,37 @@ export interface ScannerMemory {
   describe(): string;
 }
 
+/**
+ * A context's PPGTT as the scanner reads it: the shadow the engine will walk (shadow-ppgtt.ts), so a PPGTT batch is
+ * read through the very translation that will run it.
+ */
+export interface ScannerPpgtt {
+  /** Copies PPGTT memory [gma, gma + dst.length); -1 on success, else the address of the first page not mapped. */
+  read(gma: number, dst: Uint8Array): number;
+}
+
+/**
+ * What the scanned commands run in, which decides the rules for addresses that are not GGTT addresses:
+ * - "ring": the legacy ring path (vgpu.ts): GGTT only, every PPGTT form is rejected;
+ * - "context": a guest context on `engine` through execlists (execlist-backend.ts): commands may address the
+ *   context's PPGTT (its shadow only maps this VM's pages, so a PPGTT address needs no audit), PPGTT batches are read
+ *   through `ppgtt`, and the rules of GVT-g's cmd_parser.c for what i915 emits apply (see the module comment).
+ */
+export type ScanMode =
+  | { readonly kind: "ring" }
+  | { readonly kind: "context"; readonly engine: GtEngineId; readonly ppgtt: ScannerPpgtt };
+
+const RING_MODE: ScanMode = { kind: "ring" };
+
 export interface CommandScannerOptions {
   readonly memory: ScannerMemory;
   /** HostGpu.allocShadow; may throw KernelError (ENOSPC). */
   readonly allocShadow: (size: number) => ShadowBuffer;
+  /** Frees a shadow `allocShadow` returned (default: its own `free`). */
+  readonly freeShadow?: (b: ShadowBuffer) => void;
+  /** With a tracer and the vGPU's id, each command scanned in a context is traced ("vgpu.gvt_command"). */
+  readonly tracer?: Tracer;
+  readonly vgpuId?: number;
 }
 
 export type ScanResult =
@@ -113,28 +177,39 @@ class Reject {
 export class CommandScanner {
   private readonly memory: ScannerMemory;
   private readonly allocShadow: (size: number) => ShadowBuffer;
+  private readonly freeShadow: (b: ShadowBuffer) => void;
+  private readonly tracer: Tracer | undefined;
+  private readonly vgpuId: number;
+  private engineName = "";
   /** Reused buffer for reading batch buffers (grown as needed). */
   private batch = new Uint32Array(1024);
   private batchBytes = new Uint8Array(this.batch.buffer);
   private shadows: ShadowBuffer[] = [];
+  private mode: ScanMode = RING_MODE;
   private count = 0;
   private userInterrupts = 0;
 
   constructor(opts: CommandScannerOptions) {
     this.memory = opts.memory;
     this.allocShadow = opts.allocShadow;
+    this.freeShadow = opts.freeShadow ?? ((b) => b.free());
+    this.tracer = opts.tracer;
+    this.vgpuId = opts.vgpuId ?? 0;
   }
 
   /**
    * Audits `ring` (a private copy of the submitted dwords; batch addresses are patched in place). `ringOffset` is
    * where the copy starts in the guest's ring, for messages.
    */
-  scan(engine: string, ring: Uint32Array, ringOffset: number): ScanResult {
+  scan(engine: string, ring: Uint32Array, ringOffset: number, mode: ScanMode = RING_MODE): ScanResult {
     this.shadows = [];
     this.count = 0;
     this.userInterrupts = 0;
+    this.mode = mode;
+    this.engineName = engine;
+    const what = mode.kind === "ring" ? "ring" : "context ring";
     try {
-      this.scanList(ring, ring.length, false, (pos) => `${engine} ring offset ${hex(ringOffset + pos * 4)}`);
+      this.scanList(ring, ring.length, false, (pos) => `${engine} ${what} offset ${hex(ringOffset + pos * 4)}`);
       return {
         ok: true,
         commands: ring,
@@ -143,11 +218,8 @@ export class CommandScanner {
         userInterrupts: this.userInterrupts,
       };
     } catch (e) {
-      if (!(e instanceof Reject)) {
-        for (const s of this.shadows) s.free();
-        throw e;
-      }
-      for (const s of this.shadows) s.free();
+      for (const s of this.shadows) this.freeShadow(s);
+      if (!(e instanceof Reject)) throw e;
       return { ok: false, reason: e.reason };
     }
   }
@@ -168,6 +240,7 @@ export class CommandScanner {
         );
       }
       this.count++;
+      if (this.mode.kind === "context" && this.tracer?.enabled) this.traceCommand(where(pos), info.name, len);
       if (this.audit(d, pos, len, info, inBatch, where)) return pos + 1;
       pos += len;
     }
@@ -184,26 +257,45 @@ export class CommandScanner {
     where: (pos: number) => string,
   ): boolean {
     const h = d[pos]!;
+    const ctx = this.mode.kind === "context" ? this.mode : undefined;
+    if (
+      ctx !== undefined &&
+      (ctx.engine === "vcs" || ctx.engine === "vecs") &&
+      h >>> INSTR_CLIENT_SHIFT !== INSTR_MI_CLIENT
+    ) {
+      throw new Reject(
+        `${where(pos)}: ${info.name} on ${ctx.engine}, which executes MI commands only (the video engines have no ` +
+          `${h >>> INSTR_CLIENT_SHIFT === INSTR_BC_CLIENT ? "blitter" : "render pipeline"})`,
+      );
+    }
     switch (info.name) {
       case "MI_NOOP":
         return false;
       case "MI_USER_INTERRUPT":
         this.userInterrupts++;
+        // GVT-g patches it out and raises the guest's user interrupt when the workload completes.
+        if (ctx !== undefined) d[pos] = MI_NOOP;
         return false;
       case "MI_BATCH_BUFFER_END":
         return inBatch;
+      case "MI_ARB_CHECK":
+      case "MI_ARB_ON_OFF":
+        if (ctx === undefined) break; // the legacy path knows no arbitration
+        return false;
       case "MI_STORE_DATA_IMM": {
         if (len !== 4 && len !== 5) {
           throw new Reject(`${where(pos)}: MI_STORE_DATA_IMM of ${len} dwords: only 4 (dword) or 5 (qword)`);
         }
-        if ((h & MI_USE_GGTT) === 0) {
+        const global = (h & MI_USE_GGTT) !== 0;
+        if (!global && ctx === undefined) {
           throw new Reject(`${where(pos)}: MI_STORE_DATA_IMM uses PPGTT addressing, which the vGPU does not offer`);
         }
         const gma = addr64(d, pos + 1);
         if (len === 5 && gma % 8 !== 0) {
           throw new Reject(`${where(pos)}: MI_STORE_DATA_IMM of a qword to unaligned GMA ${hex(gma)}`);
         }
-        this.checkRange(where(pos), info.name, "target", gma, (len - 3) * 4);
+        // A PPGTT target needs no audit: the context's shadow PPGTT maps only this VM's pages.
+        if (global) this.checkRange(where(pos), info.name, "target", gma, (len - 3) * 4);
         return false;
       }
       case "MI_LOAD_REGISTER_IMM": {
@@ -224,22 +316,46 @@ export class CommandScanner {
         if (inBatch)
           throw new Reject(`${where(pos)}: nested batch buffers (a batch starting a batch) are not supported`);
         if (len !== 3) throw new Reject(`${where(pos)}: MI_BATCH_BUFFER_START must be 3 dwords, not ${len}`);
-        if ((h & MI_BATCH_PPGTT) !== 0) {
+        const ppgtt = (h & MI_BATCH_PPGTT) !== 0;
+        if (ppgtt && ctx === undefined) {
           throw new Reject(`${where(pos)}: MI_BATCH_BUFFER_START uses PPGTT addressing, which the vGPU does not offer`);
         }
         const gma = addr64(d, pos + 1);
-        const shadow = this.shadowBatch(gma, where(pos));
+        const shadow = this.shadowBatch(gma, where(pos), ppgtt ? ctx!.ppgtt : undefined);
+        // The shadow copy is host graphics memory: the command now names it in the GGTT.
+        if (ppgtt) d[pos] = (h & ~MI_BATCH_PPGTT) >>> 0;
         d[pos + 1] = shadow.gma % 2 ** 32;
         d[pos + 2] = Math.floor(shadow.gma / 2 ** 32);
         return false;
       }
+      case "MI_FLUSH_DW":
+        if (ctx === undefined) break;
+        this.flushDw(d, pos, len, where);
+        return false;
+      case "PIPE_CONTROL":
+        if (ctx === undefined) break;
+        this.pipeControl(d, pos, len, where);
+        return false;
+      case "MI_SEMAPHORE_WAIT":
+        if (ctx === undefined) break;
+        // GVT-g refuses it (a guest's wait could hold a physical engine for ever); i915 never emits it on a vGPU.
+        throw new Reject(`${where(pos)}: MI_SEMAPHORE_WAIT is not allowed on a vGPU`);
+      case "PIPELINE_SELECT":
+      case "3DSTATE_VF_STATISTICS":
+      case "3DSTATE_SO_DECL_LIST":
+      case "3DPRIMITIVE":
+      case "GFX_STATE":
+        // Decoded by length and skipped by the GPU (no 3D pipeline): nothing they name is ever accessed.
+        if (ctx === undefined) break;
+        return false;
       case "XY_COLOR_BLT": {
         if (len !== 7) throw new Reject(`${where(pos)}: XY_COLOR_BLT must be 7 dwords, not ${len}`);
         const br13 = d[pos + 1]!;
         this.bltMode(h, br13, ROP_PATCOPY, where(pos), info.name);
         const pitch = this.pitch(br13, where(pos), info.name, "destination");
         const rect = this.rect(d[pos + 2]!, d[pos + 3]!);
-        if (rect === undefined) return false;
+        // In a context, blits address the context's PPGTT (its shadow bounds them).
+        if (rect === undefined || ctx !== undefined) return false;
         this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch);
         return false;
       }
@@ -250,7 +366,7 @@ export class CommandScanner {
         const pitch = this.pitch(br13, where(pos), info.name, "destination");
         const srcPitch = this.pitch(d[pos + 7]!, where(pos), info.name, "source");
         const rect = this.rect(d[pos + 2]!, d[pos + 3]!);
-        if (rect === undefined) return false;
+        if (rect === undefined || ctx !== undefined) return false;
         this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch);
         const srcTl = d[pos + 6]!;
         const sx = srcTl & 0xffff;
@@ -260,8 +376,45 @@ export class CommandScanner {
         return false;
       }
       default:
-        throw new Reject(`${where(pos)}: ${info.name} is decoded but has no audit rule`);
+        break;
     }
+    throw new Reject(`${where(pos)}: ${info.name} is decoded but has no audit rule`);
+  }
+
+  /**
+   * MI_FLUSH_DW in a context (GVT-g's cmd_handler_mi_flush_dw): a post-sync write to a GGTT address (USE_GTT) is
+   * audited; a store-index write lands in the context's own PPHWSP, which for a shadow context is the vendor
+   * driver's shadow image (the index cannot leave that page); a PPGTT target goes through the shadow PPGTT.
+   */
+  private flushDw(d: Uint32Array, pos: number, len: number, where: (pos: number) => string): void {
+    const h = d[pos]!;
+    if (len < 3 || len > 5) throw new Reject(`${where(pos)}: MI_FLUSH_DW of ${len} dwords (3 to 5)`);
+    const op = h & MI_FLUSH_DW_OP_MASK;
+    if (op === MI_FLUSH_DW_OP_NONE) return;
+    if (op !== MI_FLUSH_DW_OP_STOREDW && op !== MI_FLUSH_DW_OP_STAMP) {
+      throw new Reject(`${where(pos)}: MI_FLUSH_DW with reserved post-sync operation ${op >>> 14}`);
+    }
+    if (len < 4) throw new Reject(`${where(pos)}: MI_FLUSH_DW with a post-sync write needs 4 dwords`);
+    if ((h & MI_FLUSH_DW_STORE_INDEX) !== 0) return;
+    const lo = d[pos + 1]!;
+    if ((lo & MI_FLUSH_DW_USE_GTT) === 0) return;
+    const gma = ((lo & ~7) >>> 0) + d[pos + 2]! * 2 ** 32;
+    const qword = op === MI_FLUSH_DW_OP_STAMP || len === 5;
+    this.checkRange(where(pos), "MI_FLUSH_DW", "post-sync target", gma, qword ? 8 : 4);
+  }
+
+  /** PIPE_CONTROL in a context (GVT-g's cmd_handler_pipe_control): as MI_FLUSH_DW, with GLOBAL_GTT for USE_GTT. */
+  private pipeControl(d: Uint32Array, pos: number, len: number, where: (pos: number) => string): void {
+    if (len < 2) throw new Reject(`${where(pos)}: PIPE_CONTROL of ${len} dwords`);
+    const flags = d[pos + 1]!;
+    if ((flags & PIPE_CONTROL_MMIO_WRITE) !== 0) {
+      throw new Reject(`${where(pos)}: PIPE_CONTROL with an MMIO write (LRI post-sync) is not allowed`);
+    }
+    if ((flags & PIPE_CONTROL_POST_SYNC_OP_MASK) === 0) return;
+    if (len < 6) throw new Reject(`${where(pos)}: PIPE_CONTROL of ${len} dwords: a post-sync write needs 6`);
+    if ((flags & PIPE_CONTROL_STORE_DATA_INDEX) !== 0 || (flags & PIPE_CONTROL_GLOBAL_GTT_IVB) === 0) return;
+    const gma = ((d[pos + 2]! & ~7) >>> 0) + d[pos + 3]! * 2 ** 32;
+    this.checkRange(where(pos), "PIPE_CONTROL", "post-sync target", gma, 8);
   }
 
   private pitch(dw: number, at: string, cmd: string, which: string): number {
@@ -314,9 +467,13 @@ export class CommandScanner {
     }
   }
 
-  /** Reads, audits and shadows the batch at `gma`; returns its shadow. */
-  private shadowBatch(gma: number, at: string): ShadowBuffer {
+  /**
+   * Reads, audits and shadows the batch at `gma` (a GGTT address, or with `ppgtt` an address in the context's
+   * PPGTT, read through its shadow); returns its shadow.
+   */
+  private shadowBatch(gma: number, at: string, ppgtt?: ScannerPpgtt): ShadowBuffer {
     if (gma % 4 !== 0) throw new Reject(`${at}: batch buffer address ${hex(gma)} is not dword aligned`);
+    const space = ppgtt === undefined ? "GMA" : "PPGTT address";
     let fetched = 0; // bytes of the batch read so far
     const fetch = (bytes: number) => {
       if (bytes > MAX_BATCH) {
@@ -327,15 +484,21 @@ export class CommandScanner {
       while (fetched < bytes) {
         const a = gma + fetched;
         const chunk = 4096 - (a % 4096);
-        if (!this.memory.inPartition(a, chunk)) {
+        if (ppgtt === undefined && !this.memory.inPartition(a, chunk)) {
           throw new Reject(
             `${at}: batch buffer at ${hex(gma)} runs to ${hex(a)}, outside the vGPU's graphics memory (${this.memory.describe()}), without MI_BATCH_BUFFER_END`,
           );
         }
+        if (ppgtt !== undefined && a + chunk > PPGTT_LIMIT) {
+          throw new Reject(`${at}: PPGTT batch buffer at ${hex(gma)} runs past the 48-bit address space`);
+        }
         this.ensureBatch(fetched + chunk);
-        const bad = this.memory.readGm(a, this.batchBytes.subarray(fetched, fetched + chunk));
+        const into = this.batchBytes.subarray(fetched, fetched + chunk);
+        const bad = ppgtt === undefined ? this.memory.readGm(a, into) : ppgtt.read(a, into);
         if (bad >= 0) {
-          throw new Reject(`${at}: batch buffer page at GMA ${hex(bad)} is not backed by guest memory (scratch page)`);
+          throw new Reject(
+            `${at}: batch buffer page at ${space} ${hex(bad)} is not backed by guest memory (${ppgtt === undefined ? "scratch page" : "not present in the context's PPGTT"})`,
+          );
         }
         fetched += chunk;
       }
@@ -351,6 +514,7 @@ export class CommandScanner {
       const len = info.length(h);
       fetch((pos + len) * 4);
       this.count++;
+      if (this.mode.kind === "context" && this.tracer?.enabled) this.traceCommand(where, info.name, len);
       if (this.audit(this.batch, pos, len, info, true, () => where)) {
         pos += 1;
         break;
@@ -369,6 +533,10 @@ export class CommandScanner {
     this.shadows.push(shadow);
     shadow.write(0, this.batchBytes.subarray(0, size));
     return shadow;
+  }
+
+  private traceCommand(where: string, name: string, dwords: number): void {
+    this.tracer!.emit("vgpu.gvt_command", { vgpu: this.vgpuId, engine: this.engineName, where, name, dwords });
   }
 
   private ensureBatch(bytes: number): void {

@@ -206,15 +206,15 @@ describe("virtual execlists: ELSP and the context status buffer (test backend)",
   });
 });
 
-describe("virtual execlists with the production backend (no GPU to run contexts yet)", () => {
-  it("the workload stays pending with ENOSYS and a sentence: no CSB event, the engine busy, until a reset", () => {
+describe("virtual execlists with the production backend on a host driver that submits through rings", () => {
+  it("the workload stays pending with EOPNOTSUPP and a sentence: no CSB event, the engine busy, until a reset", () => {
     const s = setup({ backend: "production" });
     s.g.enableExeclists(RCS, s.hws.gma);
     s.g.elsp(RCS, s.A);
     const el = s.v.execlists.get("rcs")!;
     assert.ok(el.pendingReason instanceof KernelError);
-    assert.equal(el.pendingReason.errno, Errno.ENOSYS);
-    assert.match(el.pendingReason.message, /does not execute logical ring contexts yet/);
+    assert.equal(el.pendingReason.errno, Errno.EOPNOTSUPP);
+    assert.match(el.pendingReason.message, /submits through legacy rings, so the GPU runs no guest contexts/);
     assert.equal(el.stats().csbEvents, 0);
     assert.equal(s.msi.signals, 0);
     assert.equal(s.g.mmio(RCS + RING_MI_MODE) & MODE_IDLE, 0, "not idle: i915 will time out waiting");

@@ -273,7 +273,10 @@ export class VirtualExeclist {
           return;
         }
         this.refusal = undefined;
-        if (q.pair !== undefined) this.apply(this.state.scheduleIn(q.pair[0], q.pair[1]));
+        // A workload that failed before it ran never reached the (virtual) hardware: no schedule-in (GVT-g emulates
+        // it when the workload is dispatched, after its creation and scan succeeded).
+        const failedAtOnce = early?.error !== undefined;
+        if (q.pair !== undefined && !failedAtOnce) this.apply(this.state.scheduleIn(q.pair[0], q.pair[1]));
         if (early !== undefined) this.completed(q, early);
       }
     } finally {

@@ -7,7 +7,9 @@
  * Reasons, as GVT-g names them:
  * - "unsupported-guest": the guest enabled execlists or PPGTT without ever reading PVINFO (a driver that does not
  *   know it runs on a vGPU would use graphics memory it does not own), or set a GFX_MODE bit GVT-g refuses;
- * - "insufficient-resource": the guest wrote PVINFO rsv5, i915's way of saying the vGPU's resources are too small.
+ * - "insufficient-resource": the guest wrote PVINFO rsv5, i915's way of saying the vGPU's resources are too small;
+ * - "guest-error": the command scanner rejected a command of a guest context (GVT-g's workload_thread enters it
+ *   when dispatch fails with -EBADRQC or -EFAULT: vgpu_is_vm_unhealthy).
  * Each entry carries a sentence naming what the guest did.
  *
  * Difference from GVT-g, stated: GVT-g's failsafe also stops shadowing GTT writes (they reach only its virtual GTT);
@@ -24,8 +26,8 @@ defineTraceEvents("vgpu", {
   "vgpu.failsafe": "vgpu{vgpu}: failsafe mode ({reason}): {detail}",
 });
 
-/** GVT_FAILSAFE_UNSUPPORTED_GUEST, GVT_FAILSAFE_INSUFFICIENT_RESOURCE. */
-export type FailsafeReason = "unsupported-guest" | "insufficient-resource";
+/** GVT_FAILSAFE_UNSUPPORTED_GUEST, GVT_FAILSAFE_INSUFFICIENT_RESOURCE, GVT_FAILSAFE_GUEST_ERR. */
+export type FailsafeReason = "unsupported-guest" | "insufficient-resource" | "guest-error";
 
 /** Why a vGPU is in failsafe. */
 export interface FailsafeState {

@@ -139,6 +139,14 @@ export interface PopulateError {
   readonly gfn: Gfn;
 }
 
+/** Why the gfn cache could not pin and map a guest page. */
+interface PinFailure {
+  readonly step: PopulateStep;
+  readonly errno: Errno;
+  readonly what: string;
+  readonly cause?: KernelError;
+}
+
 export interface ShadowGttOptions {
   readonly vgpuId: number;
   readonly gpu: HostGpu;
@@ -258,6 +266,8 @@ export class ShadowGtt {
   private readonly scratchPte: number;
   private readonly scratchNotPresentPte: number;
   private dma: VfioDmaAccess | undefined;
+  /** References on gfns taken through `pinGuestPage` (by gfn). */
+  private readonly extRefs = new Map<number, number>();
   private populated = 0;
   private iovas = 0;
   private scratchFallbacks = 0;
@@ -440,6 +450,39 @@ export class ShadowGtt {
     return undefined;
   }
 
+  // ---- guest pages for other users of the gfn cache (the shadow PPGTT) -----------------------------------------
+
+  /**
+   * A reference on guest frame `gfn`, pinned (vfio_pin_pages) and DMA-mapped (dma_map_page) through the gfn cache the
+   * GGTT shadow uses, so a page both tables name is pinned and mapped once: its IOVA, or a KernelError with the errno
+   * of the call that failed and a sentence naming it ("vfio_pin_pages(gpa 0x...) failed: ..."). Each success must be
+   * paired with `unpinGuestPage`. Counted apart from GGTT entries (`externalRefs`), so the invariants still hold.
+   */
+  pinGuestPage(gfn: Gfn): Iova | KernelError {
+    const got = this.pinAndMap(gfn);
+    if (typeof got !== "number") {
+      return new KernelError(got.errno, `${got.what}${got.cause !== undefined ? `: ${got.cause.message}` : ""}`);
+    }
+    this.extRefs.set(gfn, (this.extRefs.get(gfn) ?? 0) + 1);
+    return this.cache.iova(got);
+  }
+
+  /** Drops a reference `pinGuestPage` took; the last reference of the page unmaps and unpins it. */
+  unpinGuestPage(gfn: Gfn, why: string): void {
+    const n = this.extRefs.get(gfn) ?? 0;
+    if (n <= 0) throw new Error(`vgpu${this.vgpuId}: unpinning gfn ${hex(gfn)}, which has no external reference (bug)`);
+    if (n === 1) this.extRefs.delete(gfn);
+    else this.extRefs.set(gfn, n - 1);
+    this.release(gfn, why);
+  }
+
+  /** References held through `pinGuestPage` (all pages). */
+  get externalRefs(): number {
+    let n = 0;
+    for (const c of this.extRefs.values()) n += c;
+    return n;
+  }
+
   // ---- VMM unmap, reset ----------------------------------------------------------------------------------------
 
   /** The vfio dma_unmap callback: release every gfn in [iova, iova + length) and scratch the entries naming it. */
@@ -543,9 +586,16 @@ export class ShadowGtt {
     if (populated !== this.populated) fail(`populated count ${this.populated} != ${populated} entries`);
     for (const g of this.cache.gfns()) {
       const s = this.cache.slot(g);
-      if (this.cache.ref(s) !== (refs.get(g) ?? 0)) {
-        fail(`gfn ${hex(g)} has refcount ${this.cache.ref(s)} but ${refs.get(g) ?? 0} entries name it`);
+      const want = (refs.get(g) ?? 0) + (this.extRefs.get(g) ?? 0);
+      if (this.cache.ref(s) !== want) {
+        fail(
+          `gfn ${hex(g)} has refcount ${this.cache.ref(s)} but ${refs.get(g) ?? 0} entries and ` +
+            `${this.extRefs.get(g) ?? 0} PPGTT references name it`,
+        );
       }
+    }
+    for (const g of this.extRefs.keys()) {
+      if (this.cache.slot(g) < 0) fail(`gfn ${hex(g)} has PPGTT references but is not in the gfn cache`);
     }
     if (this.iovas !== this.cache.size) fail(`${this.iovas} IOVAs mapped for ${this.cache.size} cached gfns`);
   }
@@ -610,6 +660,16 @@ export class ShadowGtt {
    * then in `lastPopulateError`). `index` is the entry being shadowed, for that record.
    */
   private acquire(gfn: Gfn, index: number): number {
+    const got = this.pinAndMap(gfn);
+    if (typeof got === "number") return got;
+    return this.populateFailed(got.step, got.errno, index, gfn, got.what, got.cause);
+  }
+
+  /**
+   * The gfn cache's lookup-or-pin (kvmgt's gvt_dma_map_page): a hit takes one more reference; a miss pins the page
+   * with vfio_pin_pages (IOVA = GPA) and maps it with dma_map_page. Returns the slot, or why it could not.
+   */
+  private pinAndMap(gfn: Gfn): number | PinFailure {
     const s = this.cache.slot(gfn);
     if (s >= 0) {
       this.cache.addRef(s, 1);
@@ -622,13 +682,11 @@ export class ShadowGtt {
     const dma = this.dma;
     if (dma === undefined) {
       // vfio_pin_pages' answer for a device no user has open.
-      return this.populateFailed(
-        "no vfio session",
-        Errno.EINVAL,
-        index,
-        gfn,
-        "no VMM has the device open (no vfio DMA access to pin guest pages)",
-      );
+      return {
+        step: "no vfio session",
+        errno: Errno.EINVAL,
+        what: "no VMM has the device open (no vfio DMA access to pin guest pages)",
+      };
     }
     const iova = iovaOfGfn(gfn);
     let frame: Pfn;
@@ -637,7 +695,7 @@ export class ShadowGtt {
       frame = pinned[0]!;
     } catch (e) {
       if (!(e instanceof KernelError)) throw e;
-      return this.populateFailed("vfio_pin_pages", e.errno, index, gfn, `vfio_pin_pages(gpa ${hex(iova)}) failed`, e);
+      return { step: "vfio_pin_pages", errno: e.errno, what: `vfio_pin_pages(gpa ${hex(iova)}) failed`, cause: e };
     }
     let mapped: Iova;
     try {
@@ -645,7 +703,7 @@ export class ShadowGtt {
     } catch (e) {
       if (!(e instanceof KernelError)) throw e;
       dma.unpinPages(iova, 1);
-      return this.populateFailed("dma_map_page", e.errno, index, gfn, `dma_map_page(pfn ${hex(frame)}) failed`, e);
+      return { step: "dma_map_page", errno: e.errno, what: `dma_map_page(pfn ${hex(frame)}) failed`, cause: e };
     }
     this.iovas++;
     if (this.tracer.enabled) this.tracer.emit("vgpu.gfn.pin", { vgpu: this.vgpuId, gfn, pfn: frame, iova: mapped });

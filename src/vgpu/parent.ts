@@ -22,6 +22,7 @@ import { type GpuResources, HOST_APERTURE_RESERVED, type HostGpu } from "../gpu/
 import type { CoherentBuffer } from "../host/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
 import { GvtScheduler } from "./scheduler.ts";
+import type { VgpuShadowObserver } from "./shadow-frames.ts";
 import {
   findGvtType,
   GVT_DRIVER_NAME,
@@ -73,8 +74,8 @@ export interface GvtParentOptions {
    */
   readonly unsafeSkipAddressAudit?: boolean;
   /**
-   * What executes the vGPUs' virtual execlist workloads (default: `UNIMPLEMENTED_BACKEND`, nothing runs them yet).
-   * Tests inject one that completes at once.
+   * What executes the vGPUs' virtual execlist workloads (default: each vGPU's own `ExeclistBackend`, which shadows
+   * guest contexts and runs them on the GPU). Tests inject one that completes at once.
    */
   readonly execlistBackend?: VirtualEngineBackend;
 }
@@ -100,6 +101,7 @@ export class GvtParent implements MdevParentDriver {
 
   private readonly unsafeSkipAddressAudit: boolean;
   private readonly execlistBackend: VirtualEngineBackend | undefined;
+  private shadowObserver: VgpuShadowObserver | undefined;
   /** Every vGPU's BAR2 size: the host aperture. */
   readonly bar2Size: number;
 
@@ -147,6 +149,7 @@ export class GvtParent implements MdevParentDriver {
         resources,
         bar2Size: this.bar2Size,
         ...(this.execlistBackend !== undefined ? { backend: this.execlistBackend } : {}),
+        shadowObserver: () => this.shadowObserver,
         scratch,
         gpu: this.gpu,
         scheduler: this.scheduler,
@@ -199,6 +202,19 @@ export class GvtParent implements MdevParentDriver {
         hiddenBase: vgpu.resources.hidden.base,
         scratchIova: vgpu.scratch.dmaAddr,
       });
+    }
+  }
+
+  /**
+   * Installs (or with undefined removes) the observer told of every shadow buffer a vGPU of this parent allocates
+   * and frees, with its vGPU and use (shadow-frames.ts): the isolation checker's way to attribute host frames. On
+   * install it hears of the buffers already live.
+   */
+  setShadowObserver(fn: VgpuShadowObserver | undefined): void {
+    this.shadowObserver = fn;
+    if (fn === undefined) return;
+    for (const v of [...this.byUuid.values(), ...this.draining]) {
+      v.shadows.each((buffer, use) => fn({ vgpu: v.id, use, buffer, write: use === "context image", alive: true }));
     }
   }
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { NS_PER_MS, TraceRecorder, Tracer, VirtualClock } from "../core/index.ts";
-import type { EngineId, Submission, SubmissionResult } from "../gpu/index.ts";
+import type { ContextSubmission, EngineId, Submission, SubmissionResult } from "../gpu/index.ts";
 import { GvtScheduler, type WorkSink } from "./scheduler.ts";
 
 /** Engines that take `busyNs` per workload, one at a time per engine, completing on the clock. */
@@ -20,6 +20,9 @@ class FakeEngines implements WorkSink {
     this.ran.push({ owner: s.owner, engine: s.engine, at: start });
     const r: SubmissionResult = { busyNs: ns, commands: s.commands.length, faults: 0, userInterrupts: 0 };
     this.clock.at(start + ns, () => s.onComplete(r));
+  }
+  submitContext(cs: ContextSubmission): void {
+    throw new Error(`no contexts in this test (${cs.engine})`);
   }
 }
 
@@ -39,7 +42,7 @@ function saturate(sched: GvtScheduler, id: number, engine: EngineId = "rcs", n =
       vgpuId: id,
       engine,
       commands: new Uint32Array(2),
-      retire: (r) => {
+      retire: (r: SubmissionResult | undefined) => {
         if (r === undefined) {
           state.dropped++;
           return;

@@ -25,8 +25,23 @@
  * Invariants: the current vGPU (if any) is active, or inactive and draining its in-flight work before a pending
  * switch; in-flight counts are >= 0; a deactivated vGPU has no queued work.
  */
-import { defineTraceEvents, NS_PER_MS, type SchedulingClock, type TimerHandle, type Tracer } from "../core/index.ts";
-import type { EngineId, HostGpu, SubmissionResult } from "../gpu/index.ts";
+import {
+  defineTraceEvents,
+  type Iova,
+  KernelError,
+  NS_PER_MS,
+  type SchedulingClock,
+  type TimerHandle,
+  type Tracer,
+} from "../core/index.ts";
+import type {
+  ContextSubmissionResult,
+  EngineId,
+  GtEngineId,
+  HostGpu,
+  ShadowBuffer,
+  SubmissionResult,
+} from "../gpu/index.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -58,6 +73,32 @@ export interface Workload {
   retire(result: SubmissionResult | undefined): void;
 }
 
+/**
+ * One audited guest context (execlist-backend.ts's shadow of a workload of the virtual execlists), sent to the
+ * engine with `HostGpu.submitContext`.
+ */
+export interface ContextWorkload {
+  readonly vgpuId: number;
+  readonly engine: GtEngineId;
+  readonly context: {
+    /** The shadow context image (a shadow buffer of the host driver). */
+    readonly image: ShadowBuffer;
+    /** DMA address of the shadow PML4. */
+    readonly pml4: Iova;
+    /** Dwords of its shadow ring (for the trace). */
+    readonly dwords: number;
+  };
+  /** As `Workload.retire`, with the context's result. */
+  retire(result: ContextSubmissionResult | undefined): void;
+}
+
+/** Anything the scheduler queues. */
+export type AnyWorkload = Workload | ContextWorkload;
+
+function isContext(w: AnyWorkload): w is ContextWorkload {
+  return "context" in w;
+}
+
 /** Per-vGPU scheduling counters. */
 export interface VgpuSchedStats {
   readonly weight: number;
@@ -85,8 +126,8 @@ class SchedData {
   submitted = 0;
   completed = 0;
   inFlight = 0;
-  readonly queues = new Map<EngineId, Workload[]>();
-  readonly busyEngine = new Set<EngineId>();
+  readonly queues = new Map<GtEngineId, AnyWorkload[]>();
+  readonly busyEngine = new Set<GtEngineId>();
   constructor(
     readonly id: number,
     readonly weight: number,
@@ -98,8 +139,8 @@ class SchedData {
   }
 }
 
-/** What the scheduler needs of the host driver: a place to send work. */
-export type WorkSink = Pick<HostGpu, "submit">;
+/** What the scheduler needs of the host driver: a place to send work (rings, and contexts with execlists). */
+export type WorkSink = Pick<HostGpu, "submit" | "submitContext">;
 
 export interface GvtSchedulerOptions {
   readonly gpu: WorkSink;
@@ -195,7 +236,7 @@ export class GvtScheduler {
   }
 
   /** Queues an audited workload and asks for a scheduling decision (GVT-g's event scheduling). */
-  enqueue(w: Workload): void {
+  enqueue(w: AnyWorkload): void {
     const d = this.data(w.vgpuId);
     if (!d.active) {
       w.retire(undefined);
@@ -212,7 +253,7 @@ export class GvtScheduler {
   }
 
   /** Drops every queued (not yet dispatched) workload of `id`, optionally only of `engine`. */
-  drop(id: number, engine?: EngineId): void {
+  drop(id: number, engine?: GtEngineId): void {
     const d = this.all.get(id);
     if (d === undefined) return;
     for (const [e, q] of d.queues) {
@@ -223,7 +264,7 @@ export class GvtScheduler {
   }
 
   /** Workloads of `id` queued or on an engine. */
-  outstanding(id: number, engine?: EngineId): number {
+  outstanding(id: number, engine?: GtEngineId): number {
     const d = this.all.get(id);
     if (d === undefined) return 0;
     if (engine === undefined) return d.queued() + d.inFlight;
@@ -377,25 +418,63 @@ export class GvtScheduler {
       d.inFlight++;
       d.submitted++;
       if (this.tracer.enabled) {
-        this.tracer.emit("vgpu.cmd.submit", { vgpu: d.id, engine, dwords: w.commands.length, queued: q.length });
+        const dwords = isContext(w) ? w.context.dwords : w.commands.length;
+        this.tracer.emit("vgpu.cmd.submit", { vgpu: d.id, engine, dwords, queued: q.length });
       }
-      this.gpu.submit({
-        engine,
-        commands: w.commands,
+      if (isContext(w)) this.dispatchContext(d, w);
+      else {
+        this.gpu.submit({
+          engine: w.engine,
+          commands: w.commands,
+          owner: d.id,
+          onComplete: (r) => {
+            this.account(d, w.engine, r);
+            w.retire(r);
+            this.schedule();
+          },
+        });
+      }
+    }
+  }
+
+  private dispatchContext(d: SchedData, w: ContextWorkload): void {
+    const done = (r: ContextSubmissionResult): void => {
+      this.account(d, w.engine, r);
+      w.retire(r);
+      // As GVT-g: a completion only finishes a pending switch (need_reschedule) or feeds the engine more work.
+      this.schedule();
+    };
+    try {
+      this.gpu.submitContext({
+        engine: w.engine,
+        image: w.context.image,
+        pml4: w.context.pml4,
         owner: d.id,
-        onComplete: (r) => this.completed(d, w, r),
+        onComplete: done,
+      });
+    } catch (e) {
+      if (!(e instanceof KernelError)) throw e;
+      // The host driver refused the context (it names the reason): the workload fails without running.
+      done({
+        busyNs: 0,
+        commands: 0,
+        faults: 0,
+        userInterrupts: 0,
+        error: `the host driver refused the shadow context: ${e.message}`,
+        ctxId: 0,
+        head: 0,
+        tail: 0,
+        timestamp: 0,
+        events: [],
       });
     }
   }
 
-  private completed(d: SchedData, w: Workload, r: SubmissionResult): void {
+  private account(d: SchedData, engine: GtEngineId, r: SubmissionResult): void {
     d.inFlight--;
-    d.busyEngine.delete(w.engine);
+    d.busyEngine.delete(engine);
     d.completed++;
     d.busyNs += r.busyNs;
-    w.retire(r);
-    // As GVT-g: a completion only finishes a pending switch (need_reschedule) or feeds the engine more work.
-    this.schedule();
   }
 
   private armTimer(): void {

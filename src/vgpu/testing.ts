@@ -27,6 +27,7 @@ import {
 import {
   batchBufferStart,
   type CreatedGpu,
+  CTX_RING_TAIL,
   colorBlt,
   createGpu,
   ENGINE_BASE,
@@ -37,6 +38,11 @@ import {
   GEN8_MASTER_IRQ,
   GEN8_MASTER_IRQ_CONTROL,
   GTT_OFFSET,
+  type GtEngineId,
+  LRC_PAGES,
+  LRC_STATE_OFFSET,
+  lrcDescriptor,
+  lrcRegisterState,
   MI_BATCH_BUFFER_END,
   MI_NOOP,
   MI_USER_INTERRUPT,
@@ -46,6 +52,7 @@ import {
   RING_START,
   RING_TAIL,
   RING_VALID,
+  type SubmissionMode,
   srcCopyBlt,
   storeDataImm,
   VGT_PVINFO_PAGE,
@@ -83,8 +90,10 @@ export interface VgpuWorldOptions {
   readonly memoryBytes?: number;
   /** Record trace events (default true). */
   readonly trace?: boolean;
-  /** The virtual execlists' backend (default: the production one, which runs nothing). */
+  /** The virtual execlists' backend (default: each vGPU's own, which runs guest contexts on the GPU). */
   readonly execlistBackend?: VirtualEngineBackend;
+  /** How the host driver submits (default "ring": guest contexts then stay pending). */
+  readonly submission?: SubmissionMode;
 }
 
 /** TEST ONLY: a backend that completes workloads at once (`auto`) or when the test says (`complete`). */
@@ -159,7 +168,10 @@ export class VgpuWorld {
       type1Driver({ iommu: this.host.iommu, physmem: this.host.physmem, tracer: this.host.tracer }),
     );
     this.mdev = new MdevCore({ sysfs: this.host.sysfs, vfio: this.vfio, tracer: this.host.tracer });
-    this.gpu = createGpu(this.host, opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {});
+    this.gpu = createGpu(this.host, {
+      ...(opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {}),
+      ...(opts.submission !== undefined ? { submission: opts.submission } : {}),
+    });
     this.parent = new GvtParent({
       gpu: this.gpu.driver,
       clock: this.clock,
@@ -483,3 +495,159 @@ export function injectDmaMapFailure(world: VgpuWorld, fail: () => boolean): void
 }
 
 export type { Gma, Iova };
+
+// ---- a guest's PPGTT and logical ring contexts, as i915 builds them (for the execlist path) ------------------------
+
+const TWO32 = 4294967296;
+
+/**
+ * A guest's 4-level PPGTT in its own RAM, as i915's gen8_ppgtt builds one: every table a guest page, entries holding
+ * guest-physical addresses. With `scratch` (i915's way) every unused entry of every level points at a scratch table
+ * (and, at the last level, a scratch page), so the tables are full of present entries; without it they are zeros.
+ */
+export class GuestPpgtt {
+  /** GPA of the PML4 (what the context's PDP0 holds and g2v announces). */
+  readonly pml4: number;
+  /** Guest tables by GPA: their level (0 = PML4). */
+  readonly tables = new Map<number, number>();
+  /** With scratch: the entry every unused slot of a level-n table holds (n = 0 for the PML4). */
+  private readonly scratchEntry: number[] = [];
+
+  constructor(
+    readonly session: GuestSession,
+    opts: { readonly scratch?: boolean } = {},
+  ) {
+    if (opts.scratch) {
+      // Scratch page, then scratch PT, PD, PDP, each filled with the one below (gen8_init_scratch).
+      let below = session.allocPage() + 3; // present | RW
+      for (let level = 3; level >= 1; level--) {
+        const t = session.allocPage();
+        this.fill(t, below);
+        this.scratchEntry[level] = below;
+        below = t + 3;
+      }
+      this.scratchEntry[0] = below;
+    }
+    this.pml4 = this.newTable(0);
+  }
+
+  /** Maps PPGTT address `addr` (page aligned) to guest page `gpa` (writable unless `readOnly`). */
+  map(addr: number, gpa: number, readOnly = false): void {
+    this.setPte(addr, gpa + (readOnly ? 1 : 3));
+  }
+
+  /** Writes the raw 64-bit PTE of `addr` (allocating the tables on the way). */
+  setPte(addr: number, pte: number): void {
+    this.session.writeGpa(this.pteGpa(addr), qword(pte));
+  }
+
+  /** Reads the raw PTE of `addr` (0 if its tables do not exist). */
+  pte(addr: number): number {
+    const b = this.session.readGpa(this.pteGpa(addr), 8);
+    const dv = new DataView(b.buffer);
+    return dv.getUint32(0, true) + dv.getUint32(4, true) * TWO32;
+  }
+
+  /** GPA of the PTE of `addr`, allocating the tables above it. */
+  pteGpa(addr: number): number {
+    const page = Math.floor(addr / PAGE_SIZE);
+    let table = this.pml4;
+    for (let level = 0; level < 3; level++) {
+      const index = Math.floor(page / 2 ** (9 * (3 - level))) % 512;
+      const at = table + 8 * index;
+      const b = this.session.readGpa(at, 8);
+      const dv = new DataView(b.buffer);
+      const e = dv.getUint32(0, true) + dv.getUint32(4, true) * TWO32;
+      const next = e - (e % PAGE_SIZE);
+      if ((e & 1) === 0 || this.scratchEntry[level] === e) {
+        const t = this.newTable(level + 1);
+        this.session.writeGpa(at, qword(t + 3));
+        table = t;
+      } else {
+        table = next;
+      }
+    }
+    return table + 8 * (page % 512);
+  }
+
+  private newTable(level: number): number {
+    const t = this.session.allocPage();
+    this.fill(t, this.scratchEntry[level] ?? 0);
+    this.tables.set(t, level);
+    return t;
+  }
+
+  private fill(table: number, entry: number): void {
+    const b = new Uint8Array(PAGE_SIZE);
+    const dv = new DataView(b.buffer);
+    for (let i = 0; i < 512; i++) {
+      dv.setUint32(8 * i, entry % TWO32, true);
+      dv.setUint32(8 * i + 4, Math.floor(entry / TWO32), true);
+    }
+    this.session.writeGpa(table, b);
+  }
+}
+
+function qword(v: number): Uint8Array {
+  const b = new Uint8Array(8);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, v % TWO32, true);
+  dv.setUint32(4, Math.floor(v / TWO32), true);
+  return b;
+}
+
+/**
+ * A guest logical ring context on `engine`, as i915 builds one: the image (LRC_PAGES pages of GGTT-mapped guest
+ * memory, register state from lrcRegisterState, restore-inhibit set for a new context) and a ring of `ringPages`
+ * pages, both in the vGPU's aperture; PDP0 = the PML4 of `ppgtt`. `emit` appends dwords at the ring's tail and
+ * updates CTX_RING_TAIL in the image, as execlists_update_context does; `descriptor` is what i915 writes to ELSP.
+ */
+export class GuestContext {
+  readonly image: { gma: number; gpas: number[] };
+  readonly ring: { gma: number; gpas: number[] };
+  readonly ringBytes: number;
+  private tailOffset = 0;
+
+  constructor(
+    readonly session: GuestSession,
+    readonly engine: GtEngineId,
+    readonly ppgtt: GuestPpgtt,
+    opts: { readonly ringPages?: number } = {},
+  ) {
+    const ringPages = opts.ringPages ?? 1;
+    this.ringBytes = ringPages * PAGE_SIZE;
+    this.image = session.allocGm(LRC_PAGES[engine]);
+    this.ring = session.allocGm(ringPages);
+    const regs = lrcRegisterState(engine, { ringStart: this.ring.gma, ringBytes: this.ringBytes, pml4: ppgtt.pml4 });
+    session.writeGm(this.image, LRC_STATE_OFFSET, Array.from(regs));
+  }
+
+  /** i915's descriptor (valid, legacy 64-bit, privileged, the LRCA) with context id `ccid`, as [lo, hi]. */
+  descriptor(ccid: number): [number, number] {
+    const d = lrcDescriptor(this.image.gma, ccid);
+    return [d.lo, d.hi];
+  }
+
+  /** Appends `dwords` (padded to a qword with MI_NOOP) to the ring and moves CTX_RING_TAIL past them. */
+  emit(dwords: readonly number[]): void {
+    const d = dwords.length % 2 === 1 ? [...dwords, MI_NOOP] : [...dwords];
+    for (const v of d) {
+      this.session.writeGm(this.ring, this.tailOffset, [v]);
+      this.tailOffset = (this.tailOffset + 4) % this.ringBytes;
+    }
+    this.setReg(CTX_RING_TAIL, this.tailOffset);
+  }
+
+  get tail(): number {
+    return this.tailOffset;
+  }
+
+  /** Dword `index` of the register state (a CTX_* value index). */
+  reg(index: number): number {
+    return this.session.readGmU32(this.image, LRC_STATE_OFFSET + 4 * index);
+  }
+
+  setReg(index: number, value: number): void {
+    this.session.writeGm(this.image, LRC_STATE_OFFSET + 4 * index, [value]);
+  }
+}

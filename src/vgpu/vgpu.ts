@@ -71,7 +71,18 @@
  * Invariants (`checkInvariants`): those of the shadow GTT; a closed vGPU holds no pins (the parent checks the
  * scheduler).
  */
-import { defineTraceEvents, Errno, hex, type Iova, KernelError, PAGE_SIZE, type Tracer } from "../core/index.ts";
+import {
+  defineTraceEvents,
+  Errno,
+  type Gpa,
+  gpa,
+  hex,
+  type Iova,
+  iova,
+  KernelError,
+  PAGE_SIZE,
+  type Tracer,
+} from "../core/index.ts";
 import {
   BAR0_SIZE,
   ENGINE_BASE,
@@ -81,6 +92,7 @@ import {
   GT_CS_MASTER_ERROR_INTERRUPT,
   GT_RENDER_USER_INTERRUPT,
   GTT_OFFSET,
+  gen8PteDecode,
   type HostGpu,
   MMIO_SIZE,
   RING_ACTHD,
@@ -116,8 +128,10 @@ import {
 import { CommandScanner, type ScanResult } from "./cmd-scanner.ts";
 import { isPhysicalEngine, VENGINE_IDS, type VEngineId, VGPU_ENGINES, vengine } from "./engines.ts";
 import { type ExeclistStats, VirtualExeclist } from "./execlist.ts";
+import { ExeclistBackend, type ExeclistBackendStats } from "./execlist-backend.ts";
 import { Failsafe, type FailsafeState } from "./failsafe.ts";
 import { type PopulateError, ShadowGtt, type ShadowGttStats } from "./gtt.ts";
+import { gfnOfIova, iovaOfGpa } from "./guest-iova.ts";
 import { GFX_MODE_UNSUPPORTED, GFX_PPGTT_ENABLE, GFX_RUN_LIST_ENABLE, maskedEnables } from "./gvt-regs.ts";
 import { VirtualIrq } from "./irq.ts";
 import { type MmioSink, VgpuMmio } from "./mmio.ts";
@@ -134,9 +148,11 @@ import {
   VGT_G2V_PPGTT_L4_PAGE_TABLE_DESTROY,
 } from "./pvinfo.ts";
 import type { GvtScheduler } from "./scheduler.ts";
+import { type VgpuShadowObserver, VgpuShadows } from "./shadow-frames.ts";
+import { ShadowPpgtt, type ShadowPpgttStats } from "./shadow-ppgtt.ts";
 import type { GvtTypeSpec } from "./types.ts";
 import { configRead, configWrite, createVgpuConfig, pieceSize, VGPU_CONFIG_SIZE } from "./vconfig.ts";
-import { UNIMPLEMENTED_BACKEND, type VirtualEngineBackend } from "./virtual-engine.ts";
+import type { VirtualEngineBackend } from "./virtual-engine.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -191,6 +207,12 @@ export interface VgpuStats extends ShadowGttStats {
   readonly ppgttRoots: number;
   /** The virtual execlists, per engine. */
   readonly execlists: Readonly<Record<VEngineId, ExeclistStats>>;
+  /** The shadow PPGTT of its guest contexts. */
+  readonly ppgtt: ShadowPpgttStats;
+  /** Guest contexts shadowed and run on the GPU (undefined with an injected backend, e.g. in tests). */
+  readonly contexts: ExeclistBackendStats | undefined;
+  /** Shadow buffers it holds now (rings, context images, batch copies, page tables). */
+  readonly shadowBuffers: number;
 }
 
 export interface VgpuOptions {
@@ -205,8 +227,14 @@ export interface VgpuOptions {
    * Default: the smallest power of two that covers the aperture partition (what a test without a host layout gets).
    */
   readonly bar2Size?: number;
-  /** What executes the virtual execlists' workloads (default `UNIMPLEMENTED_BACKEND`: nothing, they stay pending). */
+  /**
+   * What executes the virtual execlists' workloads. Default: the vGPU's own `ExeclistBackend`, which shadows each
+   * guest context and runs it on the GPU (and keeps workloads pending, with a reason, on a host driver that submits
+   * through legacy rings). Tests inject one that completes at once.
+   */
   readonly backend?: VirtualEngineBackend;
+  /** Where the vGPU reports its shadow buffers (an isolation checker; read at each report, so it may come later). */
+  readonly shadowObserver?: () => VgpuShadowObserver | undefined;
   /** The vGPU's own scratch page: one page from `gpu.dma.allocCoherent`, owned (and freed) by the caller. */
   readonly scratch: CoherentBuffer;
   readonly gpu: HostGpu;
@@ -247,12 +275,17 @@ export class Vgpu implements VfioDeviceOps {
   readonly ppgttRoots: GuestPpgttRoots;
   /** The virtual execlists, per engine. */
   readonly execlists: ReadonlyMap<VEngineId, VirtualExeclist>;
+  /** The shadow PPGTT of its guest contexts. */
+  readonly ppgtt: ShadowPpgtt;
+  /** Its shadow buffers. */
+  readonly shadows: VgpuShadows;
   /** GVT-g's pv_notified: the guest has read PVINFO since the last device reset. */
   private pvNotified = false;
   private readonly gpu: HostGpu;
   private readonly scheduler: GvtScheduler;
   private readonly tracer: Tracer;
   private readonly scanner: CommandScanner;
+  private readonly contextBackend: ExeclistBackend | undefined;
   private readonly rings = new Map<EngineId, RingState>();
   private dma: VfioDmaAccess | undefined;
   private live = true;
@@ -314,7 +347,69 @@ export class Vgpu implements VfioDeviceOps {
       tracer: this.tracer,
     });
     populatePvinfo(this.mmio.vreg, this.id, this.resources);
-    const backend = opts.backend ?? UNIMPLEMENTED_BACKEND;
+    const observer = opts.shadowObserver ?? (() => undefined);
+    this.shadows = new VgpuShadows(this.id, (size) => this.gpu.allocShadow(size), observer);
+    this.scanner = new CommandScanner({
+      memory: {
+        inPartition: opts.unsafeSkipAddressAudit ? () => true : (gma, len) => this.gtt.inPartition(gma, len),
+        readGm: (gma, dst) => this.gtt.readGm(gma, dst),
+        describe: () => this.describePartition(),
+      },
+      allocShadow: (size) => this.shadows.alloc("batch", size),
+      freeShadow: (b) => this.shadows.free(b),
+      tracer: this.tracer,
+      vgpuId: this.id,
+    });
+    this.ppgtt = new ShadowPpgtt({
+      vgpuId: this.id,
+      tracer: this.tracer,
+      readGuest: (at, into) => this.readGuest(at, into),
+      pinGuestPage: (g) => this.gtt.pinGuestPage(g),
+      unpinGuestPage: (g, why) => this.gtt.unpinGuestPage(g, why),
+      allocTable: () => {
+        const b = this.shadows.alloc("ppgtt table", PAGE_SIZE);
+        return {
+          // The host driver maps a shadow buffer into its GGTT: the entry holds the page's DMA address.
+          dmaAddr: iova(gen8PteDecode(this.gpu.readGgtt(b.gma / PAGE_SIZE))),
+          write: (offset, data) => b.write(offset, data),
+          read: (offset, into) => b.read(offset, into),
+          free: () => this.shadows.free(b),
+        };
+      },
+      scratch: this.scratch.dmaAddr,
+    });
+    let backend = opts.backend;
+    if (backend === undefined) {
+      const gm = {
+        inPartition: (gma: number, len: number) => this.gtt.inPartition(gma, len),
+        readGm: (gma: number, dst: Uint8Array) => this.gtt.readGm(gma, dst),
+        writeGm: (gma: number, src: Uint8Array) => this.gtt.writeGm(gma, src),
+        describe: () => this.describePartition(),
+      };
+      this.contextBackend = new ExeclistBackend({
+        vgpuId: this.id,
+        gpu: this.gpu,
+        scheduler: this.scheduler,
+        tracer: this.tracer,
+        memory: opts.unsafeSkipAddressAudit ? { ...gm, inPartition: () => true } : gm,
+        readGuest: (at, into) => this.readGuest(at, into),
+        ppgtt: this.ppgtt,
+        scanner: this.scanner,
+        shadows: this.shadows,
+        onGuestError: (reason) =>
+          this.failsafe.enter("guest-error", `the command scanner rejected a guest context's command: ${reason}`),
+        setRingRegisters: (engine, head, tail) => {
+          const base = vengine(engine).base;
+          this.mmio.vreg[(base + RING_HEAD) / 4] = head >>> 0;
+          this.mmio.vreg[(base + RING_TAIL) / 4] = tail >>> 0;
+        },
+        hold: () => {
+          this.outstanding++;
+        },
+        unhold: () => this.workRetired(),
+      });
+      backend = this.contextBackend;
+    }
     const execlists = new Map<VEngineId, VirtualExeclist>();
     for (const e of VGPU_ENGINES) {
       execlists.set(
@@ -333,14 +428,6 @@ export class Vgpu implements VfioDeviceOps {
     }
     this.execlists = execlists;
     for (const e of ENGINES) this.rings.set(e, { scanPos: 0, headOnDrain: -1, generation: 0 });
-    this.scanner = new CommandScanner({
-      memory: {
-        inPartition: opts.unsafeSkipAddressAudit ? () => true : (gma, len) => this.gtt.inPartition(gma, len),
-        readGm: (gma, dst) => this.gtt.readGm(gma, dst),
-        describe: () => this.describePartition(),
-      },
-      allocShadow: (size) => this.gpu.allocShadow(size),
-    });
     this.scheduler.add(this.id, this.type.weight);
     this.zeroFences();
   }
@@ -403,8 +490,10 @@ export class Vgpu implements VfioDeviceOps {
     this.deviceReset("VFIO_DEVICE_RESET");
   }
 
-  dmaUnmap(iova: Iova, length: number): void {
-    this.gtt.dmaUnmap(iova, length);
+  dmaUnmap(at: Iova, length: number): void {
+    // The shadow PPGTT's references first: the shadow GTT then finds only its own left in the range.
+    this.ppgtt.dmaUnmap(gfnOfIova(at), gfnOfIova((at + length - 1) as Iova));
+    this.gtt.dmaUnmap(at, length);
   }
 
   /**
@@ -415,6 +504,7 @@ export class Vgpu implements VfioDeviceOps {
   dispose(onIdle: () => void): void {
     if (!this.live) return;
     this.close();
+    this.ppgtt.reset();
     this.gtt.reset();
     this.zeroFences();
     this.scheduler.remove(this.id);
@@ -505,6 +595,9 @@ export class Vgpu implements VfioDeviceOps {
         VEngineId,
         ExeclistStats
       >,
+      ppgtt: this.ppgtt.stats(),
+      contexts: this.contextBackend?.stats(),
+      shadowBuffers: this.shadows.count,
     };
   }
 
@@ -535,6 +628,7 @@ export class Vgpu implements VfioDeviceOps {
   }
 
   checkInvariants(): void {
+    this.ppgtt.checkInvariants();
     this.gtt.checkInvariants();
     if (!this.isOpen && this.gtt.cache.size > 0) {
       throw new Error(`vgpu${this.id}: closed but ${this.gtt.cache.size} guest pages are still pinned`);
@@ -656,7 +750,7 @@ export class Vgpu implements VfioDeviceOps {
       vgpuId: this.id,
       engine,
       commands: r.commands,
-      retire: (result) => this.retire(engine, generation, tail, r, result),
+      retire: (result: SubmissionResult | undefined) => this.retire(engine, generation, tail, r, result),
     });
   }
 
@@ -667,16 +761,9 @@ export class Vgpu implements VfioDeviceOps {
     scan: Extract<ScanResult, { ok: true }>,
     result: SubmissionResult | undefined,
   ): void {
-    for (const s of scan.shadows) s.free();
-    this.outstanding--;
-    if (!this.live) {
-      if (this.outstanding === 0 && this.onIdle !== undefined) {
-        const idle = this.onIdle;
-        this.onIdle = undefined;
-        idle();
-      }
-      return;
-    }
+    for (const s of scan.shadows) this.shadows.free(s);
+    this.workRetired();
+    if (!this.live) return;
     const ring = this.rings.get(engine)!;
     if (result === undefined || ring.generation !== generation) return;
     this.setHead(engine, tail);
@@ -691,6 +778,23 @@ export class Vgpu implements VfioDeviceOps {
     if (result.userInterrupts > 0) {
       this.irq.raise(engine, GT_RENDER_USER_INTERRUPT, `${engine} user interrupt`);
     }
+  }
+
+  /** One workload (legacy or context) no longer holds the partition; the last one after `dispose` releases it. */
+  private workRetired(): void {
+    this.outstanding--;
+    if (!this.live && this.outstanding === 0 && this.onIdle !== undefined) {
+      const idle = this.onIdle;
+      this.onIdle = undefined;
+      idle();
+    }
+  }
+
+  /** vfio_dma_rw of guest memory at `at` (a GPA: IOVA = GPA, guest-iova.ts); throws KernelError. */
+  private readGuest(at: Gpa, into: Uint8Array): void {
+    const dma = this.dma;
+    if (dma === undefined) throw new KernelError(Errno.EINVAL, `vgpu${this.id}: no VMM has the vGPU open`);
+    dma.dmaRw(iovaOfGpa(at), into, false);
   }
 
   private reject(engine: EngineId, ring: RingState, tail: number, reason: string): void {
@@ -724,8 +828,8 @@ export class Vgpu implements VfioDeviceOps {
   private resetEngine(engine: VEngineId, leaveExeclistMode: boolean): void {
     this.execlists.get(engine)!.reset(leaveExeclistMode);
     this.mmio.resetEngine(engine);
-    if (!isPhysicalEngine(engine)) return;
     this.scheduler.drop(this.id, engine);
+    if (!isPhysicalEngine(engine)) return;
     const ring = this.rings.get(engine);
     if (ring === undefined) return;
     ring.scanPos = 0;
@@ -806,12 +910,17 @@ export class Vgpu implements VfioDeviceOps {
       case VGT_G2V_PPGTT_L3_PAGE_TABLE_CREATE: {
         const levels = notification === VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE ? 4 : 3;
         const r = this.ppgttRoots.create(levels, pdps);
-        return `${levels}-level PPGTT root ${r.pdps.map((p) => hex(p)).join(", ")} recorded`;
+        const recorded = `${levels}-level PPGTT root ${r.pdps.map((p) => hex(p)).join(", ")} recorded`;
+        // GVT-g shadows a 4-level space when it is announced; a 3-level one no context of this GPU can use.
+        if (levels === 3) return recorded;
+        const err = this.ppgtt.announce(gpa(pdps[0]!));
+        return err === undefined ? `${recorded} and shadowed` : `${recorded}; not shadowed yet: ${err.message}`;
       }
       case VGT_G2V_PPGTT_L4_PAGE_TABLE_DESTROY:
       case VGT_G2V_PPGTT_L3_PAGE_TABLE_DESTROY: {
         const levels = notification === VGT_G2V_PPGTT_L4_PAGE_TABLE_DESTROY ? 4 : 3;
         const err = this.ppgttRoots.destroy(levels, pdps);
+        if (err === undefined && levels === 4) this.ppgtt.unannounce(gpa(pdps[0]!));
         return err === undefined ? `${levels}-level PPGTT root ${hex(pdps[0]!)} released` : err.message;
       }
       case VGT_G2V_EXECLIST_CONTEXT_CREATE:
@@ -834,6 +943,7 @@ export class Vgpu implements VfioDeviceOps {
   /** The device-model-level reset (VFIO_DEVICE_RESET, close). */
   private deviceReset(kind: string): void {
     for (const e of VENGINE_IDS) this.resetEngine(e, true);
+    this.ppgtt.reset();
     this.gtt.reset();
     this.mmio.resetAll();
     populatePvinfo(this.mmio.vreg, this.id, this.resources);

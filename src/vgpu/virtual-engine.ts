@@ -1,22 +1,21 @@
 /**
  * Where the virtual execlists hand a guest context for execution: the consumer-side interface of the vendor driver
- * (`VirtualEngineBackend`), declared here and injected by whoever assembles the system. The virtual execlists
- * (execlist.ts) decide when a workload starts and what the guest sees of it (context status events, interrupts); a
- * backend decides how it runs: building the shadow context and the shadow PPGTT from the guest's LRC, scanning its
- * ring, and submitting it to the physical GPU's execlists, which src/gpu is growing. Nothing in this file executes
- * anything.
+ * (`VirtualEngineBackend`), declared here and provided by the vGPU (vgpu.ts) or injected by a test. The virtual
+ * execlists (execlist.ts) decide when a workload starts and what the guest sees of it (context status events,
+ * interrupts); a backend decides how it runs. The production one is execlist-backend.ts: it builds the shadow
+ * context and the shadow PPGTT from the guest's LRC, scans its ring and submits it to the physical GPU's execlists.
+ * Nothing in this file executes anything.
  *
- * Contract: `run` either refuses at once (returns an error value, and never calls `done`) or accepts and calls `done`
- * exactly once, later or from inside `run`; `cancel` tells the backend a workload's engine was reset (a later `done`
- * for it is ignored by the caller). One workload per engine per vGPU is in a backend at a time.
+ * Contract: `run` either refuses at once (returns an error value, and never calls `done`: the workload stays pending
+ * and is retried at the engine's next ELSP write; for a condition the guest cannot fix, e.g. a host that runs no
+ * contexts) or accepts and calls `done` exactly once, later or from inside `run` (with an error for a workload that
+ * fails: the guest then sees a hang); `cancel` tells the backend a workload's engine was reset (a later `done` for it
+ * is ignored by the caller). One workload per engine per vGPU is in a backend at a time.
  *
- * The production backend, until the physical GPU offers context execution, is `UNIMPLEMENTED_BACKEND`: it refuses
- * every workload with ENOSYS and a sentence, so the workload stays pending, no context status event is written, and
- * the guest's request times out (i915 then declares the GPU wedged), as a guest on a GVT-g host whose GPU never
- * answered would. There is deliberately no completing stub here: a test backend that completes at once lives with the
- * test fixtures (testing.ts), never in a production path.
+ * There is deliberately no completing stub here: a test backend that completes at once lives with the test fixtures
+ * (testing.ts), never in a production path.
  */
-import { Errno, hex, KernelError } from "../core/index.ts";
+import type { KernelError } from "../core/index.ts";
 import type { VEngineId } from "./engines.ts";
 import type { ContextDescriptor } from "./execlist-state.ts";
 
@@ -50,16 +49,3 @@ export interface VirtualEngineBackend {
   /** The workload's engine was reset before it completed. */
   cancel(workload: ExeclistWorkload): void;
 }
-
-/** The backend of production builds today: the physical GPU model cannot run guest contexts yet. */
-export const UNIMPLEMENTED_BACKEND: VirtualEngineBackend = {
-  name: "none",
-  run: (w) =>
-    new KernelError(
-      Errno.ENOSYS,
-      `vgpu${w.vgpuId}: ${w.engine} context ${hex(w.descriptor.contextId)} (LRCA ${hex(w.descriptor.lrca)}) stays ` +
-        "pending: the physical GPU model does not execute logical ring contexts yet, so the guest's request will " +
-        "time out",
-    ),
-  cancel: () => {},
-};
