@@ -5,19 +5,24 @@
  *   guest RAM, which is what type1 pins for k), or host pages the host driver owns for k: the shadow batch buffers
  *   allocated for k's submissions (read only), the host's rings (read only: the engine fetches k's commands from
  *   them), and the scratch pages (read and write: unused and failed GTT entries point there; the vendor driver gives
- *   each vGPU its own, and the host driver has one). Never another VM's page.
+ *   each vGPU its own, and the host driver has one). With execlists also k's shadow rings and shadow page tables
+ *   (read only: the engine fetches k's commands from the one and walks k's PPGTT through the other), k's shadow
+ *   context images (read and write: restore, save, store-index post-syncs), and the frames the GPU itself uses during
+ *   anyone's work (`HostGpuDriver.hostGpuFrames`: the kernel contexts' images and the status pages it writes, the
+ *   aliasing PPGTT's tables it reads). Never another VM's page.
  *   For a GPU assigned whole to a VM: its DMA reaches only that VM's frames.
  *
  * How: a `DeviceDma` observer on each GPU (called once per page piece a DMA touches, with the IOVA and the host
  * frame). The DMA is attributed to the vGPU whose work the engines are executing (`HostGpuDriver.executingOwner`, the
  * running `Submission.owner`); for an assigned GPU, to the VM it is assigned to. The frame's owner tag
  * (`PhysicalMemory.owner`: a process's anonymous frames carry its pid) decides the first case without a lookup;
- * host frames are kept in small per-GPU tables: the scratch page, the ring pages, and shadow buffers by the vGPU they
- * were allocated for. The host driver's shadow observer says when a shadow is allocated, not for whom; the vendor
- * driver allocates one inside the trapped RING_TAIL write of that vGPU's guest, and the model runs one guest's code at
- * a time, so the runner says whose guest code runs (`guestRuns`, once per step, not per MMIO access) and a new shadow
- * belongs to that guest's vGPU. (An interrupt handler of another VM runs nested inside, but handlers write no
- * RING_TAIL; once the host driver's observer names the owner, as `Submission.owner` does, this goes.)
+ * host frames are kept in small per-GPU tables: the scratch page, the ring pages, the GPU's own frames, and shadow
+ * buffers by the vGPU they were allocated for. The vendor driver's observer (`GvtParent.setShadowObserver`) names the
+ * vGPU, the use and whether the engines write each shadow it allocates, and the checker prefers it. The host
+ * driver's shadow observer says when a shadow is allocated, not for whom: for it, the runner says whose guest code
+ * runs (`guestRuns`, once per step), as the legacy path allocates inside that guest's trapped RING_TAIL write. The
+ * GPU's own frames change as the host driver's aliasing PPGTT grows tables: a frame not found is looked up again in a
+ * fresh `hostGpuFrames()` before it is called a violation (the slow path only).
  *
  * Anything else is a violation, counted per context and recorded (the first `maxSamples` with the GMA found by a
  * reverse GGTT lookup, the frame's owner and the time). The observer allocates nothing unless it finds a violation.
@@ -112,8 +117,13 @@ class GpuWatch {
   readonly atc: Atc | undefined;
   /** Host frames a vGPU may read: the rings. */
   readonly hostFrames = new Set<number>();
-  /** Shadow buffer frames -> the vGPU id they were allocated for. */
+  /** Shadow buffer frames -> the vGPU id they were allocated for (the host driver's observer). */
   readonly shadowOwner = new Map<number, number>();
+  /** Shadow frames the vendor driver reported: vGPU id, and whether the engines may write them. */
+  readonly vgpuFrames = new Map<number, { readonly vgpu: number; readonly write: boolean }>();
+  /** Frames the GPU itself uses during anyone's work (execlists): whether it writes them. */
+  readonly gpuFrames = new Map<number, boolean>();
+  detachVgpuShadows: (() => void) | undefined;
   /** Contexts by vGPU id (index), for a mediated GPU. */
   readonly byOwner: (Context | undefined)[] = [];
   readonly idle: Context;
@@ -183,6 +193,19 @@ export class IsolationChecker {
         }
       });
       w.detachShadow = () => hd.setShadowObserver(undefined);
+      this.refreshGpuFrames(w);
+    }
+    const parent = inst.parent;
+    if (parent !== undefined) {
+      parent.setShadowObserver((e) => {
+        for (let off = 0; off < e.buffer.size; off += PAGE_SIZE) {
+          const f = this.frameOfGma(w, e.buffer.gma + off);
+          if (f < 0) continue;
+          if (e.alive) w.vgpuFrames.set(f, { vgpu: e.vgpu, write: e.write });
+          else w.vgpuFrames.delete(f);
+        }
+      });
+      w.detachVgpuShadows = () => parent.setShadowObserver(undefined);
     }
     w.gttFaultBase = inst.gpu.memory.gttFaults;
     w.iommuFaultBase = inst.gpu.memory.iommuFaults;
@@ -197,6 +220,14 @@ export class IsolationChecker {
       if (ctx.pid > 0 && physmem.owner(pfn) === ctx.pid) return;
       if (pfn === scratch || pfn === ctx.scratchPfn) return;
       if (!write && (w.hostFrames.has(pfn) || (owner >= 0 && w.shadowOwner.get(pfn) === owner))) return;
+      const own = w.vgpuFrames.get(pfn);
+      if (own !== undefined && own.vgpu === owner && (!write || own.write)) return;
+      const gpu = w.gpuFrames.get(pfn);
+      if (gpu !== undefined && (!write || gpu)) return;
+      if (this.refreshGpuFrames(w)) {
+        const again = w.gpuFrames.get(pfn);
+        if (again !== undefined && (!write || again)) return;
+      }
       this.violation(ctx, iova, pfn, write);
     });
   }
@@ -295,6 +326,7 @@ export class IsolationChecker {
     for (const w of this.watches.values()) {
       w.dma.setObserver(undefined);
       w.detachShadow?.();
+      w.detachVgpuShadows?.();
     }
   }
 
@@ -362,11 +394,13 @@ export class IsolationChecker {
       owner === 0
         ? pfn === w.scratchPfn
           ? "the host's scratch page"
-          : w.shadowOwner.has(pfn)
-            ? `a shadow buffer of vgpu${w.shadowOwner.get(pfn)}`
-            : w.hostFrames.has(pfn)
-              ? "the host driver's ring"
-              : "the host (no owner)"
+          : w.vgpuFrames.has(pfn)
+            ? `a shadow buffer of vgpu${w.vgpuFrames.get(pfn)!.vgpu}`
+            : w.shadowOwner.has(pfn)
+              ? `a shadow buffer of vgpu${w.shadowOwner.get(pfn)}`
+              : w.hostFrames.has(pfn)
+                ? "the host driver's ring"
+                : "the host (no owner)"
         : vm !== undefined
           ? `VM ${vm} (pid ${owner})`
           : `process ${owner}`;
@@ -403,6 +437,24 @@ export class IsolationChecker {
       if (gma !== undefined) return gma;
     }
     return find(0, GTT_ENTRIES);
+  }
+
+  /**
+   * Re-reads the frames the GPU itself uses (`HostGpuDriver.hostGpuFrames`: with execlists, the kernel contexts, the
+   * status pages and the aliasing PPGTT's tables). Returns whether the table changed.
+   */
+  private refreshGpuFrames(w: GpuWatch): boolean {
+    const hd = w.inst.hostDriver;
+    if (hd === undefined) return false;
+    const frames = hd.hostGpuFrames();
+    let changed = frames.length !== w.gpuFrames.size;
+    for (const f of frames) {
+      if (w.gpuFrames.get(f.pfn) !== f.write) changed = true;
+    }
+    if (!changed) return false;
+    w.gpuFrames.clear();
+    for (const f of frames) w.gpuFrames.set(f.pfn, f.write || (w.gpuFrames.get(f.pfn) ?? false));
+    return true;
   }
 
   /** The host frame behind graphics memory address `gma` of a mediated GPU (GGTT, then the IOMMU), or -1. */

@@ -3,6 +3,12 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Errno, type Gma, KernelError, PAGE_SIZE } from "../core/index.ts";
 import {
+  arbOnOff,
+  batchBufferStart,
+  flushDw,
+  gfxState,
+  loadRegisterImm,
+  MI_ARB_CHECK,
   MI_BATCH_BUFFER_END,
   MI_BATCH_BUFFER_START_GEN8,
   MI_BATCH_PPGTT,
@@ -13,8 +19,16 @@ import {
   MI_USER_INTERRUPT,
   miInstr,
   miLoadRegisterImm,
+  PIPE_CONTROL_CS_STALL,
+  PIPE_CONTROL_GLOBAL_GTT_IVB,
+  PIPE_CONTROL_QW_WRITE,
+  PIPE_CONTROL_STORE_DATA_INDEX,
+  pipeControl,
+  pipelineSelect,
   type ShadowBuffer,
+  semaphoreWait,
   srcCopyBlt,
+  storeDataImm,
   XY_SRC_COPY_BLT_DST_TILED,
 } from "../gpu/index.ts";
 import { CommandScanner, LRI_ALLOWED, MAX_OP_SIZE, type ScannerMemory } from "./cmd-scanner.ts";
@@ -251,5 +265,87 @@ describe("command scanner: malicious submissions are rejected with a reason, and
       ),
       { numRuns: 300 },
     );
+  });
+});
+
+describe("command scanner: a guest context (execlists)", () => {
+  /** A PPGTT whose pages 0x7000_0000.. are the FakeMemory pages at AP.base..; everything else is not mapped. */
+  function ctxSetup(engine: "rcs" | "bcs" | "vcs" | "vecs" = "rcs") {
+    const s = setup();
+    const ppgtt = {
+      read: (gma: number, dst: Uint8Array) => {
+        if (gma < 0x7000_0000 || gma + dst.length > 0x7000_0000 + AP.size) return gma;
+        return s.mem.readGm(gma - 0x7000_0000 + AP.base, dst);
+      },
+    };
+    const scan = (dwords: readonly number[]) =>
+      s.scanner.scan(engine, Uint32Array.from(dwords), 0, { kind: "context", engine, ppgtt });
+    return { ...s, scan };
+  }
+
+  it("passes what i915 emits: flushes with store-index, ARB, GGTT breadcrumbs, PPGTT stores, 3D state", () => {
+    const { scan } = ctxSetup();
+    const r = scan([
+      ...arbOnOff(false),
+      ...pipeControl(PIPE_CONTROL_CS_STALL | PIPE_CONTROL_QW_WRITE | PIPE_CONTROL_STORE_DATA_INDEX, 0xd0),
+      ...flushDw({ post: "store", target: { kind: "index", offset: 0xd0 }, invalidateTlb: true }),
+      ...flushDw({ post: "store", target: { kind: "ggtt", address: AP.base + 0x100 }, value: 7 }),
+      ...pipeControl(PIPE_CONTROL_QW_WRITE | PIPE_CONTROL_GLOBAL_GTT_IVB, AP.base + 0x108, 7),
+      ...storeDword(AP.base + 0x200, 1),
+      ...storeDataImm(0x1234_5678_0000, 1, "ppgtt"),
+      ...pipelineSelect(0),
+      ...gfxState(3, 0, 0x10, 5),
+      MI_ARB_CHECK,
+      MI_USER_INTERRUPT,
+      ...arbOnOff(true),
+    ]);
+    assert.ok(r.ok, r.ok ? "" : r.reason);
+    assert.equal(r.userInterrupts, 1);
+    assert.ok(!r.commands.includes(MI_USER_INTERRUPT), "MI_USER_INTERRUPT patched to MI_NOOP (raised at completion)");
+  });
+
+  it("audits GGTT post-sync targets and rejects what GVT-g rejects", () => {
+    const { scan } = ctxSetup();
+    rejected(scan(flushDw({ post: "store", target: { kind: "ggtt", address: 0x1000 } })), /MI_FLUSH_DW post-sync/);
+    rejected(scan(pipeControl(PIPE_CONTROL_QW_WRITE | PIPE_CONTROL_GLOBAL_GTT_IVB, 0x1000)), /PIPE_CONTROL post-sync/);
+    rejected(scan(storeDword(0x1000, 1)), /outside the vGPU's graphics memory/);
+    rejected(scan(semaphoreWait(0, 1, 0, "ppgtt")), /MI_SEMAPHORE_WAIT is not allowed/);
+    rejected(scan(pipeControl(1 << 23, 0x2000)), /MMIO write/);
+    rejected(scan([...loadRegisterImm([[0x2080, 0]])]), /MI_LOAD_REGISTER_IMM to register 0x2080 is not allowed/);
+    assert.ok(scan(loadRegisterImm([[0xe4f0, 0x1_0001]])).ok, "a context workaround register i915 loads");
+  });
+
+  it("shadows a PPGTT batch read through the context's PPGTT and re-points it into the GGTT", () => {
+    const { mem, shadows, scan } = ctxSetup();
+    mem.put(AP.base + 0x3000, [...storeDataImm(0x9000_0000, 5, "ppgtt"), MI_USER_INTERRUPT, MI_BATCH_BUFFER_END]);
+    const r = scan(batchBufferStart(0x7000_3000, "ppgtt"));
+    assert.ok(r.ok, r.ok ? "" : r.reason);
+    assert.equal(shadows.length, 1);
+    assert.equal(r.commands[0]! & MI_BATCH_PPGTT, 0, "the shadow copy is a GGTT batch");
+    assert.equal(r.commands[1], shadows[0]!.gma);
+    assert.equal(shadows[0]!.u32(4), MI_NOOP, "the batch's MI_USER_INTERRUPT patched too");
+    assert.equal(r.userInterrupts, 1);
+    rejected(
+      scan(batchBufferStart(0x8000_0000, "ppgtt")),
+      /PPGTT address 0x80000000 is not backed by guest memory \(not present in the context.s PPGTT\)/,
+    );
+    mem.put(AP.base + 0x4000, [...storeDword(0x1000, 1), MI_BATCH_BUFFER_END]);
+    rejected(scan(batchBufferStart(0x7000_4000, "ppgtt")), /batch at 0x70004000 .* outside/);
+  });
+
+  it("on the video engines only MI commands", () => {
+    for (const engine of ["vcs", "vecs"] as const) {
+      const { scan } = ctxSetup(engine);
+      assert.ok(scan(flushDw({ post: "store", target: { kind: "index", offset: 0xd0 } })).ok);
+      rejected(scan(pipeControl(0)), /executes MI commands only/);
+      rejected(scan(colorBlt(AP.base, 64, 0, 0, 1, 1, 0)), /executes MI commands only/);
+    }
+  });
+
+  it("the legacy ring path is unchanged: no PPGTT, no flushes, no arbitration", () => {
+    const { scan } = setup();
+    rejected(scan(storeDataImm(AP.base, 1, "ppgtt")), /PPGTT addressing/);
+    rejected(scan(flushDw()), /no audit rule/);
+    rejected(scan([MI_ARB_CHECK]), /no audit rule/);
   });
 });

@@ -182,6 +182,41 @@ describe("guest contexts on the GPU (the production backend)", () => {
   });
 });
 
+describe("the trace of a PPGTT access", () => {
+  it("guest PTE -> vfio_pin_pages -> dma_map_page -> shadow PTE -> the engine's walk reaches that IOVA", () => {
+    const s = setup();
+    const hws = execlists(s, "bcs");
+    const ppgtt = new GuestPpgtt(s.g, { scratch: true });
+    const page = s.g.allocPage();
+    ppgtt.map(VA, page);
+    const ctx = new GuestContext(s.g, "bcs", ppgtt);
+    ctx.emit(request("bcs", VA + 8, 42, hws.gma + 0x100));
+    s.w.recorder!.clear();
+    s.g.elsp(vengine("bcs").base, ctx.descriptor(0x20));
+    s.w.run(1_000_000);
+    const rs = s.w.recorder!.records;
+    const at = (name: string, pred: (f: Record<string, unknown>) => boolean, what: string): number => {
+      const i = rs.findIndex((r) => r.name === name && pred(r.fields as Record<string, unknown>));
+      assert.ok(i >= 0, `no ${what} in the trace`);
+      return i;
+    };
+    const gfn = page / PAGE_SIZE;
+    const pte = at("vgpu.ppgtt.spt_guest_change", (f) => f.level === "PTE" && f.index === 0, "guest PTE");
+    const pin = at("vfio.type1.pin", (f) => f.iova === page, "vfio_pin_pages");
+    const cached = at("vgpu.gfn.pin", (f) => f.gfn === gfn, "the gfn cache entry");
+    const iova = (rs[cached]!.fields as { iova: number }).iova;
+    const map = at("dma.map", (f) => f.iova === iova, "dma_map_page");
+    const shadow = at(
+      "vgpu.ppgtt.shadow_entry",
+      (f) => f.level === "PTE" && f.index === 0 && Number(f.entry) === iova + 3,
+      "shadow PTE",
+    );
+    const walk = at("gpu.ppgtt.gma_translate", (f) => f.gma === VA && f.dmaAddr === iova, "engine walk");
+    assert.ok(pte < pin && pin < map && map < cached && cached < shadow && shadow < walk);
+    assert.equal(readU32(s.g, page + 8), 42);
+  });
+});
+
 describe("shadow PPGTT re-validation between submissions", () => {
   it("a PTE the guest rewrites is followed at the next submission, and the old page is unpinned", () => {
     const s = setup();

@@ -57,6 +57,13 @@ export const HWSP_CSB_WRITE_PTR = 0x1f * 4;
 
 // ---- global registers ------------------------------------------------------------------------------------------------
 
+/**
+ * The gen8 TLB invalidation registers (GEN8_RTCR, M1TCR, M2TCR, BTCR, VTCR; render, media, media 2, blitter, video
+ * enhancement): i915's intel_gt_invalidate_tlbs writes 1 and polls for 0 (4 ms).
+ */
+export const GEN8_RTCR = 0x4260;
+export const GEN8_TLB_CONTROL_REGS = 5;
+
 /** FPGA_DBG: i915 checks RM_NOCLAIM (unclaimed access) at init; writing it clears it. */
 export const FPGA_DBG = 0x42300;
 export const FPGA_DBG_RM_NOCLAIM = 1 << 31;

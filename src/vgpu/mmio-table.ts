@@ -12,6 +12,9 @@
  * - `fpga-dbg`: storage whose bit 31 (unclaimed access) never reads 1 (fpga_dbg_mmio_write);
  * - `reset-ctl`: masked; READY_TO_RESET follows REQUEST_RESET (ring_reset_ctl_write);
  * - `gdrst`: a write resets the named engines of the vGPU; reads 0 (gdrst_mmio_write);
+ * - `tlb-control`: a TLB invalidation request completes at once: reads 0 (gvt_reg_tlb_control_handler; the shadow
+ *   PPGTT is re-walked at every submission and the GPU's TLB is flushed at every context restore, so nothing is left
+ *   to invalidate);
  * - `guc-status`: GUC_STATUS: MIA_IN_RESET reads 1 once after a GuC reset (guc_status_read);
  * - `power-well`: the driver's power well requests; each well's STATE follows its REQUEST (skl_power_well_ctl_write);
  * - `pcode-mailbox`: the PCU mailbox: never busy, canned answers (mailbox_write; SAGV refused, see mmio.ts);
@@ -70,6 +73,8 @@ import {
   GEN8_MCR_SELECTOR,
   GEN8_PRIVATE_PAT_HI,
   GEN8_PRIVATE_PAT_LO,
+  GEN8_RTCR,
+  GEN8_TLB_CONTROL_REGS,
   GEN9_EU_DISABLE0,
   GEN9_GFX_MOCS_BYTES,
   GEN9_GFX_MOCS0,
@@ -122,6 +127,7 @@ export type MmioBehaviour =
   | "fpga-dbg"
   | "reset-ctl"
   | "gdrst"
+  | "tlb-control"
   | "guc-status"
   | "power-well"
   | "pcode-mailbox"
@@ -216,6 +222,7 @@ function buildTable(): MmioRegInfo[] {
   t.push(
     { name: "FPGA_DBG", offset: FPGA_DBG, size: 4, kind: "fpga-dbg" },
     { name: "GEN6_GDRST", offset: GEN6_GDRST, size: 4, kind: "gdrst" },
+    { name: "GEN8_RTCR..VTCR", offset: GEN8_RTCR, size: 4 * GEN8_TLB_CONTROL_REGS, kind: "tlb-control" },
     { name: "GUC_STATUS", offset: GUC_STATUS, size: 4, kind: "guc-status" },
     { name: "HSW_PWR_WELL_CTL1", offset: HSW_PWR_WELL_CTL1, size: 4, kind: "ram" },
     { name: "HSW_PWR_WELL_CTL2", offset: HSW_PWR_WELL_CTL2, size: 4, kind: "power-well" },

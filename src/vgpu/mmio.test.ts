@@ -82,6 +82,14 @@ describe("vGPU MMIO: the registers i915 6.1 reads and polls at probe, answered a
     assert.deepEqual(engines, ["rcs,bcs,vcs,vecs", "vcs", "vecs", "rcs,bcs"]);
   });
 
+  it("TLB invalidation requests (GEN8_RTCR..VTCR) complete at once: each reads 0 after i915 writes 1", () => {
+    const { g } = setup();
+    for (let reg = 0x4260; reg <= 0x4270; reg += 4) {
+      g.setMmio(reg, 1);
+      assert.equal(g.mmio(reg), 0, `0x${reg.toString(16)}`);
+    }
+  });
+
   it("fuses and capabilities: one slice of 3 subslices, no disabled EU, no RPS, no display pipe, a 24 MHz raw clock", () => {
     const { g, v } = setup();
     const expected: [number, number][] = [

@@ -235,6 +235,9 @@ export class VgpuMmio {
       case "guc-status":
         this.vreg[i] = merged;
         return;
+      case "tlb-control":
+        this.vreg[i] = 0;
+        return;
       case "power-well": {
         const requests = merged & SKL_PWR_WELL_REQUESTS;
         this.vreg[i] = (requests | (requests >>> 1)) >>> 0;

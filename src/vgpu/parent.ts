@@ -74,6 +74,12 @@ export interface GvtParentOptions {
    */
   readonly unsafeSkipAddressAudit?: boolean;
   /**
+   * TEST ONLY: every vGPU's shadow PPGTT puts the guest's PTEs into the shadow unchecked (no pin, no DMA mapping: the
+   * guest's address is used as a DMA address), the planted bug that shows the isolation checker sees PPGTT DMA.
+   * Never set otherwise.
+   */
+  readonly unsafeTrustGuestPtes?: boolean;
+  /**
    * What executes the vGPUs' virtual execlist workloads (default: each vGPU's own `ExeclistBackend`, which shadows
    * guest contexts and runs them on the GPU). Tests inject one that completes at once.
    */
@@ -100,6 +106,7 @@ export class GvtParent implements MdevParentDriver {
   private readonly draining = new Set<Vgpu>();
 
   private readonly unsafeSkipAddressAudit: boolean;
+  private readonly unsafeTrustGuestPtes: boolean;
   private readonly execlistBackend: VirtualEngineBackend | undefined;
   private shadowObserver: VgpuShadowObserver | undefined;
   /** Every vGPU's BAR2 size: the host aperture. */
@@ -107,6 +114,7 @@ export class GvtParent implements MdevParentDriver {
 
   constructor(opts: GvtParentOptions) {
     this.unsafeSkipAddressAudit = opts.unsafeSkipAddressAudit ?? false;
+    this.unsafeTrustGuestPtes = opts.unsafeTrustGuestPtes ?? false;
     this.execlistBackend = opts.execlistBackend;
     this.bar2Size = hostApertureSize(opts.gpu);
     this.gpu = opts.gpu;
@@ -155,6 +163,7 @@ export class GvtParent implements MdevParentDriver {
         scheduler: this.scheduler,
         tracer: this.tracer,
         ...(this.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}),
+        ...(this.unsafeTrustGuestPtes ? { unsafeTrustGuestPtes: true } : {}),
       });
     } catch (e) {
       // The partition goes back onto the host's scratch page before our page is freed.

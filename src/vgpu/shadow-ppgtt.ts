@@ -115,6 +115,8 @@ const LEVELS = ["PML4E", "PDPE", "PDE", "PTE"] as const;
 const TABLES = ["PML4", "PDP", "PD", "PT"] as const;
 const LEAF = 3;
 const ENTRIES = 512;
+/** A leaf entry holding an unchecked guest address (`unsafeTrustGuestPtes`). */
+const UNCHECKED = -2;
 const TWO32 = 4294967296;
 /** The default bound on shadow tables per vGPU (16 MiB of host pages). */
 export const MAX_SHADOW_TABLES = 4096;
@@ -142,6 +144,12 @@ export interface ShadowPpgttDeps {
   readonly scratch: Iova;
   /** Bound on shadow tables (default MAX_SHADOW_TABLES). */
   readonly maxTables?: number;
+  /**
+   * TEST ONLY: a deliberately broken mediator: leaf entries are not checked, pinned or mapped; the guest's address
+   * goes into the shadow PTE as a DMA address, so the isolation checker can be shown to catch what then reaches
+   * memory the VM does not own. Never set otherwise.
+   */
+  readonly unsafeTrustGuestPtes?: boolean;
 }
 
 /** Counters of one vGPU's shadow PPGTT (part of `VgpuStats`). */
@@ -173,7 +181,7 @@ class Spt {
   readonly shadow = new Uint32Array(2 * ENTRIES);
   /** Upper levels: the child spt of each entry. */
   readonly children: (Spt | undefined)[];
-  /** Leaf level: the gfn each entry holds a reference on, or -1. */
+  /** Leaf level: the gfn each entry holds a reference on, or -1 (-2: an unchecked guest address, test only). */
   readonly gfns: Float64Array;
   /** Entries to shadow again whatever the snapshot says (their page was unmapped by the VMM). */
   readonly stale = new Uint8Array(ENTRIES);
@@ -390,6 +398,8 @@ export class ShadowPpgtt {
             refs.set(c, (refs.get(c) ?? 0) + 1);
             if (at !== c.page.dmaAddr || (lo & GEN8_PAGE_PRESENT) === 0) fail(`entry ${i} does not name its child`);
           } else if (at !== this.deps.scratch) fail(`entry ${i} of a ${TABLES[spt.level]} table names no child`);
+        } else if (spt.gfns[i] === UNCHECKED) {
+          if (!this.deps.unsafeTrustGuestPtes) fail(`PTE ${i} holds an unchecked guest address`);
         } else if (spt.gfns[i]! >= 0) {
           pte++;
           if ((lo & GEN8_PAGE_PRESENT) === 0) fail(`PTE ${i} holds a pin but is not present`);
@@ -559,7 +569,11 @@ export class ShadowPpgtt {
   private setLeaf(spt: Spt, i: number, glo: number, ghi: number, present: boolean): void {
     this.traceGuest(spt, i, glo, ghi);
     const old = spt.gfns[i]!;
-    if (present) {
+    if (present && this.deps.unsafeTrustGuestPtes) {
+      spt.gfns[i] = UNCHECKED;
+      spt.shadow[2 * i] = (glo & ~0xffc) >>> 0;
+      spt.shadow[2 * i + 1] = ghi & 0xfffff;
+    } else if (present) {
       const at = ppgttEntryAddress(glo, ghi);
       const g = toGfn(Math.floor(at / PAGE_SIZE));
       const iova = this.deps.pinGuestPage(g);

@@ -94,6 +94,8 @@ export interface VgpuWorldOptions {
   readonly execlistBackend?: VirtualEngineBackend;
   /** How the host driver submits (default "ring": guest contexts then stay pending). */
   readonly submission?: SubmissionMode;
+  /** TEST ONLY: the planted bug of GvtParentOptions.unsafeTrustGuestPtes. */
+  readonly unsafeTrustGuestPtes?: boolean;
 }
 
 /** TEST ONLY: a backend that completes workloads at once (`auto`) or when the test says (`complete`). */
@@ -177,6 +179,7 @@ export class VgpuWorld {
       clock: this.clock,
       tracer: this.host.tracer,
       ...(opts.execlistBackend !== undefined ? { execlistBackend: opts.execlistBackend } : {}),
+      ...(opts.unsafeTrustGuestPtes ? { unsafeTrustGuestPtes: true } : {}),
     });
     this.mdev.registerParent(this.parent);
   }

@@ -242,6 +242,8 @@ export interface VgpuOptions {
   readonly tracer: Tracer;
   /** TEST ONLY: the command scanner's address audit passes everything (see GvtParentOptions). */
   readonly unsafeSkipAddressAudit?: boolean;
+  /** TEST ONLY: the shadow PPGTT copies guest PTEs unchecked (see GvtParentOptions). */
+  readonly unsafeTrustGuestPtes?: boolean;
 }
 
 /** Per-engine submission state. */
@@ -377,6 +379,7 @@ export class Vgpu implements VfioDeviceOps {
         };
       },
       scratch: this.scratch.dmaAddr,
+      ...(opts.unsafeTrustGuestPtes ? { unsafeTrustGuestPtes: true } : {}),
     });
     let backend = opts.backend;
     if (backend === undefined) {
