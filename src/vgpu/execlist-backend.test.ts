@@ -19,7 +19,6 @@ import {
   PIPE_CONTROL_QW_WRITE,
   PIPE_CONTROL_STORE_DATA_INDEX,
   PIPE_CONTROL_TLB_INVALIDATE,
-  PVINFO,
   pipeControl,
   RING_HEAD,
   RING_TAIL,
@@ -30,7 +29,6 @@ import { vengine } from "./engines.ts";
 import { GT_CONTEXT_SWITCH_INTERRUPT } from "./execlist.ts";
 import { CSB_ACTIVE_TO_IDLE, CSB_COMPLETE, CSB_IDLE_TO_ACTIVE } from "./execlist-state.ts";
 import { RING_CONTEXT_STATUS_BUF } from "./gvt-regs.ts";
-import { PVINFO_EXTRA, VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE } from "./pvinfo.ts";
 import { GuestContext, GuestPpgtt, type GuestSession, MiB, VgpuWorld } from "./testing.ts";
 
 /** A PPGTT address i915 could use for a user buffer. */
@@ -89,19 +87,13 @@ function readU32(g: GuestSession, gpa: number): number {
   return new DataView(g.readGpa(gpa, 4).buffer).getUint32(0, true);
 }
 
-function announce(g: GuestSession, ppgtt: GuestPpgtt): void {
-  g.setMmio(0x78000 + PVINFO_EXTRA.pdp, ppgtt.pml4);
-  g.setMmio(0x78000 + PVINFO_EXTRA.pdp + 4, 0);
-  g.setMmio(0x78000 + PVINFO.g2vNotify, VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE);
-}
-
 describe("guest contexts on the GPU (the production backend)", () => {
   for (const engine of GT_ENGINES) {
     it(`${engine}: a context runs, its PPGTT store lands in the guest page, and the guest sees GVT-g's sequence`, () => {
       const s = setup();
       const hws = execlists(s, engine);
       const ppgtt = new GuestPpgtt(s.g, { scratch: true });
-      announce(s.g, ppgtt);
+      ppgtt.announce();
       const page = s.g.allocPage();
       ppgtt.map(VA, page);
       const ctx = new GuestContext(s.g, engine, ppgtt);
@@ -222,7 +214,7 @@ describe("shadow PPGTT re-validation between submissions", () => {
     const s = setup();
     const hws = execlists(s, "vcs");
     const ppgtt = new GuestPpgtt(s.g, { scratch: true });
-    announce(s.g, ppgtt);
+    ppgtt.announce();
     const p = s.g.allocPage();
     const q = s.g.allocPage();
     ppgtt.map(VA, p);
@@ -393,7 +385,7 @@ describe("release of the shadow PPGTT", () => {
     const s = setup();
     const hws = execlists(s, "rcs");
     const ppgtt = new GuestPpgtt(s.g, { scratch: true });
-    announce(s.g, ppgtt);
+    ppgtt.announce();
     const p = s.g.allocPage();
     ppgtt.map(VA, p);
     const ctx = new GuestContext(s.g, "rcs", ppgtt);
@@ -416,10 +408,10 @@ describe("release of the shadow PPGTT", () => {
     const s = setup();
     const ppgtt = new GuestPpgtt(s.g, { scratch: true });
     s.g.mmio(0x78000); // PVINFO read
-    announce(s.g, ppgtt);
+    ppgtt.announce();
     assert.equal(s.v.stats().ppgtt.mms, 1);
     assert.equal(s.v.stats().ppgtt.tables, 4, "i915's scratch tables: one shadow per level");
-    s.g.setMmio(0x78000 + PVINFO.g2vNotify, VGT_G2V_PPGTT_L4_PAGE_TABLE_CREATE + 1);
+    ppgtt.announce(true);
     assert.equal(s.v.stats().ppgtt.mms, 0);
     assert.equal(s.v.stats().ppgtt.tables, 0);
     assert.equal(s.v.stats().pinnedPages, 0);

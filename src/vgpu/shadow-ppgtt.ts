@@ -524,6 +524,12 @@ export class ShadowPpgtt {
             if (same) continue;
             this.setUpper(spt, i, undefined, glo, ghi);
           } else {
+            const prev = spt.children[i];
+            if (same && prev !== undefined) {
+              // Unchanged: the same child, which may have changed inside (visited once per walk).
+              if (prev.epoch !== this.epoch) this.visit(prev.gfn, level + 1, g, i);
+              continue;
+            }
             const psBit = level === 1 ? GEN8_PDPE_PS_1G : level === 2 ? GEN8_PDE_PS_2M : 0;
             if ((glo & psBit) !== 0) {
               throw this.reject(
@@ -532,7 +538,6 @@ export class ShadowPpgtt {
               );
             }
             const child = this.visit(toGfn(Math.floor(ppgttEntryAddress(glo, ghi) / PAGE_SIZE)), level + 1, g, i);
-            if (same) continue;
             this.setUpper(spt, i, child, glo, ghi);
           }
         } else {

@@ -502,6 +502,10 @@ export type { Gma, Iova };
 // ---- a guest's PPGTT and logical ring contexts, as i915 builds them (for the execlist path) ------------------------
 
 const TWO32 = 4294967296;
+/** PVINFO pdp[0] (pvinfo.ts PVINFO_EXTRA.pdp) and the g2v L4 create / destroy notifications, as i915 spells them. */
+const PVINFO_PDP0 = 0x838;
+const G2V_L4_CREATE = 4;
+const G2V_L4_DESTROY = 5;
 
 /**
  * A guest's 4-level PPGTT in its own RAM, as i915's gen8_ppgtt builds one: every table a guest page, entries holding
@@ -532,6 +536,16 @@ export class GuestPpgtt {
       this.scratchEntry[0] = below;
     }
     this.pml4 = this.newTable(0);
+  }
+
+  /**
+   * Announces this PPGTT to the vGPU as i915's gen8_ppgtt_notify_vgt does: pdp[0] = the PML4's address, then
+   * g2v_notify = L4 create (`destroy`: L4 destroy).
+   */
+  announce(destroy = false): void {
+    this.session.setMmio(VGT_PVINFO_PAGE + PVINFO_PDP0, this.pml4 % TWO32);
+    this.session.setMmio(VGT_PVINFO_PAGE + PVINFO_PDP0 + 4, Math.floor(this.pml4 / TWO32));
+    this.session.setMmio(VGT_PVINFO_PAGE + PVINFO.g2vNotify, destroy ? G2V_L4_DESTROY : G2V_L4_CREATE);
   }
 
   /** Maps PPGTT address `addr` (page aligned) to guest page `gpa` (writable unless `readOnly`). */
