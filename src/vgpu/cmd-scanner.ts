@@ -3,7 +3,9 @@
  * reaches the physical engine, and batch buffers are shadowed so the guest cannot change them after the audit.
  *
  * Input: a private copy of the guest's ring contents between the scan position and TAIL (so the ring itself is
- * shadowed by construction). For each command (decodeCommand of regs.ts; an unknown command is rejected):
+ * shadowed by construction), and the mode (`ScanMode`): "ring" for the legacy path (the rules below), "context" for
+ * a guest context run through execlists (the rules below with the changes listed after them). For each command
+ * (decodeCommand of regs.ts; an unknown command, or one without a rule in the mode, is rejected):
  * - MI_NOOP, MI_USER_INTERRUPT (counted: completion raises the guest's user interrupt);
  * - MI_STORE_DATA_IMM: 4 dwords (a dword) or 5 (a qword, 8-byte aligned), GGTT only (bit 22); its target is audited;
  * - MI_LOAD_REGISTER_IMM: (register, value) pairs; every register must be in `LRI_ALLOWED` (no ring, interrupt,
@@ -25,6 +27,18 @@
  * partition; an operation larger than 36 MiB (GVT-g's max_surface_size) is rejected whatever its address. A 64-bit
  * address is taken whole (high dword included), so an address at or above 4 GiB is simply outside.
  *
+ * In a context (GVT-g's cmd_parser.c rules for what i915 emits): PPGTT addresses need no audit (the context's shadow
+ * PPGTT maps only the VM's pages) and GGTT ones are audited as above; MI_STORE_DATA_IMM may use either;
+ * MI_BATCH_BUFFER_START may start a PPGTT batch (any 48-bit address), read through the context's shadow PPGTT
+ * (`ScannerPpgtt`, the translation the engine will use), shadowed into host graphics memory and re-pointed there as a
+ * GGTT batch; MI_USER_INTERRUPT is counted and patched to MI_NOOP (the backend raises it at completion);
+ * MI_ARB_CHECK and MI_ARB_ON_OFF pass; MI_FLUSH_DW and PIPE_CONTROL pass, their post-sync GGTT targets audited (a
+ * store-index target lands in the context's own PPHWSP), a PIPE_CONTROL MMIO write refused; MI_SEMAPHORE_WAIT is
+ * refused (GVT-g); PIPELINE_SELECT, 3D / media state and 3DPRIMITIVE pass by length (no 3D pipeline: nothing they
+ * name is accessed); blits get their mode checks but no address audit (PPGTT surfaces); on vcs and vecs anything but
+ * MI commands is refused. With a tracer, each command of a context is traced ("vgpu.gvt_command", GVT-g's
+ * gvt_command tracepoint).
+ *
  * Output: the patched command dwords, the shadow buffers (to free after execution), and the number of user
  * interrupts; or a rejection: a sentence naming the command, where it is, and the bad value. On rejection every
  * shadow allocated for the submission is freed: nothing of it executes.
@@ -33,8 +47,8 @@
  * two bits of a store or batch address, the high dword to 16 bits), the audit takes the unmasked value, which can only
  * reject more.
  *
- * Not modelled: PPGTT addressing, indirect state, MI commands beyond the table of regs.ts, per-engine command
- * legality (blits are accepted on every engine, as the GPU model does).
+ * Not modelled: indirect state, MI commands beyond the table of regs.ts, per-engine command legality on the legacy
+ * path (blits are accepted on every engine, as the GPU model does).
  */
 import { defineTraceEvents, hex, type Tracer } from "../core/index.ts";
 import {

@@ -40,13 +40,18 @@
  * gfn in the range is DMA-unmapped and unpinned before the callback returns. The guest entries are kept (the guest
  * did not change them). `reset` releases everything and zeroes the guest entries.
  *
+ * The gfn cache is shared with the shadow PPGTT (shadow-ppgtt.ts): `pinGuestPage` / `unpinGuestPage` take and drop
+ * references on a guest page for a PPGTT entry, so a page a GGTT entry and PTEs both name is pinned and DMA-mapped
+ * once. Those references are counted apart (`externalRefs`); their owner releases them before this module's
+ * `dmaUnmap` and `reset` run (the vGPU calls the shadow PPGTT first), so each still finds only its own in the range.
+ *
  * Costs: the guest and shadow state cover only the partition (aperture + hidden entries: 640 Ki entries, ~14 MiB for
  * the largest type), in typed arrays; a write with a cache hit allocates nothing. The cache maps gfn -> slot in a Map
  * whose slots live in typed arrays. `dmaUnmap` first looks for cached gfns in the range (O(cache)) and only then
  * scans the partition's entries (O(partition)); the VMM's unmaps are rare next to GTT writes.
  *
  * Invariants (`checkInvariants`): a populated shadow entry's gfn has a live cache slot; each slot's refcount equals
- * the number of entries naming its gfn and is >= 1; every slot holds exactly one pin and one DMA mapping; the
+ * the number of entries naming its gfn plus its PPGTT references, and is >= 1; every slot holds exactly one pin and one DMA mapping; the
  * physical GGTT entry of a populated entry encodes its slot's IOVA and every other entry of the partition encodes the
  * vGPU's own scratch page (present, or not present for a non-present guest entry), never the host's; no entry has
  * both halves pending.

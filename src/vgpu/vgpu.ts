@@ -31,10 +31,12 @@
  *
  * Two submission paths, one per engine at a time:
  * - execlists (what i915 uses on gen8+): GFX_MODE's RUN_LIST puts the engine in execlist mode; ELSP writes, workloads
- *   and context status events are the engine's `VirtualExeclist` (execlist.ts), executed by the injected
- *   `VirtualEngineBackend` (virtual-engine.ts; in production `UNIMPLEMENTED_BACKEND` until the physical GPU runs
- *   logical ring contexts). The status page (HWS_PGA) is accepted only inside the vGPU's graphics memory. Enabling
- *   RUN_LIST or PPGTT before the guest ever read PVINFO sends the vGPU to failsafe (failsafe.ts), as GVT-g.
+ *   and context status events are the engine's `VirtualExeclist` (execlist.ts), executed by a
+ *   `VirtualEngineBackend` (virtual-engine.ts): in production the vGPU's own `ExeclistBackend` (execlist-backend.ts),
+ *   which shadows each guest context (its image, its PPGTT in `ppgtt`, its ring) and runs it on the GPU through the
+ *   scheduler; tests inject another. The status page (HWS_PGA) is accepted only inside the vGPU's graphics memory.
+ *   Enabling RUN_LIST or PPGTT before the guest ever read PVINFO sends the vGPU to failsafe (failsafe.ts), as GVT-g;
+ *   so does a guest context whose commands the scanner rejects.
  * - the legacy ring path (this project's own guest driver), on engines the physical GPU has and not in execlist mode:
  * The guest programs RING_START/CTL/HEAD and writes RING_TAIL. On a TAIL write of an enabled ring the
  * dwords from the scan position (HEAD, or where the last scan ended) to TAIL are copied out of the guest's ring
@@ -45,8 +47,9 @@
  * completed) so the ring stays usable.
  *
  * PVINFO notifications (pvinfo.ts): any read of the page marks the guest PV-aware; g2v_notify L4/L3 create and
- * destroy keep the table of the guest's PPGTT roots (ppgtt-roots.ts: pdp[0] is the PML4), for the shadow PPGTT to
- * come; display_ready is traced; a write into rsv5 sends the vGPU to failsafe.
+ * destroy keep the table of the guest's PPGTT roots (ppgtt-roots.ts: pdp[0] is the PML4) and shadow (and release) a
+ * 4-level root at once, as GVT-g (shadow-ppgtt.ts); display_ready is traced; a write into rsv5 sends the vGPU to
+ * failsafe.
  *
  * Resets, as GVT-g's intel_gvt_reset_vgpu_locked:
  * - GDRST (engine reset, dmlr = false): the named engines (RENDER, BLT, MEDIA, VECS; FULL for all) have their
@@ -56,8 +59,8 @@
  *   survives a GPU reset: i915 does not rewrite it afterwards). GDRST reads 0 at once: the reset is complete.
  * - VFIO_DEVICE_RESET (device-model-level reset): everything: queued work, every register (PVINFO rebuilt),
  *   interrupts, fences (physical ones zeroed), config space, the GTT (guest entries zeroed; every pin, IOVA and
- *   shadow entry released), failsafe, the PV-aware mark and the PPGTT roots. Eventfds belong to the user session and
- *   stay.
+ *   shadow entry released), every shadow PPGTT (its tables freed, its pins dropped), failsafe, the PV-aware mark and
+ *   the PPGTT roots. Eventfds belong to the user session and stay.
  * - close (last fd): a device reset, then the eventfds and the vfio DMA access go and the vGPU leaves the run queue.
  * Work already on an engine cannot be recalled; it completes unseen (a generation number tells stale completions).
  * Releasing pins while such work is still being timed is safe here because the GPU model performs a submission's
@@ -68,8 +71,11 @@
  * Fences: guest fence i (< fence_num) is physical fence `resources.fences[i]`; a valid fence must cover only the
  * vGPU's graphics memory, else the physical fence is cleared and the write counted as dropped.
  *
- * Invariants (`checkInvariants`): those of the shadow GTT; a closed vGPU holds no pins (the parent checks the
- * scheduler).
+ * VMM unmaps (`dmaUnmap`, type1's notification): the shadow PPGTT drops its references in the range first, then the
+ * shadow GTT its own, so every gfn in the range is unpinned and DMA-unmapped before the callback returns.
+ *
+ * Invariants (`checkInvariants`): those of the shadow PPGTT and of the shadow GTT; a closed vGPU holds no pins (the
+ * parent checks the scheduler).
  */
 import {
   defineTraceEvents,
