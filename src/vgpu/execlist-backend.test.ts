@@ -174,6 +174,40 @@ describe("guest contexts on the GPU (the production backend)", () => {
   });
 });
 
+describe("an engine error while a shadow context runs", () => {
+  it("a store through a PTE the guest left not present faults on the GPU: a hang for the guest, no write-back", () => {
+    const s = setup();
+    const hws = execlists(s, "rcs");
+    const ppgtt = new GuestPpgtt(s.g); // no scratch: unused entries are not present, as the shadow's
+    ppgtt.map(VA, s.g.allocPage());
+    const ctx = new GuestContext(s.g, "rcs", ppgtt);
+    ctx.emit([...storeDataImm(VA + 2 * 2 ** 30, 1, "ppgtt"), ...storeDataImm(hws.gma + 0x100, 1), MI_USER_INTERRUPT]);
+    s.g.elsp(vengine("rcs").base, ctx.descriptor(0x20));
+    s.w.run(1_000_000);
+    const st = s.v.stats();
+    assert.equal(st.contexts!.engineErrors, 1);
+    assert.equal(st.execlists.rcs.failed, 1);
+    assert.equal(ctx.reg(CTX_RING_HEAD), 0, "no update_guest_context after an engine error");
+    assert.deepEqual(csb(s, "rcs", 2), [
+      [CSB_IDLE_TO_ACTIVE, 0],
+      [0, 0],
+    ]);
+    assert.match(
+      s.w.recorder!.named("vgpu.execlist.complete").at(-1)!.fields.outcome,
+      /failed: the engine stopped on an error running the shadow context: .*not present/,
+    );
+    assert.equal(s.w.driver.engineStats("rcs").errors, 1, "the host driver saw the engine error and recovered");
+    // The engine still runs the next context (after i915's engine reset, or at once).
+    s.g.setMmio(0x941c, 1 << 1);
+    ctx.setReg(CTX_RING_HEAD, ctx.tail);
+    ctx.emit(request("rcs", VA, 5, hws.gma + 0x104));
+    s.g.enableExeclists(vengine("rcs").base, hws.gma);
+    s.g.elsp(vengine("rcs").base, ctx.descriptor(0x20));
+    s.w.run(1_000_000);
+    assert.equal(s.g.readGmU32(hws, 0x104), 5);
+  });
+});
+
 describe("the trace of a PPGTT access", () => {
   it("guest PTE -> vfio_pin_pages -> dma_map_page -> shadow PTE -> the engine's walk reaches that IOVA", () => {
     const s = setup();
