@@ -13,7 +13,7 @@
  * Not modelled: GPUs added or removed at run time, a GPU moved between i915 and vfio-pci.
  */
 import type { Tracer } from "../core/index.ts";
-import { type CostModel, createGpu, GpuDevice, type HostGpuDriver } from "../gpu/index.ts";
+import { type CostModel, createGpu, GpuDevice, type HostGpuDriver, type SubmissionMode } from "../gpu/index.ts";
 import { type Host, parseBdf } from "../host/index.ts";
 import type { VfioPciDriver } from "../vfio/index.ts";
 import { GvtParent } from "../vgpu/index.ts";
@@ -42,6 +42,8 @@ export interface GpuOptions {
 }
 
 export interface MediatedGpuOptions extends GpuOptions {
+  /** How the host driver submits (default "ring"); with "execlists" the vGPUs run their guests' contexts. */
+  readonly submission?: SubmissionMode;
   /** Name of the mdev parent (default: the PCI address, as Linux). */
   readonly parentName?: string;
   /** TEST ONLY: the vGPUs' command scanner skips its address audit (a broken mediator for the checker's tests). */
@@ -57,6 +59,7 @@ export function createMediatedGpu(host: Host, opts: MediatedGpuOptions): GpuInst
     ...(opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {}),
     ...(opts.ats !== undefined ? { ats: opts.ats } : {}),
     ...(opts.cost !== undefined ? { cost: opts.cost } : {}),
+    ...(opts.submission !== undefined ? { submission: opts.submission } : {}),
   });
   const parent = new GvtParent({
     gpu: created.driver,

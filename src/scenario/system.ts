@@ -130,15 +130,18 @@ export const PARENT_KINDS: Readonly<Record<string, ParentKind<unknown>>> = {
     z.strictObject({
       kind: z.literal("gvt"),
       ...gpuOptionFields,
+      submission: z.enum(["ring", "execlists"], { error: 'must be "ring" or "execlists"' }).optional(),
       unsafeSkipAddressAudit: z.boolean({ error: "must be true or false" }).optional(),
     }),
     "a physical GPU driven by i915 and mediated into GVT-g vGPUs, parent named by its PCI address (options: name; " +
       "bdf, default 0000:00:02.0; " +
-      "aperture, default 512 MiB; ats; dmaMaskBits; cost)",
+      'aperture, default 512 MiB; ats; dmaMaskBits; cost; submission, "ring" (default) or "execlists": how the host ' +
+      "driver submits, and whether guest contexts can run)",
     (c, parts) => {
       // The mdev parent is named by the GPU's PCI address, as in Linux; `name` is the config's handle for it.
       const gpu = createMediatedGpu(parts.host, {
         ...gpuOptions(c),
+        ...(c.submission !== undefined ? { submission: c.submission } : {}),
         ...(c.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}),
       });
       parts.gpus.push(gpu);

@@ -10,6 +10,10 @@
  * at it is EADDRINUSE (it is not taken over); a dead socket file there is replaced. If serving fails, the mdev is
  * removed again.
  *
+ * The served host runs on real time, and its GVT-g GPUs submit through execlists (unless the config sets
+ * `submission`), so a stock guest i915's contexts run; the scenario's isolation checker watches every DMA of a served
+ * vGPU's GPU and its summary is printed when the server stops.
+ *
  * Output: one line "vgpu serve: serving <type> <uuid> on <path>" on stdout when the socket is ready (scripts wait
  * for it), disconnects and problems on stderr; with --trace every vfio-user and device trace event on stderr.
  * Errors are KernelErrors (unknown type: ENOENT naming the types on offer). Also runnable directly with tsx
@@ -17,9 +21,19 @@
  */
 import { pathToFileURL } from "node:url";
 import { Command } from "commander";
-import { checkSocketPath, Errno, formatTrace, KernelError } from "../../core/index.ts";
-import { createSystem, DEFAULT_SYSTEM_CONFIG, loadSystemConfigFile, parseSystemConfig } from "../../scenario/index.ts";
+import { checkSocketPath, Errno, formatTrace, KernelError, SystemClock } from "../../core/index.ts";
+import {
+  createSystem,
+  DEFAULT_SYSTEM_CONFIG,
+  describeViolation,
+  IsolationChecker,
+  loadSystemConfigFile,
+  parseSystemConfig,
+  type System,
+  type SystemConfig,
+} from "../../scenario/index.ts";
 import { serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
+import type { Vgpu } from "../../vgpu/index.ts";
 
 /** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
 export const DEFAULT_SERVE_UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -39,15 +53,80 @@ export interface RunningServe {
   readonly server: VfioUserServer;
   readonly uuid: string;
   readonly type: string;
+  /** For a vGPU: what the isolation checker saw so far (undefined for other devices). */
+  isolation(): IsolationSummary | undefined;
   stop(): void;
+}
+
+/** The isolation checker's view of a served vGPU: every DMA of the GPU, attributed and checked. */
+export interface IsolationSummary {
+  readonly pieces: number;
+  readonly bytes: number;
+  readonly vgpuPieces: number;
+  readonly violations: number;
+  readonly first: readonly string[];
+  /** The vGPU's own account: guest contexts per engine, shadow PPGTT work, pins, failsafe. */
+  readonly vgpu: readonly string[];
+}
+
+/**
+ * Watches every DMA of the GPU behind a served vGPU with the scenario's isolation checker; the vGPU is bound to the
+ * connection's host process once a client has negotiated (its memory is then that process's). Undefined for a device
+ * that is not a vGPU.
+ */
+function watchIsolation(system: System, parentName: string, uuid: string) {
+  const inst = system.gpus.find((g) => g.parent?.parentName === parentName);
+  const vgpu = inst?.parent?.vgpu(uuid);
+  if (inst === undefined || vgpu === undefined) return undefined;
+  const checker = new IsolationChecker({ host: system.host });
+  checker.watch(inst);
+  let boundPid: number | undefined;
+  let timer: ReturnType<typeof setInterval> | undefined;
+  return {
+    attach(server: VfioUserServer): void {
+      const bind = (): void => {
+        const pid = server.state().pid;
+        if (pid === undefined || pid === boundPid) return;
+        boundPid = pid;
+        checker.bindVgpu(inst.name, vgpu.id, "guest", pid, vgpu.scratch.pfn);
+      };
+      server.onConnect(() => bind());
+      // The session's process exists once VERSION was answered: look for it until then.
+      timer = setInterval(bind, 20);
+      timer.unref();
+    },
+    detach(): void {
+      if (timer !== undefined) clearInterval(timer);
+    },
+    summary(): IsolationSummary {
+      const c = checker.stats(inst.name, vgpu.id);
+      return {
+        pieces: checker.checked.pieces,
+        bytes: checker.checked.bytes,
+        vgpuPieces: c.pieces,
+        violations: checker.violationCount,
+        first: checker.violations().slice(0, 5).map(describeViolation),
+        vgpu: vgpuAccount(vgpu),
+      };
+    },
+  };
 }
 
 /** Starts serving (without signal handling): what the command does, for tests. */
 export function startServe(o: ServeCommandOptions, log: (line: string) => void): RunningServe {
   checkSocketPath(o.socket);
   const handshakeTimeoutMs = o.handshakeTimeout === undefined ? undefined : positiveMs(o.handshakeTimeout);
-  const config = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
-  const system = createSystem(config);
+  const loaded = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
+  // A served device meets a real VMM and a real guest: the host runs on real time (a guest's work must complete
+  // without anyone advancing a virtual clock), and GVT-g GPUs submit through execlists (a stock i915 submits logical
+  // ring contexts, which only an execlists host driver can run) unless the config says otherwise.
+  const config: SystemConfig = {
+    ...loaded,
+    parents: loaded.parents.map((p) =>
+      p.kind === "gvt" && p.submission === undefined ? { ...p, submission: "execlists" } : p,
+    ),
+  };
+  const system = createSystem(config, { clock: new SystemClock() });
   if (o.trace) system.host.tracer.subscribe((r) => log(formatTrace(r)));
   const offered: string[] = [];
   let parent: string | undefined;
@@ -65,6 +144,7 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   }
   const uuid = (o.uuid ?? DEFAULT_SERVE_UUID).toLowerCase();
   system.mdev.create(parent, o.type, uuid);
+  const watched = watchIsolation(system, parent, uuid);
   let server: VfioUserServer;
   try {
     server = serveDevice({
@@ -78,11 +158,14 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
     system.mdev.remove(uuid);
     throw e;
   }
+  watched?.attach(server);
   return {
     server,
     uuid,
     type: o.type,
+    isolation: () => watched?.summary(),
     stop: () => {
+      watched?.detach();
       server.close();
       try {
         system.mdev.remove(uuid);
@@ -125,6 +208,16 @@ export function registerServe(program: Command): void {
           if (stopped) return;
           stopped = true;
           log(`stopping (${why})`);
+          // The checker's and the vGPU's account, while the vGPU still exists.
+          const iso = running.isolation();
+          if (iso !== undefined) {
+            log(
+              `isolation checker: ${iso.pieces} DMA piece(s), ${iso.bytes} bytes checked, ${iso.vgpuPieces} of them ` +
+                `the vGPU's; ${iso.violations} violation(s)`,
+            );
+            for (const v of iso.first) log(`  violation: ${v}`);
+            for (const line of iso.vgpu) log(line);
+          }
           running.stop();
           resolve();
         };
@@ -151,4 +244,20 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
     process.stderr.write(`vgpu serve: ${e instanceof KernelError ? e.describe() : String(e)}\n`);
     process.exitCode = 1;
   }
+}
+
+/** The vGPU's account of a guest, one line per engine (what the README's real-guest record quotes). */
+function vgpuAccount(vgpu: Vgpu): string[] {
+  const st = vgpu.stats();
+  const lines = [
+    `vgpu${vgpu.id}: contexts ${JSON.stringify(st.contexts)}, ppgtt ${JSON.stringify(st.ppgtt)}, failsafe ` +
+      `${st.failsafe === undefined ? "no" : `${st.failsafe.reason}: ${st.failsafe.detail}`}, pinned ${st.pinnedPages}`,
+  ];
+  for (const [engine, x] of Object.entries(st.execlists)) {
+    lines.push(
+      `  ${engine}: virtual execlist ${x.submissions} ELSP, ${x.completed} completed, ${x.failed} failed, ` +
+        `${x.rejected} rejected, ${x.csbEvents} CSB`,
+    );
+  }
+  return lines;
 }
