@@ -17,11 +17,9 @@
  * running `Submission.owner`); for an assigned GPU, to the VM it is assigned to. The frame's owner tag
  * (`PhysicalMemory.owner`: a process's anonymous frames carry its pid) decides the first case without a lookup;
  * host frames are kept in small per-GPU tables: the scratch page, the ring pages, the GPU's own frames, and shadow
- * buffers by the vGPU they were allocated for. The vendor driver's observer (`GvtParent.setShadowObserver`) names the
- * vGPU, the use and whether the engines write each shadow it allocates, and the checker prefers it. The host
- * driver's shadow observer says when a shadow is allocated, not for whom: for it, the runner says whose guest code
- * runs (`guestRuns`, once per step), as the legacy path allocates inside that guest's trapped RING_TAIL write. The
- * GPU's own frames change as the host driver's aliasing PPGTT grows tables: a frame not found is looked up again in a
+ * buffers by the vGPU they were allocated for: the vendor driver's observer (`GvtParent.setShadowObserver`) names the
+ * vGPU, the use and whether the engines write each shadow it allocates (every shadow of a vGPU, legacy batches and
+ * execlist contexts alike, is allocated through its `VgpuShadows`). The GPU's own frames change as the host driver's aliasing PPGTT grows tables: a frame not found is looked up again in a
  * fresh `hostGpuFrames()` before it is called a violation (the slow path only).
  *
  * Anything else is a violation, counted per context and recorded (the first `maxSamples` with the GMA found by a
@@ -117,8 +115,6 @@ class GpuWatch {
   readonly atc: Atc | undefined;
   /** Host frames a vGPU may read: the rings. */
   readonly hostFrames = new Set<number>();
-  /** Shadow buffer frames -> the vGPU id they were allocated for (the host driver's observer). */
-  readonly shadowOwner = new Map<number, number>();
   /** Shadow frames the vendor driver reported: vGPU id, and whether the engines may write them. */
   readonly vgpuFrames = new Map<number, { readonly vgpu: number; readonly write: boolean }>();
   /** Frames the GPU itself uses during anyone's work (execlists): whether it writes them. */
@@ -129,11 +125,8 @@ class GpuWatch {
   readonly idle: Context;
   assigned: Context | undefined;
   scratchPfn = -1;
-  /** The vGPU of the guest whose code runs now (shadow buffers allocated now are its own); -1: none on this GPU. */
-  actor = -1;
   gttFaultBase = 0;
   iommuFaultBase = 0;
-  detachShadow: (() => void) | undefined;
 
   constructor(
     readonly inst: GpuInstance,
@@ -184,15 +177,6 @@ export class IsolationChecker {
           if (f >= 0) w.hostFrames.add(f);
         }
       }
-      hd.setShadowObserver((buf, alive) => {
-        for (let off = 0; off < buf.size; off += PAGE_SIZE) {
-          const f = this.frameOfGma(w, buf.gma + off);
-          if (f < 0) continue;
-          if (alive) w.shadowOwner.set(f, w.actor);
-          else w.shadowOwner.delete(f);
-        }
-      });
-      w.detachShadow = () => hd.setShadowObserver(undefined);
       this.refreshGpuFrames(w);
     }
     const parent = inst.parent;
@@ -219,7 +203,7 @@ export class IsolationChecker {
       ctx.bytes += len;
       if (ctx.pid > 0 && physmem.owner(pfn) === ctx.pid) return;
       if (pfn === scratch || pfn === ctx.scratchPfn) return;
-      if (!write && (w.hostFrames.has(pfn) || (owner >= 0 && w.shadowOwner.get(pfn) === owner))) return;
+      if (!write && w.hostFrames.has(pfn)) return;
       const own = w.vgpuFrames.get(pfn);
       if (own !== undefined && own.vgpu === owner && (!write || own.write)) return;
       const gpu = w.gpuFrames.get(pfn);
@@ -255,17 +239,6 @@ export class IsolationChecker {
   /** Names a process in violation reports (any VMM, bound or not). */
   nameProcess(pid: number, vm: string): void {
     this.vmByPid.set(pid, vm);
-  }
-
-  /**
-   * The runner is about to run VM `vm`'s guest code (the model runs one guest CPU at a time): a shadow buffer allocated
-   * on a GPU from now on is allocated inside that guest's trapped RING_TAIL write, so it is that VM's vGPU's.
-   */
-  guestRuns(vm: string): void {
-    for (const w of this.watches.values()) {
-      w.actor = -1;
-      for (const c of w.byOwner) if (c !== undefined && c.vm === vm) w.actor = c.vgpu!;
-    }
   }
 
   /** Counters of one context: a vGPU on a mediated GPU, or (vgpuId undefined) the VM of an assigned GPU. */
@@ -325,7 +298,6 @@ export class IsolationChecker {
     this.sync();
     for (const w of this.watches.values()) {
       w.dma.setObserver(undefined);
-      w.detachShadow?.();
       w.detachVgpuShadows?.();
     }
   }
@@ -396,11 +368,9 @@ export class IsolationChecker {
           ? "the host's scratch page"
           : w.vgpuFrames.has(pfn)
             ? `a shadow buffer of vgpu${w.vgpuFrames.get(pfn)!.vgpu}`
-            : w.shadowOwner.has(pfn)
-              ? `a shadow buffer of vgpu${w.shadowOwner.get(pfn)}`
-              : w.hostFrames.has(pfn)
-                ? "the host driver's ring"
-                : "the host (no owner)"
+            : w.hostFrames.has(pfn)
+              ? "the host driver's ring"
+              : "the host (no owner)"
         : vm !== undefined
           ? `VM ${vm} (pid ${owner})`
           : `process ${owner}`;

@@ -167,7 +167,6 @@ export class ScenarioRun {
       vmRun: (name) => this.vmRun(name),
       running: (name) => this.running(name),
       driverOf: (v) => this.driverOf(v),
-      enterGuest: (v) => this.enterGuest(v),
       stopVm: (v) => this.stopVm(v),
       abandon: (v) => this.abandon(v),
       explain: (vm, gma) => this.explain(vm, gma),
@@ -351,7 +350,6 @@ export class ScenarioRun {
     });
     if (v.gpuDevice !== undefined) {
       v.platform = new VmmGuestPlatform(vmm, v.gpuDevice, this.clock);
-      this.enterGuest(v);
       v.driver = GuestGpuDriver.open(v.platform, this.driverOptions(spec));
     }
     return (
@@ -381,8 +379,6 @@ export class ScenarioRun {
     this.stepStart = this.clock.now();
     const vm = "vm" in step ? step.vm : undefined;
     const expected = (step as { expect?: { errno?: ErrnoName } }).expect?.errno;
-    const guest = vm !== undefined ? this.vms.get(vm) : undefined;
-    if (guest !== undefined) this.enterGuest(guest);
     try {
       const { summary, ok, detail } = executeStep(this.ctx, step);
       if (expected !== undefined) {
@@ -420,7 +416,6 @@ export class ScenarioRun {
   }
 
   private stopVm(v: VmRun): void {
-    this.enterGuest(v);
     this.abandon(v);
     try {
       if (v.driver !== undefined) {
@@ -431,11 +426,6 @@ export class ScenarioRun {
       v.vmm!.shutdown();
       v.state = "shut down";
     }
-  }
-
-  /** VM `v`'s guest code is about to run (the isolation checker attributes new shadow buffers to its vGPU). */
-  private enterGuest(v: VmRun): void {
-    this.checker.guestRuns(v.spec.name);
   }
 
   /** Drops a VM's in-flight workloads without verifying them (the VM is going away). */

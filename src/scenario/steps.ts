@@ -58,8 +58,6 @@ export interface StepContext {
   running(name: string): VmRun;
   /** The VM's guest GPU driver (ENODEV: the VM has no GPU device). */
   driverOf(v: VmRun): GuestGpuDriver;
-  /** VM `v`'s guest code is about to run. */
-  enterGuest(v: VmRun): void;
   /** Stops a running VM in order (guest driver down, VMM shut down). */
   stopVm(v: VmRun): void;
   /** Drops a VM's in-flight workloads without verifying them (the VM is going away). */
@@ -232,7 +230,6 @@ export function finishPending(
   ctx.fairness.push(...meter.close(clock.now()));
   const results: WorkloadResult[] = [];
   for (const v of runs) {
-    ctx.enterGuest(v);
     for (const w of v.pending.splice(0)) {
       const r = w.finish(1_000_000);
       v.workloads.push(r);
