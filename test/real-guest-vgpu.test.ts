@@ -9,69 +9,24 @@
  * A boot takes ~15-25 s; the test gives it 240 s.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-
-const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const QEMU = process.env.QEMU ?? "/tmp/qemu-vfio-user/src/build/qemu-system-x86_64";
-const IMAGE = process.env.VGPU_GUEST_DIR ?? "/tmp/vgpu-guest";
-const LIMIT_MS = 240_000;
-
-function missing(): string[] {
-  const out: string[] = [];
-  if (!existsSync(QEMU)) out.push(`no QEMU at ${QEMU} (../shared/tools/build-qemu-vfio-user.sh, or set QEMU=)`);
-  if (!existsSync(join(IMAGE, "vmlinuz")) || !existsSync(join(IMAGE, "initrd.img"))) {
-    out.push(`no guest image in ${IMAGE} (scripts/guest/build-image.sh ${IMAGE}, or set VGPU_GUEST_DIR=)`);
-  }
-  return out;
-}
-
-function run(script: string, args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn("bash", [script, ...args], {
-      cwd: REPO,
-      env: { ...process.env, QEMU, VGPU_GUEST_DIR: IMAGE },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    let out = "";
-    child.stdout.on("data", (b: Buffer) => {
-      out += b.toString();
-    });
-    child.stderr.on("data", (b: Buffer) => {
-      out += b.toString();
-    });
-    const timer = setTimeout(() => {
-      out += `\n(killed after ${LIMIT_MS} ms)\n`;
-      try {
-        process.kill(-child.pid!, "SIGTERM");
-      } catch {
-        // already gone
-      }
-    }, LIMIT_MS);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, out });
-    });
-  });
-}
+import { GUEST_LIMIT_MS, guestMissing, runGuest } from "./test-support/real-guest.ts";
 
 test("a real Debian guest's i915 binds the vGPU: initialized, not wedged, every engine's contexts run, 0 violations", {
-  timeout: LIMIT_MS + 30_000,
+  timeout: GUEST_LIMIT_MS + 30_000,
 }, async (t) => {
-  const absent = missing();
+  const absent = guestMissing();
   if (absent.length > 0) {
     t.skip(absent.join("; "));
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), "vgpu-real-guest-"));
   try {
-    const path = join(REPO, "scripts/guest/run.sh");
     const log = join(dir, "guest.log");
-    const { code, out } = await run(path, [
+    const { code, out } = await runGuest([
       "--device",
       "i915-GVTg_V5_4",
       "--timeout",

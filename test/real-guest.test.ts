@@ -9,69 +9,18 @@
  * scripts/guest/build-image.sh). A boot takes ~10-25 s; the test gives it 240 s.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { test } from "node:test";
-
-const REPO = new URL("..", import.meta.url).pathname;
-const QEMU = process.env.QEMU ?? "/tmp/qemu-vfio-user/src/build/qemu-system-x86_64";
-const IMAGE = process.env.VGPU_GUEST_DIR ?? "/tmp/vgpu-guest";
-const LIMIT_MS = 240_000;
-
-function missing(): string[] {
-  const out: string[] = [];
-  if (!existsSync(QEMU)) {
-    out.push(
-      `no QEMU at ${QEMU} (build it: ../shared/tools/build-qemu-vfio-user.sh /tmp/qemu-vfio-user, or set QEMU=)`,
-    );
-  }
-  if (!existsSync(join(IMAGE, "vmlinuz")) || !existsSync(join(IMAGE, "initrd.img"))) {
-    out.push(`no guest image in ${IMAGE} (build it: scripts/guest/build-image.sh ${IMAGE}, or set VGPU_GUEST_DIR=)`);
-  }
-  return out;
-}
-
-/** Runs the script in its own process group, so that a timeout takes QEMU and the server down with it. */
-function run(args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn("bash", [join(REPO, "scripts/guest/run.sh"), ...args], {
-      cwd: REPO,
-      env: { ...process.env, QEMU, VGPU_GUEST_DIR: IMAGE },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    let out = "";
-    child.stdout.on("data", (b: Buffer) => {
-      out += b.toString();
-    });
-    child.stderr.on("data", (b: Buffer) => {
-      out += b.toString();
-    });
-    const timer = setTimeout(() => {
-      out += `\n(killed after ${LIMIT_MS} ms)\n`;
-      try {
-        process.kill(-child.pid!, "SIGTERM");
-      } catch {
-        // already gone
-      }
-    }, LIMIT_MS);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, out });
-    });
-  });
-}
+import { GUEST_LIMIT_MS, guestMissing, runGuest } from "./test-support/real-guest.ts";
 
 test("a real Debian guest binds mtty-2 with 8250_pci: loopback and interrupts on both ports", {
-  timeout: LIMIT_MS + 30_000,
+  timeout: GUEST_LIMIT_MS + 30_000,
 }, async (t) => {
-  const absent = missing();
+  const absent = guestMissing();
   if (absent.length > 0) {
     t.skip(absent.join("; "));
     return;
   }
-  const { code, out } = await run(["--device", "mtty-2", "--timeout", "180"]);
+  const { code, out } = await runGuest(["--device", "mtty-2", "--timeout", "180"]);
   if (out.startsWith("SKIP:")) {
     t.skip(out.trim()); // e.g. this QEMU has no vfio-user-pci, or its option ROMs are missing
     return;
