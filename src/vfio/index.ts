@@ -12,6 +12,7 @@ export * from "./api.ts";
 export * from "./core.ts";
 export type { VfioDeviceInfo, VfioIrqInfo, VfioIrqSet, VfioRegionInfo } from "./driver.ts";
 export * from "./driver.ts";
+export * from "./emulated-iova.ts";
 export * from "./noiommu.ts";
 export * from "./pci/index.ts";
 export * from "./pci-device.ts";

@@ -14,7 +14,7 @@
  *   guest must write each half once per update (the datasheet's safe order, 10.5): low 0, high, low pairs the first
  *   two writes and leaves the last low half pending until a high half comes;
  * - a present guest PTE: gfn cache hit (refcount + 1), or miss: vfio pinPages(gfn << 12, 1, READ|WRITE) (IOVA =
- *   GPA, guest-iova.ts) -> frame -> dma mapPage(frame, 0, 4096, BIDIRECTIONAL) -> IOVA; physical entry =
+ *   GPA, vfio emulated-iova.ts) -> frame -> dma mapPage(frame, 0, 4096, BIDIRECTIONAL) -> IOVA; physical entry =
  *   gen8PteEncode(IOVA). Any failure (pin: EINVAL unmapped, EPERM read-only mapping, ENOMEM "RLIMIT_MEMLOCK
  *   exceeded" or host memory exhausted, no vfio session; DMA mapping error) points the entry at the vGPU's own
  *   scratch page, counted, traced ("fail to populate guest ggtt entry", GVT-g's message) and kept as a value
@@ -56,6 +56,7 @@
  * vGPU's own scratch page (present, or not present for a non-present guest entry), never the host's; no entry has
  * both halves pending.
  */
+
 import {
   defineTraceEvents,
   Errno,
@@ -73,7 +74,7 @@ import {
 import { GEN8_PAGE_PRESENT, type GpuResources, gen8PteEncode, type HostGpu } from "../gpu/index.ts";
 import { DmaDirection, IOMMU_READ, IOMMU_WRITE } from "../host/index.ts";
 import type { VfioDmaAccess } from "../vfio/index.ts";
-import { gfnOfIova, iovaOfGfn, iovaOfGpa } from "./guest-iova.ts";
+import { gfnOfIova, iovaOfGfn, iovaOfGpa } from "../vfio/index.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {

@@ -6,7 +6,7 @@
  * the slot state machine of execlist-state.ts) whose workloads a `VirtualEngineBackend` (virtual-engine.ts) runs: in
  * production execlist-backend.ts, which shadows each guest context (shadow-context.ts), its PPGTT (shadow-ppgtt.ts)
  * and its ring, and submits it to the GPU's execlists; the guest's PPGTT roots (ppgtt-roots.ts), a failsafe state
- * (failsafe.ts), a shadow GTT over pinned, DMA-mapped guest pages (gtt.ts; guest-iova.ts states the IOVA = GPA rule
+ * (failsafe.ts), a shadow GTT over pinned, DMA-mapped guest pages (gtt.ts; vfio's emulated-iova.ts states the IOVA = GPA rule
  * it relies on) whose gfn cache the shadow PPGTT shares, a command scanner that audits and shadows every ring
  * submission, legacy or context (cmd-scanner.ts), the shadow buffers of each vGPU as an isolation checker sees them
  * (shadow-frames.ts), and a share of the weighted time-slice scheduler (scheduler.ts). gvt-regs.ts (register names
@@ -19,7 +19,6 @@ export * from "./execlist-backend.ts";
 export * from "./execlist-state.ts";
 export * from "./failsafe.ts";
 export * from "./gtt.ts";
-export * from "./guest-iova.ts";
 export * from "./irq.ts";
 export * from "./mmio.ts";
 export * from "./mmio-table.ts";

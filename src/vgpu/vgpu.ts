@@ -116,6 +116,8 @@ import type { CoherentBuffer, PciConfigSpace } from "../host/index.ts";
 import {
   checkPciRegionIndex,
   EMULATED_PCI_DEVICE_INFO,
+  gfnOfIova,
+  iovaOfGpa,
   trappedRegionInfo,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR2_REGION_INDEX,
@@ -137,7 +139,6 @@ import { type ExeclistStats, VirtualExeclist } from "./execlist.ts";
 import { ExeclistBackend, type ExeclistBackendStats } from "./execlist-backend.ts";
 import { Failsafe, type FailsafeState } from "./failsafe.ts";
 import { type PopulateError, ShadowGtt, type ShadowGttStats } from "./gtt.ts";
-import { gfnOfIova, iovaOfGpa } from "./guest-iova.ts";
 import { GFX_MODE_UNSUPPORTED, GFX_PPGTT_ENABLE, GFX_RUN_LIST_ENABLE, maskedEnables } from "./gvt-regs.ts";
 import { VirtualIrq } from "./irq.ts";
 import { type MmioSink, VgpuMmio } from "./mmio.ts";
@@ -799,7 +800,7 @@ export class Vgpu implements VfioDeviceOps {
     }
   }
 
-  /** vfio_dma_rw of guest memory at `at` (a GPA: IOVA = GPA, guest-iova.ts); throws KernelError. */
+  /** vfio_dma_rw of guest memory at `at` (a GPA: IOVA = GPA, vfio emulated-iova.ts); throws KernelError. */
   private readGuest(at: Gpa, into: Uint8Array): void {
     const dma = this.dma;
     if (dma === undefined) throw new KernelError(Errno.EINVAL, `vgpu${this.id}: no VMM has the vGPU open`);

@@ -19,6 +19,7 @@ import type { MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
 import { type TestWorld, testWorld } from "../mdev/testing.ts";
 import {
   type IrqTrigger,
+  iovaOfGpa,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DMA_MAP_FLAG_READ,
@@ -37,7 +38,6 @@ import {
   type VfioDeviceOps,
   type VfioDmaAccess,
 } from "../vfio/index.ts";
-import { iovaOfGpa } from "../vgpu/index.ts";
 
 const MiB = 1024 * 1024;
 
