@@ -13,6 +13,7 @@
  * the test completes it), so that the virtual execlists' CSB and interrupt sequences can be asserted without a GPU
  * that runs contexts. Production code never uses it (virtual-engine.ts).
  */
+
 import {
   Errno,
   type Gma,
@@ -21,7 +22,7 @@ import {
   KernelError,
   PAGE_SIZE,
   type Pfn,
-  TraceRecorder,
+  type TraceRecorder,
   VirtualClock,
 } from "../core/index.ts";
 import {
@@ -57,17 +58,17 @@ import {
   storeDataImm,
   VGT_PVINFO_PAGE,
 } from "../gpu/index.ts";
-import { type EventFd, GiB, Host, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
-import { MdevCore } from "../mdev/index.ts";
+import { type EventFd, GiB, type Host, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
+import type { MdevCore } from "../mdev/index.ts";
+import { testWorld } from "../mdev/testing.ts";
 import {
-  type1Driver,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_INTX_IRQ_INDEX,
   VFIO_PCI_MSI_IRQ_INDEX,
   VFIO_TYPE1v2_IOMMU,
   VfioContainerHandle,
-  VfioCore,
+  type VfioCore,
   type VfioDeviceHandle,
   VfioGroupHandle,
 } from "../vfio/index.ts";
@@ -158,18 +159,12 @@ export class VgpuWorld {
   readonly parent: GvtParent;
 
   constructor(opts: VgpuWorldOptions = {}) {
-    this.host = new Host({ memoryBytes: opts.memoryBytes ?? 8 * GiB, clock: this.clock, seed: 1 });
-    this.recorder = opts.trace === false ? undefined : new TraceRecorder(this.host.tracer);
-    this.vfio = new VfioCore({
-      devfs: this.host.devfs,
-      pci: this.host.pci,
-      iommu: this.host.iommu,
-      tracer: this.host.tracer,
-    });
-    this.vfio.registerIommuDriver(
-      type1Driver({ iommu: this.host.iommu, physmem: this.host.physmem, tracer: this.host.tracer }),
-    );
-    this.mdev = new MdevCore({ sysfs: this.host.sysfs, vfio: this.vfio, tracer: this.host.tracer });
+    // The shared test world (Host + vfio-core/type1 + mdev core), with this world's clock.
+    const w = testWorld({ memoryBytes: opts.memoryBytes ?? 8 * GiB, clock: this.clock, trace: opts.trace !== false });
+    this.host = w.host;
+    this.recorder = opts.trace === false ? undefined : w.rec;
+    this.vfio = w.vfio;
+    this.mdev = w.mdev;
     this.gpu = createGpu(this.host, {
       ...(opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {}),
       ...(opts.submission !== undefined ? { submission: opts.submission } : {}),
