@@ -27,6 +27,7 @@
  * Invariants: the emulated bytes (`emuMask` 0xff) are the VMM's only: the guest reads them from `emu`; the command
  * register's decode bits are `command`; after realize every BAR's decoding matches its register and `command`.
  */
+
 import { defineTraceEvents, Errno, type Hva, hex, isKernelError, KernelError, type Tracer } from "../core/index.ts";
 import {
   type BarKind,
@@ -66,6 +67,7 @@ import {
   type VfioDeviceHandle,
   type VfioIrqInfoReply,
 } from "../vfio/index.ts";
+import { AccessBuffer } from "./access-buffer.ts";
 import type { InterruptSource } from "./irq.ts";
 import { allOnes, type ConfigAccess, type GuestPciBus, guestBdf } from "./pci-bus.ts";
 import { FrontendInterrupts, type FrontendIrqEnv } from "./vfio-interrupts.ts";
@@ -169,12 +171,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
   private msiMaxVectors = 0;
   /** The interrupt wiring, from realize on. */
   private irqs: FrontendInterrupts | undefined;
-  private readonly scratchBuf = new ArrayBuffer(8);
-  private readonly s1 = new Uint8Array(this.scratchBuf, 0, 1);
-  private readonly s2 = new Uint8Array(this.scratchBuf, 0, 2);
-  private readonly s4 = new Uint8Array(this.scratchBuf, 0, 4);
-  private readonly s8 = new Uint8Array(this.scratchBuf, 0, 8);
-  private readonly sview = new DataView(this.scratchBuf);
+  private readonly access = new AccessBuffer();
   private released = false;
 
   constructor(
@@ -418,7 +415,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
     if (!this.validConfigAccess(offset, size)) return allOnes(size);
     let needDevice = false;
     for (let i = 0; i < size; i++) if (this.emuMask[offset + i] !== 0xff) needDevice = true;
-    const s = this.scratch(size);
+    const s = this.access.bytes(size);
     if (needDevice) {
       try {
         this.proc.pread(this.handle.fd, s, this.configOffset + offset);
@@ -439,7 +436,7 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
 
   configWrite(offset: number, size: number, value: number): void {
     if (!this.validConfigAccess(offset, size)) return;
-    const s = this.scratch(size);
+    const s = this.access.bytes(size);
     for (let i = 0; i < size; i++) s[i] = Math.floor(value / 256 ** i) & 0xff;
     // QEMU passes every write to the device first; the kernel virtualizes what it must.
     try {
@@ -569,29 +566,6 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
     if (this.tracer.enabled) this.tracer.emit("vmm.warn", { vm: this.vm, device: this.name, message });
   }
 
-  private scratch(size: number): Uint8Array {
-    return size === 1 ? this.s1 : size === 2 ? this.s2 : size === 4 ? this.s4 : this.s8;
-  }
-
-  private decode(size: number): number {
-    const v = this.sview;
-    if (size === 1) return v.getUint8(0);
-    if (size === 2) return v.getUint16(0, true);
-    if (size === 4) return v.getUint32(0, true);
-    return v.getUint32(0, true) + v.getUint32(4, true) * 2 ** 32;
-  }
-
-  private encode(size: number, value: number): void {
-    const v = this.sview;
-    if (size === 1) v.setUint8(0, value & 0xff);
-    else if (size === 2) v.setUint16(0, value & 0xffff, true);
-    else if (size === 4) v.setUint32(0, value >>> 0, true);
-    else {
-      v.setUint32(0, (value % 2 ** 32) >>> 0, true);
-      v.setUint32(4, Math.floor(value / 2 ** 32) >>> 0, true);
-    }
-  }
-
   private emu32(off: number): number {
     return (this.emu[off]! | (this.emu[off + 1]! << 8) | (this.emu[off + 2]! << 16) | (this.emu[off + 3]! << 24)) >>> 0;
   }
@@ -601,14 +575,14 @@ export class VfioPciFrontend implements AttachedDevice, ConfigAccess {
   }
 
   private devRead(off: number, size: number): number {
-    const s = this.scratch(size);
+    const s = this.access.bytes(size);
     this.proc.pread(this.handle.fd, s, this.configOffset + off);
-    return this.decode(size);
+    return this.access.load(size);
   }
 
   private devWrite(off: number, size: number, value: number): void {
-    const s = this.scratch(size);
-    this.encode(size, value);
+    const s = this.access.bytes(size);
+    this.access.store(size, value);
     this.proc.pwrite(this.handle.fd, s, this.configOffset + off);
   }
 

@@ -21,8 +21,9 @@
  *
  * Invariants: a BAR is in its space's dispatch iff `mapped`, at `mappedAt`; its window allocation lives from realize to
  * release or forget; `areas` are page aligned, inside the region, sorted and disjoint.
- * Hot path: an access allocates nothing (one scratch buffer per BAR).
+ * Hot path: an access allocates nothing (one `AccessBuffer` per BAR).
  */
+
 import {
   defineTraceEvents,
   Errno,
@@ -49,6 +50,7 @@ import {
   type VfioDeviceHandle,
   type VfioRegionInfoReply,
 } from "../vfio/index.ts";
+import { AccessBuffer } from "./access-buffer.ts";
 import { formatBytes } from "./memory.ts";
 import { allOnes, type BarAccess, type GuestPciBus, type WindowAllocator } from "./pci-bus.ts";
 
@@ -107,12 +109,7 @@ export class VfioBar implements BarAccess {
   mapped = false;
   mappedAt = 0;
   readonly areas: MmapArea[] = [];
-  private readonly scratchBuf = new ArrayBuffer(8);
-  private readonly s1 = new Uint8Array(this.scratchBuf, 0, 1);
-  private readonly s2 = new Uint8Array(this.scratchBuf, 0, 2);
-  private readonly s4 = new Uint8Array(this.scratchBuf, 0, 4);
-  private readonly s8 = new Uint8Array(this.scratchBuf, 0, 8);
-  private readonly view = new DataView(this.scratchBuf);
+  private readonly access = new AccessBuffer();
 
   constructor(
     private readonly env: VfioRegionEnv,
@@ -137,13 +134,13 @@ export class VfioBar implements BarAccess {
 
   barRead(_bar: number, offset: number, size: number): number {
     if (offset + size > this.regionSize) return allOnes(size);
-    const s = this.scratch(size);
+    const s = this.access.bytes(size);
     const areas = this.areas;
     for (let k = 0; k < areas.length; k++) {
       const a = areas[k]!;
       if (offset >= a.offset && offset + size <= a.end) {
         this.env.proc.mm.read(hva(a.hva + (offset - a.offset)), s, 0, size);
-        return this.load(size);
+        return this.access.load(size);
       }
     }
     try {
@@ -154,13 +151,13 @@ export class VfioBar implements BarAccess {
         this.env.warn(`BAR${this.index} read of ${size} at ${hex(offset)} failed (${e.code})`);
       return allOnes(size);
     }
-    return this.load(size);
+    return this.access.load(size);
   }
 
   barWrite(_bar: number, offset: number, size: number, value: number): void {
     if (offset + size > this.regionSize) return;
-    const s = this.scratch(size);
-    this.store(size, value);
+    const s = this.access.bytes(size);
+    this.access.store(size, value);
     const areas = this.areas;
     for (let k = 0; k < areas.length; k++) {
       const a = areas[k]!;
@@ -257,31 +254,6 @@ export class VfioBar implements BarAccess {
           `BAR${this.index}: mmap of ${formatBytes(a.size)} at ${hex(a.offset)} failed (${e.code}): trapping it`,
         );
       }
-    }
-  }
-
-  // ---- scratch -------------------------------------------------------------------------------------------------
-
-  private scratch(size: number): Uint8Array {
-    return size === 1 ? this.s1 : size === 2 ? this.s2 : size === 4 ? this.s4 : this.s8;
-  }
-
-  private load(size: number): number {
-    const v = this.view;
-    if (size === 1) return v.getUint8(0);
-    if (size === 2) return v.getUint16(0, true);
-    if (size === 4) return v.getUint32(0, true);
-    return v.getUint32(0, true) + v.getUint32(4, true) * 2 ** 32;
-  }
-
-  private store(size: number, value: number): void {
-    const v = this.view;
-    if (size === 1) v.setUint8(0, value & 0xff);
-    else if (size === 2) v.setUint16(0, value & 0xffff, true);
-    else if (size === 4) v.setUint32(0, value >>> 0, true);
-    else {
-      v.setUint32(0, (value % 2 ** 32) >>> 0, true);
-      v.setUint32(4, Math.floor(value / 2 ** 32) >>> 0, true);
     }
   }
 }
