@@ -52,7 +52,7 @@ import type { ContextRun } from "./execlists.ts";
 import type { GpuDevice } from "./gpu.ts";
 import type { HostBuffers, MappedHostBuffer } from "./host-buffers.ts";
 import { mmioRead, mmioWrite } from "./host-mmio.ts";
-import type { EngineSubmissionStats } from "./host-submission.ts";
+import { type EngineSubmissionStats, submissionStats, writeToRing } from "./host-submission.ts";
 import {
   type ContextDescriptor,
   type CsbEvent,
@@ -329,16 +329,7 @@ export class HostExeclists {
   }
 
   stats(id: GtEngineId): EngineSubmissionStats {
-    const e = this.engineState[id];
-    return {
-      submissions: e.submissions,
-      commands: e.commands,
-      faults: e.faults,
-      errors: e.errors,
-      busyNs: e.busyNs,
-      queued: e.queue.length,
-      inFlight: e.inFlight !== undefined,
-    };
+    return submissionStats(this.engineState[id]);
   }
 
   /** The owner of the work the executing engine runs, or -1. */
@@ -602,13 +593,7 @@ export class HostExeclists {
   // ---- the kernel's mappings of its buffers -------------------------------------------------------------------------
 
   private writeRing(e: XEngine, cmds: Uint32Array, off: number, n: number): void {
-    const bytes = new Uint8Array(cmds.buffer, cmds.byteOffset + off * 4, n * 4);
-    const len = this.ringBytes;
-    const first = Math.min(bytes.length, len - e.tail);
-    const pfn = e.ring.buf.pfn;
-    this.physmem.write(pfnToHpa(pfn, e.tail), bytes, 0, first);
-    if (first < bytes.length) this.physmem.write(pfnToHpa(pfn), bytes, first, bytes.length - first);
-    e.tail = (e.tail + bytes.length) % len;
+    e.tail = writeToRing(this.physmem, e.ring.buf.pfn, this.ringBytes, e.tail, cmds, off, n);
   }
 
   private lrcRead(e: XEngine, index: number): number {

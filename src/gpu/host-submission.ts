@@ -22,6 +22,7 @@ import {
   type Gma,
   KernelError,
   PAGE_SIZE,
+  type Pfn,
   type SchedulingClock,
   type Tracer,
 } from "../core/index.ts";
@@ -201,16 +202,7 @@ export class HostSubmission {
   }
 
   stats(id: EngineId): EngineSubmissionStats {
-    const e = this.engineState[id];
-    return {
-      submissions: e.submissions,
-      commands: e.commands,
-      faults: e.faults,
-      errors: e.errors,
-      busyNs: e.busyNs,
-      queued: e.queue.length,
-      inFlight: e.inFlight !== undefined,
-    };
+    return submissionStats(this.engineState[id]);
   }
 
   /** The `Submission.owner` whose work the engines are executing right now, or -1 when none is. */
@@ -318,13 +310,7 @@ export class HostSubmission {
 
   /** The kernel writes the ring through its own mapping: the ring's frames, directly. */
   private writeRing(e: EngineState, cmds: Uint32Array, off: number, n: number): void {
-    const bytes = new Uint8Array(cmds.buffer, cmds.byteOffset + off * 4, n * 4);
-    const len = this.ringBytes;
-    const first = Math.min(bytes.length, len - e.tail);
-    const pfn = e.ring.buf.pfn;
-    this.physmem.write(pfnToHpa(pfn, e.tail), bytes, 0, first);
-    if (first < bytes.length) this.physmem.write(pfnToHpa(pfn), bytes, first, bytes.length - first);
-    e.tail = (e.tail + bytes.length) % len;
+    e.tail = writeToRing(this.physmem, e.ring.buf.pfn, this.ringBytes, e.tail, cmds, off, n);
   }
 
   private writeRingPad(e: EngineState): void {
@@ -338,4 +324,48 @@ export class HostSubmission {
     mmioWrite(this.gpu, e.base + RING_HEAD, e.tail);
     if (this.tracer.enabled) this.tracer.emit("i915.recover", { bdf: this.bdf, engine: e.id, head: e.tail, message });
   }
+}
+
+/** What an engine's submission record holds, whichever way the driver submits (ring or execlists). */
+export interface EngineCounters {
+  readonly submissions: number;
+  readonly commands: number;
+  readonly faults: number;
+  readonly errors: number;
+  readonly busyNs: number;
+  readonly queue: readonly unknown[];
+  readonly inFlight: unknown;
+}
+
+/** The figures `stats` reports for one engine. */
+export function submissionStats(e: EngineCounters): EngineSubmissionStats {
+  return {
+    submissions: e.submissions,
+    commands: e.commands,
+    faults: e.faults,
+    errors: e.errors,
+    busyNs: e.busyNs,
+    queued: e.queue.length,
+    inFlight: e.inFlight !== undefined,
+  };
+}
+
+/**
+ * Copies `n` dwords of `cmds` from `off` into a ring of `ringBytes` at frame `ringPfn`, starting at byte `tail` and
+ * wrapping at the end; returns the new tail. The driver's CPU writes (the ring is its own memory, not device DMA).
+ */
+export function writeToRing(
+  physmem: PhysicalMemory,
+  ringPfn: Pfn,
+  ringBytes: number,
+  tail: number,
+  cmds: Uint32Array,
+  off: number,
+  n: number,
+): number {
+  const bytes = new Uint8Array(cmds.buffer, cmds.byteOffset + off * 4, n * 4);
+  const first = Math.min(bytes.length, ringBytes - tail);
+  physmem.write(pfnToHpa(ringPfn, tail), bytes, 0, first);
+  if (first < bytes.length) physmem.write(pfnToHpa(ringPfn), bytes, first, bytes.length - first);
+  return (tail + bytes.length) % ringBytes;
 }
