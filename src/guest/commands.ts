@@ -14,6 +14,7 @@
  * buffer has to grow (doubling), so a reused `CommandBuffer` (`reset`) builds commands without allocation.
  */
 import {
+  type AddressSpaceKind,
   blitXy,
   br13,
   encodeBatchBufferStart,
@@ -95,17 +96,20 @@ export class CommandBuffer {
     return this.dword(MI_BATCH_BUFFER_END);
   }
 
-  /** MI_BATCH_BUFFER_START (gen8, 3 dwords) of a batch buffer at global GMA `gma`. */
-  batchBufferStart(gma: number): this {
+  /**
+   * MI_BATCH_BUFFER_START (gen8, 3 dwords) of a batch buffer at `addr`: a global GMA, or with `space` "ppgtt" a GPU
+   * virtual address of the context's PPGTT (MI_BATCH_PPGTT; execlists only).
+   */
+  batchBufferStart(addr: number, space: AddressSpaceKind = "ggtt"): this {
     this.reserve(MI_BATCH_BUFFER_START_DWORDS);
-    this.length = encodeBatchBufferStart(this.buf, this.length, gma);
+    this.length = encodeBatchBufferStart(this.buf, this.length, addr, space);
     return this;
   }
 
-  /** MI_STORE_DATA_IMM of one dword `value` at global GMA `gma` (4-byte aligned). */
-  storeDataImm(gma: number, value: number): this {
+  /** MI_STORE_DATA_IMM of one dword `value` at `addr` (4-byte aligned): a global GMA, or a PPGTT address. */
+  storeDataImm(addr: number, value: number, space: AddressSpaceKind = "ggtt"): this {
     this.reserve(MI_STORE_DATA_IMM_DWORDS);
-    this.length = encodeStoreDataImm(this.buf, this.length, gma, value);
+    this.length = encodeStoreDataImm(this.buf, this.length, addr, value, space);
     return this;
   }
 

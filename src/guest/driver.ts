@@ -35,8 +35,18 @@
  * (skipping what a halted engine left), and resumes at TAIL. Rejected ranges are kept, so `wait` reports a rejected
  * fence as rejected even after later fences completed (the last 32 errors' ranges).
  *
- * Not modelled: PPGTT, execlists, display, fences (tiling), power management, the aperture as a CPU mapping (the
- * driver reads its buffers through guest memory, where they live), replay after an engine error.
+ * Execlists (`submission: "execlists"`, datasheet 6.6-6.8 and 10.11; execlists.ts, ppgtt.ts): as i915 on gen8+, each
+ * engine gets a status page for its CSB and a logical ring context (an image and a ring in graphics memory) whose
+ * PDP0 names the driver's PPGTT, a 4-level table tree in guest pages, announced to a vGPU through PVINFO g2v_notify as
+ * i915's gen8_ppgtt_notify_vgt does. Every buffer is then also mapped into the PPGTT at a GPU virtual address (`gva`,
+ * above 4 GiB), and commands name buffers by that address (`gpuAddress`): blits, PPGTT batch buffers. The ring and its
+ * fences are the same as in ring mode (the fence's store stays a GGTT write into the status page); publishing a TAIL
+ * writes CTX_RING_TAIL and the context's descriptor to ELSP. A context that never completes (a vGPU refused it: no
+ * context status event, GVT-g's hang) is found when a wait times out: the driver resets the engine as i915 does,
+ * reports every submission in flight rejected, and skips the ring to its TAIL.
+ *
+ * Not modelled: more than one context per engine, display, fences (tiling), power management, the aperture as a CPU
+ * mapping (the driver reads its buffers through guest memory, where they live), replay after an engine error.
  *
  * Invariants: every GMA the driver maps or puts in a command it builds lies in a range the device gave it
  * (`GmAllocator.owns`); sequence numbers per engine are strictly increasing; `completed <= submitted`.
@@ -72,11 +82,13 @@ import {
   GPU_CLASS_CODE,
   GPU_DEVICE_ID,
   GPU_VENDOR_ID,
+  GT_CONTEXT_SWITCH_INTERRUPT,
   GT_CS_MASTER_ERROR_INTERRUPT,
   GT_RENDER_USER_INTERRUPT,
   GTT_ENTRIES,
   GTT_OFFSET,
   gen8PteEncode,
+  LRC_PAGES,
   PVINFO,
   RING_ACTHD,
   RING_CTL,
@@ -117,8 +129,18 @@ import {
   PCI_VENDOR_ID,
 } from "../host/index.ts";
 import { CommandBuffer, lower32 } from "./commands.ts";
+import {
+  type ExeclistHost,
+  ExeclistPort,
+  LogicalContext,
+  type PortStats,
+  VGT_G2V_PPGTT_L4_CREATE,
+  VGT_G2V_PPGTT_L4_DESTROY,
+  VGT_PVINFO_PDP0,
+} from "./execlists.ts";
 import { GmAllocator, type GmExtent, type GmZone } from "./gm.ts";
 import type { GuestPlatform } from "./platform.ts";
+import { GuestPpgtt, type Gva } from "./ppgtt.ts";
 import { GuestRing, type RingIo } from "./ring.ts";
 
 declare module "../core/trace.ts" {
@@ -157,6 +179,8 @@ export type GttWriteMode = "qword" | "halves" | "halves-low-first" | "halves-hig
 export type FenceStatus = "completed" | "rejected" | "timeout";
 /** A vGPU (PVINFO present) or a whole physical GPU. */
 export type DeviceMode = "vgpu" | "physical";
+/** How the driver gives engines work: legacy rings (RING_TAIL), or execlists with contexts and a PPGTT. */
+export type SubmissionKind = "ring" | "execlists";
 
 export const ENGINES: readonly EngineId[] = ["rcs", "bcs"];
 /** Default bytes per ring: 16 KiB (4 pages). */
@@ -190,6 +214,8 @@ export interface GuestGpuDriverOptions {
   readonly reservedGm?: readonly GmExtent[];
   /** Guest trace events (optional). */
   readonly tracer?: Tracer;
+  /** Default "ring". */
+  readonly submission?: SubmissionKind;
 }
 
 /** What `probe` found in config space. */
@@ -226,6 +252,8 @@ export interface GpuBuffer {
   readonly gpa: Gpa;
   readonly size: number;
   readonly zone: GmZone;
+  /** With execlists: where the buffer is mapped in the driver's PPGTT (what commands name). */
+  readonly gva?: Gva;
 }
 
 /** The last error an engine reported. */
@@ -259,6 +287,7 @@ export interface EngineStats {
 }
 
 export interface GuestDriverStats {
+  readonly submission: SubmissionKind;
   readonly interrupts: number;
   /** Interrupts with nothing pending (the master register shows no engine): not ours. */
   readonly spuriousInterrupts: number;
@@ -266,6 +295,11 @@ export interface GuestDriverStats {
   readonly buffers: number;
   readonly gmUsedBytes: number;
   readonly engines: Readonly<Partial<Record<EngineId, EngineStats>>>;
+  /** With execlists: each engine's ELSP port (ELSP writes, CSB entries, completions, engine resets). */
+  readonly execlists: Readonly<Partial<Record<EngineId, PortStats>>>;
+  /** With execlists: pages mapped in the PPGTT and its table pages. */
+  readonly ppgttPages: number;
+  readonly ppgttTables: number;
 }
 
 /** i915_seqno_passed: a is at or after b in 32-bit sequence space. */
@@ -294,6 +328,9 @@ class EngineState implements RingIo {
   lastError: EngineError | undefined;
   ring!: GuestRing;
   ringBuffer!: GpuBuffer;
+  /** With execlists: the engine's port and its context. */
+  port: ExeclistPort | undefined;
+  ctx: LogicalContext | undefined;
   /** The engine has consumed everything published, or halted on an error: what an error waits for to settle. */
   readonly drainedOrHalted = (): boolean => this.halted() || this.ring.head() === this.ring.published;
 
@@ -341,6 +378,9 @@ export class GuestGpuDriver {
   private engineList: EngineState[] = [];
   private statusPage: GpuBuffer | undefined;
   private readonly buffers = new Set<GpuBuffer>();
+  readonly submission: SubmissionKind;
+  /** With execlists: the PPGTT every context of the driver uses (i915's per-file VM, one here). */
+  private vm: GuestPpgtt | undefined;
   private readonly fenceCmds = new CommandBuffer(16);
   private bar0 = 0;
   private interrupts = 0;
@@ -363,6 +403,7 @@ export class GuestGpuDriver {
     this.tracer = opts.tracer;
     this.timeoutNs = opts.timeoutNs ?? DEFAULT_TIMEOUT_NS;
     this.gttWriteMode = opts.gttWriteMode ?? "qword";
+    this.submission = opts.submission ?? "ring";
     const ring = opts.ringBytes ?? DEFAULT_RING_BYTES;
     if (!Number.isInteger(ring) || ring <= 0 || ring % PAGE_SIZE !== 0 || ring > RING_MAX_BYTES) {
       throw new KernelError(Errno.EINVAL, `ring size ${ring} bytes must be a multiple of 4096 up to ${RING_MAX_BYTES}`);
@@ -462,6 +503,12 @@ export class GuestGpuDriver {
     // Status page: sequence numbers, one slot per engine.
     this.statusPage = this.allocBuffer(PAGE_SIZE, { zone: "mappable" });
     this.platform.memory.write(this.statusPage.gpa, new Uint8Array(PAGE_SIZE));
+    if (this.submission === "execlists") {
+      this.vm = new GuestPpgtt(this.platform.memory, this.platform.pages);
+      this.announcePpgtt(this.vm, VGT_G2V_PPGTT_L4_CREATE);
+      // The status page is a buffer like any other: mapped into the PPGTT as well.
+      this.statusPage = this.mapIntoPpgtt(this.statusPage);
+    }
     for (const id of this.opts.engines ?? ENGINES) this.initEngine(id);
     this.initInterrupts();
     if (this.pv) this.mmioWrite32(VGT_PVINFO_PAGE + PVINFO.displayReady, 1);
@@ -547,6 +594,10 @@ export class GuestGpuDriver {
     // MI_NOOP is 0: a zeroed ring holds no stale commands.
     this.platform.memory.write(buf.gpa, new Uint8Array(size));
     e.ringBuffer = buf;
+    if (this.vm !== undefined) {
+      this.initContext(e, buf);
+      return;
+    }
     e.ring = new GuestRing(this.platform.memory, e, buf.gpa, buf.gma, size);
     e.writeEngine(RING_CTL, 0);
     e.writeEngine(RING_HEAD, 0);
@@ -565,12 +616,54 @@ export class GuestGpuDriver {
     if (this.tracer?.enabled) this.tracer.emit("guest.ring.init", { engine: id, gma: buf.gma, gpa: buf.gpa, size });
   }
 
+  /**
+   * Execlists on engine `e` (datasheet 6.6, 6.7): a status page for its CSB, execlists enabled, and a context whose
+   * image (LRC_PAGES pages) and ring (`ring`, already allocated) are in graphics memory and whose PDP0 is the PPGTT.
+   */
+  private initContext(e: EngineState, ring: GpuBuffer): void {
+    const hws = this.allocBuffer(PAGE_SIZE, { zone: "mappable", ppgtt: false });
+    const image = this.allocBuffer(LRC_PAGES[e.id] * PAGE_SIZE, { zone: "mappable", ppgtt: false });
+    const port = new ExeclistPort(this.execlistHost, e.id, hws, () => e.halted());
+    this.platform.memory.write(hws.gpa, new Uint8Array(PAGE_SIZE));
+    port.enable();
+    // i915's ccid: (1 + tag) << 5, a tag per engine here.
+    const ctx = new LogicalContext(port, image, ring, this.vm!, (1 + this.engineList.length) << 5);
+    e.port = port;
+    e.ctx = ctx;
+    e.ring = ctx.ring;
+    this.engineState.set(e.id, e);
+    this.engineList.push(e);
+    if (this.tracer?.enabled) {
+      this.tracer.emit("guest.ring.init", { engine: e.id, gma: ring.gma, gpa: ring.gpa, size: ring.size });
+    }
+  }
+
+  /** What the execlist ports need of the driver. */
+  private get execlistHost(): ExeclistHost {
+    return {
+      memory: this.platform.memory,
+      mmioRead32: (offset: number): number => this.mmioRead32(offset),
+      mmioWrite32: (offset: number, value: number): void => this.mmioWrite32(offset, value),
+      wait: (done: () => boolean): boolean => this.platform.time.waitUntil(done, this.timeoutNs),
+      tracer: this.tracer,
+    };
+  }
+
+  /** On a vGPU, i915's gen8_ppgtt_notify_vgt: PVINFO pdp[0] = the PML4's GPA, then g2v_notify (create or destroy). */
+  private announcePpgtt(vm: GuestPpgtt, msg: number): void {
+    if (!this.pv) return;
+    this.mmioWrite32(VGT_PVINFO_PAGE + VGT_PVINFO_PDP0, lower32(vm.pml4));
+    this.mmioWrite32(VGT_PVINFO_PAGE + VGT_PVINFO_PDP0 + 4, Math.floor(vm.pml4 / TWO32));
+    this.mmioWrite32(VGT_PVINFO_PAGE + PVINFO.g2vNotify, msg);
+  }
+
   /** Datasheet section 8's order: IIR cleared, IER, IMR, MSI enabled in config space, master enable. */
   private initInterrupts(): void {
     const dev = this.platform.device;
     let events = 0;
     for (const e of this.engineState.values()) {
-      events |= (GT_RENDER_USER_INTERRUPT | GT_CS_MASTER_ERROR_INTERRUPT) << e.irqShift;
+      const ctxSwitch = e.port !== undefined ? GT_CONTEXT_SWITCH_INTERRUPT : 0;
+      events |= (GT_RENDER_USER_INTERRUPT | GT_CS_MASTER_ERROR_INTERRUPT | ctxSwitch) << e.irqShift;
     }
     this.mmioWrite32(GEN8_MASTER_IRQ, 0);
     this.mmioWrite32(GEN8_GT_IIR0, 0xffff_ffff);
@@ -603,8 +696,16 @@ export class GuestGpuDriver {
     this.mmioWrite32(GEN8_MASTER_IRQ, 0);
     this.mmioWrite32(GEN8_GT_IER0, 0);
     this.mmioWrite32(GEN8_GT_IMR0, 0xffff_ffff);
-    for (const e of this.engineState.values()) e.writeEngine(RING_CTL, 0);
+    for (const e of this.engineState.values()) {
+      if (e.port !== undefined) e.port.disable();
+      else e.writeEngine(RING_CTL, 0);
+    }
     for (const b of [...this.buffers]) this.freeBuffer(b);
+    if (this.vm !== undefined) {
+      this.announcePpgtt(this.vm, VGT_G2V_PPGTT_L4_DESTROY);
+      this.vm.destroy();
+      this.vm = undefined;
+    }
     this.engineState.clear();
     this.engineList = [];
     this.statusPage = undefined;
@@ -624,6 +725,21 @@ export class GuestGpuDriver {
   /** The PVINFO page as read at init (undefined on a whole GPU). */
   get pvinfo(): PvInfo | undefined {
     return this.pv;
+  }
+
+  /** With execlists: the driver's PPGTT. */
+  get ppgtt(): GuestPpgtt | undefined {
+    return this.vm;
+  }
+
+  /** With execlists: `engine`'s logical ring context. */
+  context(engine: EngineId): LogicalContext | undefined {
+    return this.engine(engine).ctx;
+  }
+
+  /** The address commands name `buf` by: its PPGTT address with execlists, else its GMA. */
+  gpuAddress(buf: GpuBuffer): number {
+    return buf.gva ?? buf.gma;
   }
 
   /** The graphics-memory allocator (what ballooning left this guest). */
@@ -674,13 +790,19 @@ export class GuestGpuDriver {
         ringBytes: e.ring.bytesSubmitted,
       };
     }
+    const execlists: Partial<Record<EngineId, PortStats>> = {};
+    for (const e of this.engineState.values()) if (e.port !== undefined) execlists[e.id] = e.port.stats();
     return {
+      submission: this.submission,
       interrupts: this.interrupts,
       spuriousInterrupts: this.spurious,
       gttWrites: this.gttWrites,
       buffers: this.buffers.size,
       gmUsedBytes: this.allocator?.usedBytes ?? 0,
       engines,
+      execlists,
+      ppgttPages: this.vm?.mappedPages ?? 0,
+      ppgttTables: this.vm?.tables.size ?? 0,
     };
   }
 
@@ -749,8 +871,11 @@ export class GuestGpuDriver {
 
   // ---- buffers -----------------------------------------------------------------------------------------------------
 
-  /** Guest pages for `bytes` (rounded up to pages), a GM range, and the GTT entries between them. */
-  allocBuffer(bytes: number, opts: { readonly zone?: GmZone } = {}): GpuBuffer {
+  /**
+   * Guest pages for `bytes` (rounded up to pages), a GM range, and the GTT entries between them; with execlists also
+   * a range of the PPGTT (unless `ppgtt` is false: the driver's own rings, images and status pages are GGTT only).
+   */
+  allocBuffer(bytes: number, opts: { readonly zone?: GmZone; readonly ppgtt?: boolean } = {}): GpuBuffer {
     const pages = Math.ceil(bytes / PAGE_SIZE);
     if (!(pages > 0)) throw new KernelError(Errno.EINVAL, `buffer of ${bytes} bytes: must be at least one byte`);
     const range = this.gm.alloc(pages * PAGE_SIZE, opts.zone ? { zone: opts.zone } : {});
@@ -762,9 +887,21 @@ export class GuestGpuDriver {
       throw e;
     }
     this.mapGm(range.base, pagesGpa, pages);
-    const buf: GpuBuffer = { gma: range.base, gpa: pagesGpa, size: pages * PAGE_SIZE, zone: range.zone };
+    let buf: GpuBuffer = { gma: range.base, gpa: pagesGpa, size: pages * PAGE_SIZE, zone: range.zone };
     this.buffers.add(buf);
+    if (this.vm !== undefined && opts.ppgtt !== false) buf = this.mapIntoPpgtt(buf);
     return buf;
+  }
+
+  /** Maps a live buffer into the PPGTT at a fresh GPU virtual address; returns the buffer with its `gva`. */
+  private mapIntoPpgtt(buf: GpuBuffer): GpuBuffer {
+    const vm = this.vm!;
+    const at = vm.allocVa(buf.size);
+    vm.map(at, buf.gpa, buf.size / PAGE_SIZE);
+    const mapped: GpuBuffer = { ...buf, gva: at };
+    this.buffers.delete(buf);
+    this.buffers.add(mapped);
+    return mapped;
   }
 
   /** Unmaps a buffer's GTT entries, then frees its GM range and guest pages. */
@@ -773,6 +910,7 @@ export class GuestGpuDriver {
       throw new KernelError(Errno.EINVAL, `buffer at GMA ${hex(buf.gma)} is not a live buffer of this driver`);
     }
     const pages = buf.size / PAGE_SIZE;
+    if (buf.gva !== undefined) this.vm?.unmap(buf.gva, pages);
     this.unmapGm(buf.gma, pages);
     this.gm.release(buf.gma);
     this.platform.pages.freePages(buf.gpa, pages);
@@ -831,7 +969,23 @@ export class GuestGpuDriver {
     return this.emit(this.engine(engine), c.words, true);
   }
 
-  /** Lets guest time pass until fence `seqno` of `engine` completes, is rejected, or `timeoutNs` elapses. */
+  /**
+   * Runs the batch buffer `buf` (written with `writeBatch`) on `engine`: through the PPGTT with execlists (i915's
+   * user batches), through the GGTT in ring mode.
+   */
+  submitBatchBuffer(engine: EngineId, buf: GpuBuffer): number {
+    const c =
+      buf.gva !== undefined
+        ? this.fenceCmds.reset().batchBufferStart(buf.gva, "ppgtt")
+        : this.fenceCmds.reset().batchBufferStart(buf.gma);
+    return this.emit(this.engine(engine), c.words, true);
+  }
+
+  /**
+   * Lets guest time pass until fence `seqno` of `engine` completes, is rejected, or `timeoutNs` elapses. With
+   * execlists, a fence whose context is still in flight when the time is up is a hang: the engine is reset and every
+   * submission in flight is rejected.
+   */
   wait(engine: EngineId, seqno: number, timeoutNs: number = this.timeoutNs): FenceStatus {
     const e = this.engine(engine);
     const t0 = this.platform.time.now();
@@ -841,6 +995,7 @@ export class GuestGpuDriver {
       this.platform.time.waitUntil(this.fenceSignalled, timeoutNs);
       this.waitEngine = undefined;
     }
+    if (e.port?.active !== undefined && !this.isSignalled(e, seqno)) this.resetHung(e, seqno);
     // Rejected first: a later submission's completion moves `completed` past a rejected one.
     const status: FenceStatus = e.isRejected(seqno)
       ? "rejected"
@@ -896,6 +1051,15 @@ export class GuestGpuDriver {
     e.errorSeqno = e.completed;
   }
 
+  /** A context that did not complete in time: reset the engine, reject what was in flight, skip to TAIL. */
+  private resetHung(e: EngineState, seqno: number): void {
+    e.port!.reset(`fence ${seqno} did not complete within ${this.timeoutNs} ns (no context status event)`);
+    e.errorSeqno = e.submitted;
+    this.settle(e);
+    e.needsRecovery = false;
+    e.ctx!.skipToTail();
+  }
+
   private emit(e: EngineState, commands: Uint32Array, batch: boolean): number {
     if (e.needsRecovery) this.recover(e);
     const ring = e.ring;
@@ -936,6 +1100,12 @@ export class GuestGpuDriver {
     e.needsRecovery = false;
     // Datasheet 6.5: RING_EIR = all ones. A vGPU does not implement RING_EIR (it reads 0): no write then.
     if (e.readEngine(RING_EIR) !== 0) e.writeEngine(RING_EIR, 0xffff_ffff);
+    if (e.ctx !== undefined) {
+      // Datasheet 6.5 with execlists: the failed context was switched out; fix its image (HEAD = TAIL).
+      e.port!.forget();
+      e.ctx.skipToTail();
+      return;
+    }
     const tail = e.readEngine(RING_TAIL) & TAIL_ADDR;
     if ((e.readEngine(RING_HEAD) & TAIL_ADDR) !== tail) e.writeEngine(RING_HEAD, tail);
     e.ring.resync(tail);
@@ -1007,5 +1177,7 @@ export class GuestGpuDriver {
         this.tracer.emit("guest.engine.error", { engine: e.id, eir, acthd, head, tail, seqno: e.submitted });
       }
     }
+    // After the error: the port does not submit to a halted engine.
+    if ((bits & GT_CONTEXT_SWITCH_INTERRUPT) !== 0) e.port?.processCsb();
   }
 }

@@ -20,6 +20,9 @@
  * `OVERLAP_BATCH_POOL` (submitting then never waits for the GPU in the common case, so VMs' work overlaps);
  * `runWorkload` keeps `SYNC_BATCH_POOL`, so a long run reuses batches and waits for the GPU as a simple driver does.
  *
+ * Surfaces are named by `driver.gpuAddress`: their GMA on a driver with legacy rings, their PPGTT address on one with
+ * execlists (and batches then run through the PPGTT as well): the same workload exercises either path.
+ *
  * Not modelled: overlapping copies within one surface (source and destination are separate buffers), tiled surfaces,
  * depths other than 32 bpp.
  */
@@ -389,12 +392,23 @@ export class GuestWorkload {
         pickRect(ops, rects, w, h, r);
         if (spec.kind === "fill") {
           const color = ops.u32();
-          cmds.colorBlt(dst.gma, pitch, r.x1, r.y1, r.x2, r.y2, color);
+          cmds.colorBlt(driver.gpuAddress(dst), pitch, r.x1, r.y1, r.x2, r.y2, color);
           referenceFill(expected, pitch, r.x1, r.y1, r.x2, r.y2, color);
         } else {
           const sx = ops.int(0, w - (r.x2 - r.x1));
           const sy = ops.int(0, h - (r.y2 - r.y1));
-          cmds.srcCopyBlt(dst.gma, pitch, r.x1, r.y1, r.x2, r.y2, src!.gma, pitch, sx, sy);
+          cmds.srcCopyBlt(
+            driver.gpuAddress(dst),
+            pitch,
+            r.x1,
+            r.y1,
+            r.x2,
+            r.y2,
+            driver.gpuAddress(src!),
+            pitch,
+            sx,
+            sy,
+          );
           referenceCopy(expected, pitch, r.x1, r.y1, r.x2, r.y2, srcBytes!, pitch, sx, sy);
         }
         this.moved += (r.x2 - r.x1) * 4 * (r.y2 - r.y1);
@@ -407,7 +421,7 @@ export class GuestWorkload {
         // The batch may be reused only once the GPU is done with its previous contents.
         if (slot.seqno !== 0) driver.wait(this.engine, slot.seqno, spec.timeoutNs);
         driver.writeBatch(slot.buf, cmds.words);
-        slot.seqno = driver.submitBatch(this.engine, slot.buf.gma);
+        slot.seqno = driver.submitBatchBuffer(this.engine, slot.buf);
         this.seqnos.push(slot.seqno);
       }
     }

@@ -27,6 +27,8 @@ export interface StackOptions {
   readonly hostMemoryBytes?: number;
   /** Record trace events (default false: the stack's traces are large). */
   readonly trace?: boolean;
+  /** How the host driver submits (default "ring"); "execlists" runs guests' contexts. */
+  readonly submission?: "ring" | "execlists";
 }
 
 export interface GuestOptions {
@@ -82,7 +84,10 @@ export class VgpuStack extends BaseStack {
 
   constructor(opts: StackOptions = {}) {
     super(opts);
-    this.gpu = createGpu(this.host, opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {});
+    this.gpu = createGpu(this.host, {
+      ...(opts.apertureSize !== undefined ? { apertureSize: opts.apertureSize } : {}),
+      ...(opts.submission !== undefined ? { submission: opts.submission } : {}),
+    });
     this.parent = new GvtParent({ gpu: this.gpu.driver, clock: this.clock, tracer: this.host.tracer });
     this.mdev.registerParent(this.parent);
   }
