@@ -29,6 +29,7 @@ import {
   type Pfn,
   type Tracer,
 } from "../core/index.ts";
+import type { CostMeter } from "../cost/index.ts";
 import type { Bdf } from "./bdf.ts";
 import { IOMMU_READ, IOMMU_WRITE } from "./io-pgtable.ts";
 import type { Iommu, IommuDomain } from "./iommu.ts";
@@ -104,6 +105,8 @@ export interface DmaDeviceOptions {
   readonly owner?: number;
   /** Simulated CPU for the IOVA rcache (default 0). */
   readonly cpu?: number;
+  /** Counts DMA API calls and, through the IOVA allocator it creates, IOVA work (default: the IOMMU's meter). */
+  readonly meter?: CostMeter;
 }
 
 const DMA32_LIMIT = 2 ** 32 - 1;
@@ -120,6 +123,7 @@ export class DmaDevice {
   private readonly owner: number;
   private readonly cpu: number;
   private readonly live = new Map<number, Tracked>();
+  private readonly meter: CostMeter;
   private liveBytes = 0;
 
   constructor(opts: DmaDeviceOptions) {
@@ -128,6 +132,7 @@ export class DmaDevice {
     this.physmem = opts.physmem;
     this.tracer = opts.tracer;
     this.clock = opts.clock;
+    this.meter = opts.meter ?? opts.iommu.meter;
     const bits = opts.dmaMaskBits ?? 64;
     if (!Number.isInteger(bits) || bits < 24 || bits > 64) {
       throw new KernelError(
@@ -160,6 +165,7 @@ export class DmaDevice {
 
   /** dma_map_page: maps [offset, offset+size) of `pfn` (which may extend into following frames) for DMA. */
   mapPage(pfn: Pfn, offset: number, size: number, dir: DmaDirection): Iova {
+    this.meter.dmaApiCalls++;
     this.checkDir(dir);
     if (!Number.isSafeInteger(size) || size <= 0 || offset < 0 || !Number.isSafeInteger(offset)) {
       throw new KernelError(Errno.EINVAL, `dma_map_page on ${this.bdf}: bad offset ${offset} or size ${size}`);
@@ -175,6 +181,7 @@ export class DmaDevice {
 
   /** dma_unmap_page: `iova`, `size` and `dir` must be exactly what mapPage returned and was given. */
   unmapPage(iova: Iova, size: number, dir: DmaDirection): void {
+    this.meter.dmaApiCalls++;
     const t = this.untrack(iova, size, dir, "single", "dma_unmap_page");
     this.unmapIova(iova, size, t.iovaPages);
     if (this.tracer.enabled) this.tracer.emit("dma.unmap", { bdf: this.bdf, iova, size, dir: DIR_NAMES[dir] });
@@ -186,6 +193,7 @@ export class DmaDevice {
    * entry. All or nothing.
    */
   mapSg(entries: readonly SgEntry[], dir: DmaDirection): DmaSegment[] {
+    this.meter.dmaApiCalls++;
     this.checkDir(dir);
     if (entries.length === 0) throw new KernelError(Errno.EINVAL, `dma_map_sg on ${this.bdf}: empty scatterlist`);
     for (const e of entries) {
@@ -263,6 +271,7 @@ export class DmaDevice {
 
   /** dma_alloc_coherent: zeroed, physically contiguous frames mapped bidirectionally. */
   allocCoherent(size: number): CoherentBuffer {
+    this.meter.dmaApiCalls++;
     if (!Number.isSafeInteger(size) || size <= 0) {
       throw new KernelError(Errno.EINVAL, `dma_alloc_coherent on ${this.bdf}: bad size ${size}`);
     }
@@ -293,6 +302,7 @@ export class DmaDevice {
   }
 
   dmaFreeCoherent(buf: CoherentBuffer): void {
+    this.meter.dmaApiCalls++;
     const t = this.untrack(buf.dmaAddr, buf.size, DmaDirection.BIDIRECTIONAL, "coherent", "dma_free_coherent");
     this.unmapIova(buf.dmaAddr, buf.size, t.iovaPages);
     for (let k = 0; k < buf.pages; k++) this.physmem.put((buf.pfn + k) as Pfn);
@@ -314,6 +324,7 @@ export class DmaDevice {
       clock: this.clock,
       tracer: this.tracer,
       name: `domain${domain.id}`,
+      meter: this.meter,
     });
     for (const g of domain.groups()) {
       for (const r of this.iommu.groupReservedRegions(g)) {

@@ -12,6 +12,7 @@
  * Upper layers (vfio, mdev, the GPU) receive these objects, never a Host, so each depends only on what it uses.
  */
 import { Errno, KernelError, Rng, type SchedulingClock, Tracer, VirtualClock } from "../core/index.ts";
+import { CostMeter } from "../cost/index.ts";
 import type { Bdf } from "./bdf.ts";
 import { Devfs } from "./devfs.ts";
 import { DeviceDma } from "./device-dma.ts";
@@ -34,6 +35,8 @@ export interface HostOptions {
   /** Default: a VirtualClock at 0. */
   readonly clock?: SchedulingClock;
   readonly tracer?: Tracer;
+  /** The operation counters of the cost model (default a new meter): `Host.costs`. */
+  readonly costMeter?: CostMeter;
 }
 
 export interface SpawnOptions {
@@ -46,6 +49,8 @@ export class Host {
   readonly clock: SchedulingClock;
   readonly rng: Rng;
   readonly tracer: Tracer;
+  /** What the host's operations did, counted for the cost model (cost/meter.ts): one meter for every module. */
+  readonly costs: CostMeter;
   readonly physmem: PhysicalMemory;
   readonly iommu: Iommu;
   readonly pci: PciBus;
@@ -60,6 +65,7 @@ export class Host {
     this.clock = opts.clock ?? new VirtualClock();
     this.rng = new Rng(opts.seed ?? 1);
     this.tracer = opts.tracer ?? new Tracer(this.clock);
+    this.costs = opts.costMeter ?? new CostMeter();
     this.physmem = new PhysicalMemory({ sizeBytes: opts.memoryBytes ?? 16 * GiB, tracer: this.tracer });
     this.iommu = new Iommu({
       enabled: true,
@@ -68,6 +74,7 @@ export class Host {
       clock: this.clock,
       tracer: this.tracer,
       rng: this.rng.fork("iommu"),
+      meter: this.costs,
     });
     this.pci = new PciBus(this.tracer);
     this.devfs = new Devfs(this.tracer);
@@ -83,6 +90,7 @@ export class Host {
       tracer: this.tracer,
       pid,
       owner: pid,
+      meter: this.costs,
       ...(opts.rlimitMemlockBytes !== undefined ? { rlimitMemlockBytes: opts.rlimitMemlockBytes } : {}),
       ...(opts.capIpcLock !== undefined ? { capIpcLock: opts.capIpcLock } : {}),
     });

@@ -56,6 +56,7 @@ import {
   type Rng,
   type Tracer,
 } from "../core/index.ts";
+import { CostMeter } from "../cost/index.ts";
 import { Atc, type AtcOptions, type AtcStats, DEFAULT_ATC_OPTIONS } from "./ats.ts";
 import type { Bdf } from "./bdf.ts";
 import { IOMMU_READ, IOMMU_WRITE, IoPageTable, WalkResult } from "./io-pgtable.ts";
@@ -76,6 +77,8 @@ declare module "../core/trace.ts" {
     "iommu.fault": { seq: number; bdf: string; domain: number; iova: number; access: string; reason: string };
     "ats.translate": { bdf: string; domain: number; iova: number; hpa: number; prot: number };
     "ats.invalidate": { bdf: string; domain: number; granularity: string; iova: number; size: number };
+    "ats.translated": { bdf: string; domain: number; hpa: number; access: string };
+    "ats.enable": { bdf: string; enabled: boolean };
   }
 }
 defineTraceEvents("host", {
@@ -91,6 +94,8 @@ defineTraceEvents("host", {
   "iommu.fault": "DMA fault #{seq}: {bdf} {access} iova {iova} in domain {domain}: {reason}",
   "ats.translate": "ATS translation request from {bdf}: iova {iova} -> hpa {hpa} (prot {prot}) cached in its ATC",
   "ats.invalidate": "device-IOTLB invalidation ({granularity}) of {bdf}: iova {iova} size {size}",
+  "ats.translated": "translated request from {bdf} ({access}) to hpa {hpa} passed unchecked (ATS enabled)",
+  "ats.enable": "ATS of {bdf} enabled {enabled}",
 });
 
 export type DomainType = "dma" | "unmanaged" | "identity" | "blocked";
@@ -104,7 +109,8 @@ export type FaultReason =
   | "no-domain"
   | "blocked"
   | "outside-aperture"
-  | "msi-window";
+  | "msi-window"
+  | "translated-blocked";
 
 export const FAULT_REASONS: readonly FaultReason[] = [
   "not-present",
@@ -114,6 +120,7 @@ export const FAULT_REASONS: readonly FaultReason[] = [
   "blocked",
   "outside-aperture",
   "msi-window",
+  "translated-blocked",
 ];
 
 /** The x86 MSI address window (include/asm/msidef.h: 0xfee00000, 1 MiB). */
@@ -159,7 +166,18 @@ export interface IommuOptions {
   readonly enabled: boolean;
   /** IOVA width of paging domains: 48 (4-level tables, the default) or 39 (3-level). */
   readonly addressWidth?: 39 | 48;
-  readonly iotlb?: { readonly entries?: number; readonly ways?: number; readonly replacement?: Replacement };
+  /**
+   * IOTLB geometry. `superpages`: a walk ending at a 2 MiB or 1 GiB leaf fills one entry covering 2 MiB (as real
+   * IOTLBs keep one entry per large page) instead of one per 4 KiB page touched; default false (4 KiB entries only).
+   */
+  readonly iotlb?: {
+    readonly entries?: number;
+    readonly ways?: number;
+    readonly replacement?: Replacement;
+    readonly superpages?: boolean;
+  };
+  /** Counts map/unmap calls, invalidations and walk reads (the host's meter; default a meter of its own). */
+  readonly meter?: CostMeter;
   /** Geometry of each ATS-enabled device's ATC. */
   readonly atc?: { readonly entries?: number; readonly ways?: number; readonly replacement?: Replacement };
   readonly defaultDomainType?: DefaultDomainType;
@@ -199,6 +217,11 @@ export interface IommuStats {
   readonly iotlb: IotlbStats;
   readonly atcs: readonly AtcStats[];
 }
+
+/** IOTLB tags of 2 MiB entries sit above every 4 KiB page number (2^36 for a 48-bit space). */
+const SUPERPAGE_TAG = 2 ** 40;
+const SUPERPAGE_PAGES = 512;
+const SUPERPAGE_BYTES = SUPERPAGE_PAGES * PAGE_SIZE;
 
 const KIND_PAGING = 0;
 const KIND_IDENTITY = 1;
@@ -272,6 +295,9 @@ export class IommuDomain {
   map(iova: Iova, hpa: Hpa, size: number, prot: number): void {
     const pt = this.paging("map");
     pt.map(iova, hpa, size, prot);
+    const meter = this.iommu.meter;
+    meter.iommuMapCalls++;
+    meter.iommuMapPages += Math.ceil(size / PAGE_SIZE);
     const tracer = this.iommu.tracer;
     if (tracer.enabled) tracer.emit("iommu.map", { domain: this.id, iova, hpa, size, prot });
   }
@@ -284,6 +310,9 @@ export class IommuDomain {
   unmap(iova: Iova, size: number, opts?: { readonly flush?: boolean }): number {
     const pt = this.paging("unmap");
     const removed = pt.unmap(iova, size);
+    const meter = this.iommu.meter;
+    meter.iommuUnmapCalls++;
+    meter.iommuUnmapPages += Math.ceil(removed / PAGE_SIZE);
     const flush = opts?.flush ?? true;
     if (removed > 0 && flush) {
       this.iommu.invalidateRange(this, pt.lastUnmapStart, pt.lastUnmapEnd - pt.lastUnmapStart);
@@ -355,8 +384,8 @@ export class IommuGroup {
 export class IommuDevice {
   readonly bdf: Bdf;
   group: IommuGroup;
-  /** The device's ATC when ATS is enabled. */
-  readonly atc: Atc | undefined;
+  /** The device's ATC when ATS is enabled (`Iommu.setAtsEnabled` turns it off and on). */
+  atc: Atc | undefined;
   readonly extraRegions: readonly ReservedRegion[];
   /** False once `removeDevice` dropped it (holders such as DeviceDma then look the device up again). */
   present = true;
@@ -381,6 +410,12 @@ export class Iommu {
   private readonly clock: Clock;
   private readonly rng: Rng;
   private readonly atcOptions: AtcOptions;
+  /** @internal The operation counters of the cost model (cost/meter.ts). */
+  readonly meter: CostMeter;
+  /** The IOTLB keeps one entry per 2 MiB of a superpage leaf (IommuOptions.iotlb.superpages). */
+  private readonly superpageTlb: boolean;
+  private nTranslatedRequests = 0;
+  private nTranslatedBlocked = 0;
 
   private readonly devices = new Map<string, IommuDevice>();
   private readonly groupsById = new Map<number, IommuGroup>();
@@ -408,6 +443,8 @@ export class Iommu {
 
   constructor(opts: IommuOptions) {
     this.enabled = opts.enabled;
+    this.meter = opts.meter ?? new CostMeter();
+    this.superpageTlb = opts.iotlb?.superpages ?? false;
     this.addressWidth = opts.addressWidth ?? 48;
     if (this.addressWidth !== 39 && this.addressWidth !== 48) {
       throw new KernelError(Errno.EINVAL, `IOMMU address width ${String(this.addressWidth)} is not 39 or 48`);
@@ -733,6 +770,10 @@ export class Iommu {
     const iotlb = this.iotlb;
     const slot = iotlb.lookup(dom.id, page);
     if (slot >= 0 && (iotlb.prot(slot) & access) !== 0) return iotlb.frame(slot);
+    if (slot < 0 && this.superpageTlb) {
+      const f = this.superpageHit(dom, page, access);
+      if (f >= 0) return f;
+    }
     return this.frameOf(this.translateMiss(dev, dom, (page * PAGE_SIZE + offset) as Iova, page, access, slot));
   }
 
@@ -799,12 +840,19 @@ export class Iommu {
     const granularity = pages === 1 ? "page" : "range";
     if (pages === 1) this.iotlb.invalidatePage(domain.id, first);
     else this.iotlb.invalidateRange(domain.id, first, pages);
+    if (this.superpageTlb) {
+      const lo = Math.floor(first / SUPERPAGE_PAGES);
+      const hi = Math.ceil((first + pages) / SUPERPAGE_PAGES);
+      this.iotlb.invalidateRange(domain.id, SUPERPAGE_TAG + lo, hi - lo);
+    }
+    this.meter.iotlbInvalidations++;
     if (this.tracer.enabled) this.tracer.emit("iommu.iotlb.inval", { domain: domain.id, granularity, iova, size });
     const devs = domain.atsDevices;
     for (let i = 0; i < devs.length; i++) {
       const d = devs[i]!;
       d.atc!.invalidateRange(first, pages);
       this.nAtsInvalidations++;
+      this.meter.atcInvalidations++;
       if (this.tracer.enabled) {
         this.tracer.emit("ats.invalidate", { bdf: d.bdf, domain: domain.id, granularity, iova, size });
       }
@@ -814,6 +862,7 @@ export class Iommu {
   /** @internal Domain-selective invalidation of the IOTLB and attached ATCs. */
   invalidateDomain(domain: IommuDomain): void {
     this.iotlb.invalidateDomain(domain.id);
+    this.meter.iotlbInvalidations++;
     if (this.tracer.enabled) {
       this.tracer.emit("iommu.iotlb.inval", { domain: domain.id, granularity: "domain", iova: 0, size: 0 });
     }
@@ -823,12 +872,80 @@ export class Iommu {
   /** Global invalidation: the whole IOTLB and every ATC. */
   invalidateAll(): void {
     this.iotlb.invalidateAll();
+    this.meter.iotlbInvalidations++;
     if (this.tracer.enabled)
       this.tracer.emit("iommu.iotlb.inval", { domain: -1, granularity: "global", iova: 0, size: 0 });
     for (const d of this.devices.values()) if (d.atc) this.flushAtc(d, d.group.domain);
   }
 
+  // ---- ATS: translated requests and the trust they need ------------------------------------------------------------
+
+  /**
+   * A request the device marks as already translated (PCIe AT = 10b) to host-physical `hpa`. VT-d lets such a
+   * request through without a check when the device's context entry allows translated requests, which is what
+   * enabling ATS for it does: the IOMMU trusts the device to send only addresses its ATC got from a translation
+   * request. A buggy or malicious device can put any address there, so the whole of memory is reachable. With ATS
+   * disabled (context entry: untranslated requests only; what Linux does for an `untrusted` device, and the effect of
+   * `pci=noats`) the request is blocked and logged as a fault ('translated-blocked'). Returns the address reached
+   * (no ATC or IOTLB is consulted) or -1. Device models never call this for their ordinary DMA (device-dma.ts sends
+   * untranslated requests and ATS through the ATC); it is the probe of the trust boundary.
+   */
+  translatedRequest(bdf: Bdf, hpa: Hpa, access: DmaAccess): Hpa | -1 {
+    this.nTranslatedRequests++;
+    const dev = this.devices.get(bdf);
+    if (!this.enabled) return this.passthrough(bdf, -1, hpa as number as Iova, access);
+    if (dev === undefined || dev.atc === undefined) {
+      this.nTranslatedBlocked++;
+      return this.fault(bdf, dev?.group.domain.id ?? -1, hpa, access, "translated-blocked");
+    }
+    if (this.tracer.enabled) {
+      this.tracer.emit("ats.translated", {
+        bdf,
+        domain: dev.group.domain.id,
+        hpa,
+        access: access === 1 ? "read" : "write",
+      });
+    }
+    return this.passthrough(bdf, dev.group.domain.id, hpa as number as Iova, access);
+  }
+
+  /**
+   * Turns ATS on or off for a device (the context entry's translation type; pci_enable_ats / pci_disable_ats): off
+   * flushes and drops its ATC, so its later requests are all untranslated and checked, and translated ones are
+   * blocked. EINVAL for an unknown device, ENODEV with the IOMMU disabled.
+   */
+  setAtsEnabled(bdf: Bdf, enabled: boolean): void {
+    if (!this.enabled) throw new KernelError(Errno.ENODEV, `cannot change ATS of ${bdf}: the IOMMU is disabled`);
+    const dev = this.devices.get(bdf);
+    if (dev === undefined) throw new KernelError(Errno.EINVAL, `cannot change ATS of ${bdf}: no such device`);
+    if (enabled === (dev.atc !== undefined)) return;
+    if (enabled) {
+      dev.atc = new Atc(bdf, this.atcOptions);
+    } else {
+      this.flushAtc(dev, dev.group.domain);
+      dev.atc = undefined;
+    }
+    this.refreshAtsDevices(dev.group.domain);
+    if (this.tracer.enabled) this.tracer.emit("ats.enable", { bdf, enabled });
+  }
+
+  /** Translated requests seen and blocked (`translatedRequest`). */
+  translatedRequestStats(): { readonly requests: number; readonly blocked: number } {
+    return { requests: this.nTranslatedRequests, blocked: this.nTranslatedBlocked };
+  }
+
   // ---- internals -----------------------------------------------------------------------------------------------------
+
+  /** A hit on the 2 MiB entry covering `page` (IommuOptions.iotlb.superpages): its frame, or -1. */
+  private superpageHit(dom: IommuDomain, page: number, access: DmaAccess): number {
+    const iotlb = this.iotlb;
+    const s = iotlb.probe(dom.id, SUPERPAGE_TAG + Math.floor(page / SUPERPAGE_PAGES));
+    if (s < 0 || (iotlb.prot(s) & access) === 0) return -1;
+    // The 4 KiB probe counted a miss; this access is one hit.
+    iotlb.misses--;
+    iotlb.hits++;
+    return iotlb.frame(s) + (page % SUPERPAGE_PAGES);
+  }
 
   /** Disabled IOMMU, identity and blocked domains, and the aperture and MSI-window checks. */
   private translateSpecial(dev: IommuDevice, dom: IommuDomain, iova: Iova, access: DmaAccess): Hpa | -1 {
@@ -863,10 +980,18 @@ export class Iommu {
     } else {
       this.nWalks++;
       const w = this.walkResult;
-      if (!dom.pgtable!.walk(iova, w)) return this.fault(dev.bdf, dom.id, iova, access, "not-present");
+      const found = dom.pgtable!.walk(iova, w);
+      this.meter.pageWalks++;
+      // A 4-level table reads 4 entries down to a 4 KiB leaf, one fewer per level the leaf sits higher.
+      this.meter.pageWalkReads += found ? (this.addressWidth === 48 ? 4 : 3) - w.level + 1 : 1;
+      if (!found) return this.fault(dev.bdf, dom.id, iova, access, "not-present");
       frame = w.frame;
       prot = w.prot;
-      iotlb.fill(dom.id, page, frame, prot);
+      if (this.superpageTlb && w.pageSize >= SUPERPAGE_BYTES) {
+        iotlb.fill(dom.id, SUPERPAGE_TAG + Math.floor(page / SUPERPAGE_PAGES), frame - (page % SUPERPAGE_PAGES), prot);
+      } else {
+        iotlb.fill(dom.id, page, frame, prot);
+      }
     }
     if ((prot & access) === 0) {
       return this.fault(dev.bdf, dom.id, iova, access, access === IOMMU_READ ? "read-denied" : "write-denied");
@@ -963,6 +1088,7 @@ export class Iommu {
   private flushAtc(dev: IommuDevice, domain: IommuDomain): void {
     dev.atc!.invalidateAll();
     this.nAtsInvalidations++;
+    this.meter.atcInvalidations++;
     if (this.tracer.enabled) {
       this.tracer.emit("ats.invalidate", { bdf: dev.bdf, domain: domain.id, granularity: "all", iova: 0, size: 0 });
     }

@@ -133,6 +133,17 @@ export class Iotlb {
     return -1;
   }
 
+  /**
+   * `lookup` that counts nothing: the IOMMU's second probe for a superpage entry after a 4 KiB miss (one access is
+   * one hit or one miss, whatever the number of probes). A hit still refreshes LRU.
+   */
+  probe(domain: number, page: number): number {
+    const s = this.lookup(domain, page);
+    if (s >= 0) this.hits--;
+    else this.misses--;
+    return s;
+  }
+
   /** Host frame number cached in `slot` (from `lookup`). */
   frame(slot: number): number {
     return this.frames[slot]!;

@@ -55,6 +55,7 @@ import {
   type SchedulingClock,
   type Tracer,
 } from "../core/index.ts";
+import { CostMeter } from "../cost/index.ts";
 import { IovaRcache } from "./iova-rcache.ts";
 
 declare module "../core/trace.ts" {
@@ -96,6 +97,8 @@ export interface IovaDomainOptions {
   tracer: Tracer;
   /** Name in trace events (default "iova"). */
   name?: string;
+  /** Counts allocations, search steps and frees (the host's meter; default one of its own). */
+  meter?: CostMeter;
 }
 
 /** An allocated or reserved range of IOVA pages, both ends inclusive. */
@@ -187,6 +190,8 @@ export class IovaDomain {
 
   private readonly tracer: Tracer;
   private readonly rcache: IovaRcache;
+  /** Allocations, the tree nodes their searches visited (`iovaSearchSteps`), frees: the cost model's counts. */
+  readonly meter: CostMeter;
 
   // ---- the tree ----
   private t: Float64Array;
@@ -229,6 +234,7 @@ export class IovaDomain {
     this.max32AllocSize = dma32Pfn;
     this.name = opts.name ?? "iova";
     this.tracer = opts.tracer;
+    this.meter = opts.meter ?? new CostMeter();
     this.cpus = opts.cpus ?? 2;
     this.rcache = new IovaRcache({
       cpus: this.cpus,
@@ -277,6 +283,7 @@ export class IovaDomain {
     const b = x * STRIDE;
     const lo = this.t[b + LO]!;
     const pages = this.t[b + HI]! - lo + 1;
+    this.meter.iovaFrees++;
     this.removeRange(x);
     if (this.tracer.enabled) this.tracer.emit("iova.free", { domain: this.name, pfnLo: lo, pages, dest: "tree" });
     return true;
@@ -338,6 +345,7 @@ export class IovaDomain {
     const limit = limitPfn + 1;
     let pfn = this.rcache.get(size, limit, cpu);
     if (pfn !== 0) {
+      this.meter.iovaCachedAllocs++;
       if (this.tracer.enabled) {
         this.tracer.emit("iova.alloc", { domain: this.name, pfnLo: pfn, pages: size, limitPfn, source: "rcache" });
       }
@@ -374,6 +382,7 @@ export class IovaDomain {
     }
     if (!(cpu >= 0 && cpu < this.cpus) || cpu % 1 !== 0) this.badCpu(cpu);
     if (this.rcache.insert(pfn, size, cpu)) {
+      this.meter.iovaFrees++;
       if (this.tracer.enabled) {
         this.tracer.emit("iova.free", { domain: this.name, pfnLo: pfn, pages: size, dest: "rcache" });
       }
@@ -503,6 +512,7 @@ export class IovaDomain {
 
   /** The allocation proper; `limit` is exclusive (limit_pfn + 1). Returns the pfn, or -1 with failReason set. */
   private allocPfn(size: number, limit: number, aligned: boolean): number {
+    this.meter.iovaTreeAllocs++;
     if (limit <= this.dma32Pfn && size >= this.max32AllocSize) {
       this.failReason = FAIL_MAX32;
       return -1;
@@ -511,6 +521,7 @@ export class IovaDomain {
     const key = aligned ? align + size : 0;
     const start = limit <= this.dma32Pfn ? this.cached32 : this.cached;
     const retryPfn = this.t[start * STRIDE + HI]!;
+    this.meter.iovaSearchSteps++;
     let pfn = this.searchPass(start, size, limit, align, key, this.startPfn);
     // The retry of Linux (low_pfn == start_pfn holds in the first pass): the space above the cached node.
     if (pfn < 0 && retryPfn < limit) pfn = this.searchPass(this.anchor, size, limit, align, key, retryPfn + 1);
@@ -556,7 +567,9 @@ export class IovaDomain {
     let d = 0;
     let y = this.root;
     let sub = NIL;
+    const meter = this.meter;
     while (y !== NIL) {
+      meter.iovaSearchSteps++;
       const yLo = t[y * STRIDE + LO]!;
       if (yLo < eLo) {
         st[d++] = y;
@@ -571,6 +584,7 @@ export class IovaDomain {
     // Nodes before e, right to left: e's left subtree, then each ancestor we passed on its right and its left subtree.
     if (sub !== NIL && this.subtreeFits(sub, size, key)) return this.rightmostFit(sub, size, align, key);
     for (let i = d - 1; i >= 0; i--) {
+      meter.iovaSearchSteps++;
       y = st[i]!;
       if (this.ownFits(y, size, align)) return y;
       const l = t[y * STRIDE + LEFT]!;
@@ -583,6 +597,7 @@ export class IovaDomain {
   private rightmostFit(x: number, size: number, align: number, key: number): number {
     const t = this.t;
     for (;;) {
+      this.meter.iovaSearchSteps++;
       const r = t[x * STRIDE + RIGHT]!;
       if (r !== NIL && this.subtreeFits(r, size, key)) {
         x = r;

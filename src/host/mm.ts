@@ -44,6 +44,7 @@ import {
   type Pfn,
   type Tracer,
 } from "../core/index.ts";
+import { CostMeter } from "../cost/index.ts";
 import type { PhysicalMemory } from "./physmem.ts";
 
 declare module "../core/trace.ts" {
@@ -127,6 +128,8 @@ export interface AddressSpaceOptions {
   capIpcLock?: boolean;
   /** Top of the top-down mmap area; default 0x7f0000000000. */
   mmapBase?: number;
+  /** Counts pin_user_pages calls and pages (the host's meter; default one of its own). */
+  meter?: CostMeter;
 }
 
 export interface AddressSpaceStats {
@@ -294,11 +297,13 @@ export class AddressSpace {
   private memlockBytes: number;
   private capIpcLock: boolean;
   private dead = false;
+  private readonly meter: CostMeter;
   /** Bound once so that munmap does not create a closure per call. */
   private readonly releaseFrame = (f: number): void => this.physmem.put(f as Pfn);
 
   constructor(opts: AddressSpaceOptions) {
     this.physmem = opts.physmem;
+    this.meter = opts.meter ?? new CostMeter();
     this.tracer = opts.tracer;
     this.pid = opts.pid;
     this.owner = opts.owner ?? 0;
@@ -601,6 +606,8 @@ export class AddressSpace {
       throw e;
     }
     this.pinned += npages;
+    this.meter.pinCalls++;
+    this.meter.pinPages += npages;
     if (this.tracer.enabled && npages > 0) {
       this.tracer.emit("mm.pin", { pid: this.pid, addr: vpn0 * PAGE_SIZE, pages: npages, write });
     }
@@ -611,6 +618,7 @@ export class AddressSpace {
   unpinUserPages(pfns: readonly Pfn[] | Float64Array, count = pfns.length): void {
     for (let i = 0; i < count; i++) this.physmem.unpin(pfns[i]! as Pfn);
     this.pinned -= count;
+    this.meter.unpinPages += count;
     if (this.tracer.enabled && count > 0) this.tracer.emit("mm.unpin", { pid: this.pid, pages: count });
   }
 

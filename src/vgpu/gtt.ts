@@ -160,6 +160,19 @@ export interface ShadowGttOptions {
   /** DMA address of the vGPU's own scratch page (a zeroed dma_alloc_coherent page of the GPU's DMA API). */
   readonly scratch: Iova;
   readonly tracer: Tracer;
+  /** How pinned guest pages get their DMA addresses (default: dma_map_page on the GPU's DMA API). */
+  readonly mapper?: GuestPageMapper;
+}
+
+/**
+ * How a pinned guest page gets the DMA address its shadow entries hold. The default is the seed's answer,
+ * dma_map_page on the GPU's DMA API (an IOVA from the allocator the host driver shares). The design comparison
+ * (src/compare) injects the alternatives the seed thread weighs (identity HPA, GPA, a per-VM IOVA range), so they run
+ * on the same vendor driver. `map` throws a KernelError as dma_map_page does; `unmap` gets back what `map` returned.
+ */
+export interface GuestPageMapper {
+  map(vgpu: number, gfn: Gfn, pfn: Pfn): Iova;
+  unmap(vgpu: number, gfn: Gfn, iova: Iova): void;
 }
 
 /**
@@ -256,6 +269,7 @@ export class ShadowGtt {
   readonly cache = new GfnCache();
   private readonly vgpuId: number;
   private readonly gpu: HostGpu;
+  private readonly mapper: GuestPageMapper | undefined;
   private readonly tracer: Tracer;
   /** First GGTT index and entry count of the aperture and hidden partitions. */
   private readonly apFirst: number;
@@ -290,6 +304,7 @@ export class ShadowGtt {
   constructor(opts: ShadowGttOptions) {
     this.vgpuId = opts.vgpuId;
     this.gpu = opts.gpu;
+    this.mapper = opts.mapper;
     this.tracer = opts.tracer;
     const { aperture, hidden } = opts.resources;
     this.apFirst = aperture.base / PAGE_SIZE;
@@ -705,7 +720,10 @@ export class ShadowGtt {
     }
     let mapped: Iova;
     try {
-      mapped = this.gpu.dma.mapPage(frame, 0, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
+      mapped =
+        this.mapper !== undefined
+          ? this.mapper.map(this.vgpuId, gfn, frame)
+          : this.gpu.dma.mapPage(frame, 0, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
     } catch (e) {
       if (!(e instanceof KernelError)) throw e;
       dma.unpinPages(iova, 1);
@@ -752,7 +770,8 @@ export class ShadowGtt {
     if (this.cache.addRef(s, -1) > 0) return;
     const iova = this.cache.iova(s);
     this.cache.remove(s);
-    this.gpu.dma.unmapPage(iova, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
+    if (this.mapper !== undefined) this.mapper.unmap(this.vgpuId, gfn, iova);
+    else this.gpu.dma.unmapPage(iova, PAGE_SIZE, DmaDirection.BIDIRECTIONAL);
     this.iovas--;
     // close() resets before the session's DMA access goes, so a cached gfn always has a session to unpin through.
     const dma = this.dma;

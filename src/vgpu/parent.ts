@@ -21,6 +21,7 @@ import { defineTraceEvents, Errno, KernelError, PAGE_SIZE, type SchedulingClock,
 import { type GpuResources, HOST_APERTURE_RESERVED, type HostGpu } from "../gpu/index.ts";
 import type { CoherentBuffer } from "../host/index.ts";
 import type { MdevAvailability, MdevDeviceInstance, MdevParentDriver } from "../mdev/index.ts";
+import type { GuestPageMapper } from "./gtt.ts";
 import { GvtScheduler } from "./scheduler.ts";
 import type { VgpuShadowObserver } from "./shadow-frames.ts";
 import {
@@ -109,6 +110,7 @@ export class GvtParent implements MdevParentDriver {
   private readonly unsafeTrustGuestPtes: boolean;
   private readonly execlistBackend: VirtualEngineBackend | undefined;
   private shadowObserver: VgpuShadowObserver | undefined;
+  private guestPageMapper: GuestPageMapper | undefined;
   /** Every vGPU's BAR2 size: the host aperture. */
   readonly bar2Size: number;
 
@@ -164,6 +166,7 @@ export class GvtParent implements MdevParentDriver {
         tracer: this.tracer,
         ...(this.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}),
         ...(this.unsafeTrustGuestPtes ? { unsafeTrustGuestPtes: true } : {}),
+        ...(this.guestPageMapper !== undefined ? { guestPageMapper: this.guestPageMapper } : {}),
       });
     } catch (e) {
       // The partition goes back onto the host's scratch page before our page is freed.
@@ -225,6 +228,14 @@ export class GvtParent implements MdevParentDriver {
     for (const v of [...this.byUuid.values(), ...this.draining]) {
       v.shadows.each((buffer, use) => fn({ vgpu: v.id, use, buffer, write: use === "context image", alive: true }));
     }
+  }
+
+  /**
+   * Sets how the vGPUs created from now on map their pinned guest pages (gtt.ts `GuestPageMapper`; undefined: the
+   * default dma_map_page). Live vGPUs keep the mapper they were created with, so every unmap matches its map.
+   */
+  setGuestPageMapper(mapper: GuestPageMapper | undefined): void {
+    this.guestPageMapper = mapper;
   }
 
   /** The live vGPU named `uuid`. */

@@ -138,7 +138,7 @@ import { isPhysicalEngine, VENGINE_IDS, type VEngineId, VGPU_ENGINES, vengine } 
 import { type ExeclistStats, VirtualExeclist } from "./execlist.ts";
 import { ExeclistBackend, type ExeclistBackendStats } from "./execlist-backend.ts";
 import { Failsafe, type FailsafeState } from "./failsafe.ts";
-import { type PopulateError, ShadowGtt, type ShadowGttStats } from "./gtt.ts";
+import { type GuestPageMapper, type PopulateError, ShadowGtt, type ShadowGttStats } from "./gtt.ts";
 import { GFX_MODE_UNSUPPORTED, GFX_PPGTT_ENABLE, GFX_RUN_LIST_ENABLE, maskedEnables } from "./gvt-regs.ts";
 import { VirtualIrq } from "./irq.ts";
 import { type MmioSink, VgpuMmio } from "./mmio.ts";
@@ -251,6 +251,8 @@ export interface VgpuOptions {
   readonly unsafeSkipAddressAudit?: boolean;
   /** TEST ONLY: the shadow PPGTT copies guest PTEs unchecked (see GvtParentOptions). */
   readonly unsafeTrustGuestPtes?: boolean;
+  /** How pinned guest pages get their DMA addresses (gtt.ts `GuestPageMapper`; default dma_map_page). */
+  readonly guestPageMapper?: GuestPageMapper;
 }
 
 /** Per-engine submission state. */
@@ -332,6 +334,7 @@ export class Vgpu implements VfioDeviceOps {
       resources: this.resources,
       scratch: this.scratch.dmaAddr,
       tracer: this.tracer,
+      ...(opts.guestPageMapper !== undefined ? { mapper: opts.guestPageMapper } : {}),
     });
     this.irq = new VirtualIrq(this.id, this.config, this.tracer);
     const sink: MmioSink = {
