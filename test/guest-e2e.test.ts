@@ -9,7 +9,7 @@ import { PAGE_SIZE, Rng } from "../src/core/index.ts";
 import { gen8PteEncode } from "../src/gpu/index.ts";
 import { CommandBuffer } from "../src/guest/commands.ts";
 import { type GttWriteMode, GuestGpuDriver } from "../src/guest/driver.ts";
-import { ATTACK_NAMES, runAttacks } from "../src/guest/hostile.ts";
+import { ATTACK_NAMES, EXECLIST_ATTACK_NAMES, RING_ATTACK_NAMES, runAttacks } from "../src/guest/hostile.ts";
 import { PassthroughStack, VgpuStack } from "../src/guest/test-support/real-stack.ts";
 import { describeWorkload, runWorkload } from "../src/guest/workloads.ts";
 
@@ -92,7 +92,7 @@ describe("guest driver end to end: a vGPU in a VMM", () => {
     const reports = runAttacks(evil, { victimGma: victim.gma });
     assert.deepEqual(
       reports.map((r) => r.name),
-      [...ATTACK_NAMES],
+      [...RING_ATTACK_NAMES],
     );
     for (const r of reports) assert.ok(r.outcome === "rejected" || r.outcome === "ignored", `${r.name}: ${r.detail}`);
     const byName = Object.fromEntries(reports.map((r) => [r.name, r.outcome]));
@@ -267,5 +267,48 @@ describe("guest driver end to end: execlists with contexts and a PPGTT", () => {
       assert.ok(r.ok, describeWorkload(r));
     }
     assert.equal(d.stats().execlists.bcs!.resets, 0);
+  });
+});
+
+describe("guest driver end to end: a hostile guest with execlists", () => {
+  it("every attack is rejected or ignored, each new one by the vendor driver with a reason; the neighbour is untouched", () => {
+    const s = new VgpuStack({ submission: "execlists" });
+    const honest = GuestGpuDriver.open(s.startGuest(s.createVgpu()).platform, { submission: "execlists" });
+    const evil = GuestGpuDriver.open(s.startGuest(s.createVgpu()).platform, {
+      submission: "execlists",
+      timeoutNs: 20_000_000,
+    });
+    const [va, vb] = s.parent.vgpus();
+    const victim = honest.allocBuffer(16 * PAGE_SIZE, { zone: "mappable" });
+    const pattern = new Rng(3).fill(new Uint8Array(victim.size));
+    honest.writeBuffer(victim, 0, pattern);
+
+    const reports = runAttacks(evil, { victimGma: victim.gma });
+    assert.equal(reports.length, ATTACK_NAMES.length);
+    for (const r of reports) assert.ok(r.outcome === "rejected" || r.outcome === "ignored", `${r.name}: ${r.detail}`);
+    const byName = Object.fromEntries(reports.map((r) => [r.name, r]));
+    for (const n of EXECLIST_ATTACK_NAMES) assert.equal(byName[n]!.outcome, "rejected", `${n}: ${byName[n]!.detail}`);
+    assert.deepEqual(
+      reports.slice(-3).map((r) => r.name),
+      ["lri-forbidden", "unknown-opcode", "ppgtt-batch-ggtt"],
+      "the attacks that end mediation run last",
+    );
+    const st = vb!.stats();
+    assert.ok(st.contexts!.rejected.ppgtt >= 2, "foreign PTE, and the PTE rewritten after submission");
+    assert.ok(st.contexts!.rejected.context >= 2, "LRCA outside the partition, forbidden register in the image");
+    assert.ok(st.contexts!.rejected.command >= 1, "a command the scanner refused");
+    assert.ok(
+      Object.values(st.execlists).reduce((n, e) => n + e.rejected, 0) >= 1,
+      "the malformed descriptor at the ELSP write",
+    );
+    assert.equal(st.failsafe?.reason, "guest-error");
+
+    const now = new Uint8Array(victim.size);
+    honest.readBuffer(victim, 0, now);
+    assert.deepEqual(now, pattern, "the victim's memory is unchanged");
+    const r = runWorkload(honest, { kind: "copy", via: "batch", count: 6, width: 48, height: 40, seed: 8 });
+    assert.ok(r.ok, describeWorkload(r));
+    assert.deepEqual(Object.values(va!.stats().contexts!.rejected), [0, 0, 0, 0, 0]);
+    s.parent.checkInvariants();
   });
 });

@@ -93,6 +93,7 @@ import {
   RING_ACTHD,
   RING_CTL,
   RING_EIR,
+  RING_ELSP,
   RING_HEAD,
   RING_HWS_PGA,
   RING_MAX_BYTES,
@@ -995,7 +996,9 @@ export class GuestGpuDriver {
       this.platform.time.waitUntil(this.fenceSignalled, timeoutNs);
       this.waitEngine = undefined;
     }
-    if (e.port?.active !== undefined && !this.isSignalled(e, seqno)) this.resetHung(e, seqno);
+    if (e.port?.active !== undefined && !this.isSignalled(e, seqno)) {
+      this.resetEngine(engine, `fence ${seqno} did not complete within ${timeoutNs} ns (no context status event)`);
+    }
     // Rejected first: a later submission's completion moves `completed` past a rejected one.
     const status: FenceStatus = e.isRejected(seqno)
       ? "rejected"
@@ -1051,13 +1054,32 @@ export class GuestGpuDriver {
     e.errorSeqno = e.completed;
   }
 
-  /** A context that did not complete in time: reset the engine, reject what was in flight, skip to TAIL. */
-  private resetHung(e: EngineState, seqno: number): void {
-    e.port!.reset(`fence ${seqno} did not complete within ${this.timeoutNs} ns (no context status event)`);
+  /**
+   * With execlists, i915's hang recovery: resets `engine` (RING_RESET_CTL, GDRST), enables execlists again, reports
+   * every submission in flight rejected and skips the context's ring to its TAIL. EINVAL in ring mode.
+   */
+  resetEngine(engine: EngineId, reason: string): void {
+    const e = this.engine(engine);
+    if (e.port === undefined || e.ctx === undefined) {
+      throw new KernelError(Errno.EINVAL, `${engine} submits through its legacy ring: there is no context to reset`);
+    }
+    e.port.reset(reason);
     e.errorSeqno = e.submitted;
     this.settle(e);
     e.needsRecovery = false;
     e.ctx!.skipToTail();
+  }
+
+  /**
+   * Four raw ELSP dwords on `engine` (element 1 absent): what a hostile guest writes. The driver's own port does not
+   * know of it; `resetEngine` puts the engine back in a known state afterwards.
+   */
+  writeElsp(engine: EngineId, lo: number, hi: number): void {
+    const at = ENGINE_BASE[engine] + RING_ELSP;
+    this.mmioWrite32(at, 0);
+    this.mmioWrite32(at, 0);
+    this.mmioWrite32(at, hi >>> 0);
+    this.mmioWrite32(at, lo >>> 0);
   }
 
   private emit(e: EngineState, commands: Uint32Array, batch: boolean): number {

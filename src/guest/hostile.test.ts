@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { gma } from "../core/index.ts";
 import { GuestGpuDriver } from "./driver.ts";
-import { ATTACK_NAMES, type AttackOutcome, type AttackReport, runAttacks } from "./hostile.ts";
+import { type AttackOutcome, type AttackReport, RING_ATTACK_NAMES, runAttacks } from "./hostile.ts";
 import { type FakeGpuOptions, FakePlatform } from "./test-support/fake-gpu.ts";
 import { describeWorkload, runWorkload } from "./workloads.ts";
 
@@ -34,7 +34,7 @@ describe("hostile guest: what each attack observes", () => {
     const { p, d, reports } = attack({ pvinfo: PV, audit: "at-execution" });
     assert.deepEqual(
       reports.map((r: AttackReport) => r.name),
-      [...ATTACK_NAMES],
+      [...RING_ATTACK_NAMES],
     );
     for (const r of reports) assert.ok(r.detail.length > 20, r.detail);
     assert.equal(d.stats().buffers, 3, "only the status page and rings are left");

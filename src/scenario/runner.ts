@@ -257,7 +257,12 @@ export class ScenarioRun {
         ...(g.cost !== undefined ? { cost: g.cost as Record<string, number> } : {}),
       };
       if (g.driver === "i915") {
-        parents.push({ kind: "gvt", ...common, ...(g.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}) });
+        parents.push({
+          kind: "gvt",
+          ...common,
+          submission: g.submission,
+          ...(g.unsafeSkipAddressAudit ? { unsafeSkipAddressAudit: true } : {}),
+        });
       } else assigned.push({ kind: "gpu", ...common });
     }
     for (const m of s.host.mtty)
@@ -350,7 +355,7 @@ export class ScenarioRun {
     });
     if (v.gpuDevice !== undefined) {
       v.platform = new VmmGuestPlatform(vmm, v.gpuDevice, this.clock);
-      v.driver = GuestGpuDriver.open(v.platform, this.driverOptions(spec));
+      v.driver = GuestGpuDriver.open(v.platform, this.driverOptions(spec, v.gpu));
     }
     return (
       `${spec.name} started: ${formatSize(spec.memoryBytes)} of RAM, memlock ` +
@@ -361,10 +366,13 @@ export class ScenarioRun {
     );
   }
 
-  private driverOptions(spec: ScenarioVm): GuestGpuDriverOptions {
+  private driverOptions(spec: ScenarioVm, gpu: GpuInstance | undefined): GuestGpuDriverOptions {
     const d = spec.driver;
+    // A vGPU guest submits as its host does unless the file says otherwise; a whole GPU takes either.
+    const submission = d.submission ?? (gpu?.hostDriver?.submissionMode === "execlists" ? "execlists" : "ring");
     return {
       tracer: this.system.host.tracer,
+      submission,
       ...(d.gttWriteMode !== undefined ? { gttWriteMode: d.gttWriteMode } : {}),
       ...(d.ringBytes !== undefined ? { ringBytes: d.ringBytes } : {}),
       ...(d.interrupts !== undefined ? { interrupts: d.interrupts } : {}),

@@ -19,7 +19,7 @@
 import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { Errno, type ErrnoName, KernelError } from "../core/index.ts";
-import { ATTACK_NAMES, type AttackName } from "../guest/index.ts";
+import { ATTACK_NAMES, type AttackName, EXECLIST_ATTACK_NAMES, RING_ATTACK_NAMES } from "../guest/index.ts";
 import { GVT_TYPES } from "../vgpu/index.ts";
 import { GiB, MiB, parseSize, parseTime, TiB } from "./units.ts";
 
@@ -128,6 +128,10 @@ const gpuSchema = z
       .optional()
       .meta({ description: "DMA mask of the GPU (dma_set_mask): limits the IOVA space the host driver maps into" }),
     cost: costSchema.optional(),
+    submission: z.enum(["ring", "execlists"], { error: 'must be "ring" or "execlists"' }).optional().meta({
+      description:
+        'how the host driver (i915) submits: "ring" (legacy rings, the default) or "execlists" (guests\' contexts and PPGTTs run)',
+    }),
     unsafeSkipAddressAudit: bool().optional().meta({
       description: "TEST ONLY: the vendor driver's command scanner skips its address audit (a broken mediator)",
     }),
@@ -173,6 +177,14 @@ const guestDriverSchema = z.strictObject({
   ringBytes: sizeField(4096, 2 * MiB, (b) => (b % 4096 === 0 ? undefined : "must be a multiple of 4 KiB")).optional(),
   interrupts: z.enum(["msi", "intx"]).optional(),
   timeout: timeField().optional(),
+  submission: z
+    .enum(["ring", "execlists"], { error: 'must be "ring" or "execlists"' })
+    .optional()
+    .meta({
+      description:
+        'how the guest driver submits: "ring" (legacy ring, GGTT) or "execlists" (contexts and a PPGTT); default: the ' +
+        'GPU\'s host submission for a vGPU, "ring" for a whole GPU',
+    }),
 });
 
 const vmSchema = z
@@ -244,7 +256,11 @@ const attackStep = z.strictObject({
     .array(z.enum(ATTACK_NAMES as unknown as [AttackName, ...AttackName[]]))
     .min(1)
     .optional()
-    .meta({ description: `default: all of ${ATTACK_NAMES.join(", ")}` }),
+    .meta({
+      description:
+        `default: every attack the guest's driver can make (${RING_ATTACK_NAMES.join(", ")} on legacy rings; with ` +
+        `execlists also ${EXECLIST_ATTACK_NAMES.join(", ")}, the ones that end mediation last)`,
+    }),
   victim: name("VM")
     .optional()
     .meta({ description: "aim at this VM's first kept buffer (alloc step); default: the next partition" }),
@@ -395,6 +411,8 @@ export interface ScenarioGpu {
   readonly ats: boolean;
   readonly dmaMaskBits: number | undefined;
   readonly cost: CostSpec | undefined;
+  /** How the host driver submits (i915 GPUs; "ring" by default). */
+  readonly submission: "ring" | "execlists";
   readonly unsafeSkipAddressAudit: boolean;
 }
 
@@ -501,6 +519,7 @@ export function parseScenario(value: unknown, source?: string): Scenario {
       ats: g.ats ?? false,
       dmaMaskBits: g.dmaMaskBits,
       cost: g.cost,
+      submission: g.submission ?? "ring",
       unsafeSkipAddressAudit: g.unsafeSkipAddressAudit ?? false,
     };
     if (gpu.driver === "vfio-pci" && gpu.unsafeSkipAddressAudit) {
@@ -540,6 +559,12 @@ export function parseScenario(value: unknown, source?: string): Scenario {
       if (gpu === undefined) fail([...at, "gpu"], `no GPU "${d.gpu}" in host.gpus`);
       else if (d.kind === "vgpu" && gpu.driver !== "i915") {
         fail([...at, "gpu"], `GPU "${d.gpu}" is bound to vfio-pci: vGPUs need a GPU driven by i915`);
+      } else if (d.kind === "vgpu" && vm.driver?.submission === "execlists" && gpu.submission !== "execlists") {
+        fail(
+          ["vms", i, "driver", "submission"],
+          `GPU "${d.gpu}" submits through legacy rings: a vGPU guest's contexts would never run; ` +
+            `set host.gpus "${d.gpu}" submission to "execlists"`,
+        );
       } else if (d.kind === "gpu") {
         if (gpu.driver !== "vfio-pci") {
           fail([...at, "gpu"], `GPU "${d.gpu}" is driven by i915: whole-device assignment needs driver "vfio-pci"`);
