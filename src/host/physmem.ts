@@ -207,6 +207,14 @@ export class PhysicalMemory {
     return first as Pfn;
   }
 
+  /**
+   * Where the next allocations come from: frames freed earlier and waiting for reuse (`reusable`, taken first), then
+   * `fresh`, the lowest frame never handed out (every frame from it up is unused).
+   */
+  allocationCursor(): { readonly reusable: number; readonly fresh: number } {
+    return { reusable: this.freeList.length, fresh: this.nextFresh };
+  }
+
   /** RAM frames not allocated (external frames are not RAM and are not counted). */
   freeFrames(): number {
     return this.totalFrames - FIRST_RAM_PFN - this.allocated;

@@ -79,6 +79,11 @@ export interface ScenarioRunOptions {
   readonly keepAlive?: boolean;
   /** Detailed violation records kept by the checker (default 32). */
   readonly maxViolationSamples?: number;
+  /**
+   * Called once the host is assembled (drivers bound, the checker watching) and before any VM starts: what
+   * `vgpu compare` uses to put a DMA design in place (src/compare). Its KernelErrors end the run as setup errors.
+   */
+  readonly prepare?: (system: System) => void;
 }
 
 /** What became of one step (VM starts included, as action "start"). */
@@ -290,6 +295,7 @@ export class ScenarioRun {
       this.checker.watch(g);
       this.baseline.gpuDmaMappings.set(g.name, this.system.host.dmaApi(g.gpu.bdf).mappings());
     }
+    this.opts.prepare?.(this.system);
     precheckCapacity(this.scenario, this.system.gpus);
   }
 

@@ -19,6 +19,7 @@
 import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { Errno, type ErrnoName, KernelError } from "../core/index.ts";
+import { COST_TABLE, type CostKey, validateCost } from "../cost/index.ts";
 import { ATTACK_NAMES, type AttackName, EXECLIST_ATTACK_NAMES, RING_ATTACK_NAMES } from "../guest/index.ts";
 import { GVT_TYPES } from "../vgpu/index.ts";
 import { GiB, MiB, parseSize, parseTime, TiB } from "./units.ts";
@@ -377,6 +378,45 @@ const stepSchema = z.discriminatedUnion(
   },
 );
 
+// ---- designs and costs (vgpu compare) --------------------------------------------------------------------------
+
+/**
+ * The DMA designs of the seed thread, by the names `vgpu compare` and a scenario's `designs` section use
+ * (docs/designs.md; src/compare runs them).
+ */
+export const DESIGN_IDS = ["no-iommu", "identity", "gpa", "per-vm-iova", "dma-api", "ats"] as const;
+export type DesignId = (typeof DESIGN_IDS)[number];
+
+const designsSchema = z
+  .array(z.enum(DESIGN_IDS, { error: `must be one of ${DESIGN_IDS.map((d) => `"${d}"`).join(", ")}` }), {
+    error: "must be an array of design names",
+  })
+  .min(1, { error: "must name at least one design" })
+  .meta({ description: "the designs `vgpu compare` runs this scenario under, in order (default: all six)" });
+
+function costField(e: (typeof COST_TABLE)[number]) {
+  return z
+    .union([z.number(), z.string()], { error: 'must be a time such as "55 ns" or "1.2 us", or a number of ns' })
+    .transform((v, ctx) => {
+      const ns = typeof v === "number" ? v : parseTime(v);
+      const bad = validateCost(e.key, ns);
+      if (bad !== undefined) {
+        ctx.addIssue({ code: "custom", message: `${bad} (got ${JSON.stringify(v)})` });
+        return z.NEVER;
+      }
+      return ns;
+    })
+    .optional()
+    .meta({ description: `${e.what}, per ${e.per} (default ${e.defaultNs} ns: ${e.source})` });
+}
+
+const costsSchema = z
+  .strictObject(
+    Object.fromEntries(COST_TABLE.map((e) => [e.key, costField(e)])) as Record<CostKey, ReturnType<typeof costField>>,
+    { error: "must be an object of costs (docs/cost-model.md)" },
+  )
+  .meta({ description: 'cost model overrides for `vgpu compare` (docs/cost-model.md): ns, or times such as "55 ns"' });
+
 export const scenarioSchema = z
   .strictObject(
     {
@@ -387,6 +427,8 @@ export const scenarioSchema = z
       host: hostSchema.optional(),
       vms: z.array(vmSchema, { error: "must be an array of VMs" }).max(4096),
       steps: z.array(stepSchema, { error: "must be an array of steps" }).max(100_000).optional(),
+      designs: designsSchema.optional(),
+      costs: costsSchema.optional(),
     },
     { error: "must be a JSON object" },
   )
@@ -442,6 +484,10 @@ export interface Scenario {
   };
   readonly vms: readonly ScenarioVm[];
   readonly steps: readonly ScenarioStep[];
+  /** The designs `vgpu compare` runs it under (undefined: all six). */
+  readonly designs: readonly DesignId[] | undefined;
+  /** Cost model overrides in ns (docs/cost-model.md). */
+  readonly costs: Readonly<Partial<Record<CostKey, number>>>;
   /** Where it came from (a file path), for messages. */
   readonly source: string | undefined;
 }
@@ -619,8 +665,21 @@ export function parseScenario(value: unknown, source?: string): Scenario {
     },
     vms,
     steps,
+    designs: uniqueDesigns(s.designs, fail),
+    costs: Object.fromEntries(Object.entries(s.costs ?? {}).filter(([, v]) => v !== undefined)),
     source,
   };
+}
+
+/** The `designs` section with each design named once (EINVAL at the second naming). */
+function uniqueDesigns(
+  designs: readonly DesignId[] | undefined,
+  fail: (path: readonly PropertyKey[], message: string) => never,
+): readonly DesignId[] | undefined {
+  designs?.forEach((d, i) => {
+    if (designs.indexOf(d) !== i) fail(["designs", i], `design "${d}" is listed twice`);
+  });
+  return designs;
 }
 
 /** Reads and validates a scenario file: ENOENT if it is missing, EINVAL (with the JSON path) if it is malformed. */
