@@ -1,6 +1,5 @@
 #!/usr/bin/env node
-// The `vgpu` command. Runs the TypeScript sources directly through tsx's loader so a checkout needs no build step.
-import { register } from "tsx/esm/api";
+// The `vgpu` command: the compiled CLI in dist/, or the sources when they are newer (see launch.js).
+import { launch } from "./launch.js";
 
-register();
-await import("../src/cli/main.ts");
+await launch("main");

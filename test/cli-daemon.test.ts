@@ -75,7 +75,7 @@ async function list(): Promise<{ code: number; out: string; err: string }> {
     env: {},
     cwd: base,
   };
-  const code = await runCli(["list", "-d", "--root", root], io);
+  const code = await runCli(["list", "--root", root], io);
   return { code, out, err };
 }
 
@@ -112,7 +112,7 @@ describe("vgpu host (a real process)", () => {
     assert.equal(dead.code, 1);
     assert.equal(
       dead.err,
-      `vgpu: ECONNREFUSED (Connection refused): no host is running at ${sock} (the socket file is stale): start one with \`vgpu host\`\n`,
+      `vgpu: ECONNREFUSED (Connection refused): no host is running at ${sock} (the socket file is stale): start one with \`vgpu host --root ${root}\`\n`,
     );
 
     const third = vgpuProcess(["host", "--root", root]);

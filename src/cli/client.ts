@@ -8,22 +8,15 @@
  * - EACCES: the socket belongs to another user;
  * - the host closes the connection without answering (it died): ECONNRESET, naming the socket;
  * - no answer within the timeout: ETIMEDOUT;
- * - an answer that does not match the schema: EPROTO.
+ * - an answer that does not match the schema: EPROTO (checked with wire.ts's shapes: the command line never loads
+ *   zod, which the host uses to decode requests).
  * An error the host reports comes back with its own errno and sentence.
  */
 import { connect } from "node:net";
+import { dirname } from "node:path";
 import { Errno, KernelError } from "../core/index.ts";
-import { describeZodError } from "./mdevctl-json.ts";
-import {
-  encodeLine,
-  LineSplitter,
-  MAX_LINE_BYTES,
-  type Method,
-  methods,
-  type ParamsOf,
-  type ResultOf,
-  responseSchema,
-} from "./protocol.ts";
+import type { Method, ParamsOf, ResultOf } from "./protocol.ts";
+import { checkResponse, encodeLine, LineSplitter, MAX_LINE_BYTES, resultShapes, shapeProblem } from "./wire.ts";
 
 export interface CallResult<M extends Method> {
   readonly result: ResultOf<M>;
@@ -35,7 +28,15 @@ export interface HostClientOptions {
   readonly timeoutMs?: number;
 }
 
-const START_HINT = "start one with `vgpu host`";
+/**
+ * Nothing answers at the socket: no file there, or a socket nobody listens on. The files-only commands then work on
+ * the definitions directly (commands/common.ts); the others report it.
+ */
+export class HostUnreachable extends KernelError {}
+
+function startHint(socketPath: string): string {
+  return `start one with \`vgpu host --root ${dirname(socketPath)}\``;
+}
 
 export class HostClient {
   private nextId = 1;
@@ -70,6 +71,8 @@ export class HostClient {
         f();
       };
       const fail = (errno: number, message: string) => finish(() => reject(new KernelError(errno as Errno, message)));
+      const unreachable = (errno: number, message: string) =>
+        finish(() => reject(new HostUnreachable(errno as Errno, message)));
       const timer = setTimeout(
         () => fail(Errno.ETIMEDOUT, `the host at ${path} did not answer within ${this.timeoutMs / 1000} s`),
         this.timeoutMs,
@@ -91,34 +94,35 @@ export class HostClient {
         } catch {
           return fail(Errno.EPROTO, `the host at ${path} sent an answer that is not JSON`);
         }
-        const r = responseSchema.safeParse(raw);
-        if (!r.success) {
-          return fail(Errno.EPROTO, `the host at ${path} sent a malformed answer (${describeZodError(r.error)})`);
-        }
-        const msg = r.data;
+        const r = checkResponse(raw);
+        if ("problem" in r) return fail(Errno.EPROTO, `the host at ${path} sent a malformed answer (${r.problem})`);
+        const msg = r.response;
         if (msg.id !== id) return fail(Errno.EPROTO, `the host at ${path} answered request ${msg.id}, not ${id}`);
         onWarnings?.(msg.warnings);
         if (!msg.ok) return fail(msg.error.errno, msg.error.message);
-        const result = methods[method].result.safeParse(msg.result);
-        if (!result.success) {
-          return fail(
-            Errno.EPROTO,
-            `the host at ${path} sent a malformed ${method} result (${describeZodError(result.error)})`,
-          );
+        const problem = shapeProblem(msg.result, resultShapes[method]);
+        if (problem !== undefined) {
+          return fail(Errno.EPROTO, `the host at ${path} sent a malformed ${method} result (${problem})`);
         }
-        finish(() => resolve({ result: result.data as ResultOf<M>, warnings: msg.warnings }));
+        // The shape check above is the runtime form of ResultOf<M> (wire.test.ts keeps the two equal).
+        finish(() => resolve({ result: msg.result as ResultOf<M>, warnings: msg.warnings }));
       });
       sock.on("error", (e: NodeJS.ErrnoException) => {
         switch (e.code) {
           case "ENOENT":
-            return fail(Errno.ENOENT, `no host is running at ${path}: ${START_HINT}`);
+            return unreachable(Errno.ENOENT, `no host is running at ${path}: ${startHint(path)}`);
           case "ECONNREFUSED":
-            return fail(Errno.ECONNREFUSED, `no host is running at ${path} (the socket file is stale): ${START_HINT}`);
+            return unreachable(
+              Errno.ECONNREFUSED,
+              `no host is running at ${path} (the socket file is stale): ${startHint(path)}`,
+            );
+          case "ENOTDIR":
+            return fail(Errno.ENOTDIR, `${dirname(path)} is not a folder: pass --root DIR with a folder`);
           case "EACCES":
           case "EPERM":
             return fail(Errno.EACCES, `permission denied on ${path}: the host runs as another user`);
           case "ENOTSOCK":
-            return fail(Errno.ENOTCONN, `${path} is not a socket: ${START_HINT}`);
+            return fail(Errno.ENOTCONN, `${path} is not a socket: ${startHint(path)}`);
           default:
             return fail(Errno.ECONNRESET, `lost the connection to the host at ${path}: ${e.message}`);
         }

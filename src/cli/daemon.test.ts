@@ -204,7 +204,7 @@ describe("daemon", () => {
     await rejects(
       new HostClient(path).call("hello", {}),
       Errno.ECONNREFUSED,
-      /^no host is running at .*vgpu\.sock \(the socket file is stale\): start one with `vgpu host`$/,
+      /^no host is running at .*vgpu\.sock \(the socket file is stale\): start one with `vgpu host --root \S+`$/,
     );
     const log: string[] = [];
     await start(root, log);
@@ -420,7 +420,7 @@ describe("client", () => {
     await rejects(
       new HostClient(path).call("hello", {}),
       Errno.ENOENT,
-      /^no host is running at .*: start one with `vgpu host`$/,
+      /^no host is running at .*: start one with `vgpu host --root \S+`$/,
     );
   });
 

@@ -29,7 +29,6 @@
  */
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
-import { join } from "node:path";
 import {
   Errno,
   errnoName,
@@ -41,6 +40,7 @@ import {
   type TimerHandle,
 } from "../core/index.ts";
 import { describeZodError } from "./mdevctl-json.ts";
+import { SOCKET_NAME, socketPathOf } from "./paths.ts";
 import {
   encodeLine,
   LineSplitter,
@@ -53,22 +53,7 @@ import {
 import type { MdevService } from "./service.ts";
 import { checkSocketPathLength, UNIX_SOCKET_PATH_MAX } from "./socket-path.ts";
 
-export const SOCKET_NAME = "vgpu.sock";
-
-/** `--root`, else $VGPU_ROOT, else `$XDG_RUNTIME_DIR/vgpu`, else `/run/vgpu`. */
-export function defaultRoot(env: NodeJS.ProcessEnv): string {
-  if (env.VGPU_ROOT) return env.VGPU_ROOT;
-  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, "vgpu");
-  return "/run/vgpu";
-}
-
-export function socketPathOf(root: string): string {
-  return join(root, SOCKET_NAME);
-}
-
-export function definitionsDirOf(root: string): string {
-  return join(root, "mdevctl.d");
-}
+export { defaultRoot, definitionsDirOf, SOCKET_NAME, socketPathOf } from "./paths.ts";
 
 /** What one client may make the daemon hold; see the module comment. */
 export interface ConnectionLimits {

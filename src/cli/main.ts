@@ -1,16 +1,18 @@
 /**
  * The `vgpu` command line. Each subcommand lives in its own module under src/cli/commands and is registered here.
- * Errors that are KernelErrors print as "vgpu: EINVAL (Invalid argument): <sentence>" and exit 1; anything else is a
- * bug and prints its stack. Commander's own usage errors print as "vgpu: <message>" and exit 1.
+ *
+ * Start-up is part of the interface: `vgpu --version` and the mdevctl commands load commander and the client side
+ * only (no model, no zod), so they start in about 1.5x the time of `node -e 0` (BENCHMARKS.md, "Start-up"). The
+ * scenario and serving commands (`demo`, `run`, `explain`, `serve`, and any other name, help included) are imported
+ * only when the command line names one of them.
+ *
+ * Errors, one format everywhere: "vgpu: ERRNO (text): what to do" on stderr, exit status 2 for a usage error and 1
+ * for any other; never a stack trace (commands/common.ts, `reportError`).
  */
 import { Command } from "commander";
-import { isKernelError } from "../core/index.ts";
-import { configureCommandOutput } from "./commands/common.ts";
-import { registerDemo } from "./commands/demo.ts";
-import { registerExplain } from "./commands/explain.ts";
-import { processIo, registerMdevCommands } from "./commands/index.ts";
-import { registerRun } from "./commands/run.ts";
-import { registerServe } from "./commands/serve.ts";
+import { configureCommandOutput, processIo, reportError } from "./commands/common.ts";
+import { registerMdevCommands } from "./commands/index.ts";
+import { VERSION } from "./version.ts";
 
 // `vgpu list | head`: a reader that goes away is not an error.
 process.stdout.on("error", (e: NodeJS.ErrnoException) => {
@@ -18,26 +20,45 @@ process.stdout.on("error", (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
-const program = new Command();
-program
-  .name("vgpu")
-  .description("VFIO mediated-device passthrough for virtual GPUs: a deterministic host model and a vfio-user device")
-  .version("0.1.0");
-configureCommandOutput(program, processIo);
+/** The commands registered without loading anything else (commands/index.ts). */
+const QUICK = new Set([
+  "host",
+  "types",
+  "list",
+  "lsmdev",
+  "define",
+  "undefine",
+  "modify",
+  "start",
+  "stop",
+  "start-parent-mdevs",
+]);
 
-registerDemo(program);
-registerRun(program);
-registerExplain(program);
-registerMdevCommands(program, processIo);
-registerServe(program);
+/** The scenario and serving commands; each module is imported only when needed. */
+async function registerTheRest(program: Command): Promise<void> {
+  const [demo, run, explain, serve] = await Promise.all([
+    import("./commands/demo.ts"),
+    import("./commands/run.ts"),
+    import("./commands/explain.ts"),
+    import("./commands/serve.ts"),
+  ]);
+  demo.registerDemo(program);
+  run.registerRun(program);
+  explain.registerExplain(program);
+  serve.registerServe(program);
+}
+
+const program = configureCommandOutput(new Command().name("vgpu"), processIo)
+  .description("VFIO mediated-device passthrough for virtual GPUs: a deterministic host model and a vfio-user device")
+  .version(`vgpu ${VERSION}`, "-V, --version", "print the version");
 
 try {
+  registerMdevCommands(program, processIo);
+  const args = process.argv.slice(2);
+  const first = args.find((a) => !a.startsWith("-"));
+  const versionOnly = first === undefined && args.some((a) => a === "-V" || a === "--version");
+  if (!versionOnly && (first === undefined || !QUICK.has(first))) await registerTheRest(program);
   await program.parseAsync(process.argv);
 } catch (e) {
-  if (isKernelError(e)) {
-    process.stderr.write(`vgpu: ${e.describe()}\n`);
-    process.exitCode = 1;
-  } else {
-    throw e;
-  }
+  process.exitCode = reportError(e, processIo);
 }

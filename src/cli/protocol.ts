@@ -26,8 +26,7 @@ import {
   startModeSchema,
 } from "./mdevctl-json.ts";
 
-export const PROTOCOL_VERSION = 1;
-export const MAX_LINE_BYTES = 1 << 20;
+export { encodeLine, LineSplitter, MAX_LINE_BYTES, PROTOCOL_VERSION, type SplitLines } from "./wire.ts";
 
 const attr = mdevAttrSchema;
 const startMode = startModeSchema;
@@ -128,6 +127,15 @@ export const methods = {
     params: z.object({ uuid: z.string(), force: z.boolean() }),
     result: z.object({ uuid: z.string(), parent: z.string() }),
   },
+  /** mdevctl's start-parent-mdevs: start the parent's `auto` definitions that are not running. */
+  startParent: {
+    params: z.object({ parent: z.string() }),
+    result: z.object({
+      parent: z.string(),
+      started: z.array(z.string()),
+      failed: z.array(z.object({ uuid: z.string(), message: z.string() })),
+    }),
+  },
 } as const;
 
 export type Method = keyof typeof methods;
@@ -159,65 +167,4 @@ export interface Request<M extends Method = Method> {
   readonly id: number;
   readonly method: M;
   readonly params: ParamsOf<M>;
-}
-
-/** One line on the wire. */
-export function encodeLine(message: unknown): string {
-  return `${JSON.stringify(message)}\n`;
-}
-
-/** What `LineSplitter.push` found in one chunk. */
-export interface SplitLines {
-  /** The complete lines, decoded as UTF-8, without their newline; blank lines are dropped. */
-  readonly lines: string[];
-  /**
-   * A line ran past the limit after `lines`: the caller answers EMSGSIZE and closes. The splitter then holds nothing
-   * and ignores everything pushed after.
-   */
-  readonly overflow: boolean;
-}
-
-/**
- * Splits a byte stream into lines, holding at most `maxBytes` bytes of an unfinished line: a line is measured in
- * bytes (UTF-8), not in characters, and the rest of a line past the limit is never buffered. Each chunk is scanned
- * once, so a long line arriving in many chunks costs linear time.
- */
-export class LineSplitter {
-  private parts: Buffer[] = [];
-  private pendingBytes = 0;
-  private spent = false;
-
-  constructor(private readonly maxBytes: number = MAX_LINE_BYTES) {}
-
-  push(chunk: Buffer | string): SplitLines {
-    const lines: string[] = [];
-    if (this.spent) return { lines, overflow: true };
-    const buf = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;
-    let start = 0;
-    for (let nl = buf.indexOf(0x0a); nl >= 0; nl = buf.indexOf(0x0a, start)) {
-      const piece = buf.subarray(start, nl);
-      if (this.pendingBytes + piece.length > this.maxBytes) return this.overflow(lines);
-      const line = this.parts.length === 0 ? piece : Buffer.concat([...this.parts, piece]);
-      this.parts = [];
-      this.pendingBytes = 0;
-      const text = line.toString("utf8");
-      if (text.trim() !== "") lines.push(text);
-      start = nl + 1;
-    }
-    const rest = buf.length - start;
-    if (this.pendingBytes + rest > this.maxBytes) return this.overflow(lines);
-    if (rest > 0) {
-      // A copy: a view would keep the whole chunk alive.
-      this.parts.push(Buffer.from(buf.subarray(start)));
-      this.pendingBytes += rest;
-    }
-    return { lines, overflow: false };
-  }
-
-  private overflow(lines: string[]): SplitLines {
-    this.spent = true;
-    this.parts = [];
-    this.pendingBytes = 0;
-    return { lines, overflow: true };
-  }
 }

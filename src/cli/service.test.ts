@@ -285,7 +285,14 @@ describe("MdevService: modify and undefine", () => {
   it("edits attributes by index and refuses bad indexes with the list", () => {
     const { svc, w, root } = setup();
     svc.define(define({ uuid: U1, parent: GPU, type: "gpu-small" }), w);
-    throwsErr(() => svc.modify(modify({ uuid: U1, delattr: true }), w), Errno.EINVAL, /has no attributes to delete/);
+    // mdevctl: deleting the last attribute of none changes nothing; an index into none is an error.
+    svc.modify(modify({ uuid: U1, delattr: true }), w);
+    assert.deepEqual(svc.list({ defined: true }, w).devices[0]!.attrs, []);
+    throwsErr(
+      () => svc.modify(modify({ uuid: U1, delattr: true, index: 0 }), w),
+      Errno.EINVAL,
+      /attribute index 0 is invalid \(device \S+ has no attributes\)/,
+    );
     svc.modify(modify({ uuid: U1, addattr: "knob", value: "1" }), w);
     svc.modify(modify({ uuid: U1, addattr: "knob", value: "2" }), w);
     throwsErr(

@@ -18,15 +18,27 @@
  * - starting a device is all or nothing: if a vendor attribute write fails, the device is removed again;
  * - a running device lists the attributes the service applied when it started it (mdevctl shows attributes of
  *   running devices only through a callout script);
- * - `modify --jsonfile` needs an existing definition (mdevctl would create one), `--delattr` needs an attribute to
- *   delete (mdevctl does nothing), and `-t` alone is a modification (mdevctl asks for one more option).
+ * - `modify --jsonfile` needs an existing definition (mdevctl would create one), and `-t` alone is a modification
+ *   (mdevctl asks for one more option); `--delattr` on a definition without attributes changes nothing, as in mdevctl.
+ *
+ * Callout scripts (callouts.ts) run around every action as mdevctl runs them: `pre` may veto (`force` overrides
+ * it), `post` and the notifiers follow; a running device lists the attributes its `get attributes` script reports.
+ * `--force` therefore means both "skip the host checks" and "go ahead despite a callout".
  *
  * Everything is synchronous: one request runs to completion before the next, so the checks and the change they
  * guard cannot interleave with another client's.
  */
 import { Errno, KernelError } from "../core/index.ts";
+import type { CalloutDevice, Callouts } from "./callouts.ts";
 import { type DefinitionStore, invalidParentName, parentFolderProblem, type StoredDefinition } from "./definitions.ts";
-import { badComponentName, byteOrder, type MdevAttr, type MdevDefinition, parseUuid } from "./mdevctl-json.ts";
+import {
+  badComponentName,
+  byteOrder,
+  invalidUuidMessage,
+  type MdevAttr,
+  type MdevDefinition,
+  parseUuid,
+} from "./mdevctl-json.ts";
 import { type Method, type ParamsOf, PROTOCOL_VERSION, type ResultOf, type WireDevice } from "./protocol.ts";
 
 /** One type a parent offers now. */
@@ -77,6 +89,13 @@ export interface MdevServiceOptions {
   /** The state directory, reported by `hello`. */
   readonly root?: string;
   readonly pid?: number;
+  /** Callout and notifier scripts run around each action (none when omitted). */
+  readonly callouts?: Callouts;
+  /**
+   * Check parents and types against the host on define and modify (default true). False when the service runs
+   * on the files alone, with no host (offline.ts).
+   */
+  readonly hostChecks?: boolean;
 }
 
 /** Auto-start outcome for one parent. */
@@ -107,6 +126,8 @@ export class MdevService {
   private readonly newUuid: () => string;
   private readonly root: string;
   private readonly pid: number;
+  private readonly callouts: Callouts | undefined;
+  private readonly hostChecks: boolean;
   /** Attributes applied when the service started each running device. */
   private readonly applied = new Map<string, readonly MdevAttr[]>();
 
@@ -116,6 +137,36 @@ export class MdevService {
     this.newUuid = opts.newUuid ?? (() => crypto.randomUUID());
     this.root = opts.root ?? "";
     this.pid = opts.pid ?? process.pid;
+    this.callouts = opts.callouts;
+    this.hostChecks = opts.hostChecks ?? true;
+  }
+
+  /** Runs `fn` between the device's pre and post callouts (just `fn` when there are no scripts). */
+  private withCallouts<T>(
+    action: "start" | "stop" | "define" | "undefine" | "modify",
+    device: CalloutDevice,
+    force: boolean,
+    warnings: string[],
+    fn: () => T,
+  ): T {
+    if (this.callouts === undefined) return fn();
+    return this.callouts.for(device, warnings).invoke(action, force, fn);
+  }
+
+  /** A running device's attributes: what its `get attributes` script reports, else what the service applied. */
+  private runningAttrs(run: HostDevice, warnings: string[]): MdevAttr[] {
+    const applied = [...(this.applied.get(run.uuid) ?? [])];
+    if (this.callouts === undefined) return applied;
+    try {
+      const fromScript = this.callouts
+        .for({ uuid: run.uuid, parent: run.parent, mdevType: run.type }, warnings)
+        .getAttributes();
+      return fromScript ?? applied;
+    } catch (e) {
+      if (!(e instanceof KernelError)) throw e;
+      warnings.push(`${e.message}; listing the attributes the host applied instead`);
+      return applied;
+    }
   }
 
   /** Runs one method. Warnings for the user are appended to `warnings`. */
@@ -138,6 +189,8 @@ export class MdevService {
         return this.start(params as ParamsOf<"start">, warnings) as ResultOf<M>;
       case "stop":
         return this.stop(params as ParamsOf<"stop">, warnings) as ResultOf<M>;
+      case "startParent":
+        return this.startParent((params as ParamsOf<"startParent">).parent, warnings) as ResultOf<M>;
     }
     throw new KernelError(Errno.ENOSYS, `unknown method ${String(method)}`);
   }
@@ -163,7 +216,7 @@ export class MdevService {
   private uuidOf(text: string): string {
     const u = parseUuid(text);
     if (u === undefined) {
-      throw new KernelError(Errno.EINVAL, `invalid UUID '${text}': expected 32 hex digits as 8-4-4-4-12`);
+      throw new KernelError(Errno.EINVAL, invalidUuidMessage(text, "the device"));
     }
     return u;
   }
@@ -204,10 +257,18 @@ export class MdevService {
     );
   }
 
+  /**
+   * The parent's type named `type`, or named `type` without its driver prefix ("GVTg_V5_4" for "i915-GVTg_V5_4",
+   * as GVT-g's own documentation and scenario files name them) when exactly one type matches so.
+   */
   private requireType(parent: string, type: string): HostTypeInfo {
     const types = this.host.types(parent);
     const t = types.find((x) => x.type === type);
     if (t) return t;
+    const unprefixed = types.filter(
+      (x) => x.type.endsWith(`-${type}`) && !x.type.slice(0, -type.length - 1).includes("-"),
+    );
+    if (unprefixed.length === 1) return unprefixed[0]!;
     const names = types.map((x) => x.type).sort(byteOrder);
     const hint = this.caseHint(type, names);
     throw new KernelError(
@@ -325,7 +386,7 @@ export class MdevService {
           parent: run.parent,
           mdevType: run.type,
           start: d?.definition.start ?? "manual",
-          attrs: [...(this.applied.get(run.uuid) ?? [])],
+          attrs: this.runningAttrs(run, warnings),
           active: true,
           defined: d !== undefined,
           ...runningExtras(run),
@@ -344,6 +405,7 @@ export class MdevService {
     const uuid = p.uuid !== undefined ? this.uuidOf(p.uuid) : this.generateUuid(defs);
     let parent: string;
     let definition: MdevDefinition;
+    let runningDevice: HostDevice | undefined;
     if (p.definition) {
       if (p.type !== undefined) throw new KernelError(Errno.EINVAL, "the type comes from the JSON file: drop -t");
       if (p.parent === undefined) {
@@ -379,15 +441,22 @@ export class MdevService {
           `device ${uuid} is already defined under parent ${parent} (see \`vgpu list -d -u ${uuid}\`)`,
         );
       }
-      // Defining a running device keeps the attributes it was started with.
-      const attrs = run && run.parent === parent && run.type === type ? (this.applied.get(uuid) ?? []) : [];
-      definition = { mdevType: type, start: p.auto ? "auto" : "manual", attrs: [...attrs] };
+      definition = { mdevType: type, start: p.auto ? "auto" : "manual", attrs: [] };
+      // Defining a running device keeps the attributes it was started with (as its callout script reports them).
+      if (run && run.parent === parent && run.type === type) runningDevice = run;
     }
-    if (!p.force) {
+    if (!p.force && this.hostChecks) {
       this.requireHostParent(parent, true);
-      this.requireType(parent, definition.mdevType);
+      definition = { ...definition, mdevType: this.requireType(parent, definition.mdevType).type };
     }
-    this.store.save(parent, uuid, definition);
+    const device = { uuid, parent, mdevType: definition.mdevType, start: definition.start, attrs: definition.attrs };
+    this.withCallouts("define", device, p.force, warnings, () => {
+      if (runningDevice !== undefined) {
+        const fromScript = this.callouts?.for({ uuid, parent, mdevType: runningDevice.type }, warnings).getAttributes();
+        definition = { ...definition, attrs: fromScript ?? [...(this.applied.get(uuid) ?? [])] };
+      }
+      this.store.save(parent, uuid, definition);
+    });
     return { uuid, parent, generated: !uuidGiven };
   }
 
@@ -397,8 +466,29 @@ export class MdevService {
     const all = defs.filter((d) => d.uuid === uuid);
     const matches = p.parent === undefined ? all : all.filter((d) => d.parent === p.parent);
     if (matches.length === 0) throw this.notDefined(uuid, p.parent, all);
-    for (const d of matches) this.store.remove(d.file);
-    return { removed: matches.map((d) => ({ uuid, parent: d.parent })) };
+    const removed: { uuid: string; parent: string }[] = [];
+    let firstError: KernelError | undefined;
+    // Each definition on its own, as mdevctl does: one vetoed by its callout does not keep the others.
+    for (const d of matches) {
+      try {
+        this.withCallouts("undefine", deviceOf(d), p.force, warnings, () => this.store.remove(d.file));
+        removed.push({ uuid, parent: d.parent });
+      } catch (e) {
+        if (!(e instanceof KernelError)) throw e;
+        if (matches.length > 1) warnings.push(`the definition under ${d.parent} stays: ${e.message}`);
+        firstError ??= e;
+      }
+    }
+    if (firstError !== undefined) {
+      if (matches.length === 1) throw firstError;
+      throw new KernelError(
+        firstError.errno,
+        `${removed.length} of ${matches.length} definitions of ${uuid} removed` +
+          (removed.length > 0 ? ` (under ${removed.map((r) => r.parent).join(", ")})` : "") +
+          "; see the warnings for the others",
+      );
+    }
+    return { removed };
   }
 
   modify(p: ParamsOf<"modify">, warnings: string[]): ResultOf<"modify"> {
@@ -428,17 +518,19 @@ export class MdevService {
       }
       attrs.splice(at, 0, { name: p.addattr, value: p.value });
     } else if (p.delattr) {
-      if (attrs.length === 0) throw new KernelError(Errno.EINVAL, `device ${uuid} has no attributes to delete`);
-      const at = p.index ?? attrs.length - 1;
-      if (at >= attrs.length) {
-        throw new KernelError(Errno.EINVAL, `attribute index ${at} is invalid (${attrsHint(uuid, attrs)})`);
-      }
-      attrs.splice(at, 1);
+      // No index: the last attribute, if any (mdevctl: deleting from an empty list changes nothing).
+      if (p.index === undefined) attrs.pop();
+      else if (p.index >= attrs.length) {
+        throw new KernelError(Errno.EINVAL, `attribute index ${p.index} is invalid (${attrsHint(uuid, attrs)})`);
+      } else attrs.splice(p.index, 1);
     }
     if (mdevType !== d.definition.mdevType && !p.force && this.host.parents().includes(d.parent)) {
-      this.requireType(d.parent, mdevType);
+      mdevType = this.requireType(d.parent, mdevType).type;
     }
-    this.store.save(d.parent, uuid, { mdevType, start, attrs }, d.file);
+    const device = { uuid, parent: d.parent, mdevType, start, attrs };
+    this.withCallouts("modify", device, p.force, warnings, () =>
+      this.store.save(d.parent, uuid, { mdevType, start, attrs }, d.file),
+    );
     return { uuid, parent: d.parent };
   }
 
@@ -472,9 +564,18 @@ export class MdevService {
         );
       }
     }
-    this.applyAttributes(uuid, p.definition.attrs, false);
-    this.applied.set(uuid, [...p.definition.attrs]);
-    if (stored) this.store.save(run.parent, uuid, p.definition, stored.file);
+    const definition = p.definition;
+    const apply = () => {
+      this.applyAttributes(uuid, definition.attrs, false);
+      this.applied.set(uuid, [...definition.attrs]);
+    };
+    const device = { uuid, parent: run.parent, mdevType: run.type, start: definition.start, attrs: definition.attrs };
+    if (this.callouts === undefined) apply();
+    else this.callouts.for(device, warnings).modifyLive(apply);
+    if (stored) {
+      const file = stored.file;
+      this.withCallouts("modify", device, p.force, warnings, () => this.store.save(run.parent, uuid, definition, file));
+    }
     return { uuid, parent: run.parent };
   }
 
@@ -532,7 +633,11 @@ export class MdevService {
       }
     }
     uuid ??= this.generateUuid(defs);
-    this.startDevice(uuid, target);
+    const u = uuid;
+    const t = target;
+    const start = defs.find((d) => d.uuid === u && d.parent === t.parent)?.definition.start ?? "manual";
+    const device = { uuid: u, parent: t.parent, mdevType: t.mdevType, start, attrs: t.attrs };
+    this.withCallouts("start", device, p.force, warnings, () => this.startDevice(u, t));
     return { uuid, parent: target.parent, mdevType: target.mdevType, generated: !uuidGiven };
   }
 
@@ -550,15 +655,15 @@ export class MdevService {
     if (type.availableInstances <= 0) {
       throw new KernelError(
         Errno.ENOSPC,
-        `type ${t.mdevType} has ${type.availableInstances} available instances on ${t.parent}` +
+        `type ${type.type} has ${type.availableInstances} available instances on ${t.parent}` +
           (type.reason ? ` (${type.reason})` : ""),
       );
     }
     try {
-      this.host.create(t.parent, t.mdevType, uuid);
+      this.host.create(t.parent, type.type, uuid);
     } catch (e) {
       if (e instanceof KernelError) {
-        throw new KernelError(e.errno, `cannot create ${uuid} (type ${t.mdevType} on ${t.parent}): ${e.message}`);
+        throw new KernelError(e.errno, `cannot create ${uuid} (type ${type.type} on ${t.parent}): ${e.message}`);
       }
       throw e;
     }
@@ -620,12 +725,22 @@ export class MdevService {
           (defs.length > 0 ? ` (it is defined under ${defs.map((d) => d.parent).join(", ")})` : ""),
       );
     }
-    try {
-      this.host.remove(uuid);
-    } catch (e) {
-      if (e instanceof KernelError) throw new KernelError(e.errno, `cannot stop ${uuid}: ${e.message}`);
-      throw e;
-    }
+    const d = this.loadDefinitions(warnings).find((x) => x.uuid === uuid && x.parent === run.parent);
+    const device = {
+      uuid,
+      parent: run.parent,
+      mdevType: run.type,
+      start: d?.definition.start ?? "manual",
+      attrs: this.applied.get(uuid) ?? [],
+    };
+    this.withCallouts("stop", device, p.force, warnings, () => {
+      try {
+        this.host.remove(uuid);
+      } catch (e) {
+        if (e instanceof KernelError) throw new KernelError(e.errno, `cannot stop ${uuid}: ${e.message}`);
+        throw e;
+      }
+    });
     this.applied.delete(uuid);
     return { uuid, parent: run.parent };
   }
@@ -634,22 +749,23 @@ export class MdevService {
 
   /** mdevctl's start-parent-mdevs: starts every `auto` definition of a parent that is not running; never throws. */
   startParent(parent: string, warnings: string[]): AutostartReport {
-    return this.autostart(parent, this.loadDefinitions(warnings));
+    return this.autostart(parent, this.loadDefinitions(warnings), warnings);
   }
 
   /** Auto-starts the definitions of every parent present, parents in byte order. */
   autostartAll(warnings: string[]): AutostartReport[] {
     const defs = this.loadDefinitions(warnings);
-    return [...this.host.parents()].sort(byteOrder).map((p) => this.autostart(p, defs));
+    return [...this.host.parents()].sort(byteOrder).map((p) => this.autostart(p, defs, warnings));
   }
 
-  private autostart(parent: string, defs: readonly StoredDefinition[]): AutostartReport {
+  private autostart(parent: string, defs: readonly StoredDefinition[], warnings: string[]): AutostartReport {
     const started: string[] = [];
     const failed: { uuid: string; message: string }[] = [];
     for (const d of defs) {
       if (d.parent !== parent || d.definition.start !== "auto") continue;
       try {
-        this.startDevice(d.uuid, { parent, mdevType: d.definition.mdevType, attrs: d.definition.attrs });
+        const target = { parent, mdevType: d.definition.mdevType, attrs: d.definition.attrs };
+        this.withCallouts("start", deviceOf(d), false, warnings, () => this.startDevice(d.uuid, target));
         started.push(d.uuid);
       } catch (e) {
         if (!(e instanceof KernelError)) throw e;
@@ -658,6 +774,16 @@ export class MdevService {
     }
     return { parent, started, failed };
   }
+}
+
+function deviceOf(d: StoredDefinition): CalloutDevice {
+  return {
+    uuid: d.uuid,
+    parent: d.parent,
+    mdevType: d.definition.mdevType,
+    start: d.definition.start,
+    attrs: d.definition.attrs,
+  };
 }
 
 function runningExtras(run: HostDevice): Partial<WireDevice> {

@@ -1,7 +1,9 @@
 /**
  * `vgpu define`: writes a persistent definition (`<root>/mdevctl.d/<parent>/<uuid>`). `-u` alone defines a running
  * device with its parent, type and attributes; without `-u` a UUID is generated and printed. `--jsonfile` supplies
- * type, start mode and attributes. The parent and type must exist on the host unless `-f` is given.
+ * type, start mode and attributes. The parent and type must exist on the host unless `-f` is given; with no host
+ * running the definition is written without those checks, and a warning says so. A type may be named without its
+ * driver prefix (`GVTg_V5_4` for `i915-GVTg_V5_4`). Callout scripts may veto it (`-f` overrides).
  */
 import { type Command, Option } from "commander";
 import {
@@ -31,15 +33,21 @@ export async function runDefine(opts: DefineOptions, io: CliIo): Promise<void> {
   }
   const uuid = uuidOption(opts.uuid);
   const type = typeOption(opts.type);
-  const definition = opts.jsonfile !== undefined ? readJsonFile(opts.jsonfile, io) : undefined;
-  const r = await callHost(io, opts, "define", {
-    ...(uuid !== undefined ? { uuid } : {}),
-    ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
-    ...(type !== undefined ? { type } : {}),
-    auto: opts.auto === true,
-    ...(definition ? { definition } : {}),
-    force: opts.force === true,
-  });
+  const definition = opts.jsonfile !== undefined ? await readJsonFile(opts.jsonfile, io) : undefined;
+  const r = await callHost(
+    io,
+    opts,
+    "define",
+    {
+      ...(uuid !== undefined ? { uuid } : {}),
+      ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
+      ...(type !== undefined ? { type } : {}),
+      auto: opts.auto === true,
+      ...(definition ? { definition } : {}),
+      force: opts.force === true,
+    },
+    { offline: true },
+  );
   if (r.generated) io.out(`${r.uuid}\n`);
 }
 
@@ -54,6 +62,9 @@ export function registerDefine(program: Command, io: CliIo): void {
     .addOption(
       new Option("--jsonfile <file>", "type, start mode and attributes from a JSON file").conflicts(["type", "auto"]),
     )
-    .option("-f, --force", "skip the checks against the running host (define for a parent that is not there yet)");
+    .option(
+      "-f, --force",
+      "skip the checks against the running host (a parent that is not there yet) and go ahead despite a callout",
+    );
   withRoot(configureCommandOutput(cmd, io)).action((opts: DefineOptions) => runDefine(opts, io));
 }

@@ -4,7 +4,7 @@
  *
  * Start-up, in order: check that every socket path under the root fits in sun_path (ENAMETOOLONG naming the path,
  * its length and the limit, before anything is created); build the system from the config (the embedded default:
- * one mtty parent); remove temporary files left in `<root>/mdevctl.d` by an interrupted write; bind the socket
+ * a GVT-g-like GPU at 0000:00:02.0 and the mtty sample parent); remove temporary files left in `<root>/mdevctl.d` by an interrupted write; bind the socket
  * (refusing if a host answers there, replacing a stale socket with a message); then auto-start the `start: auto`
  * definitions of every parent, as udev's `mdevctl start-parent-mdevs` does when a parent appears. A definition that fails to start is logged with its
  * reason and the others still start (mdevctl #53). The log goes to stderr, one "vgpu host: ..." line per event.
@@ -21,6 +21,7 @@ import {
   type System,
   type SystemConfig,
 } from "../../scenario/index.ts";
+import { Callouts } from "../callouts.ts";
 import { type Daemon, definitionsDirOf, SOCKET_NAME, socketPathOf, startDaemon } from "../daemon.ts";
 import { DefinitionStore } from "../definitions.ts";
 import { systemHostApi } from "../host-api.ts";
@@ -74,6 +75,7 @@ export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
   const service = new MdevService({
     host: hostApi,
     store,
+    callouts: new Callouts({ root: opts.root }),
     root: opts.root,
     ...(opts.newUuid ? { newUuid: opts.newUuid } : {}),
   });

@@ -11,6 +11,7 @@ import type { HostOptions } from "./host.ts";
 import { registerList } from "./list.ts";
 import { registerModify } from "./modify.ts";
 import { registerStart } from "./start.ts";
+import { registerStartParent } from "./start-parent.ts";
 import { registerStop } from "./stop.ts";
 import { registerTypes } from "./types.ts";
 import { registerUndefine } from "./undefine.ts";
@@ -23,14 +24,18 @@ function registerHost(program: Command, io: CliIo): void {
   const cmd = program
     .command("host")
     .description("run a model host and serve the mdev control API on <root>/vgpu.sock (stop with SIGTERM or Ctrl-C)")
-    .option("--config <file>", "host config (JSON: memory, iommu, seed, parents); default: one mtty parent");
+    .option(
+      "--config <file>",
+      "host config (JSON: memory, iommu, seed, parents); default: 16 GiB, IOMMU on, a GVT-g-like GPU at " +
+        "0000:00:02.0 (types i915-GVTg_V5_*) and the mtty sample parent with 24 ports",
+    );
   withRoot(configureCommandOutput(cmd, io)).action(async (opts: HostOptions) => {
     const { runHost } = await import("./host.ts");
     await runHost(opts, io);
   });
 }
 
-/** Adds `host`, `types`, `list`, `define`, `undefine`, `modify`, `start` and `stop`. */
+/** Adds `host`, `types`, `list`, `define`, `undefine`, `modify`, `start`, `stop` and `start-parent-mdevs`. */
 export function registerMdevCommands(program: Command, io: CliIo): void {
   registerHost(program, io);
   registerTypes(program, io);
@@ -40,6 +45,7 @@ export function registerMdevCommands(program: Command, io: CliIo): void {
   registerModify(program, io);
   registerStart(program, io);
   registerStop(program, io);
+  registerStartParent(program, io);
 }
 
 /**
@@ -47,7 +53,7 @@ export function registerMdevCommands(program: Command, io: CliIo): void {
  * its exit code. Output goes to `io`; errors are reported as `vgpu` reports them.
  */
 export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
-  const program = configureCommandOutput(new Command().name("vgpu").exitOverride(), io);
+  const program = configureCommandOutput(new Command().name("vgpu"), io);
   registerMdevCommands(program, io);
   try {
     await program.parseAsync([...argv], { from: "user" });

@@ -1,7 +1,8 @@
 /**
  * `vgpu modify -u UUID`: changes a definition: type (`-t`), start mode (`-a`/`-m`), attributes (`--addattr NAME
  * --value V [-i N]`, `--delattr [-i N]`), or all of it from `--jsonfile`. `--live --jsonfile` applies the file's
- * attributes to the running device instead; `--live --defined` does both.
+ * attributes to the running device instead; `--live --defined` does both. Without `--live` it works on the files
+ * alone when no host runs.
  */
 import { type Command, Option } from "commander";
 import {
@@ -61,25 +62,31 @@ export async function runModify(opts: ModifyOptions, io: CliIo): Promise<void> {
   const type = typeOption(opts.type);
   const addattr = attrNameOption(opts.addattr);
   const index = indexOption(opts.index);
-  const definition = opts.jsonfile !== undefined ? readJsonFile(opts.jsonfile, io) : undefined;
+  const definition = opts.jsonfile !== undefined ? await readJsonFile(opts.jsonfile, io) : undefined;
   if (definition && !opts.live && opts.parent === undefined) {
     throw usageError("a parent is required to modify a device from a JSON file: pass -p PARENT");
   }
-  await callHost(io, opts, "modify", {
-    uuid,
-    ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
-    ...(type !== undefined ? { type } : {}),
-    ...(addattr !== undefined ? { addattr } : {}),
-    ...(opts.value !== undefined ? { value: opts.value } : {}),
-    delattr: opts.delattr === true,
-    ...(index !== undefined ? { index } : {}),
-    auto: opts.auto === true,
-    manual: opts.manual === true,
-    live: opts.live === true,
-    defined: opts.defined === true,
-    ...(definition ? { definition } : {}),
-    force: opts.force === true,
-  });
+  await callHost(
+    io,
+    opts,
+    "modify",
+    {
+      uuid,
+      ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
+      ...(type !== undefined ? { type } : {}),
+      ...(addattr !== undefined ? { addattr } : {}),
+      ...(opts.value !== undefined ? { value: opts.value } : {}),
+      delattr: opts.delattr === true,
+      ...(index !== undefined ? { index } : {}),
+      auto: opts.auto === true,
+      manual: opts.manual === true,
+      live: opts.live === true,
+      defined: opts.defined === true,
+      ...(definition ? { definition } : {}),
+      force: opts.force === true,
+    },
+    { offline: opts.live !== true },
+  );
 }
 
 export function registerModify(program: Command, io: CliIo): void {
@@ -110,6 +117,6 @@ export function registerModify(program: Command, io: CliIo): void {
         "value",
       ]),
     )
-    .option("-f, --force", "skip the checks against the running host");
+    .option("-f, --force", "skip the checks against the running host and go ahead despite a callout");
   withRoot(configureCommandOutput(cmd, io)).action((opts: ModifyOptions) => runModify(opts, io));
 }

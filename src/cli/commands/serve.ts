@@ -34,6 +34,7 @@ import {
 } from "../../scenario/index.ts";
 import { serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
 import type { Vgpu } from "../../vgpu/index.ts";
+import { uuidOption } from "./common.ts";
 
 /** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
 export const DEFAULT_SERVE_UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -142,7 +143,7 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
       `no parent offers mdev type ${o.type}; the host offers: ${offered.join(", ") || "none"}`,
     );
   }
-  const uuid = (o.uuid ?? DEFAULT_SERVE_UUID).toLowerCase();
+  const uuid = uuidOption(o.uuid) ?? DEFAULT_SERVE_UUID;
   system.mdev.create(parent, o.type, uuid);
   const watched = watchIsolation(system, parent, uuid);
   let server: VfioUserServer;
@@ -192,7 +193,10 @@ export function registerServe(program: Command): void {
     .requiredOption("-t, --type <type>", "mdev type to create, e.g. mtty-2")
     .requiredOption("-s, --socket <path>", "UNIX socket path to serve on (created with mode 0600)")
     .option("-u, --uuid <uuid>", `UUID of the mdev (default ${DEFAULT_SERVE_UUID})`)
-    .option("-c, --config <file>", "host config file (default: the embedded host with one mtty parent)")
+    .option(
+      "-c, --config <file>",
+      "host config file (default: the embedded host: a GVT-g-like GPU at 0000:00:02.0 and the mtty sample parent)",
+    )
     .option("--once", "exit after the first client disconnects")
     .option("--trace", "print trace events on stderr")
     .option("--handshake-timeout <ms>", "drop a client that sends no VERSION within this (default 5000)")

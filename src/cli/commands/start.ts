@@ -31,7 +31,7 @@ export async function runStart(opts: StartOptions, io: CliIo): Promise<void> {
   }
   const uuid = uuidOption(opts.uuid);
   const type = typeOption(opts.type);
-  const definition = opts.jsonfile !== undefined ? readJsonFile(opts.jsonfile, io) : undefined;
+  const definition = opts.jsonfile !== undefined ? await readJsonFile(opts.jsonfile, io) : undefined;
   const r = await callHost(io, opts, "start", {
     ...(uuid !== undefined ? { uuid } : {}),
     ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
@@ -50,6 +50,6 @@ export function registerStart(program: Command, io: CliIo): void {
     .option("-p, --parent <parent>", "parent device")
     .option("-t, --type <type>", "mdev type")
     .addOption(new Option("--jsonfile <file>", "type and attributes from a JSON file").conflicts("type"))
-    .option("-f, --force", "accepted for mdevctl compatibility");
+    .option("-f, --force", "go ahead despite a callout script's veto");
   withRoot(configureCommandOutput(cmd, io)).action((opts: StartOptions) => runStart(opts, io));
 }

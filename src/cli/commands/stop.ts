@@ -16,6 +16,6 @@ export function registerStop(program: Command, io: CliIo): void {
     .command("stop")
     .description("stop a running mediated device")
     .requiredOption("-u, --uuid <uuid>", "UUID of the device")
-    .option("-f, --force", "accepted for mdevctl compatibility");
+    .option("-f, --force", "go ahead despite a callout script's veto");
   withRoot(configureCommandOutput(cmd, io)).action((opts: StopOptions) => runStop(opts, io));
 }

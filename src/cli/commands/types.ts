@@ -3,7 +3,7 @@
  * them (text, or JSON with `--dumpjson`). A type that cannot fit shows why next to its count.
  */
 import type { Command } from "commander";
-import { formatTypesJson, formatTypesText } from "../mdevctl-json.ts";
+import { formatTypesJson, formatTypesText } from "../mdevctl-text.ts";
 import { type CliIo, callHost, configureCommandOutput, type RootOption, withRoot } from "./common.ts";
 
 interface TypesOptions extends RootOption {

@@ -1,6 +1,6 @@
 /**
  * `vgpu undefine -u UUID [-p PARENT]`: removes the definition(s) of a UUID, under every parent unless `-p` is given.
- * Running devices are not touched.
+ * Running devices are not touched. Works on the files alone when no host runs.
  */
 import type { Command } from "commander";
 import { type CliIo, callHost, configureCommandOutput, type RootOption, uuidOption, withRoot } from "./common.ts";
@@ -12,11 +12,17 @@ interface UndefineOptions extends RootOption {
 }
 
 export async function runUndefine(opts: UndefineOptions, io: CliIo): Promise<void> {
-  await callHost(io, opts, "undefine", {
-    uuid: uuidOption(opts.uuid)!,
-    ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
-    force: opts.force === true,
-  });
+  await callHost(
+    io,
+    opts,
+    "undefine",
+    {
+      uuid: uuidOption(opts.uuid)!,
+      ...(opts.parent !== undefined ? { parent: opts.parent } : {}),
+      force: opts.force === true,
+    },
+    { offline: true },
+  );
 }
 
 export function registerUndefine(program: Command, io: CliIo): void {
@@ -25,6 +31,6 @@ export function registerUndefine(program: Command, io: CliIo): void {
     .description("remove the definition of a mediated device (a running device keeps running)")
     .requiredOption("-u, --uuid <uuid>", "UUID of the device")
     .option("-p, --parent <parent>", "only the definition under this parent")
-    .option("-f, --force", "accepted for mdevctl compatibility");
+    .option("-f, --force", "go ahead despite a callout script's veto");
   withRoot(configureCommandOutput(cmd, io)).action((opts: UndefineOptions) => runUndefine(opts, io));
 }
