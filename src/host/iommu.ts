@@ -78,6 +78,15 @@ declare module "../core/trace.ts" {
     "ats.translate": { bdf: string; domain: number; iova: number; hpa: number; prot: number };
     "ats.invalidate": { bdf: string; domain: number; granularity: string; iova: number; size: number };
     "ats.translated": { bdf: string; domain: number; hpa: number; access: string };
+    "iommu.walk": {
+      bdf: string;
+      domain: number;
+      iova: number;
+      hpa: number;
+      level: number;
+      iotlbHits: number;
+      iotlbMisses: number;
+    };
     "ats.enable": { bdf: string; enabled: boolean };
   }
 }
@@ -94,6 +103,8 @@ defineTraceEvents("host", {
   "iommu.fault": "DMA fault #{seq}: {bdf} {access} iova {iova} in domain {domain}: {reason}",
   "ats.translate": "ATS translation request from {bdf}: iova {iova} -> hpa {hpa} (prot {prot}) cached in its ATC",
   "ats.invalidate": "device-IOTLB invalidation ({granularity}) of {bdf}: iova {iova} size {size}",
+  "iommu.walk":
+    "IOTLB miss: {bdf} iova {iova} in domain {domain} walked to hpa {hpa} (leaf level {level}; IOTLB {iotlbHits} hits, {iotlbMisses} misses so far)",
   "ats.translated": "translated request from {bdf} ({access}) to hpa {hpa} passed unchecked (ATS enabled)",
   "ats.enable": "ATS of {bdf} enabled {enabled}",
 });
@@ -987,6 +998,17 @@ export class Iommu {
       if (!found) return this.fault(dev.bdf, dom.id, iova, access, "not-present");
       frame = w.frame;
       prot = w.prot;
+      if (this.tracer.enabled) {
+        this.tracer.emit("iommu.walk", {
+          bdf: dev.bdf,
+          domain: dom.id,
+          iova: page * PAGE_SIZE,
+          hpa: frame * PAGE_SIZE,
+          level: w.level,
+          iotlbHits: iotlb.hits,
+          iotlbMisses: iotlb.misses,
+        });
+      }
       if (this.superpageTlb && w.pageSize >= SUPERPAGE_BYTES) {
         iotlb.fill(dom.id, SUPERPAGE_TAG + Math.floor(page / SUPERPAGE_PAGES), frame - (page % SUPERPAGE_PAGES), prot);
       } else {

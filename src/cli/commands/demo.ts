@@ -22,6 +22,7 @@ export interface DemoOptions {
   readonly seed?: string;
   readonly json?: boolean;
   readonly trace?: string;
+  readonly perfetto?: string;
 }
 
 /** Runs the demo, printing to `io`; returns the exit code. */
@@ -52,7 +53,8 @@ export function registerDemo(program: Command, io: CliIo = processIo): void {
     )
     .option("--seed <n>", "seed of every random choice (default 1)")
     .option("--json", "print the report as JSON")
-    .option("--trace <file>", "write every trace event, one JSON object per line");
+    .option("--trace <file>", "write every trace event, one JSON object per line")
+    .option("--perfetto <file>", "write the trace as Chrome Trace Event JSON (open it in ui.perfetto.dev)");
   configureCommandOutput(cmd, io).action(async (opts: DemoOptions) => {
     process.exitCode = await runDemo(opts, io);
   });

@@ -19,6 +19,8 @@ export interface RunOptions {
   readonly seed?: string;
   readonly json?: boolean;
   readonly trace?: string;
+  /** Write Chrome Trace Event JSON for Perfetto here (perfetto.ts). */
+  readonly perfetto?: string;
   readonly quiet?: boolean;
 }
 
@@ -102,11 +104,20 @@ export async function runAndPrint(
   const seed = seedOption(opts.seed);
   const progress = progressLine(io, io === processIo && process.stderr.isTTY === true && opts.json !== true);
   const trace = opts.trace !== undefined ? traceFile(opts.trace, io) : undefined;
+  const perfetto = opts.perfetto !== undefined ? await import("./perfetto.ts") : undefined;
+  const collector = perfetto !== undefined ? new perfetto.PerfettoCollector() : undefined;
+  const traceLine =
+    trace !== undefined && collector !== undefined
+      ? (l: string) => {
+          trace.line(l);
+          collector.line(l);
+        }
+      : (trace?.line ?? collector?.line);
   let reported: ReturnType<typeof s.runWithReport>;
   try {
     reported = s.runWithReport(scenario, {
       ...(seed !== undefined ? { seed } : {}),
-      ...(trace !== undefined ? { traceLine: trace.line } : {}),
+      ...(traceLine !== undefined ? { traceLine } : {}),
       progress: progress.update,
     });
   } finally {
@@ -114,6 +125,12 @@ export async function runAndPrint(
     trace?.close();
   }
   const { report } = reported;
+  if (perfetto !== undefined && collector !== undefined && opts.perfetto !== undefined) {
+    const { ChromeTraceWriter } = await import("../../trace-export/index.ts");
+    const w = new ChromeTraceWriter();
+    perfetto.addRun(w, scenario.name, collector, reported.run);
+    perfetto.writePerfetto(opts.perfetto, io, w);
+  }
   if (opts.json) io.out(`${s.reportJson(report)}\n`);
   else if (!opts.quiet) io.out(`${[...header, ...s.formatReport(report)].join("\n")}\n`);
   if (report.error !== null) {
@@ -140,6 +157,7 @@ export function registerRun(program: Command, io: CliIo = processIo): void {
     .option("--seed <n>", "seed of every random choice (default: the file's, else 1)")
     .option("--json", "print the report as JSON")
     .option("--trace <file>", "write the trace, one JSON object per line")
+    .option("--perfetto <file>", "write the trace as Chrome Trace Event JSON (open it in ui.perfetto.dev)")
     .option("-q, --quiet", "print nothing but errors (the exit code says how it went)");
   configureCommandOutput(cmd, io).action(async (file: string, opts: RunOptions) => {
     seedOption(opts.seed);
