@@ -204,7 +204,10 @@ describe("vgpu demo --perfetto", () => {
       (e) => e.ph === "X" && e.cat === "chain" && String(e.args?.chain).endsWith("(first complete access)"),
     );
     assert.equal(stages.length, 6);
-    assert.match(String(stages[4]!.args?.event), /gpu\.(ppgtt\.gma_translate|blit)/);
+    assert.match(
+      String(stages[4]!.args?.event),
+      /^(gpu\.ppgtt\.gma_translate|gpu\.ring\.tail|gpu\.execlist\.in|i915\.(context\.)?submit)$/,
+    );
     assert.match(String(stages[5]!.args?.event), /iommu\.walk|ats\.translate/);
   });
 });

@@ -43,6 +43,9 @@ function entryPage(v: unknown): number {
   return Math.floor(n / PAGE) % 2 ** 36;
 }
 
+/** Records of an engine starting the work whose DMA follows (the model runs an engine synchronously from these). */
+const ENGINE_STARTS = new Set(["gpu.ring.tail", "gpu.execlist.in", "i915.submit", "i915.context.submit"]);
+
 /** The stages found for `key`, in chain order (see the module comment). */
 export function findAccessChain(records: readonly TraceInput[], key: AccessKey): FoundStage[] {
   const page = Math.floor(key.dmaAddr / PAGE);
@@ -71,18 +74,20 @@ export function findAccessChain(records: readonly TraceInput[], key: AccessKey):
       (r.name === "vgpu.ppgtt.spt_guest_change" && f(r, "vgpu") === key.vgpu && entryPage(f(r, "after")) === key.gfn),
     pin >= 0 ? pin : s,
   );
-  const gma = key.gma;
-  const dma = after(
-    (r) =>
-      (r.name === "gpu.ppgtt.gma_translate" && Math.floor(num(f(r, "dmaAddr")) / PAGE) === page) ||
-      (r.name === "gpu.blit" &&
-        gma !== undefined &&
-        [num(f(r, "dstGma")), num(f(r, "srcGma"))].some((g) => Math.floor(g / PAGE) === Math.floor(gma / PAGE))),
-  );
+  // The translation is the first walk (or ATS request) for the page after the shadow entry; the DMA that made it is
+  // the engine's PPGTT translation to the page, or else the engine's start (RING_TAIL, a context switched in, a
+  // submission) just before it: a blit's own record comes when it completes, after its translations.
   const walk = after(
     (r) => (r.name === "iommu.walk" || r.name === "ats.translate") && Math.floor(num(f(r, "iova")) / PAGE) === page,
-    dma >= 0 ? dma - 1 : s,
   );
+  let dma = -1;
+  if (walk >= 0) {
+    for (let i = walk - 1; i > s && dma < 0; i--) {
+      const r = records[i]!;
+      if (r.name === "gpu.ppgtt.gma_translate" && Math.floor(num(f(r, "dmaAddr")) / PAGE) === page) dma = i;
+    }
+    for (let i = walk - 1; i > s && dma < 0; i--) if (ENGINE_STARTS.has(records[i]!.name)) dma = i;
+  }
   const out: FoundStage[] = [];
   const push = (label: string, i: number) => {
     if (i >= 0) out.push({ label, seq: records[i]!.seq });
@@ -91,8 +96,10 @@ export function findAccessChain(records: readonly TraceInput[], key: AccessKey):
   push("vfio_pin_pages (GPA -> HPA)", pin);
   push("dma_map_page (HPA -> IOVA)", map);
   push("shadow entry (GMA -> IOVA)", s);
-  push("engine DMA at the IOVA", dma);
-  push("IOMMU translation (IOVA -> HPA)", walk);
+  if (dma >= 0) {
+    push("engine DMA at the IOVA", dma);
+    push("IOMMU translation (IOVA -> HPA)", walk);
+  }
   return out;
 }
 
@@ -118,7 +125,7 @@ export function firstCompleteChain(
     } else if (r.name === "iommu.walk" || r.name === "ats.translate") {
       const p = Math.floor(num(f(r, "iova")) / PAGE);
       const s = shadowByPage.get(p);
-      if (s === undefined || ++tried > 64) continue;
+      if (s === undefined || ++tried > 256) continue;
       const key: AccessKey = {
         vgpu: s.vgpu,
         gfn: s.gfn,

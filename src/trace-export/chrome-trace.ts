@@ -48,7 +48,9 @@ export interface ChromeTrace {
 }
 
 /** A trace record as `TraceRecord`, or as a parsed JSON line of `vgpu run --trace` ({seq, time, name, ...fields}). */
-export type TraceInput = TraceRecord | { readonly seq: number; readonly time: number; readonly name: string };
+export type TraceInput =
+  | TraceRecord
+  | { readonly seq: number; readonly time: number; readonly name: string; readonly [field: string]: unknown };
 
 /** A step of a scenario run (ScenarioRun.steps), for step slices. */
 export interface StepSpan {

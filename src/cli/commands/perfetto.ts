@@ -46,7 +46,11 @@ export function addRun(w: ChromeTraceWriter, name: string, c: PerfettoCollector,
   let chains = 0;
   if (run !== undefined) {
     w.addSteps(run.steps);
+    const seen = new Set<string>();
     for (const e of run.explanations) {
+      const key = `${e.vm}/${e.gma}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
       const v = run.vms.get(e.vm);
       const vgpu = v?.vgpu?.id;
       if (e.mode !== "vgpu" || vgpu === undefined) continue;
