@@ -37,7 +37,9 @@ describe("vgpu run", () => {
     const code = await runAndPrint(await loadScenario("scenarios/hostile.json", io), {}, io);
     assert.equal(code, 0, io.stderr);
     assert.match(io.stdout, /^scenario hostile \(scenarios\/hostile\.json\), seed 3: ok\n/);
-    assert.match(io.stdout, /attack {3}attacker tried 9 attack\(s\): \d+ rejected, \d+ ignored, 0 executed/);
+    assert.match(io.stdout, /attack {3}attacker tried 12 attack\(s\): \d+ rejected, \d+ ignored, 0 executed/);
+    assert.match(io.stdout, /attack {3}legacy tried 9 attack\(s\): \d+ rejected, \d+ ignored, 0 executed/);
+    assert.match(io.stdout, /check {4}attacker: rejectedContexts 5, violations 0/);
     assert.match(io.stdout, /isolation: [\d,]+ DMA page pieces .* 0 violation\(s\)/);
     assert.match(io.stdout, /teardown: clean/);
     assert.equal(io.stderr, "");
@@ -135,6 +137,32 @@ describe("vgpu explain", () => {
     assert.match(lines[1]!, /GMA 0x[0-9a-f]+ -> GPA 0x[0-9a-f]+ .*virtual GTT/);
     assert.match(lines[5]!, /GMA 0x[0-9a-f]+ -> IOVA 0x[0-9a-f]+ .*GGTT/);
     assert.match(lines[7]!, /^ {2}agree: /);
+    // The guest's driver is on execlists: the same buffer through its PPGTT, the guest's tables then the shadow's.
+    assert.match(lines[9]!, /^translation chain of vm's GPU virtual address 0x[0-9a-f]+ \(the same buffer as GMA /);
+    assert.deepEqual(
+      lines.slice(10, 16).map((l) => l.slice(4, 24).trim()),
+      ["guest PPGTT", "VMM RAM block", "process page table", "gfn cache / DMA API", "shadow PPGTT", "IOMMU page table"],
+    );
+    assert.match(lines[10]!, /GVA 0x[0-9a-f]+ -> GPA 0x[0-9a-f]+ .*PML4\[\d+\] = 0x[0-9a-f]+ -> PDP\[\d+\]/);
+    assert.match(lines[14]!, /GVA 0x[0-9a-f]+ -> IOVA 0x[0-9a-f]+ .*shadow tables/);
+    assert.match(lines[16]!, /^ {2}agree: the layers agree/);
+  });
+
+  it("--gva explains one PPGTT address; a GMA outside the vGPU's graphics memory names its ranges", async () => {
+    const io = captureIo();
+    assert.equal(await runExplain("scenarios/unplug-pinned.json", { vm: "vm", gva: "0x100000000", json: true }, io), 0);
+    const e = JSON.parse(io.stdout) as { gva: number; agree: boolean; layers: { layer: string }[] };
+    assert.deepEqual([e.gva, e.agree, e.layers[4]!.layer], [0x1_0000_0000, true, "shadow PPGTT"]);
+    const out = captureIo();
+    assert.equal(await runExplain("scenarios/unplug-pinned.json", { vm: "vm", gma: "0x0" }, out), 1);
+    assert.match(
+      out.stdout,
+      /DISAGREE: 0x0 is outside vgpu1's graphics memory: its GMAs are the aperture range \[0x[0-9a-f]+, 0x[0-9a-f]+\) \(\d+ MiB\) and the hidden range \[0x[0-9a-f]+, 0x[0-9a-f]+\)/,
+    );
+    await assert.rejects(
+      runExplain("scenarios/whole-gpu.json", { vm: "mediated", gva: "0x100000000" }, captureIo()),
+      /legacy rings: it has no PPGTT/,
+    );
   });
 
   it("--json, a given GMA, and errors for a VM that does not exist", async () => {

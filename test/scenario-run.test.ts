@@ -61,7 +61,8 @@ describe("scenario runner: the examples", () => {
     const unplug = r.report.steps.find((s) => s.action === "unplug")!;
     assert.match(unplug.summary, /pinned (\d+) -> (\d+)/);
     const [, before, after] = /pinned (\d+) -> (\d+)/.exec(unplug.summary)!;
-    assert.ok(Number(before) >= 512 && Number(after) <= 16, unplug.summary);
+    // What stays pinned is the driver's own: rings, status pages, context images (the PPGTT's tables are not in GGTT).
+    assert.ok(Number(before) >= 512 && Number(after) <= 48, unplug.summary);
     assert.equal(r.report.explanations[0]!.agree, true, "the DIMM page's chain agreed while it was pinned");
   });
 

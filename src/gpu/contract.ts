@@ -98,6 +98,8 @@ export interface ContextSubmission {
   readonly pml4: Iova;
   /** Who the work is for (a vGPU id, 0 = host): attributed in traces, `executingOwner` and busy-time accounting. */
   readonly owner: number;
+  /** What the owner calls this context (e.g. the guest's LRCA and context id): `executingContext` while it runs. */
+  readonly label?: string;
   readonly onComplete: (result: ContextSubmissionResult) => void;
 }
 

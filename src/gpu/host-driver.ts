@@ -434,6 +434,16 @@ export class HostGpuDriver implements HostGpu {
     return this.backend.executingOwner;
   }
 
+  /**
+   * With execlists, the engine and the label (`ContextSubmission.label`) of the shadow context the engines are
+   * executing right now; undefined for ring work and outside execution. For the isolation checker's per-context
+   * attribution.
+   */
+  get executingContext(): { readonly engine: GtEngineId; readonly label: string } | undefined {
+    const b = this.backend;
+    return "executingContext" in b ? b.executingContext : undefined;
+  }
+
   /** Engine time (ns, all engines) of the completed submissions of `owner` (a vGPU id; 0 = host). */
   ownerBusyNs(owner: number): number {
     return this.backend.ownerBusyNs(owner);

@@ -339,6 +339,14 @@ export class HostExeclists {
     return w === undefined ? -1 : w.kind === "ring" ? w.s.owner : w.cs.owner;
   }
 
+  /** The engine and the label of the context the executing engine runs (a shadow context's), or undefined. */
+  get executingContext(): { readonly engine: GtEngineId; readonly label: string } | undefined {
+    const id = this.gpu.executingEngine;
+    const w = id === undefined ? undefined : this.engineState[id].inFlight;
+    if (w === undefined || w.kind !== "context") return undefined;
+    return { engine: id!, label: w.cs.label ?? `ctx ${w.ctxId.toString(16)}` };
+  }
+
   ownerBusyNs(owner: number): number {
     return this.busyByOwner.get(owner) ?? 0;
   }

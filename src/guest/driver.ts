@@ -875,14 +875,22 @@ export class GuestGpuDriver {
   /**
    * Guest pages for `bytes` (rounded up to pages), a GM range, and the GTT entries between them; with execlists also
    * a range of the PPGTT (unless `ppgtt` is false: the driver's own rings, images and status pages are GGTT only).
+   * `allocPages` places the buffer's own pages (e.g. in one RAM block); page tables come from the guest's allocator.
    */
-  allocBuffer(bytes: number, opts: { readonly zone?: GmZone; readonly ppgtt?: boolean } = {}): GpuBuffer {
+  allocBuffer(
+    bytes: number,
+    opts: {
+      readonly zone?: GmZone;
+      readonly ppgtt?: boolean;
+      readonly allocPages?: (count: number) => Gpa;
+    } = {},
+  ): GpuBuffer {
     const pages = Math.ceil(bytes / PAGE_SIZE);
     if (!(pages > 0)) throw new KernelError(Errno.EINVAL, `buffer of ${bytes} bytes: must be at least one byte`);
     const range = this.gm.alloc(pages * PAGE_SIZE, opts.zone ? { zone: opts.zone } : {});
     let pagesGpa: Gpa;
     try {
-      pagesGpa = this.platform.pages.allocPages(pages);
+      pagesGpa = (opts.allocPages ?? ((n: number) => this.platform.pages.allocPages(n)))(pages);
     } catch (e) {
       this.gm.release(range.base);
       throw e;

@@ -7,19 +7,21 @@
  *
  * `LogicalContext` is the `RingIo` of its ring: HEAD is the image's CTX_RING_HEAD (the engine, or the vGPU, writes it
  * back when the context is switched out: the datasheet's "software never needs to update CTX_RING_HEAD"), and
- * publishing a TAIL asks the port to submit the context. `ExeclistPort` keeps at most one context in flight per engine
- * (element 0 only, element 1 never used): a context published while another submission is in flight waits, and is
- * submitted when the CSB says the one in flight completed (an entry without IDLE_TO_ACTIVE or PREEMPTED, the
- * datasheet's rule). CTX_RING_TAIL is written only just before an ELSP write, never while the context is in flight
- * (the engine's save would overwrite it). i915 uses both elements and lite restores; one element keeps the port's
- * state to "in flight or not", at the cost of a context switch per submission while the engine is busy.
+ * publishing a TAIL queues one submission on the port. `ExeclistPort` writes one ELSP per submission (element 0
+ * only; CTX_RING_TAIL = that submission's TAIL, written just before), so each submission is one unit of work for the
+ * device, as each RING_TAIL write is in ring mode (a vGPU schedules and audits per ELSP write). At most
+ * `MAX_IN_FLIGHT` (2) ELSP writes are outstanding between two completions: the first to an idle engine, the second a
+ * lite restore of the same context (PREEMPTED | LITE_RESTORE); a third could find both execlist slots taken (a vGPU
+ * then hangs the engine, as GVT-g), so it waits for the entry that completes the context (COMPLETE without
+ * IDLE_TO_ACTIVE or PREEMPTED, the datasheet's rule). i915 coalesces requests into one TAIL instead; keeping them
+ * apart keeps the scheduler's time slices as fine as the guest's submissions.
  *
  * Hangs: on a vGPU a context the vendor driver refuses never completes (no CSB entry: GVT-g's hang). The driver then
  * resets the engine as i915 does (RING_RESET_CTL request, wait for READY_TO_RESET, GEN6_GDRST of the engine's domain),
  * enables execlists again and forgets what was in flight (`reset`); the caller skips the context's ring to its TAIL.
  *
- * Invariants: `active` is undefined or the context whose descriptor was written last; `csbHead` is in 0..5; a context
- * is in `waiting` at most once (it may be `active` too: it published more while in flight).
+ * Invariants: `active` is undefined or the context whose descriptor was written last; 0 <= `inFlight` <= 2; `csbHead`
+ * is in 0..5; a context is in `waiting` at most once, exactly while it has unsubmitted `tails`.
  */
 import { defineTraceEvents, Errno, type Gma, type Gpa, gpa, hex, KernelError, type Tracer } from "../core/index.ts";
 import {
@@ -92,6 +94,8 @@ export interface ExeclistHost {
   readonly tracer: Tracer | undefined;
 }
 
+/** ELSP writes outstanding between two completions: one to an idle engine, one lite restore. */
+export const MAX_IN_FLIGHT = 2;
 /** The CSB's reset position: the next entry goes to slot 0. */
 const CSB_RESET_HEAD = GEN8_CSB_ENTRIES - 1;
 /** RING_CONTEXT_STATUS_PTR as i915's reset_csb_pointers writes it: read and write pointers 5 (masked). */
@@ -101,8 +105,10 @@ const CSB_PTR_RESET = 0x0707_0505;
 export class LogicalContext implements RingIo {
   readonly ring: GuestRing;
   readonly descriptor: ContextDescriptor;
-  /** The TAIL published last (what the next ELSP writes into CTX_RING_TAIL). */
+  /** The TAIL published last. */
   publishedTail = 0;
+  /** TAILs published and not yet submitted, oldest first (one ELSP each). */
+  readonly tails: number[] = [];
   /** CTX_RING_TAIL of the last ELSP. */
   submittedTail = 0;
   private readonly state: number;
@@ -172,6 +178,7 @@ export class LogicalContext implements RingIo {
     this.setReg(CTX_RING_HEAD, this.publishedTail);
     this.setReg(CTX_RING_TAIL, this.publishedTail);
     this.submittedTail = this.publishedTail;
+    this.tails.length = 0;
     this.ring.resync(this.publishedTail);
   }
 }
@@ -188,6 +195,9 @@ export class ExeclistPort {
   readonly base: number;
   /** The context whose descriptor is in flight. */
   active: LogicalContext | undefined;
+  /** ELSP writes since the engine was last idle (at most MAX_IN_FLIGHT). */
+  inFlight = 0;
+  private pumping = false;
   /** The last CSB slot read (5 after a reset: the next entry is slot 0). */
   csbHead = CSB_RESET_HEAD;
   private readonly waiting: LogicalContext[] = [];
@@ -227,14 +237,12 @@ export class ExeclistPort {
     if (h.tracer?.enabled) h.tracer.emit("guest.execlists.enable", { engine: this.engine, hws: this.hws.gma });
   }
 
-  /** `ctx` published work up to `tail`: ELSP now, or when the context in flight completes. */
+  /** `ctx` published work up to `tail`: one submission, ELSP'd now or when the port has room. */
   submit(ctx: LogicalContext, tail: number): void {
     ctx.publishedTail = tail;
-    if (this.active !== undefined) {
-      if (!this.waiting.includes(ctx)) this.waiting.push(ctx);
-      return;
-    }
-    this.elsp(ctx);
+    ctx.tails.push(tail);
+    if (!this.waiting.includes(ctx)) this.waiting.push(ctx);
+    this.dequeue();
   }
 
   /** Reads the CSB entries the engine wrote since the last call; a completion lets a waiting context go in. */
@@ -261,16 +269,28 @@ export class ExeclistPort {
       if ((status & (GEN8_CTX_STATUS_IDLE_ACTIVE | GEN8_CTX_STATUS_PREEMPTED)) !== 0) continue;
       if (this.active !== undefined && this.active.descriptor.hi === ccid) {
         this.active = undefined;
+        this.inFlight = 0;
         this.completions++;
       }
     }
     this.dequeue();
   }
 
-  /** Submits the next waiting context if the port is free and the engine is not halted. */
+  /** Submits waiting work while the port has room, the engine is not halted, and the context is the active one. */
   dequeue(): void {
-    if (this.active !== undefined || this.waiting.length === 0 || this.halted()) return;
-    this.elsp(this.waiting.shift()!);
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.inFlight < MAX_IN_FLIGHT && this.waiting.length > 0 && !this.halted()) {
+        const ctx = this.waiting[0]!;
+        if (this.active !== undefined && this.active !== ctx) return;
+        const tail = ctx.tails.shift()!;
+        if (ctx.tails.length === 0) this.waiting.shift();
+        this.elsp(ctx, tail);
+      }
+    } finally {
+      this.pumping = false;
+    }
   }
 
   /** i915's engine reset: request, wait for READY_TO_RESET, GDRST of the engine's domain; then execlists again. */
@@ -282,8 +302,7 @@ export class ExeclistPort {
     h.mmioWrite32(GEN6_GDRST, ENGINE_RESET_DOMAIN[this.engine]);
     h.wait(() => (h.mmioRead32(GEN6_GDRST) & ENGINE_RESET_DOMAIN[this.engine]) === 0);
     h.mmioWrite32(this.base + RING_RESET_CTL, maskedBitDisable(RESET_CTL_REQUEST_RESET));
-    this.active = undefined;
-    this.waiting.length = 0;
+    this.forget();
     this.resets++;
     if (h.tracer?.enabled) h.tracer.emit("guest.engine.reset", { engine: this.engine, ccid, reason });
     this.enable();
@@ -291,7 +310,9 @@ export class ExeclistPort {
 
   /** Forgets what was in flight and waiting (after an error the engine reported: its CSB already said so). */
   forget(): void {
+    for (const c of this.waiting) c.tails.length = 0;
     this.active = undefined;
+    this.inFlight = 0;
     this.waiting.length = 0;
   }
 
@@ -311,18 +332,19 @@ export class ExeclistPort {
   }
 
   /** Element 1 (absent: 0, 0) high, low, then element 0 high, low: the fourth write submits. */
-  private elsp(ctx: LogicalContext): void {
-    ctx.setReg(CTX_RING_TAIL, ctx.publishedTail);
-    ctx.submittedTail = ctx.publishedTail;
+  private elsp(ctx: LogicalContext, tail: number): void {
+    ctx.setReg(CTX_RING_TAIL, tail);
+    ctx.submittedTail = tail;
     // In flight before the write: on a whole GPU the engine runs (and interrupts) inside it.
     this.active = ctx;
+    this.inFlight++;
     this.elspWrites++;
     if (this.host.tracer?.enabled) {
       this.host.tracer.emit("guest.elsp", {
         engine: this.engine,
         ccid: ctx.ccid,
         lrca: ctx.image.gma,
-        tail: ctx.publishedTail,
+        tail,
       });
     }
     const at = this.base + RING_ELSP;

@@ -107,6 +107,49 @@ class Context implements ContextStats {
   ) {}
 }
 
+/**
+ * One guest context of a vGPU as the checker saw it run (execlists): its DMA, PPGTT walks of its shadow tables and
+ * accesses through them included, attributed by the host driver's `executingContext` (the engine and the label the
+ * vendor driver gave the shadow context: the guest's context id and LRCA).
+ */
+export interface GuestContextStats {
+  readonly gpu: string;
+  readonly vm: string;
+  readonly vgpu: number;
+  readonly engine: string;
+  readonly label: string;
+  readonly pieces: number;
+  readonly bytes: number;
+  readonly violations: number;
+}
+
+/** A stretch of DMA on one engine for one guest context: how the scheduler interleaved contexts on an engine. */
+export interface ContextRun {
+  readonly gpu: string;
+  readonly engine: string;
+  readonly vm: string;
+  readonly vgpu: number;
+  readonly label: string;
+  /** Virtual time of its first DMA. */
+  readonly atNs: number;
+}
+
+/** Runs kept per GPU (the first ones: enough to show interleaving). */
+const MAX_RUNS = 4096;
+
+class GuestContext implements GuestContextStats {
+  pieces = 0;
+  bytes = 0;
+  violations = 0;
+  constructor(
+    readonly gpu: string,
+    readonly vm: string,
+    readonly vgpu: number,
+    readonly engine: string,
+    readonly label: string,
+  ) {}
+}
+
 /** Executing owner of an assigned GPU's DMA (no host driver: it is always the VM's). */
 const ASSIGNED = -2;
 
@@ -124,6 +167,12 @@ class GpuWatch {
   readonly byOwner: (Context | undefined)[] = [];
   readonly idle: Context;
   assigned: Context | undefined;
+  /** Guest contexts by owner, engine and label; the last one seen; the runs recorded. */
+  readonly guestContexts = new Map<string, GuestContext>();
+  lastGuest: GuestContext | undefined;
+  lastLabel: string | undefined;
+  readonly runs: ContextRun[] = [];
+  readonly lastRunOn = new Map<string, GuestContext>();
   scratchPfn = -1;
   gttFaultBase = 0;
   iommuFaultBase = 0;
@@ -151,6 +200,7 @@ export class IsolationChecker {
   private readonly samples: Violation[] = [];
   private readonly vmByPid = new Map<number, string>();
   private current: Context | undefined;
+  private currentGuest: GuestContext | undefined;
   private tlbHitBase = 0;
   private tlbMissBase = 0;
   private total = 0;
@@ -201,6 +251,12 @@ export class IsolationChecker {
       if (ctx !== this.current) this.switchTo(ctx);
       ctx.pieces++;
       ctx.bytes += len;
+      const gc = owner >= 0 && ctx !== w.idle ? this.guestContextOf(w, ctx, hd!) : undefined;
+      this.currentGuest = gc;
+      if (gc !== undefined) {
+        gc.pieces++;
+        gc.bytes += len;
+      }
       if (ctx.pid > 0 && physmem.owner(pfn) === ctx.pid) return;
       if (pfn === scratch || pfn === ctx.scratchPfn) return;
       if (!write && w.hostFrames.has(pfn)) return;
@@ -247,6 +303,17 @@ export class IsolationChecker {
     const w = this.watchOf(gpu);
     const ctx = vgpuId === undefined ? w.assigned : w.byOwner[vgpuId];
     return snapshot(ctx);
+  }
+
+  /** The guest contexts (execlists) seen on GPU `gpu`, of vGPU `vgpuId` or of all, in order of first DMA. */
+  guestContexts(gpu: string, vgpuId?: number): readonly GuestContextStats[] {
+    const all = [...this.watchOf(gpu).guestContexts.values()];
+    return (vgpuId === undefined ? all : all.filter((c) => c.vgpu === vgpuId)).map((c) => ({ ...c }));
+  }
+
+  /** Which guest context each engine of GPU `gpu` ran, in order (the first 4096 changes). */
+  contextRuns(gpu: string): readonly ContextRun[] {
+    return this.watchOf(gpu).runs;
   }
 
   /** Totals over a GPU's contexts (idle DMA included). */
@@ -343,8 +410,45 @@ export class IsolationChecker {
     }
   }
 
+  /** The guest context the engines run for `ctx` now (undefined for ring work), recording a run when it changes. */
+  private guestContextOf(
+    w: GpuWatch,
+    ctx: Context,
+    hd: NonNullable<GpuInstance["hostDriver"]>,
+  ): GuestContext | undefined {
+    const ec = hd.executingContext;
+    if (ec === undefined) return undefined;
+    const last = w.lastGuest;
+    if (last !== undefined && w.lastLabel === ec.label && last.engine === ec.engine && last.vgpu === ctx.vgpu) {
+      return last;
+    }
+    const key = `${ctx.vgpu}/${ec.engine}/${ec.label}`;
+    let gc = w.guestContexts.get(key);
+    if (gc === undefined) {
+      gc = new GuestContext(w.inst.name, ctx.vm, ctx.vgpu!, ec.engine, ec.label);
+      w.guestContexts.set(key, gc);
+    }
+    w.lastGuest = gc;
+    w.lastLabel = ec.label;
+    if (w.lastRunOn.get(ec.engine) !== gc) {
+      w.lastRunOn.set(ec.engine, gc);
+      if (w.runs.length < MAX_RUNS) {
+        w.runs.push({
+          gpu: w.inst.name,
+          engine: ec.engine,
+          vm: ctx.vm,
+          vgpu: gc.vgpu,
+          label: ec.label,
+          atNs: this.host.clock.now(),
+        });
+      }
+    }
+    return gc;
+  }
+
   private violation(ctx: Context, iova: Iova, pfn: Pfn, write: boolean): void {
     ctx.violations++;
+    if (this.currentGuest !== undefined) this.currentGuest.violations++;
     this.total++;
     const tracer = this.host.tracer;
     if (tracer.enabled) {

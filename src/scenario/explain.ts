@@ -17,6 +17,20 @@
  *   3 process page table (pinned by type1 at MAP_DMA)  HVA -> HPA;  4 IOMMU page table (type1's domain)  IOVA -> HPA.
  * They agree when 3 and 4 give the same frame.
  *
+ * A GPU virtual address of a guest's PPGTT (execlists: the address its contexts' commands name), on a vGPU:
+ *   1 guest PPGTT           the guest's PML4 -> PDP -> PD -> PT in its RAM (the root its contexts' PDP0 names)   GVA -> GPA
+ *   2 VMM RAM block, 3 process page table                                                  GPA -> HVA -> HPA
+ *   4 gfn cache / DMA API   the vGPU's gfn cache slot (shared by the GTT and the PPGTT)                       GFN -> IOVA
+ *   5 shadow PPGTT          the vendor driver's shadow tables, walked as the engine walks them (each table
+ *                           read through the IOMMU), from the shadow PML4 the shadow context's PDP0 names     GVA -> IOVA
+ *   6 IOMMU page table                                                                        IOVA -> HPA
+ * They agree when 4 and 5 give the same IOVA, and 3 and 6 the same frame. The shadow is what the last submission
+ * validated: a page the guest mapped since then is not in it yet, which is no disagreement (said so in the note). On a GPU assigned whole the engine walks
+ * the guest's own tables, whose entries are guest-physical addresses, i.e. IOVAs of type1's domain: 1 guest PPGTT,
+ * 2 RAM block, 3 page table, 4 IOMMU; they agree when 3 and 4 give the same frame.
+ *
+ * Outside the vGPU's graphics memory a GMA has no chain: the note names the vGPU's two ranges.
+ *
  * Reading changes nothing: no fault is taken, no IOTLB lookup counted (the IOMMU's page table is read directly).
  */
 import {
@@ -51,7 +65,10 @@ export interface ExplainLayer {
 
 export interface Explanation {
   readonly vm: string;
+  /** The GMA explained (a GGTT chain), or the GMA of the same buffer when known (a PPGTT chain; -1 if not). */
   readonly gma: number;
+  /** A PPGTT chain: the GPU virtual address explained. */
+  readonly gva?: number;
   readonly mode: "vgpu" | "assigned";
   readonly layers: readonly ExplainLayer[];
   /** Every layer translated and the layers agree. */
@@ -108,7 +125,7 @@ function explainVgpu(t: ExplainTarget, vgpu: Vgpu, gma: number): Explanation {
   if (gpa === -1) {
     return done(
       false,
-      vgpu.gtt.inPartition(gma, 1) ? "the guest has not mapped this GMA" : "outside the vGPU's partition",
+      vgpu.gtt.inPartition(gma, 1) ? "the guest has not mapped this GMA" : `${hex(gma)} is ${partitionText(vgpu)}`,
     );
   }
 
@@ -116,21 +133,7 @@ function explainVgpu(t: ExplainTarget, vgpu: Vgpu, gma: number): Explanation {
   const hpaFromMm = ramLayers(t, gpa, layers);
 
   // 4. The gfn cache: the pinned frame and its DMA mapping.
-  const gfn = Math.floor(gpa / PAGE_SIZE);
-  const slot = vgpu.gtt.cache.slot(gfn);
-  const cacheIova = slot < 0 ? -1 : vgpu.gtt.cache.iova(slot) + offset;
-  const cachePfn = slot < 0 ? -1 : vgpu.gtt.cache.pfn(slot);
-  layers.push({
-    layer: "gfn cache / DMA API",
-    holder:
-      slot < 0
-        ? `vgpu${vgpu.id}'s gfn cache: no entry for gfn ${hex(gfn)}`
-        : `vgpu${vgpu.id}'s gfn cache slot ${slot} (pfn ${hex(cachePfn)}, ${vgpu.gtt.cache.ref(slot)} GTT reference(s)), ` +
-          `dma_map_page on ${t.gpu.bdf}`,
-    from: `GFN ${hex(gfn)}`,
-    to: cacheIova < 0 ? "not mapped" : `IOVA ${hex(cacheIova)}`,
-    value: cacheIova,
-  });
+  const { iova: cacheIova, pfn: cachePfn } = gfnCacheLayer(t, vgpu, gpa, layers);
 
   // 5. The physical GGTT entry the vendor driver wrote.
   const physIova = physicalGgttLayer(t, index, offset, "the shadow entry the vendor driver wrote", layers);
@@ -184,6 +187,157 @@ function explainAssigned(t: ExplainTarget, gma: number): Explanation {
       ? "the layers agree: type1 maps guest RAM at IOVA = GPA and pinned every page of it at MAP_DMA"
       : "the layers disagree (see each layer)",
   );
+}
+
+/** "outside vgpuN's graphics memory: aperture [..) and hidden [..)", the ranges a GMA must be in. */
+function partitionText(vgpu: Vgpu): string {
+  const r = (x: { readonly base: number; readonly size: number }) =>
+    `[${hex(x.base)}, ${hex(x.base + x.size)}) (${formatSize(x.size)})`;
+  return (
+    `outside vgpu${vgpu.id}'s graphics memory: its GMAs are the aperture range ${r(vgpu.resources.aperture)} and ` +
+    `the hidden range ${r(vgpu.resources.hidden)}`
+  );
+}
+
+/**
+ * The PPGTT chain of GPU virtual address `gva` of the guest PPGTT rooted at `root` (the guest's PML4), `gma` the
+ * same buffer's GMA if known (-1 otherwise). EINVAL past 2^48.
+ */
+export function explainGva(t: ExplainTarget, gva: number, root: Gpa, gma = -1): Explanation {
+  if (!Number.isSafeInteger(gva) || gva < 0 || gva >= 2 ** 48) {
+    throw new KernelError(Errno.EINVAL, `GPU virtual address ${hex(gva)} is outside the PPGTT's 48 bits`);
+  }
+  const layers: ExplainLayer[] = [];
+  const mode = t.vgpu !== undefined ? "vgpu" : "assigned";
+  const done = (agree: boolean, note: string): Explanation => ({ vm: t.vm, gma, gva, mode, layers, agree, note });
+  const offset = gva % PAGE_SIZE;
+  // 1. The guest's own tables, read from its RAM.
+  const buf = new Uint8Array(8);
+  const dv = new DataView(buf.buffer);
+  const guest = walkTables(root, gva, (at) => {
+    if (!t.vmm.ramBlocks().some((b) => at >= b.gpa && at + 8 <= b.gpa + b.size)) return undefined;
+    t.vmm.ram.read(asGpa(at), buf);
+    return dv.getUint32(0, true) + dv.getUint32(4, true) * TWO32;
+  });
+  const gpa: Gpa | -1 = guest.page < 0 ? -1 : asGpa(guest.page + offset);
+  layers.push({
+    layer: "guest PPGTT",
+    holder: `${t.vm}'s PPGTT in its RAM (PML4 at GPA ${hex(root)}, its contexts' PDP0): ${guest.path}`,
+    from: `GVA ${hex(gva)}`,
+    to: gpa < 0 ? "not present" : `GPA ${hex(gpa)}`,
+    value: gpa,
+  });
+  if (gpa === -1) return done(false, "the guest's PPGTT does not map this address");
+  const hpaFromMm = ramLayers(t, gpa, layers);
+  const vgpu = t.vgpu;
+  if (vgpu === undefined) {
+    // The engine walks the guest's tables itself; their entries are GPAs, which are IOVAs of type1's domain.
+    const hpa = iommuLayer(t, asIova(gpa), layers);
+    const agree = hpaFromMm >= 0 && hpa === hpaFromMm;
+    return done(
+      agree,
+      agree
+        ? "the layers agree: the engine walks the guest's own tables, whose GPAs type1 maps at IOVA = GPA"
+        : "the layers disagree (see each layer)",
+    );
+  }
+  const cache = gfnCacheLayer(t, vgpu, gpa, layers);
+  // 5. The shadow tables, read as the engine reads them: each through the IOMMU.
+  const shadowRoot = vgpu.ppgtt.shadowRoot(root);
+  const iommu = t.host.iommu;
+  const toHpa = (a: number): number => (iommu.enabled ? iommu.domainOf(t.gpu.gpu.bdf).iovaToPhys(asIova(a)) : a);
+  const shadow =
+    shadowRoot === undefined
+      ? undefined
+      : walkTables(shadowRoot, gva, (at) => {
+          const h = toHpa(at);
+          if (h < 0) return undefined;
+          t.host.physmem.read(h as Hpa, buf);
+          return dv.getUint32(0, true) + dv.getUint32(4, true) * TWO32;
+        });
+  const shadowIova: Iova | -1 = shadow === undefined || shadow.page < 0 ? -1 : asIova(shadow.page + offset);
+  layers.push({
+    layer: "shadow PPGTT",
+    holder:
+      shadow === undefined
+        ? `vgpu${vgpu.id}: no shadow of the PPGTT at GPA ${hex(root)} (not announced, no workload holds it)`
+        : `vgpu${vgpu.id}'s shadow tables (PML4 at IOVA ${hex(shadowRoot!)}, the shadow context's PDP0): ${shadow.path}`,
+    from: `GVA ${hex(gva)}`,
+    to: shadowIova < 0 ? "not present" : `IOVA ${hex(shadowIova)}`,
+    value: shadowIova,
+  });
+  const hpa = iommuLayer(t, shadowIova, layers);
+  if (shadow !== undefined && shadowIova === -1 && cache.iova >= 0) {
+    // Not a contradiction: without write-tracking the shadow follows the guest's tables at each submission only.
+    return done(
+      hpaFromMm >= 0,
+      "the guest's tables map it and the shadow does not yet: the guest mapped it after its last submission, and " +
+        "the next submission validates it (datasheet 10.11)",
+    );
+  }
+  const agree =
+    cache.iova >= 0 &&
+    cache.iova === shadowIova &&
+    hpaFromMm >= 0 &&
+    hpa === hpaFromMm &&
+    Math.floor(hpa / PAGE_SIZE) === cache.pfn;
+  return done(
+    agree,
+    agree
+      ? "the layers agree: the guest's tables and the shadow tables reach the very frame the guest's page is in"
+      : "the layers disagree (see each layer)",
+  );
+}
+
+const PPGTT_LEVEL_NAMES = ["PML4", "PDP", "PD", "PT"] as const;
+
+/** Walks 4-level tables from `root` for `va`, reading entries with `read`; the page address (or -1) and the path. */
+function walkTables(
+  root: number,
+  va: number,
+  read: (at: number) => number | undefined,
+): { readonly page: number; readonly path: string } {
+  const steps: string[] = [];
+  let table = root;
+  const page = Math.floor(va / PAGE_SIZE);
+  for (let level = 0; level < 4; level++) {
+    const index = Math.floor(page / 2 ** (9 * (3 - level))) % 512;
+    const e = read(table + 8 * index);
+    if (e === undefined) {
+      steps.push(`${PPGTT_LEVEL_NAMES[level]}[${index}] unreadable`);
+      return { page: -1, path: steps.join(" -> ") };
+    }
+    steps.push(`${PPGTT_LEVEL_NAMES[level]}[${index}] = ${hex(e)}`);
+    if (e % 2 === 0) return { page: -1, path: `${steps.join(" -> ")} (not present)` };
+    table = e - (e % PAGE_SIZE) - Math.floor(e / 2 ** 52) * 2 ** 52;
+  }
+  return { page: table, path: steps.join(" -> ") };
+}
+
+/** Layer: the gfn cache slot of `gpa`'s page and its DMA mapping. */
+function gfnCacheLayer(
+  t: ExplainTarget,
+  vgpu: Vgpu,
+  gpa: Gpa,
+  layers: ExplainLayer[],
+): { readonly iova: number; readonly pfn: number } {
+  const offset = gpa % PAGE_SIZE;
+  const gfn = Math.floor(gpa / PAGE_SIZE);
+  const slot = vgpu.gtt.cache.slot(gfn);
+  const cacheIova = slot < 0 ? -1 : vgpu.gtt.cache.iova(slot) + offset;
+  const cachePfn = slot < 0 ? -1 : vgpu.gtt.cache.pfn(slot);
+  layers.push({
+    layer: "gfn cache / DMA API",
+    holder:
+      slot < 0
+        ? `vgpu${vgpu.id}'s gfn cache: no entry for gfn ${hex(gfn)}`
+        : `vgpu${vgpu.id}'s gfn cache slot ${slot} (pfn ${hex(cachePfn)}, ${vgpu.gtt.cache.ref(slot)} reference(s)), ` +
+          `dma_map_page on ${t.gpu.bdf}`,
+    from: `GFN ${hex(gfn)}`,
+    to: cacheIova < 0 ? "not mapped" : `IOVA ${hex(cacheIova)}`,
+    value: cacheIova,
+  });
+  return { iova: cacheIova, pfn: cachePfn };
 }
 
 /** Layers 2 and 3: RAM block (GPA -> HVA) and page table (HVA -> HPA). Returns the HPA or -1. */
@@ -278,9 +432,17 @@ function iommuLayer(t: ExplainTarget, iova: Iova | -1, layers: ExplainLayer[]): 
 /** The chain as aligned text lines. */
 export function formatExplanation(e: Explanation): string[] {
   const out: string[] = [];
-  out.push(
-    `translation chain of ${e.vm}'s GMA ${hex(e.gma)} (${e.mode === "vgpu" ? "vGPU: the seed's chain" : "whole GPU assigned"})`,
-  );
+  if (e.gva !== undefined) {
+    out.push(
+      `translation chain of ${e.vm}'s GPU virtual address ${hex(e.gva)}` +
+        (e.gma >= 0 ? ` (the same buffer as GMA ${hex(e.gma)})` : "") +
+        ` through its PPGTT (${e.mode === "vgpu" ? "vGPU: the guest's tables, then the shadow tables" : "whole GPU assigned: the guest's own tables"})`,
+    );
+  } else {
+    out.push(
+      `translation chain of ${e.vm}'s GMA ${hex(e.gma)} (${e.mode === "vgpu" ? "vGPU: the seed's chain" : "whole GPU assigned"})`,
+    );
+  }
   const w = Math.max(...e.layers.map((l) => `${l.from} -> ${l.to}`.length));
   e.layers.forEach((l, i) => {
     out.push(`  ${i + 1} ${l.layer.padEnd(20)} ${`${l.from} -> ${l.to}`.padEnd(w)}  ${l.holder}`);

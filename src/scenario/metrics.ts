@@ -1,7 +1,7 @@
 /**
  * The figures a scenario's `check` step can ask for (schema.ts `CheckMetric`), of one VM or of the whole host, read
  * from the structure that holds each: the VMM process's address space (pinned pages, locked memory), the vGPU's own
- * statistics (IOVAs, shadow entries, scratch fallbacks, rejected commands), the isolation checker (faults and
+ * statistics (IOVAs, shadow entries, scratch fallbacks, rejected commands, rejected contexts), the isolation checker (faults and
  * violations in the VM's context), the runner's records (workloads that failed, VMs alive).
  *
  * A host-wide figure is the host's own where it has one (pinned frames, violations over every context, workloads
@@ -11,9 +11,21 @@
  */
 import { Errno, KernelError, PAGE_SIZE } from "../core/index.ts";
 import type { Host } from "../host/index.ts";
+import type { VgpuStats } from "../vgpu/index.ts";
 import type { IsolationChecker } from "./checker.ts";
 import type { CheckMetric } from "./schema.ts";
 import type { VmRun } from "./vm-run.ts";
+
+/**
+ * Guest contexts the vendor driver refused: ELSP writes it rejected (a malformed descriptor) plus workloads it would
+ * not run, at every stage (context, PPGTT, ring, command, host).
+ */
+export function rejectedContexts(st: VgpuStats): number {
+  let n = 0;
+  for (const e of Object.values(st.execlists)) n += e.rejected;
+  if (st.contexts !== undefined) for (const k of Object.values(st.contexts.rejected)) n += k;
+  return n;
+}
 
 /** What the metrics read: the VMs, the checker, the host. */
 export interface MetricSources {
@@ -66,6 +78,8 @@ export function metricOf(src: MetricSources, vm: string | undefined, m: CheckMet
       return st?.scratchFallbacks ?? 0;
     case "rejectedCommands":
       return st?.rejectedCommands ?? 0;
+    case "rejectedContexts":
+      return st !== undefined ? rejectedContexts(st) : 0;
     case "faults":
       return (ctx?.gttFaults ?? 0) + (ctx?.iommuFaults ?? 0);
     case "violations":

@@ -16,9 +16,10 @@
  */
 import { PAGE_SIZE } from "../core/index.ts";
 import type { AttackOutcome, WorkloadResult } from "../guest/index.ts";
-import { describeViolation, type Violation } from "./checker.ts";
+import { type ContextRun, describeViolation, type GuestContextStats, type Violation } from "./checker.ts";
 import { type Explanation, formatExplanation } from "./explain.ts";
 import type { FairnessWindow } from "./fairness.ts";
+import { rejectedContexts } from "./metrics.ts";
 import { type RunError, ScenarioRun, type ScenarioRunOptions, type StepRecord } from "./runner.ts";
 import type { TeardownResult } from "./teardown.ts";
 import { formatPercent, formatSize, formatStamp, formatTime } from "./units.ts";
@@ -54,6 +55,8 @@ export interface DeviceReport {
   readonly shadowEntries: number | undefined;
   readonly scratchFallbacks: number | undefined;
   readonly rejectedCommands: number | undefined;
+  /** Guest contexts the vendor driver refused (ELSP writes and workloads, every stage); undefined for a whole GPU. */
+  readonly rejectedContexts: number | undefined;
   readonly tlbHits: number;
   readonly tlbMisses: number;
   /** hits / (hits + misses), NaN with no lookups. */
@@ -80,6 +83,41 @@ export interface GpuReport {
   readonly faults: number;
   readonly violations: number;
   readonly fairness: readonly FairnessWindow[];
+  /** Guest contexts (execlists) whose DMA the isolation checker attributed, in order of first DMA. */
+  readonly contexts: readonly GuestContextStats[];
+  /** Per fairness window and engine: the order in which the scheduler ran the VMs' contexts. */
+  readonly interleaving: readonly Interleaving[];
+}
+
+/** The contexts one engine ran during a fairness window, consecutive runs of one context merged. */
+export interface Interleaving {
+  readonly engine: string;
+  readonly startNs: number;
+  readonly endNs: number;
+  /** Context switches between different VMs' contexts in the window. */
+  readonly switches: number;
+  readonly sequence: readonly { readonly vm: string; readonly label: string }[];
+}
+
+/** Context runs of `runs` on each engine inside [start, end), merged, for engines where several VMs ran. */
+function interleavings(runs: readonly ContextRun[], startNs: number, endNs: number): Interleaving[] {
+  const byEngine = new Map<string, { vm: string; label: string }[]>();
+  for (const r of runs) {
+    if (r.atNs < startNs || r.atNs >= endNs) continue;
+    let seq = byEngine.get(r.engine);
+    if (seq === undefined) {
+      seq = [];
+      byEngine.set(r.engine, seq);
+    }
+    const last = seq[seq.length - 1];
+    if (last === undefined || last.vm !== r.vm || last.label !== r.label) seq.push({ vm: r.vm, label: r.label });
+  }
+  const out: Interleaving[] = [];
+  for (const [engine, sequence] of byEngine) {
+    if (new Set(sequence.map((x) => x.vm)).size < 2) continue;
+    out.push({ engine, startNs, endNs, switches: sequence.length - 1, sequence });
+  }
+  return out;
 }
 
 export interface ScenarioReport {
@@ -173,6 +211,7 @@ export function buildReport(run: ScenarioRun): ScenarioReport {
       shadowEntries: st?.shadowEntries,
       scratchFallbacks: st?.scratchFallbacks,
       rejectedCommands: st?.rejectedCommands,
+      rejectedContexts: st !== undefined ? rejectedContexts(st) : undefined,
       tlbHits: ctx.tlbHits,
       tlbMisses: ctx.tlbMisses,
       tlbHitRate: rate(ctx.tlbHits, ctx.tlbMisses),
@@ -202,6 +241,13 @@ export function buildReport(run: ScenarioRun): ScenarioReport {
       faults: gs !== undefined ? gs.gttFaults + gs.iommuFaults : 0,
       violations: gs?.violations ?? 0,
       fairness: run.fairness.filter((f) => f.gpu === g.name),
+      contexts: checker?.guestContexts(g.name) ?? [],
+      interleaving:
+        checker === undefined
+          ? []
+          : run.fairness
+              .filter((f) => f.gpu === g.name)
+              .flatMap((f) => interleavings(checker.contextRuns(g.name), f.startNs, f.endNs)),
     });
   }
   const mem = sys?.host.physmem.stats();
@@ -331,7 +377,7 @@ export function formatReport(r: ScenarioReport, opts: FormatOptions = {}): strin
           "shadow GTT",
           "TLB hit",
           "faults",
-          "rejected",
+          "rejected cmd/ctx",
           "engine busy",
           "DMA",
           "violations",
@@ -345,7 +391,7 @@ export function formatReport(r: ScenarioReport, opts: FormatOptions = {}): strin
           n(d.shadowEntries),
           formatPercent(d.tlbHitRate),
           n(d.gttFaults + d.iommuFaults),
-          n(d.rejectedCommands),
+          d.rejectedCommands === undefined ? "-" : `${n(d.rejectedCommands)}/${n(d.rejectedContexts)}`,
           formatTime(d.busyNs),
           formatSize(d.dmaBytes),
           n(d.violations),
@@ -393,6 +439,32 @@ export function formatReport(r: ScenarioReport, opts: FormatOptions = {}): strin
         ),
       );
     }
+    for (const i of g.interleaving) {
+      const shown = i.sequence.slice(0, 9).map((x) => x.vm);
+      out.push(
+        `    ${i.engine}: the scheduler interleaved the VMs' contexts, ${i.switches} switch(es): ${shown.join(" -> ")}` +
+          (i.sequence.length > shown.length ? " -> ..." : ""),
+      );
+    }
+  }
+  for (const g of r.gpus) {
+    if (g.contexts.length === 0) continue;
+    out.push("");
+    out.push(`${g.name} guest contexts (execlists: DMA of each, PPGTT walks included, attributed by the checker)`);
+    out.push(
+      ...table(
+        ["vm", "vGPU", "engine", "context", "DMA pieces", "DMA", "violations"],
+        g.contexts.map((c) => [
+          c.vm,
+          `vgpu${c.vgpu}`,
+          c.engine,
+          c.label,
+          n(c.pieces),
+          formatSize(c.bytes),
+          n(c.violations),
+        ]),
+      ),
+    );
   }
   out.push("");
   const iso = r.isolation;

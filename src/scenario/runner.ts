@@ -39,7 +39,7 @@ import { GuestGpuDriver, type GuestGpuDriverOptions } from "../guest/index.ts";
 import { gvtTypeDirName } from "../vgpu/index.ts";
 import { Vmm, VmmGuestPlatform } from "../vmm/index.ts";
 import { IsolationChecker } from "./checker.ts";
-import { type Explanation, explainGma } from "./explain.ts";
+import { type Explanation, explainGma, explainGva } from "./explain.ts";
 import type { FairnessWindow } from "./fairness.ts";
 import type { GpuInstance } from "./gpus.ts";
 import { metricOf } from "./metrics.ts";
@@ -175,6 +175,7 @@ export class ScenarioRun {
       stopVm: (v) => this.stopVm(v),
       abandon: (v) => this.abandon(v),
       explain: (vm, gma) => this.explain(vm, gma),
+      explainPpgtt: (vm, gva) => this.explainPpgtt(vm, gva),
     };
   }
 
@@ -239,6 +240,32 @@ export class ScenarioRun {
     const at = gma ?? v.buffers[0]?.buffer.gma ?? v.driver?.status.gma;
     if (at === undefined) throw new KernelError(Errno.EINVAL, `${vm}: give a GMA to explain`);
     return explainGma({ vm, vmm: v.vmm, gpu: v.gpu, vgpu: v.vgpu, host: this.system.host }, at);
+  }
+
+  /**
+   * The PPGTT chain of GPU virtual address `gva` in the VM's guest PPGTT (default: its first kept buffer's, else its
+   * status page's). EINVAL when the VM's guest driver has no PPGTT (legacy rings).
+   */
+  explainPpgtt(vm: string, gva?: number): Explanation {
+    const v = this.vmRun(vm);
+    if (v.vmm === undefined || v.state !== "running" || v.gpu === undefined) {
+      throw new KernelError(Errno.ESRCH, `${vm} is not running with a GPU device: nothing to explain`);
+    }
+    const driver = v.driver;
+    const root = driver?.ppgtt?.pml4;
+    if (driver === undefined || root === undefined) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `${vm}'s guest driver submits through legacy rings: it has no PPGTT (give it driver submission "execlists")`,
+      );
+    }
+    const buffers = [...v.buffers.map((b) => b.buffer), driver.status];
+    const b =
+      gva === undefined ? buffers[0] : buffers.find((x) => x.gva !== undefined && gva >= x.gva && gva < x.gva + x.size);
+    const at = gva ?? b?.gva;
+    if (at === undefined) throw new KernelError(Errno.EINVAL, `${vm}: give a GPU virtual address to explain`);
+    const gma = b?.gva !== undefined ? b.gma + (at - b.gva) : -1;
+    return explainGva({ vm, vmm: v.vmm, gpu: v.gpu, vgpu: v.vgpu, host: this.system.host }, at, root, gma);
   }
 
   /** A check metric of a VM (or of the whole host when `vm` is undefined): metrics.ts. */
@@ -368,7 +395,10 @@ export class ScenarioRun {
       `${Number.isFinite(spec.memlockBytes) ? formatSize(spec.memlockBytes) : "unlimited"}, process ${v.pid}` +
       (parts.length > 0 ? `; ${parts.join(", ")}` : "") +
       (v.vgpu !== undefined ? ` (vgpu${v.vgpu.id})` : "") +
-      (v.driver !== undefined ? `; guest driver up as ${v.driver.mode}` : "")
+      (v.driver !== undefined
+        ? `; guest driver up as ${v.driver.mode}` +
+          (v.driver.submission === "execlists" ? " on execlists (a context per engine, a PPGTT)" : "")
+        : "")
     );
   }
 

@@ -331,6 +331,7 @@ export const CHECK_METRICS = [
   "shadowEntries",
   "scratchFallbacks",
   "rejectedCommands",
+  "rejectedContexts",
   "faults",
   "violations",
   "workloadsFailed",

@@ -64,6 +64,8 @@ export interface StepContext {
   abandon(v: VmRun): void;
   /** The translation chain of `gma` in VM `vm` (see `ScenarioRun.explain`). */
   explain(vm: string, gma?: number): Explanation;
+  /** The PPGTT chain of `gva` in VM `vm`'s guest PPGTT (see `ScenarioRun.explainPpgtt`). */
+  explainPpgtt(vm: string, gva?: number): Explanation;
 }
 
 /** What became of a step. */
@@ -115,16 +117,28 @@ export const STEP_HANDLERS: StepHandlers = {
   explain(ctx, step) {
     const v = ctx.running(step.vm);
     let gma: number | undefined;
+    let buffer: GpuBuffer | undefined;
     if (step.gma !== undefined) gma = typeof step.gma === "number" ? step.gma : Number.parseInt(step.gma, 16);
     else if (step.buffer !== undefined) {
       const b = v.buffers.find((x) => x.name === step.buffer);
       if (b === undefined) throw new KernelError(Errno.ENOENT, `${step.vm} has no buffer "${step.buffer}"`);
-      gma = b.buffer.gma + (step.offset ?? 0);
-    } else if (v.buffers[0] !== undefined) gma = v.buffers[0].buffer.gma + (step.offset ?? 0);
-    const e = ctx.explain(step.vm, gma);
-    ctx.explanations.push(e);
-    if (!e.agree) ctx.failures.push(`step ${step.index} (explain ${step.vm}): ${e.note}`);
-    return { ok: e.agree, summary: `${step.vm} GMA ${hex(e.gma)}: ${e.layers.length} layers, ${e.note}` };
+      buffer = b.buffer;
+    } else buffer = v.buffers[0]?.buffer;
+    if (buffer !== undefined) gma = buffer.gma + (step.offset ?? 0);
+    const chains = [ctx.explain(step.vm, gma)];
+    // A buffer of a driver on execlists is also mapped in its PPGTT: the same page through the other chain.
+    if (buffer?.gva !== undefined) chains.push(ctx.explainPpgtt(step.vm, buffer.gva + (step.offset ?? 0)));
+    for (const e of chains) {
+      ctx.explanations.push(e);
+      if (!e.agree) ctx.failures.push(`step ${step.index} (explain ${step.vm}): ${e.note}`);
+    }
+    const [g, p] = chains;
+    return {
+      ok: chains.every((e) => e.agree),
+      summary:
+        `${step.vm} GMA ${hex(g!.gma)}: ${g!.layers.length} layers, ${g!.note}` +
+        (p !== undefined ? `; GVA ${hex(p.gva!)}: ${p.layers.length} layers, ${p.note}` : ""),
+    };
   },
 };
 
@@ -158,13 +172,20 @@ function workload(ctx: StepContext, step: StepOf<"workload">): StepOutcome {
     w.release();
     throw limit;
   }
-  const what = `${step.kind} of ${step.count} x ${step.width}x${step.height} px via ${step.via ?? "ring"}`;
+  const what =
+    `${step.kind} of ${step.count} x ${step.width}x${step.height} px via ${step.via ?? "ring"}` +
+    submissionNote(v.driver!);
   if (step.wait === false) {
     v.pending.push(w);
     return { ok: true, summary: `${step.vm} submitted a ${what} (${w.lastSeqno} fences; verified at the next wait)` };
   }
   const r = w.finish();
   return recordWorkload(ctx, v, r, step.expect?.ok ?? true, step.index);
+}
+
+/** How the guest's commands reach the engine, for a step's line: nothing for the legacy ring path. */
+function submissionNote(d: GuestGpuDriver): string {
+  return d.submission === "execlists" ? " (execlists: its context, PPGTT addresses)" : "";
 }
 
 function recordWorkload(ctx: StepContext, v: VmRun, r: WorkloadResult, expectOk: boolean, index: number): StepOutcome {
@@ -179,10 +200,13 @@ function recordWorkload(ctx: StepContext, v: VmRun, r: WorkloadResult, expectOk:
   return {
     ok,
     summary:
-      `${v.spec.name} ${r.kind} via ${r.via}: ${r.operations} ops, ${formatSize(r.bytes)}, ` +
+      `${v.spec.name} ${r.kind} via ${r.via}${v.driver !== undefined ? submissionNote(v.driver) : ""}: ` +
+      `${r.operations} ops, ${formatSize(r.bytes)}, ` +
       (r.elapsedNs > 0
         ? `done in ${formatTime(r.elapsedNs)}`
-        : "done inside the doorbell writes (a whole GPU runs work as RING_TAIL is written)") +
+        : v.driver?.submission === "execlists"
+          ? "done inside the ELSP writes (a whole GPU runs a context as its descriptor is written)"
+          : "done inside the doorbell writes (a whole GPU runs work as RING_TAIL is written)") +
       `, ${r.ok ? "verified" : `NOT verified (${r.mismatches} bytes differ, ${r.rejected} rejected, ${r.timedOut} timed out)`}`,
     detail: { workload: r },
   };
@@ -286,13 +310,12 @@ function alloc(ctx: StepContext, step: StepOf<"alloc">): StepOutcome {
   }
   const pages = v.platform!.pages;
   const before = limitProbe(v);
-  pages.only = step.block;
-  let buffer: GpuBuffer;
-  try {
-    buffer = driver.allocBuffer(step.bytes, step.zone !== undefined ? { zone: step.zone } : {});
-  } finally {
-    pages.only = undefined;
-  }
+  // The buffer's pages from the named block; the driver's own pages (page tables) wherever the guest puts them.
+  const block = step.block;
+  const buffer = driver.allocBuffer(step.bytes, {
+    ...(step.zone !== undefined ? { zone: step.zone } : {}),
+    ...(block !== undefined ? { allocPages: (n: number) => pages.allocPagesIn(block, n) } : {}),
+  });
   const limit = diagnose(v, before);
   if (limit !== undefined) {
     driver.freeBuffer(buffer);

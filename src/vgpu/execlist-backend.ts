@@ -225,7 +225,12 @@ export class ExeclistBackend implements VirtualEngineBackend {
     const work: ContextWorkload = {
       vgpuId: w.vgpuId,
       engine,
-      context: { image, pml4: ref.pml4, dwords: dwords.length },
+      context: {
+        image,
+        pml4: ref.pml4,
+        dwords: dwords.length,
+        label: `guest ctx ${hex(w.descriptor.contextId)} (LRCA ${hex(ctx.lrca)})`,
+      },
       retire: (r) => this.retire(job, r),
     };
     deps.scheduler.enqueue(work);

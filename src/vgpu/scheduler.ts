@@ -87,6 +87,8 @@ export interface ContextWorkload {
     readonly pml4: Iova;
     /** Dwords of its shadow ring (for the trace). */
     readonly dwords: number;
+    /** The guest's name for it (its LRCA and context id), for attribution. */
+    readonly label?: string;
   };
   /** As `Workload.retire`, with the context's result. */
   retire(result: ContextSubmissionResult | undefined): void;
@@ -450,6 +452,7 @@ export class GvtScheduler {
         image: w.context.image,
         pml4: w.context.pml4,
         owner: d.id,
+        ...(w.context.label !== undefined ? { label: w.context.label } : {}),
         onComplete: done,
       });
     } catch (e) {

@@ -331,6 +331,15 @@ export class ShadowPpgtt {
     return at;
   }
 
+  /**
+   * DMA address of the shadow PML4 of the guest PPGTT rooted at `pml4`, while one is shadowed (announced, or held by
+   * a workload); undefined otherwise. Read-only: for `vgpu explain`, which walks the shadow tables as the engine does.
+   */
+  shadowRoot(pml4: Gpa): Iova | undefined {
+    const mm = this.mms.get(Math.floor(pml4 / PAGE_SIZE));
+    return mm?.live && mm.root !== undefined ? mm.root.page.dmaAddr : undefined;
+  }
+
   /** type1's dma_unmap for gfns [first, last]: shadow PTEs naming them go to the scratch page and drop their pins. */
   dmaUnmap(first: Gfn, last: Gfn): number {
     let entries = 0;
