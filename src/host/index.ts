@@ -16,6 +16,8 @@ export * from "./iommu.ts";
 export * from "./iotlb.ts";
 export * from "./iova.ts";
 export * from "./iova-rcache.ts";
+/** Linux iova.c's linear walk, ported: the oracle of the IOVA tests and the FAST'15 contrast of the cost model. */
+export { LinearIovaDomain, type LinearIovaRange } from "./iova-reference.ts";
 export * from "./mm.ts";
 export * from "./pci.ts";
 export * from "./pci-config.ts";
