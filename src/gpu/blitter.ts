@@ -1,10 +1,12 @@
 /**
- * The 2D blitter's data path: filling and copying rectangles of 32-bpp pixels in linear surfaces, through the address
+ * The 2D blitter's data path: filling and copying rectangles of 32-bpp pixels in linear, X-tiled or Y-tiled surfaces
+ * (tiling.ts), through the address
  * space the engine selected (`GpuMemory.space`: the GGTT, or the executing context's PPGTT) and the device's DMA path.
  * The engine decodes XY_COLOR_BLT / XY_SRC_COPY_BLT and calls this.
  *
- * Geometry: a surface is a GMA and a pitch (bytes from one row to the next); pixel (x, y) is at
- * base + y * pitch + x * 4. A rectangle is [x1, x2) x [y1, y2) (bottom-right exclusive, as on hardware); an empty
+ * Geometry: a surface is a GMA, a pitch (bytes from one row to the next) and a tiling; pixel (x, y) of a linear
+ * surface is at base + y * pitch + x * 4, of a tiled one at base + tiledOffset(x * 4, y). A tiled row is copied in
+ * the pieces that stay contiguous on both sides (512 bytes in X tiles, 16 in Y tiles). A rectangle is [x1, x2) x [y1, y2) (bottom-right exclusive, as on hardware); an empty
  * one does nothing. When a surface's pitch equals the rectangle's row width the rows are contiguous and the whole
  * rectangle is one linear run.
  *
@@ -24,6 +26,7 @@
 import { type Iova, PAGE_SIZE } from "../core/index.ts";
 import { DMA_OK, IOMMU_READ } from "../host/index.ts";
 import { type GpuMemory, PAGE_FAULT, PAGE_NOT_PRESENT } from "./memory.ts";
+import { contiguousSpan, type Tiling, tiledOffset } from "./tiling.ts";
 
 /** A fill with a multi-byte colour writes at most this many bytes per DMA operation (the pattern buffer's size). */
 const PATTERN_BYTES = 64 * 1024;
@@ -40,8 +43,20 @@ export class Blitter {
 
   constructor(private readonly mem: GpuMemory) {}
 
-  /** Fills [x1, x2) x [y1, y2) of the surface at `dst` (row pitch `pitch` bytes) with `color`. False on an IOMMU fault. */
-  fill(dst: number, pitch: number, x1: number, y1: number, x2: number, y2: number, color: number): boolean {
+  /**
+   * Fills [x1, x2) x [y1, y2) of the surface at `dst` (row pitch `pitch` bytes, layout `tiling`) with `color`. False on
+   * an IOMMU fault.
+   */
+  fill(
+    dst: number,
+    pitch: number,
+    x1: number,
+    y1: number,
+    x2: number,
+    y2: number,
+    color: number,
+    tiling: Tiling = "linear",
+  ): boolean {
     const w = (x2 - x1) * 4;
     const h = y2 - y1;
     if (w <= 0 || h <= 0) return true;
@@ -53,6 +68,16 @@ export class Blitter {
       this.pattern32.fill(c);
       this.patternColor = c;
     }
+    if (tiling !== "linear") {
+      for (let y = y1; y < y2; y++) {
+        for (let xb = x1 * 4; xb < x2 * 4; ) {
+          const n = Math.min(x2 * 4 - xb, contiguousSpan(tiling, pitch, xb));
+          if (!this.fillRun(dst + tiledOffset(tiling, pitch, xb, y), n, uniform, b0)) return false;
+          xb += n;
+        }
+      }
+      return true;
+    }
     const start = dst + y1 * pitch + x1 * 4;
     if (pitch === w) return this.fillRun(start, w * h, uniform, b0);
     for (let y = 0; y < h; y++) {
@@ -62,8 +87,8 @@ export class Blitter {
   }
 
   /**
-   * Copies [x1, x2) x [y1, y2) of the surface at `dst` (pitch `dstPitch`) from the same-sized rectangle at (sx, sy)
-   * of the surface at `src` (pitch `srcPitch`). False on an IOMMU fault.
+   * Copies [x1, x2) x [y1, y2) of the surface at `dst` (pitch `dstPitch`, layout `dstTiling`) from the same-sized
+   * rectangle at (sx, sy) of the surface at `src` (pitch `srcPitch`, layout `srcTiling`). False on an IOMMU fault.
    */
   copy(
     dst: number,
@@ -76,11 +101,27 @@ export class Blitter {
     srcPitch: number,
     sx: number,
     sy: number,
+    dstTiling: Tiling = "linear",
+    srcTiling: Tiling = "linear",
   ): boolean {
     const w = (x2 - x1) * 4;
     const h = y2 - y1;
     if (w <= 0 || h <= 0) return true;
     this.bytesCopied += w * h;
+    if (dstTiling !== "linear" || srcTiling !== "linear") {
+      for (let y = 0; y < h; y++) {
+        for (let k = 0; k < w; ) {
+          const dxb = x1 * 4 + k;
+          const sxb = sx * 4 + k;
+          const n = Math.min(w - k, contiguousSpan(dstTiling, dstPitch, dxb), contiguousSpan(srcTiling, srcPitch, sxb));
+          const d = dst + tiledOffset(dstTiling, dstPitch, dxb, y1 + y);
+          const s = src + tiledOffset(srcTiling, srcPitch, sxb, sy + y);
+          if (!this.copyRun(d, s, n)) return false;
+          k += n;
+        }
+      }
+      return true;
+    }
     const d = dst + y1 * dstPitch + x1 * 4;
     const s = src + sy * srcPitch + sx * 4;
     if (dstPitch === w && srcPitch === w) return this.copyRun(d, s, w * h);

@@ -139,6 +139,7 @@ import {
   XY_SRC_COPY_BLT_DST_TILED,
   XY_SRC_COPY_BLT_SRC_TILED,
 } from "./regs.ts";
+import { BCS_DST_Y, BCS_SRC_Y, BCS_SWCTRL, checkPitch, type Tiling } from "./tiling.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -251,6 +252,12 @@ function hex(n: number): string {
   return `0x${n.toString(16)}`;
 }
 
+/** A blit surface's pitch in bytes: BR13's / the source pitch field is in bytes for linear surfaces, dwords for tiled. */
+function bltPitch(dword: number, tiling: Tiling): number {
+  const field = dword & BR13_PITCH_MASK;
+  return tiling === "linear" ? field : field * 4;
+}
+
 export class Engine {
   readonly id: GtEngineId;
   /** MMIO base of the engine's register block. */
@@ -267,6 +274,8 @@ export class Engine {
   miMode = 0;
   gfxMode = 0;
   resetCtl = 0;
+  /** BCS_SWCTRL's low bits (a masked register; the blitter engine's only): which blit surfaces are Y-tiled. */
+  swctrl = 0;
   /** A batch buffer in progress: the next dword's address, where it started, whether it is a PPGTT address. */
   bbActive = false;
   bbAddr = 0;
@@ -397,6 +406,9 @@ export class Engine {
         return ((this.bbAddr % TWO32) | (this.bbActive ? 1 : 0)) >>> 0;
       case RING_BBADDR_UDW:
         return Math.floor(this.bbAddr / TWO32) >>> 0;
+      case BCS_SWCTRL:
+        if (this.id === "bcs") return this.swctrl;
+        return this.execlists.readRegister(off);
       case RING_BBSTATE:
         return this.bbPpgtt ? RING_BB_PPGTT : 0;
       case RING_CTX_TIMESTAMP:
@@ -410,6 +422,11 @@ export class Engine {
 
   writeRegister(off: number, value: number): void {
     const v = value >>> 0;
+    if (off === BCS_SWCTRL && this.id === "bcs") {
+      const mask = (v >>> 16) & (BCS_SRC_Y | BCS_DST_Y);
+      this.swctrl = ((this.swctrl & ~mask) | (v & mask)) >>> 0;
+      return;
+    }
     switch (off) {
       case RING_TAIL:
         this.tail = v & TAIL_ADDR;
@@ -496,6 +513,7 @@ export class Engine {
     this.bbAddr = 0;
     this.bbStart = 0;
     this.bbPpgtt = false;
+    this.swctrl = 0;
     this.arbEnabled = true;
     this.waiting = false;
     this.contextLoaded = false;
@@ -980,7 +998,10 @@ export class Engine {
     const br13 = cmd[1]!;
     const bad = this.checkBlt(cmd[0]!, br13, ROP_PATCOPY, "XY_COLOR_BLT");
     if (bad !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, bad);
-    const pitch = br13 & BR13_PITCH_MASK;
+    const tiling = this.bltTiling(cmd[0]!, XY_SRC_COPY_BLT_DST_TILED, BCS_DST_Y);
+    const pitch = bltPitch(br13, tiling);
+    const badPitch = checkPitch(tiling, pitch);
+    if (badPitch !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, `XY_COLOR_BLT: ${badPitch}`);
     const x1 = cmd[2]! & 0xffff;
     const y1 = cmd[2]! >>> 16;
     const x2 = cmd[3]! & 0xffff;
@@ -989,7 +1010,7 @@ export class Engine {
     const bytes = Math.max(0, x2 - x1) * 4 * Math.max(0, y2 - y1);
     this.busy += ctx.cost.blitSetupNs + bytes / ctx.cost.fillBytesPerNs;
     ctx.memory.use(this.id, this.surfaceSpace);
-    const ok = ctx.blitter.fill(dst, pitch, x1, y1, x2, y2, cmd[6]!);
+    const ok = ctx.blitter.fill(dst, pitch, x1, y1, x2, y2, cmd[6]!, tiling);
     if (ctx.tracer.enabled) {
       ctx.tracer.emit("gpu.blit", {
         bdf: ctx.bdf,
@@ -1014,7 +1035,12 @@ export class Engine {
     const br13 = cmd[1]!;
     const bad = this.checkBlt(cmd[0]!, br13, ROP_SRCCOPY, "XY_SRC_COPY_BLT");
     if (bad !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, bad);
-    const dstPitch = br13 & BR13_PITCH_MASK;
+    const dstTiling = this.bltTiling(cmd[0]!, XY_SRC_COPY_BLT_DST_TILED, BCS_DST_Y);
+    const srcTiling = this.bltTiling(cmd[0]!, XY_SRC_COPY_BLT_SRC_TILED, BCS_SRC_Y);
+    const dstPitch = bltPitch(br13, dstTiling);
+    const srcPitch = bltPitch(cmd[7]!, srcTiling);
+    const badPitch = checkPitch(dstTiling, dstPitch) ?? checkPitch(srcTiling, srcPitch);
+    if (badPitch !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, `XY_SRC_COPY_BLT: ${badPitch}`);
     const x1 = cmd[2]! & 0xffff;
     const y1 = cmd[2]! >>> 16;
     const x2 = cmd[3]! & 0xffff;
@@ -1022,12 +1048,11 @@ export class Engine {
     const dst = cmd[4]! + (cmd[5]! & 0xffff) * TWO32;
     const sx = cmd[6]! & 0xffff;
     const sy = cmd[6]! >>> 16;
-    const srcPitch = cmd[7]! & BR13_PITCH_MASK;
     const src = cmd[8]! + (cmd[9]! & 0xffff) * TWO32;
     const bytes = Math.max(0, x2 - x1) * 4 * Math.max(0, y2 - y1);
     this.busy += ctx.cost.blitSetupNs + bytes / ctx.cost.copyBytesPerNs;
     ctx.memory.use(this.id, this.surfaceSpace);
-    const ok = ctx.blitter.copy(dst, dstPitch, x1, y1, x2, y2, src, srcPitch, sx, sy);
+    const ok = ctx.blitter.copy(dst, dstPitch, x1, y1, x2, y2, src, srcPitch, sx, sy, dstTiling, srcTiling);
     if (ctx.tracer.enabled) {
       ctx.tracer.emit("gpu.blit", {
         bdf: ctx.bdf,
@@ -1045,11 +1070,17 @@ export class Engine {
     return ok || this.fail(I915_ERROR_PAGE_TABLE, at, `XY_SRC_COPY_BLT: ${describeFault(ctx.memory)}`);
   }
 
+  /**
+   * A blit surface's layout: linear unless the header's tiled bit is set; then Y-tiled when BCS_SWCTRL (blitter
+   * engine only) has the surface's Y bit, else X-tiled.
+   */
+  private bltTiling(header: number, tiledBit: number, swctrlYBit: number): Tiling {
+    if ((header & tiledBit) === 0) return "linear";
+    return (this.swctrl & swctrlYBit) !== 0 ? "y" : "x";
+  }
+
   /** Why a blit header / BR13 cannot run, or undefined. */
-  private checkBlt(header: number, br13: number, rop: number, name: string): string | undefined {
-    if ((header & (XY_SRC_COPY_BLT_SRC_TILED | XY_SRC_COPY_BLT_DST_TILED)) !== 0) {
-      return `${name} with a tiled surface: only linear surfaces are implemented`;
-    }
+  private checkBlt(_header: number, br13: number, rop: number, name: string): string | undefined {
     if ((br13 & BR13_COLOR_DEPTH_MASK) !== BR13_32BPP) {
       return `${name} with colour depth ${(br13 & BR13_COLOR_DEPTH_MASK) >>> 24}: only 32 bpp (3) is implemented`;
     }

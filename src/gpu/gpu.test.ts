@@ -16,7 +16,7 @@ import {
   PCI_MSI_FLAGS_ENABLE,
   parseBdf,
 } from "../host/index.ts";
-import { colorBlt, srcCopyBlt, storeDataImm } from "./commands.ts";
+import { colorBlt, loadRegisterImm, srcCopyBlt, storeDataImm } from "./commands.ts";
 import { DEFAULT_COST } from "./cost.ts";
 import { DEFAULT_APERTURE_SIZE, GpuDevice, MiB } from "./gpu.ts";
 import {
@@ -60,6 +60,7 @@ import {
   RING_VALID,
   XY_COLOR_BLT_DWORDS,
 } from "./regs.ts";
+import { BCS_DST_Y, BCS_SRC_Y, type Tiling, tiledOffset } from "./tiling.ts";
 
 const BDF: Bdf = parseBdf("0000:00:02.0");
 const PAGE = 4096;
@@ -397,6 +398,51 @@ describe("engine commands", () => {
     );
   });
 
+  it("XY_SRC_COPY_BLT writes and reads X- and Y-tiled surfaces (Y through BCS_SWCTRL), pitch in dwords", () => {
+    const r = rig();
+    const pitch = 2048; // 4 X tiles or 16 Y tiles across
+    const rows = 32; // one row of Y tiles, four of X tiles
+    const bytes = pitch * rows; // 16 pages
+    const lin = DATA_GMA;
+    const til = DATA_GMA + 16 * PAGE;
+    const back = DATA_GMA + 32 * PAGE;
+    const data = pattern(bytes, 99);
+    const TILED_DST = 1 << 11;
+    const TILED_SRC = 1 << 15;
+    const swctrl = (bits: number) => loadRegisterImm([[0x22200, (((BCS_SRC_Y | BCS_DST_Y) << 16) | bits) >>> 0]]);
+    for (const t of ["x", "y"] as const satisfies readonly Tiling[]) {
+      r.memWrite(lin, data);
+      r.memWrite(til, new Uint8Array(bytes));
+      r.memWrite(back, new Uint8Array(bytes));
+      const toTiled = srcCopyBlt(til, pitch / 4, 0, 0, pitch / 4, rows, lin, pitch, 0, 0);
+      toTiled[0] = (toTiled[0]! | TILED_DST) >>> 0;
+      const toLinear = srcCopyBlt(back, pitch, 0, 0, pitch / 4, rows, til, pitch / 4, 0, 0);
+      toLinear[0] = (toLinear[0]! | TILED_SRC) >>> 0;
+      r.submit("bcs", [...swctrl(t === "y" ? BCS_DST_Y : 0), ...toTiled]);
+      assert.equal(r.gpu.bcs.eir, 0, r.gpu.bcs.last.error);
+      const got = r.memRead(til, bytes);
+      for (const [xb, y] of [
+        [0, 0],
+        [5, 1],
+        [600, 3],
+        [130, 31],
+        [2047, 17],
+      ] as const) {
+        assert.equal(got[tiledOffset(t, pitch, xb, y)], data[y * pitch + xb], `${t}: byte (${xb}, ${y})`);
+      }
+      r.submit("bcs", [...swctrl(t === "y" ? BCS_SRC_Y : 0), ...toLinear, ...swctrl(0)]);
+      assert.deepEqual(r.memRead(back, bytes), data, `${t}: tiled and back is the identity`);
+      assert.equal(r.gpu.bcs.readRegister(0x200), 0, "BCS_SWCTRL cleared by the masked write");
+    }
+    // A tiled XY_COLOR_BLT fills the pixels the layout says.
+    r.memWrite(til, new Uint8Array(bytes));
+    const fill = colorBlt(til, pitch / 4, 128, 8, 129, 9, 0x11223344);
+    fill[0] = (fill[0]! | TILED_DST) >>> 0;
+    r.submit("bcs", fill);
+    assert.equal(r.u32(til + tiledOffset("x", pitch, 512, 8)), 0x11223344);
+    assert.equal(r.u32(til + 8 * pitch + 512), 0, "not where a linear surface would have it");
+  });
+
   it("XY_SRC_COPY_BLT copies a rectangle between surfaces of different pitches (property, against a reference)", () => {
     const r = rig();
     const src = DATA_GMA;
@@ -531,9 +577,9 @@ describe("engine errors and faults", () => {
         /raster operation 0x66/,
       ],
       [
-        "tiled",
+        "tiled with a pitch no X tile fits (64 dwords = 256 bytes)",
         copyBlt(DATA_GMA, 64, 0, 0, 1, 1, DATA_GMA, 64, 0, 0).map((v, i) => (i === 0 ? v | (1 << 11) : v)),
-        /tiled/,
+        /multiple of 512 bytes/,
       ],
       ["lri odd", [miLoadRegisterImm(1) + 1, 0, 0], /pairs/],
     ];

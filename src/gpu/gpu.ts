@@ -30,8 +30,9 @@
  * every register, the GGTT (all entries not present) and the fences to power-on values. The engines' time accounting
  * stays.
  *
- * Not modelled: display, power management, forcewake, the I/O BAR, fence-based detiling through the aperture (fence
- * registers are stored only), memory decode enable (accesses work whatever PCI_COMMAND_MEMORY says), and every
+ * Not modelled: display, power management, forcewake, the I/O BAR, fence-based detiling through this device's own
+ * aperture (fence registers are stored only: the host driver never fences; a vGPU's BAR2 detiles with its guest's
+ * fences, vgpu.ts, with tiling.ts's layouts), memory decode enable (accesses work whatever PCI_COMMAND_MEMORY says), and every
  * register the datasheet does not list.
  */
 import { type Clock, defineTraceEvents, Errno, KernelError, type Tracer } from "../core/index.ts";

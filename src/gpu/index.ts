@@ -33,3 +33,4 @@ export * from "./lrc.ts";
 export * from "./memory.ts";
 export * from "./ppgtt.ts";
 export * from "./regs.ts";
+export * from "./tiling.ts";

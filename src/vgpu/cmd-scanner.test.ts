@@ -174,8 +174,27 @@ describe("command scanner: what passes", () => {
     assert.ok(scan(srcCopy(AP.base, 0x1000, 0, 16, 64)).ok, "0 px wide: the source is not audited either");
     const tiled = colorBlt(0, 4096, 10, 10, 10, 20, 0);
     tiled[0] = (tiled[0]! | XY_SRC_COPY_BLT_DST_TILED) >>> 0;
-    rejected(scan(tiled), /tiled/);
+    assert.ok(scan(tiled).ok, "an empty tiled rectangle passes too");
     rejected(scan(colorBlt(0, 0x8000, 10, 10, 10, 20, 0)), /negative/);
+  });
+
+  it("a tiled blit surface is audited by whole 32-row tile rows, its pitch read in dwords", () => {
+    const { scan } = setup();
+    const tiledFill = (dst: number, pitchDwords: number, y1: number, y2: number): number[] => {
+      const w = colorBlt(dst, pitchDwords, 0, y1, 1, y2, 0);
+      w[0] = (w[0]! | XY_SRC_COPY_BLT_DST_TILED) >>> 0;
+      return w;
+    };
+    // 128 dwords = 512 bytes a row; 32 rows = 16 KiB a tile row.
+    assert.ok(scan(tiledFill(AP.base, 128, 0, 1)).ok, "one pixel: its 16 KiB tile row is inside");
+    assert.ok(scan(tiledFill(AP.base + AP.size - 0x4000, 128, 31, 32)).ok, "the last tile row of the partition");
+    // Linear, the same pixel at row 0 would be inside; tiled, its tile row runs 16 KiB past the partition's end.
+    rejected(scan(tiledFill(AP.base + AP.size - 0x2000, 128, 0, 1)), /outside/);
+    const linear = colorBlt(AP.base + AP.size - 0x2000, 512, 0, 0, 1, 1, 0);
+    assert.ok(scan(linear).ok, "linear: only the pixel itself is audited");
+    // Row 40 is in the second tile row: [32 * 512, 64 * 512) from the base.
+    rejected(scan(tiledFill(AP.base + AP.size - 0x6000, 128, 40, 41)), /outside/);
+    assert.ok(scan(tiledFill(AP.base + AP.size - 0x8000, 128, 40, 41)).ok);
   });
 
   it("MI_BATCH_BUFFER_END in the ring is a no-op: what follows it is still audited", () => {

@@ -20,8 +20,11 @@
  *   [base + y1 * pitch + x1 * cpp, base + (y2 - 1) * pitch + x2 * cpp), is audited for the destination and, for a
  *   copy, the source (same width and height at the source origin, with the source pitch). A pitch with bit 15 set
  *   (negative on hardware, which reads it signed; the model reads it unsigned) is rejected, so the audit never
- *   depends on the reading. What the GPU cannot execute (tiled surfaces, colour depths other than 32 bpp, raster
- *   operations other than PATCOPY / SRCCOPY) is rejected too: it would only halt the engine. An empty rectangle
+ *   depends on the reading. A tiled surface (the header's tiled bits; its pitch field is in dwords) is audited by
+ *   whole rows of the tallest tile (32 rows, Y-tiling; X tiles are 8 rows, so the audit covers either layout, whatever
+ *   BCS_SWCTRL holds): [base + floor(y1 / 32) * 32 * pitch, base + (floor((y2 - 1) / 32) + 1) * 32 * pitch). What the
+ *   GPU cannot execute (colour depths other than 32 bpp, raster operations other than PATCOPY / SRCCOPY) is rejected
+ *   too: it would only halt the engine. An empty rectangle
  *   (x2 <= x1 or y2 <= y1) passes these checks first, then passes without an address audit: the GPU writes nothing.
  * Address audit: each range must lie wholly inside the vGPU's aperture partition or wholly inside its hidden
  * partition; an operation larger than 36 MiB (GVT-g's max_surface_size) is rejected whatever its address. A 64-bit
@@ -117,6 +120,8 @@ export const LRI_ALLOWED: readonly { readonly offset: number; readonly name: str
   { offset: 0xe4f4, name: "GEN7_ROW_CHICKEN2" },
 ];
 const LRI_ALLOWED_SET: ReadonlySet<number> = new Set(LRI_ALLOWED.map((r) => r.offset));
+/** Rows of the tallest tile (Y-tiling): a tiled blit surface is audited by whole rows of such tiles. */
+const AUDIT_TILE_ROWS = 32;
 /** PIPE_CONTROL dword 1 bit 23: write an MMIO register after the flush (an LRI in disguise). */
 const PIPE_CONTROL_MMIO_WRITE = 1 << 23;
 /** The end of a 48-bit PPGTT. */
@@ -365,28 +370,31 @@ export class CommandScanner {
       case "XY_COLOR_BLT": {
         if (len !== 7) throw new Reject(`${where(pos)}: XY_COLOR_BLT must be 7 dwords, not ${len}`);
         const br13 = d[pos + 1]!;
-        this.bltMode(h, br13, ROP_PATCOPY, where(pos), info.name);
-        const pitch = this.pitch(br13, where(pos), info.name, "destination");
+        this.bltMode(br13, ROP_PATCOPY, where(pos), info.name);
+        const tiled = (h & XY_SRC_COPY_BLT_DST_TILED) !== 0;
+        const pitch = this.pitch(br13, tiled, where(pos), info.name, "destination");
         const rect = this.rect(d[pos + 2]!, d[pos + 3]!);
         // In a context, blits address the context's PPGTT (its shadow bounds them).
         if (rect === undefined || ctx !== undefined) return false;
-        this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch);
+        this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch, tiled);
         return false;
       }
       case "XY_SRC_COPY_BLT": {
         if (len !== 10) throw new Reject(`${where(pos)}: XY_SRC_COPY_BLT must be 10 dwords, not ${len}`);
         const br13 = d[pos + 1]!;
-        this.bltMode(h, br13, ROP_SRCCOPY, where(pos), info.name);
-        const pitch = this.pitch(br13, where(pos), info.name, "destination");
-        const srcPitch = this.pitch(d[pos + 7]!, where(pos), info.name, "source");
+        this.bltMode(br13, ROP_SRCCOPY, where(pos), info.name);
+        const dstTiled = (h & XY_SRC_COPY_BLT_DST_TILED) !== 0;
+        const srcTiled = (h & XY_SRC_COPY_BLT_SRC_TILED) !== 0;
+        const pitch = this.pitch(br13, dstTiled, where(pos), info.name, "destination");
+        const srcPitch = this.pitch(d[pos + 7]!, srcTiled, where(pos), info.name, "source");
         const rect = this.rect(d[pos + 2]!, d[pos + 3]!);
         if (rect === undefined || ctx !== undefined) return false;
-        this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch);
+        this.checkRect(where(pos), info.name, "destination", addr64(d, pos + 4), rect, pitch, dstTiled);
         const srcTl = d[pos + 6]!;
         const sx = srcTl & 0xffff;
         const sy = srcTl >>> 16;
         const src = { x1: sx, y1: sy, x2: sx + (rect.x2 - rect.x1), y2: sy + (rect.y2 - rect.y1) };
-        this.checkRect(where(pos), info.name, "source", addr64(d, pos + 8), src, srcPitch);
+        this.checkRect(where(pos), info.name, "source", addr64(d, pos + 8), src, srcPitch, srcTiled);
         return false;
       }
       default:
@@ -431,10 +439,11 @@ export class CommandScanner {
     this.checkRange(where(pos), "PIPE_CONTROL", "post-sync target", gma, 8);
   }
 
-  private pitch(dw: number, at: string, cmd: string, which: string): number {
+  /** A blit surface's pitch in bytes (the field counts dwords for a tiled surface). */
+  private pitch(dw: number, tiled: boolean, at: string, cmd: string, which: string): number {
     const p = dw & 0xffff;
     if ((p & 0x8000) !== 0) throw new Reject(`${at}: ${cmd} ${which} pitch ${hex(p)} is negative`);
-    return p;
+    return tiled ? p * 4 : p;
   }
 
   /** The rectangle [x1, x2) x [y1, y2), or undefined when it is empty (the GPU then touches nothing). */
@@ -443,11 +452,8 @@ export class CommandScanner {
     return r.x2 <= r.x1 || r.y2 <= r.y1 ? undefined : r;
   }
 
-  /** Rejects a blit the GPU would refuse: tiled surfaces, colour depth other than 32 bpp, another raster operation. */
-  private bltMode(header: number, br13: number, rop: number, at: string, cmd: string): void {
-    if ((header & (XY_SRC_COPY_BLT_SRC_TILED | XY_SRC_COPY_BLT_DST_TILED)) !== 0) {
-      throw new Reject(`${at}: ${cmd} with a tiled surface: the GPU blits linear surfaces only`);
-    }
+  /** Rejects a blit the GPU would refuse: colour depth other than 32 bpp, another raster operation. */
+  private bltMode(br13: number, rop: number, at: string, cmd: string): void {
     if ((br13 & BR13_COLOR_DEPTH_MASK) !== BR13_32BPP) {
       throw new Reject(`${at}: ${cmd} with colour depth ${(br13 & BR13_COLOR_DEPTH_MASK) >>> 24}: only 32 bpp (3)`);
     }
@@ -462,7 +468,14 @@ export class CommandScanner {
     base: number,
     r: { x1: number; y1: number; x2: number; y2: number },
     pitch: number,
+    tiled: boolean,
   ): void {
+    if (tiled) {
+      const start = base + Math.floor(r.y1 / AUDIT_TILE_ROWS) * AUDIT_TILE_ROWS * pitch;
+      const end = base + (Math.floor((r.y2 - 1) / AUDIT_TILE_ROWS) + 1) * AUDIT_TILE_ROWS * pitch;
+      this.checkRange(at, cmd, which, start, end - start);
+      return;
+    }
     const start = base + r.y1 * pitch + r.x1 * BLT_CPP;
     const end = base + (r.y2 - 1) * pitch + r.x2 * BLT_CPP;
     this.checkRange(at, cmd, which, start, end - start);

@@ -4,6 +4,7 @@ import { Errno, KernelError, PAGE_SIZE } from "../core/index.ts";
 import {
   BAR0_SIZE,
   ENGINE_BASE,
+  encodeFence,
   FENCE_REG_GEN6_LO,
   GEN6_GDRST,
   GEN6_GRDOM_FULL,
@@ -18,6 +19,7 @@ import {
   RING_HEAD,
   RING_START,
   RING_TAIL,
+  tiledOffset,
   VGT_PVINFO_PAGE,
 } from "../gpu/index.ts";
 import {
@@ -176,6 +178,33 @@ describe("vGPU device: what the VMM sees", () => {
       errno(Errno.EINVAL, /outside the vGPU's aperture/),
     );
     assert.throws(() => g.device.read(VFIO_PCI_BAR2_REGION_INDEX, base + 64 * MiB - 1, 2), errno(Errno.EINVAL));
+  });
+});
+
+describe("vGPU aperture through a fence", () => {
+  it("detiles BAR2 accesses in a fenced range onto the tiled layout (X and Y), as the aperture's fences do", () => {
+    const { g } = setup();
+    const mem = g.allocGm(8);
+    const pitch = 1024; // 2 X tiles or 8 Y tiles across
+    for (const t of ["x", "y"] as const) {
+      const fence = { start: mem.gma, end: mem.gma + 8 * PAGE_SIZE, pitch, tiling: t };
+      const [lo, hi] = encodeFence(fence);
+      g.setMmio(FENCE_REG_GEN6_LO + 4, hi);
+      g.setMmio(FENCE_REG_GEN6_LO, lo);
+      // A linear row through the aperture: pixel row 9, bytes 100..699 (crosses X's 512-byte tile edge).
+      const row = new Uint8Array(600).map((_, i) => (i * 7 + 3) & 0xff);
+      g.device.write(VFIO_PCI_BAR2_REGION_INDEX, mem.gma + 9 * pitch + 100, row);
+      for (const xb of [100, 511, 512, 699]) {
+        const off = tiledOffset(t, pitch, xb, 9);
+        const gpa = mem.gpas[Math.floor(off / PAGE_SIZE)]! + (off % PAGE_SIZE);
+        assert.equal(g.readGpa(gpa, 1)[0], row[xb - 100], `${t}: byte ${xb} of row 9 lands at tiled offset ${off}`);
+      }
+      assert.deepEqual(g.device.read(VFIO_PCI_BAR2_REGION_INDEX, mem.gma + 9 * pitch + 100, 600), row, "reads back");
+      // Without the fence the same aperture bytes are the memory's own, linear.
+      g.setMmio(FENCE_REG_GEN6_LO, 0);
+      const plain = g.device.read(VFIO_PCI_BAR2_REGION_INDEX, mem.gma + 9 * pitch + 100, 600);
+      assert.notDeepEqual(plain, row, `${t}: unfenced, the aperture is linear`);
+    }
   });
 });
 

@@ -16,7 +16,8 @@
  * ballooning rules hold (m_base + m_size <= BAR2 size, non-mappable base >= BAR2 size). Only the vGPU's own aperture
  * partition answers: an access outside it fails with EINVAL, as kvmgt's intel_vgpu_aperture_rw refuses it (a
  * ballooned guest never makes one). Inside, it reaches memory the way the GPU's aperture would, through the vGPU's
- * shadow GTT: the page a shadow entry maps is read or written with vfio_dma_rw (the host driver offers no CPU
+ * shadow GTT, detiled by the guest's fence when one covers the address (tiling.ts: X or Y layout, the fence's pitch;
+ * igt reads tiled buffers through such GTT mmaps): the page a shadow entry maps is read or written with vfio_dma_rw (the host driver offers no CPU
  * aperture path, and the page is pinned, so this is the very frame the shadow's IOVA translates to). A page whose
  * shadow is the scratch page reads zeros and drops writes (counted): the CPU never sees the scratch page's contents.
  * (The choice against a smaller BAR2: a BAR2 of the partition's size would need m_base + m_size <= its size, i.e.
@@ -91,8 +92,11 @@ import {
 } from "../core/index.ts";
 import {
   BAR0_SIZE,
+  decodeFence,
+  detile,
   ENGINE_BASE,
   type EngineId,
+  type Fence,
   GEN6_GRDOM_FULL,
   type GpuResources,
   GT_CS_MASTER_ERROR_INTERRUPT,
@@ -302,6 +306,8 @@ export class Vgpu implements VfioDeviceOps {
   private live = true;
   private rejected = 0;
   private apertureMisses = 0;
+  /** The guest's valid fences as last accepted (index = guest fence): aperture accesses they cover are detiled. */
+  private readonly fences: (Fence | undefined)[] = [];
   /** Workloads queued with the scheduler and not yet retired. */
   private outstanding = 0;
   /** Set by `dispose` while work is still on an engine: called when the last of it retires. */
@@ -674,8 +680,17 @@ export class Vgpu implements VfioDeviceOps {
       );
     }
     for (let done = 0; done < len; ) {
-      const gma = base + done;
-      const n = Math.min(len - done, PAGE_SIZE - (gma % PAGE_SIZE));
+      const linear = base + done;
+      // A fence covering the address detiles it, as the aperture's fence hardware does (fences are page-aligned, so
+      // a page is wholly inside or outside one); the run never leaves one GM page.
+      let gma = linear;
+      let n = Math.min(len - done, PAGE_SIZE - (linear % PAGE_SIZE));
+      const fence = this.fenceAt(linear);
+      if (fence !== undefined) {
+        const d = detile(fence, linear, n);
+        gma = d.at;
+        n = Math.min(d.run, PAGE_SIZE - (gma % PAGE_SIZE));
+      }
       const piece = buf.subarray(done, done + n);
       const bad = write ? this.gtt.writeGm(gma, piece) : this.gtt.readGm(gma, piece);
       if (bad >= 0) {
@@ -977,16 +992,27 @@ export class Vgpu implements VfioDeviceOps {
       const endGma = hi - (hi % PAGE_SIZE) + PAGE_SIZE;
       if (endGma <= startGma || !this.gtt.inPartition(startGma, endGma - startGma)) {
         this.gpu.writeFence(physical, 0);
+        this.fences[fence] = undefined;
         return `fence ${fence} covers [${hex(startGma)}, ${hex(endGma)}), outside the vGPU's graphics memory`;
       }
     }
     this.gpu.writeFenceHalves(physical, lo, hi);
+    this.fences[fence] = decodeFence(lo, hi);
     if (this.tracer.enabled) this.tracer.emit("vgpu.fence", { vgpu: this.id, fence, physical, lo, hi });
     return undefined;
   }
 
   private zeroFences(): void {
     for (const f of this.resources.fences) this.gpu.writeFence(f, 0);
+    this.fences.length = 0;
+  }
+
+  /** The guest fence whose range holds graphics memory address `gma`, if any. */
+  private fenceAt(gma: number): Fence | undefined {
+    for (const f of this.fences) {
+      if (f !== undefined && gma >= f.start && gma < f.end) return f;
+    }
+    return undefined;
   }
 
   // ---- checks ------------------------------------------------------------------------------------------------------
