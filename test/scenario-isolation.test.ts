@@ -14,11 +14,11 @@ import { loadScenarioFile, parseScenario, runWithReport, ScenarioRun } from "../
 const SCENARIOS = new URL("../scenarios/", import.meta.url);
 
 /** Two VMs on one GPU, each keeping a buffer mapped; left running for the test to poke at. */
-function twoVms(): ScenarioRun {
+function twoVms(submission: "ring" | "execlists" = "ring"): ScenarioRun {
   return new ScenarioRun(
     parseScenario({
       name: "two",
-      host: { memory: "2 GiB", gpus: [{ name: "gpu0" }] },
+      host: { memory: "2 GiB", gpus: [{ name: "gpu0", submission }] },
       vms: [
         { name: "victim", memory: "128 MiB", devices: [{ kind: "vgpu", gpu: "gpu0", type: "GVTg_V5_4" }] },
         { name: "culprit", memory: "128 MiB", devices: [{ kind: "vgpu", gpu: "gpu0", type: "GVTg_V5_8" }] },
@@ -87,6 +87,46 @@ describe("isolation checker", () => {
       );
       assert.equal(run.checker.stats("gpu0", culprit.vgpu!.id).violations, 1);
       assert.equal(run.checker.stats("gpu0", victim.vgpu!.id).violations, 0);
+      gpu.hostDriver!.writeGgtt(own.gma / PAGE_SIZE, gen8PteEncode(gpu.gpu.ggtt.pageDma(own.gma / PAGE_SIZE + 1)));
+    } finally {
+      run.teardown();
+    }
+  });
+
+  it("with execlists, the violation is attributed to the guest context that made it, and clean contexts stay clean", () => {
+    const run = twoVms("execlists");
+    try {
+      assert.equal(run.error, undefined);
+      const victim = run.vms.get("victim")!;
+      const culprit = run.vms.get("culprit")!;
+      const gpu = culprit.gpu!;
+      const secret = victim.buffers[0]!.buffer;
+      const own = culprit.buffers[0]!.buffer;
+      // Both guests' contexts run clean work first: attributed to them, no violation.
+      for (const v of [victim, culprit]) {
+        const b = v.buffers[0]!.buffer;
+        const fill = new CommandBuffer().colorBlt(v.driver!.gpuAddress(b), 64, 0, 0, 16, 1, 0x1234);
+        assert.equal(v.driver!.run("bcs", fill.words), "completed");
+      }
+      assert.equal(run.checker.violationCount, 0);
+      // The planted bug: the culprit's own GGTT entry shadowed with the victim's IOVA; its context stores through it.
+      const victimIova = gpu.gpu.ggtt.pageDma(secret.gma / PAGE_SIZE);
+      gpu.hostDriver!.writeGgtt(own.gma / PAGE_SIZE, gen8PteEncode(victimIova));
+      const status = culprit.driver!.run("bcs", new CommandBuffer().storeDataImm(own.gma, 0xbad).words);
+      assert.equal(status, "completed", "the scanner saw a store into the culprit's own graphics memory");
+      assert.equal(run.checker.violationCount, 1);
+      const contexts = run.checker.guestContexts("gpu0");
+      const mine = contexts.filter((c) => c.vgpu === culprit.vgpu!.id);
+      const theirs = contexts.filter((c) => c.vgpu === victim.vgpu!.id);
+      assert.equal(mine.length, 1);
+      assert.equal(mine[0]!.engine, "bcs");
+      assert.equal(mine[0]!.vm, "culprit");
+      assert.match(mine[0]!.label, /^guest ctx 0x40 \(LRCA 0x[0-9a-f]+\)$/);
+      assert.equal(mine[0]!.violations, 1);
+      assert.ok(mine[0]!.pieces > 0 && theirs[0]!.pieces > 0, "both contexts' DMA was attributed");
+      assert.equal(theirs[0]!.violations, 0);
+      const runs = run.checker.contextRuns("gpu0").filter((r) => r.engine === "bcs");
+      assert.ok(runs.some((r) => r.vm === "victim") && runs.some((r) => r.vm === "culprit"));
       gpu.hostDriver!.writeGgtt(own.gma / PAGE_SIZE, gen8PteEncode(gpu.gpu.ggtt.pageDma(own.gma / PAGE_SIZE + 1)));
     } finally {
       run.teardown();
