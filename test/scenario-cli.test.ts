@@ -160,7 +160,7 @@ describe("vgpu explain", () => {
       /DISAGREE: 0x0 is outside vgpu1's graphics memory: its GMAs are the aperture range \[0x[0-9a-f]+, 0x[0-9a-f]+\) \(\d+ MiB\) and the hidden range \[0x[0-9a-f]+, 0x[0-9a-f]+\)/,
     );
     await assert.rejects(
-      runExplain("scenarios/whole-gpu.json", { vm: "mediated", gva: "0x100000000" }, captureIo()),
+      runExplain("scenarios/hostile.json", { vm: "legacy", gva: "0x100000000" }, captureIo()),
       /legacy rings: it has no PPGTT/,
     );
   });
