@@ -3,7 +3,7 @@
  *
  * Start-up is part of the interface: `vgpu --version` and the mdevctl commands load commander and the client side
  * only (no model, no zod), so they start in about 1.5x the time of `node -e 0` (BENCHMARKS.md, "Start-up"). The
- * scenario and serving commands (`demo`, `run`, `explain`, `serve`, and any other name, help included) are imported
+ * scenario and serving commands (`demo`, `run`, `compare`, `explain`, `serve`, and any other name, help included) are imported
  * only when the command line names one of them.
  *
  * Errors, one format everywhere: "vgpu: ERRNO (text): what to do" on stderr, exit status 2 for a usage error and 1
@@ -36,14 +36,16 @@ const QUICK = new Set([
 
 /** The scenario and serving commands; each module is imported only when needed. */
 async function registerTheRest(program: Command): Promise<void> {
-  const [demo, run, explain, serve] = await Promise.all([
+  const [demo, run, explain, serve, compare] = await Promise.all([
     import("./commands/demo.ts"),
     import("./commands/run.ts"),
     import("./commands/explain.ts"),
     import("./commands/serve.ts"),
+    import("./commands/compare.ts"),
   ]);
   demo.registerDemo(program);
   run.registerRun(program);
+  compare.registerCompare(program);
   explain.registerExplain(program);
   serve.registerServe(program);
 }
