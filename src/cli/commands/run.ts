@@ -8,11 +8,12 @@
  * Also the pieces `vgpu demo` and `vgpu explain` share: loading a scenario, the progress line, the trace file. The
  * model is imported only when a command runs, so the other `vgpu` commands start without it.
  */
-import { closeSync, openSync, writeSync } from "node:fs";
+import { closeSync, openSync, readFileSync, statSync, writeSync } from "node:fs";
 import { relative, resolve } from "node:path";
 import type { Command } from "commander";
 import { Errno, KernelError, strerror } from "../../core/index.ts";
-import type { Scenario } from "../../scenario/index.ts";
+import type { Scenario, ScenarioReport } from "../../scenario/index.ts";
+import { jsonErrorOffset, lineColumn } from "../mdevctl-text.ts";
 import { type CliIo, configureCommandOutput, processIo } from "./common.ts";
 
 export interface RunOptions {
@@ -38,12 +39,54 @@ export async function loadScenario(file: string, io: CliIo): Promise<Scenario> {
   const { loadScenarioFile } = await import("../../scenario/index.ts");
   const path = resolve(io.cwd, file);
   const shown = relative(io.cwd, path) || file;
+  checkScenarioText(path, shown);
   try {
     return { ...loadScenarioFile(path), source: shown };
   } catch (e) {
     if (e instanceof Error) e.message = e.message.split(path).join(shown);
     throw e;
   }
+}
+
+/**
+ * What the scenario loader would report less clearly: a folder given as the file (EISDIR), and JSON syntax errors
+ * with their line and column, as definition files report them. A missing file is left to the loader (ENOENT).
+ */
+function checkScenarioText(path: string, shown: string): void {
+  const st = statSync(path, { throwIfNoEntry: false });
+  if (st === undefined) return;
+  if (st.isDirectory()) {
+    throw new KernelError(
+      Errno.EISDIR,
+      `cannot read scenario ${shown}: it is a folder; pass a scenario file such as scenarios/demo.json`,
+    );
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return; // the loader reports it
+  }
+  try {
+    JSON.parse(text);
+  } catch {
+    const where = text.trim() === "" ? "the file is empty" : lineColumn(text, jsonErrorOffset(text));
+    throw new KernelError(Errno.EINVAL, `invalid scenario ${shown}: not valid JSON (${where})`);
+  }
+}
+
+/** The reasons a run did not hold up that `failures` does not already list (isolation, teardown). */
+export function extraFailures(report: ScenarioReport): string[] {
+  const out: string[] = [];
+  if (report.isolation.violations > 0) {
+    out.push(
+      `isolation: ${report.isolation.violations} violation(s) of the isolation invariant (the first in isolation.samples)`,
+    );
+  }
+  if (report.teardown !== null && !report.teardown.clean) {
+    out.push(`teardown: not clean: ${report.teardown.problems.join("; ")}`);
+  }
+  return out;
 }
 
 /** A progress line on stderr ("[#####.....] 12/40 steps  t=123.456 ms"), only when stderr is a terminal. */
@@ -76,7 +119,17 @@ export function progressLine(
 
 /** A JSON-lines trace file writer (synchronous appends: the model runs synchronously). */
 export function traceFile(path: string, io: CliIo): { line: (l: string) => void; close: () => void } {
-  const fd = openSync(resolve(io.cwd, path), "w");
+  let fd: number;
+  try {
+    fd = openSync(resolve(io.cwd, path), "w");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "EIO";
+    const errno = Object.hasOwn(Errno, code) ? (Errno as Readonly<Record<string, Errno>>)[code]! : Errno.EIO;
+    throw new KernelError(
+      errno,
+      `cannot write the trace to ${path}: ${strerror(errno)}; pass --trace a file in a folder you can write`,
+    );
+  }
   let buf = "";
   return {
     line: (l) => {
@@ -131,7 +184,10 @@ export async function runAndPrint(
     perfetto.addRun(w, scenario.name, collector, reported.run);
     perfetto.writePerfetto(opts.perfetto, io, w);
   }
-  if (opts.json) io.out(`${s.reportJson(report)}\n`);
+  // `failures` lists every reason the run did not hold up, isolation and teardown included, for tools.
+  const extra = extraFailures(report);
+  const shown = extra.length > 0 ? { ...report, failures: [...report.failures, ...extra] } : report;
+  if (opts.json) io.out(`${s.reportJson(shown)}\n`);
   else if (!opts.quiet) io.out(`${[...header, ...s.formatReport(report)].join("\n")}\n`);
   if (report.error !== null) {
     const code = report.error.errno;

@@ -19,9 +19,11 @@
  * Errors are KernelErrors (unknown type: ENOENT naming the types on offer). Also runnable directly with tsx
  * (`node --import tsx src/cli/commands/serve.ts --type mtty-2 --socket PATH`).
  */
+import { statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { Command } from "commander";
-import { checkSocketPath, Errno, formatTrace, KernelError, SystemClock } from "../../core/index.ts";
+import { checkSocketPath, Errno, formatTrace, KernelError, SystemClock, strerror } from "../../core/index.ts";
 import {
   createSystem,
   DEFAULT_SYSTEM_CONFIG,
@@ -116,6 +118,7 @@ function watchIsolation(system: System, parentName: string, uuid: string) {
 /** Starts serving (without signal handling): what the command does, for tests. */
 export function startServe(o: ServeCommandOptions, log: (line: string) => void): RunningServe {
   checkSocketPath(o.socket);
+  checkSocketFolder(o.socket);
   const handshakeTimeoutMs = o.handshakeTimeout === undefined ? undefined : positiveMs(o.handshakeTimeout);
   const loaded = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
   // A served device meets a real VMM and a real guest: the host runs on real time (a guest's work must complete
@@ -131,10 +134,15 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   if (o.trace) system.host.tracer.subscribe((r) => log(formatTrace(r)));
   const offered: string[] = [];
   let parent: string | undefined;
+  let type = o.type;
   for (const p of system.mdev.parents()) {
     for (const t of system.mdev.types(p.name)) {
       offered.push(t.type);
-      if (parent === undefined && t.type === o.type) parent = p.name;
+      // A type may be named without its driver prefix ("GVTg_V5_4" for "i915-GVTg_V5_4").
+      if (parent === undefined && (t.type === o.type || t.type === `${t.type.split("-")[0]}-${o.type}`)) {
+        parent = p.name;
+        type = t.type;
+      }
     }
   }
   if (parent === undefined) {
@@ -144,7 +152,7 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
     );
   }
   const uuid = uuidOption(o.uuid) ?? DEFAULT_SERVE_UUID;
-  system.mdev.create(parent, o.type, uuid);
+  system.mdev.create(parent, type, uuid);
   const watched = watchIsolation(system, parent, uuid);
   let server: VfioUserServer;
   try {
@@ -157,13 +165,17 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   } catch (e) {
     // Nothing half-done: the socket path was refused, so the device goes too.
     system.mdev.remove(uuid);
+    // The native layer's "bind(PATH) failed: errno N", as a sentence.
+    if (e instanceof KernelError && / failed: errno \d+$/.test(e.message)) {
+      throw new KernelError(e.errno, `cannot serve on ${o.socket}: ${strerror(e.errno)}; pick another --socket`);
+    }
     throw e;
   }
   watched?.attach(server);
   return {
     server,
     uuid,
-    type: o.type,
+    type,
     isolation: () => watched?.summary(),
     stop: () => {
       watched?.detach();
@@ -175,6 +187,21 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
       }
     },
   };
+}
+
+/** The socket's folder must exist (ENOENT) and be a folder (ENOTDIR): said before the model is built. */
+function checkSocketFolder(socket: string): void {
+  const dir = dirname(resolve(socket));
+  const st = statSync(dir, { throwIfNoEntry: false });
+  if (st === undefined) {
+    throw new KernelError(
+      Errno.ENOENT,
+      `cannot serve on ${socket}: the folder ${dir} does not exist; create it or pick another --socket`,
+    );
+  }
+  if (!st.isDirectory()) {
+    throw new KernelError(Errno.ENOTDIR, `cannot serve on ${socket}: ${dir} is not a folder; pick another --socket`);
+  }
 }
 
 function positiveMs(v: string | number): number {
