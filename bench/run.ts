@@ -18,6 +18,7 @@ const suites: Suite[] = [
   { name: "vgpu", load: () => import("./vgpu.bench.ts") },
   { name: "gpu", load: () => import("./gpu.bench.ts") },
   { name: "scenario", load: () => import("./scenario.bench.ts") },
+  { name: "compare", load: () => import("./compare.bench.ts") },
 ];
 
 const wanted = process.argv.slice(2);
