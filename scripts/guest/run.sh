@@ -3,17 +3,23 @@
 # `vgpu serve` over vfio-user, and prints the guest's verdict (see ../shared/reference/real-guest.md, "Boot").
 #
 # usage: scripts/guest/run.sh --device mtty-2|i915-GVTg_V5_4 [--memory 512M] [--timeout 180] [--keep-log FILE]
-#                             [--debug] [--trace] [--expect-bound] [--image DIR]
+#                             [--debug] [--trace] [--expect-bound] [--igt LIST [--igt-timeout S]] [--image DIR]
 #   --device TYPE    the mdev type `vgpu serve --type` serves (mtty-N: the guest checks N ports; i915-*: the vGPU)
+#   --igt LIST       vGPU: once i915 binds, run intel-gpu-tools' tests in the guest (TEST[@SUBTEST],...; `all`: every
+#                    test in the image); PASS only when igt's own verdict is SUCCESS for each and the server's
+#                    isolation checker counted 0 violations
+#   --igt-timeout S  each igt test is killed after S seconds (default 300)
 #   --memory SIZE    guest RAM, a shared memfd (default 512M)
 #   --timeout SEC    QEMU is killed after this (default 180; a TCG boot takes ~20 s)
 #   --keep-log FILE  keep the guest's serial log (CR stripped) in FILE and the server's stderr in FILE.server
-#   --debug          vGPU: boot with drm.debug=0x1e log_buf_len=4M (every i915 debug line in the report)
+#   --debug          vGPU: boot with drm.debug=0x1e log_buf_len=4M (every i915 debug line in the report); with
+#                    --igt, igt's tests also run with --debug
 #   --trace          pass --trace to `vgpu serve` (every region access; see --keep-log)
 #   --expect-bound   vGPU: exit 1 when i915 does not bind (by default NOT BOUND is reported and exits 0)
 #   --image DIR      the image directory (default $VGPU_GUEST_DIR, else /tmp/vgpu-guest)
 # Env: QEMU (default /tmp/qemu-vfio-user/src/build/qemu-system-x86_64), QEMU_ROMS (default /tmp/qemu-vfio-user/roms:
-# linuxboot_dma.bin), SEABIOS_DIR (default /usr/share/seabios), VGPU_GUEST_DIR.
+# linuxboot_dma.bin), SEABIOS_DIR (default /usr/share/seabios), VGPU_GUEST_DIR, SERVE_NODE_FLAGS (extra node flags for
+# the server, e.g. "--cpu-prof --cpu-prof-dir=DIR").
 #
 # The guest's report is printed between its markers, then one line "RESULT: ...".
 # Exit status: 0 mtty PASS, vGPU reported (BOUND, or NOT BOUND without --expect-bound), or SKIP (QEMU or the image
@@ -24,7 +30,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 
 usage() {
-  sed -n '4,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '4,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 DEVICE=
@@ -34,6 +40,8 @@ KEEP_LOG=
 DEBUG=0
 TRACE=0
 EXPECT_BOUND=0
+IGT=
+IGT_TIMEOUT=300
 IMAGE=${VGPU_GUEST_DIR:-/tmp/vgpu-guest}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,6 +53,8 @@ while [ $# -gt 0 ]; do
     --debug) DEBUG=1; shift ;;
     --trace) TRACE=1; shift ;;
     --expect-bound) EXPECT_BOUND=1; shift ;;
+    --igt) IGT=${2:?}; shift 2 ;;
+    --igt-timeout) IGT_TIMEOUT=${2:?}; shift 2 ;;
     -h | --help) usage ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage ;;
   esac
@@ -54,6 +64,13 @@ case "$DEVICE" in
   i915-*) TEST=i915; EXTRA= ;;
   *) echo "run.sh: --device mtty-N or i915-<type> is required" >&2; usage ;;
 esac
+if [ -n "$IGT" ]; then
+  [ "$TEST" = i915 ] || { echo "run.sh: --igt needs a vGPU (--device i915-<type>)" >&2; usage; }
+  TEST=igt
+  [ "$IGT" = all ] || EXTRA="${EXTRA:+$EXTRA }vgpu.igt=$IGT"
+  [ "$DEBUG" -eq 0 ] || EXTRA="$EXTRA vgpu.igt_debug=1"
+  EXTRA="${EXTRA:+$EXTRA }vgpu.igt_timeout=$IGT_TIMEOUT"
+fi
 [ "$DEBUG" -eq 1 ] && EXTRA="${EXTRA:+$EXTRA }drm.debug=0x1e log_buf_len=4M"
 
 # ---- what is needed, or SKIP ----
@@ -107,7 +124,8 @@ finish() { # finish CODE RESULT...
 # ---- the server ----
 SERVE_ARGS=(--type "$DEVICE" --socket "$SOCK" --once)
 [ "$TRACE" -eq 1 ] && SERVE_ARGS+=(--trace)
-node --import tsx src/cli/commands/serve.ts "${SERVE_ARGS[@]}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
+# shellcheck disable=SC2086 # extra node flags, split on spaces
+node ${SERVE_NODE_FLAGS:-} --import tsx src/cli/commands/serve.ts "${SERVE_ARGS[@]}" >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVE_PID=$!
 for _ in $(seq 1 300); do
   grep -q "serving" "$WORK/serve.out" 2>/dev/null && break
@@ -176,6 +194,12 @@ VERDICT=$(sed -n 's/^VERDICT: //p' <<<"$REPORT" | tail -1)
 case "$TEST:$VERDICT" in
   mtty:PASS) finish 0 "PASS ($DEVICE: real 8250_pci driver, loopback and interrupts on every port)" ;;
   mtty:*) finish 1 "FAIL ($DEVICE: $VERDICT)" ;;
+  igt:PASS | igt:FAIL)
+    VIOL=$(sed -n 's/.*isolation checker: .* \([0-9][0-9]*\) violation(s).*/\1/p' "$WORK/serve.out" "$WORK/serve.err" | tail -1)
+    SUMMARY=$(grep '^IGT ' <<<"$REPORT" | sed 's/^IGT //; s/ subtests:.*//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
+    if [ "$VERDICT" = PASS ] && [ "${VIOL:-x}" = 0 ]; then finish 0 "PASS (igt: $SUMMARY; isolation: 0 violations)"; fi
+    finish 1 "FAIL (igt: ${SUMMARY:-none run}; isolation: ${VIOL:-no summary} violations)"
+    ;;
   i915:BOUND) finish 0 "BOUND ($DEVICE: i915 initialized, not wedged)" ;;
   i915:NOT\ BOUND*)
     if [ "$EXPECT_BOUND" -eq 1 ]; then finish 1 "NOT BOUND ($DEVICE; --expect-bound)"; fi

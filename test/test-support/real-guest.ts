@@ -30,8 +30,8 @@ export function guestMissing(): string[] {
   return out;
 }
 
-/** Runs scripts/guest/run.sh with `args`; its exit code and everything it printed. */
-export function runGuest(args: string[]): Promise<{ code: number | null; out: string }> {
+/** Runs scripts/guest/run.sh with `args` (killed after `limitMs`); its exit code and everything it printed. */
+export function runGuest(args: string[], limitMs = GUEST_LIMIT_MS): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
     const child = spawn("bash", [join(REPO, "scripts/guest/run.sh"), ...args], {
       cwd: REPO,
@@ -47,13 +47,13 @@ export function runGuest(args: string[]): Promise<{ code: number | null; out: st
       out += b.toString();
     });
     const timer = setTimeout(() => {
-      out += `\n(killed after ${GUEST_LIMIT_MS} ms)\n`;
+      out += `\n(killed after ${limitMs} ms)\n`;
       try {
         process.kill(-child.pid!, "SIGTERM");
       } catch {
         // already gone
       }
-    }, GUEST_LIMIT_MS);
+    }, limitMs);
     child.on("close", (code) => {
       clearTimeout(timer);
       resolve({ code, out });
