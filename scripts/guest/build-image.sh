@@ -257,7 +257,7 @@ if [ "$WITH_IGT" -eq 1 ]; then
   for p in $IGT_PKGS; do IGT_MANIFEST+=("igt-package: $(basename "$(sid_deb "$p")" .deb)"); done
   rm -rf "$ISYS"
   IGT_VERSION=$(basename "$(sid_deb igt-gpu-tools-tests)" .deb | cut -d_ -f2)
-  IGT_NOTE="igt $IGT_VERSION (sid): $(echo $IGT_TESTS | wc -w) tests, $(ls "$ROOT/opt/igt/lib" | wc -l) libraries"
+  IGT_NOTE="igt $IGT_VERSION (sid): $(echo "$IGT_TESTS" | wc -w) tests, $(find "$ROOT/opt/igt/lib" -type f | wc -l) libraries"
 fi
 
 # ---- the image ----
