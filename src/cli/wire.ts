@@ -88,6 +88,7 @@ export function shapeProblem(value: unknown, shape: Shape, path = ""): string | 
     const p = value === undefined ? "is required" : leafProblem(value, shape as Leaf);
     return p === undefined ? undefined : where(p);
   }
+  if (value === undefined) return where("is required");
   if (Array.isArray(shape)) {
     if (!Array.isArray(value)) return where("must be an array");
     const element = (shape as readonly [Shape])[0];
