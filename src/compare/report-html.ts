@@ -6,7 +6,8 @@
  * table with the source of every figure.
  */
 import { COST_TABLE } from "../cost/index.ts";
-import { formatBytes, formatNsShort, verdictWord } from "./report-text.ts";
+import { formatSize, formatTime } from "../scenario/index.ts";
+import { verdictWord } from "./report-text.ts";
 import type { CompareResult, DesignResult } from "./run.ts";
 
 const esc = (s: string): string =>
@@ -197,7 +198,7 @@ function card(r: DesignResult): string {
           ? `; with the IOMMU's ATS control off for the GPU: <b>${t.afterAtsDisabled}</b>`
           : "") +
         (t.reachableBytes > 0
-          ? `. A device sending such requests reaches all ${formatBytes(t.reachableBytes)} of RAM.`
+          ? `. A device sending such requests reaches all ${formatSize(t.reachableBytes)} of RAM.`
           : ".") +
         "</p>",
     );
@@ -259,7 +260,7 @@ export function compareHtml(c: CompareResult): string {
       title: "DMA address space in use at the end of the workload",
       categories: cats,
       series: [{ name: "IOVA space", values: col((r) => r.iovaSpaceBytes) }],
-      format: formatBytes,
+      format: formatSize,
       log: true,
       logBase: 1024,
       note: "log scale: per-VM ranges reserve each VM's whole guest-physical span",
@@ -307,7 +308,7 @@ export function compareHtml(c: CompareResult): string {
     .map((r) =>
       r.refused !== undefined
         ? `<tr><td>${r.design.n} ${esc(r.design.id)}</td><td colspan="9">refused: ${esc(r.refused)}</td></tr>`
-        : `<tr><td>${r.design.n} ${esc(r.design.id)}</td><td>${esc(verdictWord(r))}</td><td>${r.verdict.violations}</td><td>${r.verdict.clashes}</td><td>${r.translations.iommuPerDma.toFixed(2)}</td><td>${Number.isNaN(r.iotlbHitRate) ? "-" : `${(100 * r.iotlbHitRate).toFixed(1)}%`}</td><td>${Number.isNaN(r.atcHitRate) ? "-" : `${(100 * r.atcHitRate).toFixed(1)}%`}</td><td>${formatBytes(r.iovaSpaceBytes)}</td><td>${r.counts.pinPages}</td><td>${formatNsShort(r.modelledNs)}</td></tr>`,
+        : `<tr><td>${r.design.n} ${esc(r.design.id)}</td><td>${esc(verdictWord(r))}</td><td>${r.verdict.violations}</td><td>${r.verdict.clashes}</td><td>${r.translations.iommuPerDma.toFixed(2)}</td><td>${Number.isNaN(r.iotlbHitRate) ? "-" : `${(100 * r.iotlbHitRate).toFixed(1)}%`}</td><td>${Number.isNaN(r.atcHitRate) ? "-" : `${(100 * r.atcHitRate).toFixed(1)}%`}</td><td>${formatSize(r.iovaSpaceBytes)}</td><td>${r.counts.pinPages}</td><td>${formatTime(Math.round(r.modelledNs))}</td></tr>`,
     )
     .join("\n");
   const costRows = COST_TABLE.map(

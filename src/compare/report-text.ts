@@ -3,27 +3,9 @@
  * NaN as null). The HTML page is report-html.ts.
  */
 import { COST_TABLE } from "../cost/index.ts";
+import { formatPercent, formatSize, formatTime } from "../scenario/index.ts";
 import type { CompareResult, DesignResult } from "./run.ts";
 
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[u]}`;
-}
-
-export function formatNsShort(ns: number): string {
-  if (ns >= 1e9) return `${(ns / 1e9).toFixed(3)} s`;
-  if (ns >= 1e6) return `${(ns / 1e6).toFixed(3)} ms`;
-  if (ns >= 1e3) return `${(ns / 1e3).toFixed(1)} us`;
-  return `${ns.toFixed(0)} ns`;
-}
-
-const pct = (x: number): string => (Number.isNaN(x) ? "-" : `${(100 * x).toFixed(1)}%`);
 const ratio = (x: number): string => x.toFixed(2);
 
 /** The verdict in a word or two. */
@@ -68,15 +50,15 @@ export function formatCompare(c: CompareResult): string[] {
       ratio(r.translations.gpuMmuPerDma),
       ratio(r.translations.iommuPerDma),
       ratio(r.translations.preTranslatedPerDma),
-      pct(r.iotlbHitRate),
-      pct(r.atcHitRate),
-      formatBytes(r.iovaSpaceBytes),
+      formatPercent(r.iotlbHitRate),
+      formatPercent(r.atcHitRate),
+      formatSize(r.iovaSpaceBytes),
       String(r.counts.pinPages),
       String(r.counts.iommuMapCalls),
       String(r.counts.iommuUnmapCalls),
       `${r.counts.iotlbInvalidations}/${r.counts.atcInvalidations}`,
-      formatNsShort(r.chainNs),
-      formatNsShort(r.modelledNs),
+      formatTime(Math.round(r.chainNs)),
+      formatTime(Math.round(r.modelledNs)),
     ];
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -114,7 +96,7 @@ export function formatCompare(c: CompareResult): string[] {
       out.push(
         `  trust:   a translated write to ${t.target} ${t.translatedWrite}` +
           (t.afterAtsDisabled !== undefined ? `; with ATS disabled for the GPU: ${t.afterAtsDisabled}` : "") +
-          (t.reachableBytes > 0 ? `; a device can reach ${formatBytes(t.reachableBytes)}` : ""),
+          (t.reachableBytes > 0 ? `; a device can reach ${formatSize(t.reachableBytes)}` : ""),
       );
     }
     out.push("");

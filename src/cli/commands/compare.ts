@@ -29,10 +29,9 @@ export interface CompareCliOptions {
 
 export async function runCompareCommand(file: string | undefined, opts: CompareCliOptions, io: CliIo): Promise<number> {
   const seed = seedOption(opts.seed);
-  const [{ DESIGN_IDS }, cmp, text] = await Promise.all([
+  const [{ DESIGN_IDS }, cmp] = await Promise.all([
     import("../../scenario/index.ts"),
     import("../../compare/index.ts"),
-    import("../../compare/report-text.ts"),
   ]);
   const scenario = await loadScenario(file ?? COMPARE_SCENARIO.pathname, io);
   const wanted = (opts.design ?? []).flatMap((d) => d.split(",")).filter((d) => d !== "");
@@ -60,11 +59,10 @@ export async function runCompareCommand(file: string | undefined, opts: CompareC
         }
       : {}),
   });
-  if (opts.json) io.out(`${text.compareJson(result)}\n`);
-  else if (!opts.quiet) io.out(`${text.formatCompare(result).join("\n")}\n`);
+  if (opts.json) io.out(`${cmp.compareJson(result)}\n`);
+  else if (!opts.quiet) io.out(`${cmp.formatCompare(result).join("\n")}\n`);
   if (opts.html !== undefined) {
-    const { compareHtml } = await import("../../compare/report-html.ts");
-    writeFileSync(resolve(io.cwd, opts.html), compareHtml(result));
+    writeFileSync(resolve(io.cwd, opts.html), cmp.compareHtml(result));
   }
   if (perfetto !== undefined && opts.perfetto !== undefined) {
     const { ChromeTraceWriter } = await import("../../trace-export/index.ts");
