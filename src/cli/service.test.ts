@@ -366,3 +366,35 @@ describe("MdevService: auto-start", () => {
     assert.match(reports[0]!.failed[0]!.message, /^ENOSPC \(No space left on device\): type gpu-big has 0 available/);
   });
 });
+
+describe("MdevService: type names without the driver prefix, start-parent-mdevs", () => {
+  it("define and start accept a type without its driver prefix and store the full name", () => {
+    const { svc, w, host } = setup();
+    svc.define(define({ uuid: U1, parent: GPU, type: "small" }), w);
+    assert.equal(svc.list({ defined: true }, w).devices[0]!.mdevType, "gpu-small");
+    svc.start(start({ uuid: U2, parent: GPU, type: "big" }), w);
+    assert.equal(host.running.get(U2)!.type, "gpu-big");
+    throwsErr(
+      () => svc.define(define({ uuid: U3, parent: GPU, type: "huge" }), w),
+      Errno.EINVAL,
+      /no mdev type 'huge'/,
+    );
+  });
+
+  it("start-parent-mdevs starts the parent's auto definitions that are not running, and reports failures", () => {
+    const { svc, w } = setup();
+    svc.define(define({ uuid: U1, parent: GPU, type: "gpu-small", auto: true }), w);
+    svc.define(define({ uuid: U2, parent: GPU, type: "gpu-small" }), w);
+    svc.define(define({ uuid: U3, parent: "mtty", type: "mtty-1", auto: true }), w);
+    const r = svc.dispatch("startParent", { parent: GPU }, w);
+    assert.deepEqual(r, { parent: GPU, started: [U1], failed: [] });
+    assert.deepEqual(
+      svc.list({ defined: false }, w).devices.map((d) => d.uuid),
+      [U1],
+      "the manual one and the other parent's stay down",
+    );
+    const again = svc.dispatch("startParent", { parent: GPU }, w);
+    assert.equal(again.failed.length, 1, "a running one fails to start again, and says why");
+    assert.match(again.failed[0]!.message, /^EEXIST/);
+  });
+});
