@@ -104,12 +104,12 @@ export function formatCompare(c: CompareResult): string[] {
   return out;
 }
 
-/** JSON for tools: every figure, NaN as null, the cost model with its sources. */
+/** JSON for tools: every figure, NaN and absent values as null, the cost model with its sources. */
 export function compareJson(c: CompareResult): string {
   const costs = COST_TABLE.map((e) => ({ key: e.key, ns: c.costs[e.key], per: e.per, source: e.source }));
   return JSON.stringify(
     { ...c, costs },
-    (_k, v: unknown) => (typeof v === "number" && !Number.isFinite(v) ? null : v),
+    (_k, v: unknown) => (v === undefined || (typeof v === "number" && !Number.isFinite(v)) ? null : v),
     2,
   );
 }
