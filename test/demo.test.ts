@@ -39,7 +39,10 @@ describe("vgpu demo", () => {
     assert.equal(io.stdout, readFileSync(GOLDEN, "utf8"));
     assert.equal(io.stderr, "");
     assert.equal(code, 0);
-    assert.ok(ms < 8000, `the demo took ${ms.toFixed(0)} ms`);
+    // Cold (module loading and JIT included): 2.5-5 s alone on a 2-core machine; the guests' execlists (PPGTT walks,
+    // a shadow context per submission) cost about twice the legacy ring path's simulation, hence the margin under a
+    // full parallel test run.
+    assert.ok(ms < 12_000, `the demo took ${ms.toFixed(0)} ms`);
   });
 
   it("keeps its promises (JSON report)", async () => {

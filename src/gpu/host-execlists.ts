@@ -126,7 +126,14 @@ const FIRST_SHADOW_CCID = 0x10_0000;
 
 type Work =
   | { readonly kind: "ring"; readonly s: Submission; off: number; readonly acc: Acc }
-  | { readonly kind: "context"; readonly cs: ContextSubmission; readonly ctxId: number; readonly acc: Acc };
+  | {
+      readonly kind: "context";
+      readonly cs: ContextSubmission;
+      readonly ctxId: number;
+      readonly acc: Acc;
+      /** What `executingContext` returns while it runs (made once: the checker asks for every DMA piece). */
+      readonly info: { readonly engine: GtEngineId; readonly label: string };
+    };
 
 /** What the engine's records of an item's elements add up to. */
 interface Acc {
@@ -297,7 +304,8 @@ export class HostExeclists {
     }
     const ctxId = this.nextCcid;
     this.nextCcid = this.nextCcid + 0x20 >= TWO32 ? FIRST_SHADOW_CCID : this.nextCcid + 0x20;
-    e.queue.push({ kind: "context", cs, ctxId, acc: newAcc() });
+    const info = { engine: e.id, label: cs.label ?? `ctx 0x${ctxId.toString(16)}` };
+    e.queue.push({ kind: "context", cs, ctxId, acc: newAcc(), info });
     if (this.tracer.enabled) {
       this.tracer.emit("i915.context.submit", {
         bdf: this.bdf,
@@ -343,8 +351,7 @@ export class HostExeclists {
   get executingContext(): { readonly engine: GtEngineId; readonly label: string } | undefined {
     const id = this.gpu.executingEngine;
     const w = id === undefined ? undefined : this.engineState[id].inFlight;
-    if (w === undefined || w.kind !== "context") return undefined;
-    return { engine: id!, label: w.cs.label ?? `ctx ${w.ctxId.toString(16)}` };
+    return w === undefined || w.kind !== "context" ? undefined : w.info;
   }
 
   ownerBusyNs(owner: number): number {

@@ -170,7 +170,7 @@ class GpuWatch {
   /** Guest contexts by owner, engine and label; the last one seen; the runs recorded. */
   readonly guestContexts = new Map<string, GuestContext>();
   lastGuest: GuestContext | undefined;
-  lastLabel: string | undefined;
+  lastInfo: object | undefined;
   readonly runs: ContextRun[] = [];
   readonly lastRunOn = new Map<string, GuestContext>();
   scratchPfn = -1;
@@ -418,10 +418,9 @@ export class IsolationChecker {
   ): GuestContext | undefined {
     const ec = hd.executingContext;
     if (ec === undefined) return undefined;
-    const last = w.lastGuest;
-    if (last !== undefined && w.lastLabel === ec.label && last.engine === ec.engine && last.vgpu === ctx.vgpu) {
-      return last;
-    }
+    // The same shadow context as the last piece (the common case: its info object is made once per submission).
+    if (ec === w.lastInfo && w.lastGuest !== undefined) return w.lastGuest;
+    w.lastInfo = ec;
     const key = `${ctx.vgpu}/${ec.engine}/${ec.label}`;
     let gc = w.guestContexts.get(key);
     if (gc === undefined) {
@@ -429,7 +428,6 @@ export class IsolationChecker {
       w.guestContexts.set(key, gc);
     }
     w.lastGuest = gc;
-    w.lastLabel = ec.label;
     if (w.lastRunOn.get(ec.engine) !== gc) {
       w.lastRunOn.set(ec.engine, gc);
       if (w.runs.length < MAX_RUNS) {
