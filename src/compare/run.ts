@@ -175,11 +175,10 @@ function runDesign(
     maxViolationSamples: 8,
     prepare: (system) => {
       if (sink !== undefined) detach = system.host.tracer.subscribe(sink);
-      install(d, system, installed, (vgpu) => gpaSpanOf(runRef, vgpu));
+      install(d, system, installed, (vgpu) => gpaSpanOf(run, vgpu));
       before = system.host.costs.snapshot();
     },
   });
-  const runRef = run;
   run.run();
   try {
     return measure(d, run, installed, before, model);
