@@ -86,6 +86,28 @@ describe("vgpu demo", () => {
         "IOMMU page table",
       ],
     );
+    // The same bytes through vm1's PPGTT: the guest's tables, then the shadow tables, agreeing.
+    const ppgtt = r.explanations.find((e) => e.vm === "vm1" && e.gva !== undefined)!;
+    assert.equal(ppgtt.agree, true);
+    assert.equal(ppgtt.gma, chain.gma);
+    assert.deepEqual(
+      ppgtt.layers.map((l) => l.layer),
+      ["guest PPGTT", "VMM RAM block", "process page table", "gfn cache / DMA API", "shadow PPGTT", "IOMMU page table"],
+    );
+    assert.equal(ppgtt.layers[5]!.value, chain.layers[5]!.value, "both chains reach the same host-physical byte");
+
+    // The guests run on execlists: the scheduler interleaved the three VMs' contexts on bcs, and every guest
+    // context's DMA was attributed to it; the hostile guest's context attacks were refused by the vendor driver.
+    const gpu0 = r.gpus.find((g) => g.name === "gpu0")!;
+    const inter = gpu0.interleaving.find((i) => i.engine === "bcs")!;
+    assert.ok(inter.switches >= 6, `${inter.switches} switches`);
+    assert.deepEqual(new Set(inter.sequence.map((x) => x.vm)), new Set(["vm1", "vm2", "vm3"]));
+    for (const n of ["vm1", "vm2", "vm3", "hotplug"]) {
+      const c = gpu0.contexts.find((x) => x.vm === n)!;
+      assert.ok(c.pieces > 0 && c.violations === 0, n);
+    }
+    assert.ok(r.devices.find((d) => d.vm === "evil")!.rejectedContexts! >= 5);
+
     const unplug = r.steps.find((s) => s.action === "unplug")!;
     assert.ok(unplug.ok);
   });
