@@ -278,7 +278,7 @@ function measure(
     verdict: {
       isolated: violations === 0 && clashes.length === 0 && error === undefined,
       violations,
-      examples: report.isolation.samples.slice(0, 3).map(describeViolation),
+      examples: [...new Set(report.isolation.samples.map(describeViolation))].slice(0, 3),
       clashes: clashes.length,
       clashExamples: clashes.slice(0, 5),
       trust,
