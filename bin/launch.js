@@ -2,7 +2,8 @@
 // `prepare` script) or `npm run build`. In a checkout where a file under src/ is newer than the build
 // (dist/.build-stamp), or with VGPU_FROM_SOURCE=1, it runs src/cli/<name>.ts through tsx instead, so an edit takes
 // effect at once (at a slower start, ~1 s) until the next build; without tsx (an install without dev dependencies)
-// it runs dist/ as it is. Checking costs a stat per source file (~2 ms).
+// it runs dist/ as it is. Checking costs a stat per source file (~2 ms). VGPU_FROM_DIST=1 runs dist/ whatever its
+// age (bench/startup.mjs measures the build while others edit src/).
 import { readdirSync, statSync } from "node:fs";
 
 const root = new URL("..", import.meta.url);
@@ -34,7 +35,9 @@ export async function launch(name) {
   const built = mtimeOf(new URL("dist/.build-stamp", root));
   const srcDir = new URL("src", root).pathname;
   const fromSource =
-    process.env.VGPU_FROM_SOURCE === "1" || built < 0 || newerSource(decodeURIComponent(srcDir), built);
+    process.env.VGPU_FROM_SOURCE === "1" ||
+    built < 0 ||
+    (process.env.VGPU_FROM_DIST !== "1" && newerSource(decodeURIComponent(srcDir), built));
   if (fromSource) {
     let tsx;
     try {

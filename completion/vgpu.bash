@@ -62,7 +62,7 @@ _vgpu() {
       ;;
   esac
   if [[ ${COMP_WORDS[0]##*/} != lsmdev && $COMP_CWORD -eq 1 ]]; then
-    words="host types list define undefine modify start stop start-parent-mdevs serve demo run explain help --version --help"
+    words="host types list define undefine modify start stop start-parent-mdevs serve demo run compare explain help --version --help"
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
     return
   fi

@@ -197,7 +197,8 @@ function nodeErrnoOf(e: unknown): keyof typeof Errno | undefined {
  */
 export function reportError(e: unknown, io: CliIo): number {
   if (e instanceof CommanderError) {
-    if (COMMANDER_OK.has(e.code)) return 0;
+    // Help shown because a command was missing (`vgpu` alone) comes with exit code 1: a usage error, 2.
+    if (COMMANDER_OK.has(e.code) && e.exitCode === 0) return 0;
     return 2;
   }
   if (isKernelError(e)) {
