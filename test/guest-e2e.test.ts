@@ -313,3 +313,52 @@ describe("guest driver end to end: a hostile guest with execlists", () => {
     s.parent.checkInvariants();
   });
 });
+
+describe("guest driver end to end: GPU contexts with PPGTTs of their own", () => {
+  it("a second context reaches only what is bound into its PPGTT; both run on one engine, in order", () => {
+    const s = new VgpuStack({ submission: "execlists" });
+    const d = GuestGpuDriver.open(s.startGuest(s.createVgpu()).platform, {
+      submission: "execlists",
+      timeoutNs: 20_000_000,
+    });
+    const vgpu = s.parent.vgpus()[0]!;
+    const b = d.createContext();
+    assert.notEqual(b.ppgtt.pml4, d.defaultContext!.ppgtt.pml4);
+    assert.equal(vgpu.stats().ppgttRoots, 2, "both PPGTTs announced through g2v");
+    const shared = d.allocBuffer(PAGE_SIZE);
+    const secret = d.allocBuffer(PAGE_SIZE);
+    d.writeBuffer(secret, 0, new Uint8Array(PAGE_SIZE).fill(0x5a));
+    const inB = d.bindBuffer(b, shared);
+    assert.notEqual(inB, d.gpuAddress(shared), "its own address space");
+    // Interleaved submissions of the two contexts on bcs complete in order.
+    const fill = (at: number, color: number) => new CommandBuffer().colorBlt(at, 64, 0, 0, 16, 1, color).words;
+    const s1 = d.submit("bcs", fill(d.gpuAddress(shared), 0x11111111));
+    const s2 = d.submit("bcs", fill(inB + 64, 0x22222222), b);
+    const s3 = d.submit("bcs", fill(d.gpuAddress(shared) + 128, 0x33333333));
+    assert.deepEqual(
+      [d.wait("bcs", s1), d.wait("bcs", s2), d.wait("bcs", s3)],
+      ["completed", "completed", "completed"],
+    );
+    const px = new Uint32Array(48);
+    d.readBuffer(shared, 0, new Uint8Array(px.buffer));
+    assert.deepEqual([px[0], px[16], px[32]], [0x11111111, 0x22222222, 0x33333333]);
+    // The default context's address of `secret` means nothing in b's PPGTT: the GPU faults, the context hangs.
+    const s4 = d.submit("bcs", fill(d.gpuAddress(secret), 0xdeadbeef), b);
+    assert.equal(d.wait("bcs", s4), "rejected");
+    const now = new Uint8Array(PAGE_SIZE);
+    d.readBuffer(secret, 0, now);
+    assert.ok(
+      now.every((x) => x === 0x5a),
+      "the other context's buffer is untouched",
+    );
+    assert.throws(() => d.gpuAddress(secret, b), /not bound into context 1/);
+    // Both contexts go on working after the engine reset.
+    assert.equal(d.wait("bcs", d.submit("bcs", fill(inB, 0x44444444), b)), "completed");
+    assert.equal(d.run("bcs", fill(d.gpuAddress(shared), 0x55555555)), "completed");
+    d.destroyContext(b);
+    assert.equal(vgpu.stats().ppgttRoots, 1);
+    d.shutdown();
+    assert.equal(vgpu.stats().pinnedPages, 0);
+    s.parent.checkInvariants();
+  });
+});

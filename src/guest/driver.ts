@@ -43,9 +43,12 @@
  * fences are the same as in ring mode (the fence's store stays a GGTT write into the status page); publishing a TAIL
  * writes CTX_RING_TAIL and the context's descriptor to ELSP. A context that never completes (a vGPU refused it: no
  * context status event, GVT-g's hang) is found when a wait times out: the driver resets the engine as i915 does,
- * reports every submission in flight rejected, and skips the ring to its TAIL.
+ * reports every submission in flight rejected, and skips the ring to its TAIL. `createContext` makes another GPU
+ * context (i915's GEM context with a VM of its own): a PPGTT of its own, announced, and a logical ring context per
+ * engine; it reaches only the buffers bound into it (`bindBuffer`). Submissions of every context of an engine go to
+ * the device in the order they were made, so the engine's breadcrumbs still complete in order.
  *
- * Not modelled: more than one context per engine, display, fences (tiling), power management, the aperture as a CPU
+ * Not modelled: display, fences (tiling), power management, the aperture as a CPU
  * mapping (the driver reads its buffers through guest memory, where they live), replay after an engine error.
  *
  * Invariants: every GMA the driver maps or puts in a command it builds lies in a range the device gave it
@@ -141,7 +144,7 @@ import {
 } from "./execlists.ts";
 import { GmAllocator, type GmExtent, type GmZone } from "./gm.ts";
 import type { GuestPlatform } from "./platform.ts";
-import { GuestPpgtt, type Gva } from "./ppgtt.ts";
+import { GuestPpgtt, type Gva, gva } from "./ppgtt.ts";
 import { GuestRing, type RingIo } from "./ring.ts";
 
 declare module "../core/trace.ts" {
@@ -255,6 +258,23 @@ export interface GpuBuffer {
   readonly zone: GmZone;
   /** With execlists: where the buffer is mapped in the driver's PPGTT (what commands name). */
   readonly gva?: Gva;
+}
+
+/**
+ * A GPU context of the driver as i915's GEM context: a PPGTT of its own and a logical ring context on each engine.
+ * The driver's default context holds every buffer (`GpuBuffer.gva`); another context reaches a buffer only once it is
+ * bound into its PPGTT (`bindBuffer`): what one context's commands can touch, another's cannot.
+ */
+export interface GpuContext {
+  readonly id: number;
+  readonly ppgtt: GuestPpgtt;
+  readonly lrcs: ReadonlyMap<EngineId, LogicalContext>;
+}
+
+interface GpuContextState extends GpuContext {
+  readonly lrcs: Map<EngineId, LogicalContext>;
+  /** Buffers bound into this context's PPGTT (by GMA), for contexts other than the default one. */
+  readonly bindings: Map<number, Gva>;
 }
 
 /** The last error an engine reported. */
@@ -380,8 +400,11 @@ export class GuestGpuDriver {
   private statusPage: GpuBuffer | undefined;
   private readonly buffers = new Set<GpuBuffer>();
   readonly submission: SubmissionKind;
-  /** With execlists: the PPGTT every context of the driver uses (i915's per-file VM, one here). */
+  /** With execlists: the default context's PPGTT (every buffer is mapped there). */
   private vm: GuestPpgtt | undefined;
+  /** With execlists: the default context (index 0) and those `createContext` made. */
+  private readonly gpuContexts: GpuContextState[] = [];
+  private nextCcidTag = 0;
   private readonly fenceCmds = new CommandBuffer(16);
   private bar0 = 0;
   private interrupts = 0;
@@ -507,6 +530,7 @@ export class GuestGpuDriver {
     if (this.submission === "execlists") {
       this.vm = new GuestPpgtt(this.platform.memory, this.platform.pages);
       this.announcePpgtt(this.vm, VGT_G2V_PPGTT_L4_CREATE);
+      this.gpuContexts.push({ id: 0, ppgtt: this.vm, lrcs: new Map(), bindings: new Map() });
       // The status page is a buffer like any other: mapped into the PPGTT as well.
       this.statusPage = this.mapIntoPpgtt(this.statusPage);
     }
@@ -628,7 +652,8 @@ export class GuestGpuDriver {
     this.platform.memory.write(hws.gpa, new Uint8Array(PAGE_SIZE));
     port.enable();
     // i915's ccid: (1 + tag) << 5, a tag per engine here.
-    const ctx = new LogicalContext(port, image, ring, this.vm!, (1 + this.engineList.length) << 5);
+    const ctx = new LogicalContext(port, image, ring, this.vm!, (1 + this.nextCcidTag++) << 5);
+    this.gpuContexts[0]!.lrcs.set(e.id, ctx);
     e.port = port;
     e.ctx = ctx;
     e.ring = ctx.ring;
@@ -701,12 +726,14 @@ export class GuestGpuDriver {
       if (e.port !== undefined) e.port.disable();
       else e.writeEngine(RING_CTL, 0);
     }
+    for (const c of this.gpuContexts.slice(1).reverse()) this.releaseContext(c);
     for (const b of [...this.buffers]) this.freeBuffer(b);
     if (this.vm !== undefined) {
       this.announcePpgtt(this.vm, VGT_G2V_PPGTT_L4_DESTROY);
       this.vm.destroy();
       this.vm = undefined;
     }
+    this.gpuContexts.length = 0;
     this.engineState.clear();
     this.engineList = [];
     this.statusPage = undefined;
@@ -733,14 +760,96 @@ export class GuestGpuDriver {
     return this.vm;
   }
 
-  /** With execlists: `engine`'s logical ring context. */
-  context(engine: EngineId): LogicalContext | undefined {
-    return this.engine(engine).ctx;
+  /** With execlists: `engine`'s logical ring context of the default context, or of `ctx`. */
+  context(engine: EngineId, ctx?: GpuContext): LogicalContext | undefined {
+    return ctx !== undefined ? ctx.lrcs.get(engine) : this.engine(engine).ctx;
   }
 
-  /** The address commands name `buf` by: its PPGTT address with execlists, else its GMA. */
-  gpuAddress(buf: GpuBuffer): number {
-    return buf.gva ?? buf.gma;
+  /** With execlists: the default GPU context (every buffer mapped in its PPGTT). */
+  get defaultContext(): GpuContext | undefined {
+    return this.gpuContexts[0];
+  }
+
+  /**
+   * The address commands name `buf` by: on the legacy ring its GMA; with execlists its PPGTT address in the default
+   * context, or in `ctx` (EINVAL if the buffer is not bound there).
+   */
+  gpuAddress(buf: GpuBuffer, ctx?: GpuContext): number {
+    if (ctx === undefined || ctx.id === 0) return buf.gva ?? buf.gma;
+    const at = this.contextState(ctx).bindings.get(buf.gma);
+    if (at === undefined) {
+      throw new KernelError(Errno.EINVAL, `buffer at GMA ${hex(buf.gma)} is not bound into context ${ctx.id}`);
+    }
+    return at;
+  }
+
+  /**
+   * i915's context create with a VM of its own: a new PPGTT (announced to a vGPU) and a logical ring context (image
+   * and ring) on every engine. EINVAL on the legacy ring path.
+   */
+  createContext(): GpuContext {
+    if (this.vm === undefined) {
+      throw new KernelError(Errno.EINVAL, "contexts need execlists: open the driver with submission 'execlists'");
+    }
+    const ppgtt = new GuestPpgtt(this.platform.memory, this.platform.pages);
+    this.announcePpgtt(ppgtt, VGT_G2V_PPGTT_L4_CREATE);
+    const c: GpuContextState = { id: this.gpuContexts.length, ppgtt, lrcs: new Map(), bindings: new Map() };
+    for (const e of this.engineList) {
+      const size = this.opts.ringBytes ?? DEFAULT_RING_BYTES;
+      const ring = this.allocBuffer(size, { zone: "mappable", ppgtt: false });
+      const image = this.allocBuffer(LRC_PAGES[e.id] * PAGE_SIZE, { zone: "mappable", ppgtt: false });
+      c.lrcs.set(e.id, new LogicalContext(e.port!, image, ring, ppgtt, (1 + this.nextCcidTag++) << 5));
+    }
+    this.gpuContexts.push(c);
+    return c;
+  }
+
+  /** Maps `buf` into `ctx`'s PPGTT too (a no-op for the default context); returns its address there. */
+  bindBuffer(ctx: GpuContext, buf: GpuBuffer): number {
+    if (ctx.id === 0) return this.gpuAddress(buf);
+    const c = this.contextState(ctx);
+    const bound = c.bindings.get(buf.gma);
+    if (bound !== undefined) return bound;
+    const at = c.ppgtt.allocVa(buf.size);
+    c.ppgtt.map(at, buf.gpa, buf.size / PAGE_SIZE);
+    c.bindings.set(buf.gma, at);
+    return at;
+  }
+
+  /** Waits for the engines, then frees `ctx`'s images, rings and PPGTT (announcing its destruction). */
+  destroyContext(ctx: GpuContext): void {
+    const c = this.contextState(ctx);
+    if (c.id === 0) throw new KernelError(Errno.EINVAL, "the default context lives as long as the driver");
+    this.idle();
+    this.releaseContext(c);
+  }
+
+  /** Frees a context's images, rings and PPGTT (nothing of it in flight any more, or the engines stopped). */
+  private releaseContext(c: GpuContextState): void {
+    for (const lrc of c.lrcs.values()) {
+      for (const b of [...this.buffers]) {
+        if (b.gma === lrc.image.gma || b.gma === lrc.ringBuffer.gma) this.freeBuffer(b);
+      }
+    }
+    this.announcePpgtt(c.ppgtt, VGT_G2V_PPGTT_L4_DESTROY);
+    c.ppgtt.destroy();
+    this.gpuContexts.splice(this.gpuContexts.indexOf(c), 1);
+  }
+
+  private contextState(ctx: GpuContext): GpuContextState {
+    const c = this.gpuContexts.find((x) => x === ctx);
+    if (c === undefined) throw new KernelError(Errno.EINVAL, `context ${ctx.id} is not a live context of this driver`);
+    return c;
+  }
+
+  /** Every logical ring context on engine `e` (after a reset or an error each skips to its TAIL). */
+  private lrcsOn(e: EngineState): LogicalContext[] {
+    const out: LogicalContext[] = [];
+    for (const c of this.gpuContexts) {
+      const l = c.lrcs.get(e.id);
+      if (l !== undefined) out.push(l);
+    }
+    return out;
   }
 
   /** The graphics-memory allocator (what ballooning left this guest). */
@@ -920,6 +1029,12 @@ export class GuestGpuDriver {
     }
     const pages = buf.size / PAGE_SIZE;
     if (buf.gva !== undefined) this.vm?.unmap(buf.gva, pages);
+    for (const c of this.gpuContexts) {
+      const at = c.bindings.get(buf.gma);
+      if (at === undefined) continue;
+      c.ppgtt.unmap(gva(at), pages);
+      c.bindings.delete(buf.gma);
+    }
     this.unmapGm(buf.gma, pages);
     this.gm.release(buf.gma);
     this.platform.pages.freePages(buf.gpa, pages);
@@ -968,8 +1083,14 @@ export class GuestGpuDriver {
    * Puts `commands` in `engine`'s ring followed by a fence and publishes them (RING_TAIL). Returns the fence's
    * sequence number for `wait`. ETIMEDOUT if the ring does not drain enough to take them.
    */
-  submit(engine: EngineId, commands: Uint32Array): number {
-    return this.emit(this.engine(engine), commands, false);
+  submit(engine: EngineId, commands: Uint32Array, ctx?: GpuContext): number {
+    return this.emit(this.engine(engine), commands, false, this.lrcOf(engine, ctx));
+  }
+
+  /** The logical ring context of `ctx` on `engine` (undefined: the engine's default one). */
+  private lrcOf(engine: EngineId, ctx: GpuContext | undefined): LogicalContext | undefined {
+    if (ctx === undefined || ctx.id === 0) return undefined;
+    return this.contextState(ctx).lrcs.get(engine);
   }
 
   /** Runs the batch buffer at `batch` (written with `writeBatch`) on `engine`: MI_BATCH_BUFFER_START + fence. */
@@ -982,12 +1103,12 @@ export class GuestGpuDriver {
    * Runs the batch buffer `buf` (written with `writeBatch`) on `engine`: through the PPGTT with execlists (i915's
    * user batches), through the GGTT in ring mode.
    */
-  submitBatchBuffer(engine: EngineId, buf: GpuBuffer): number {
+  submitBatchBuffer(engine: EngineId, buf: GpuBuffer, ctx?: GpuContext): number {
     const c =
       buf.gva !== undefined
-        ? this.fenceCmds.reset().batchBufferStart(buf.gva, "ppgtt")
+        ? this.fenceCmds.reset().batchBufferStart(this.gpuAddress(buf, ctx), "ppgtt")
         : this.fenceCmds.reset().batchBufferStart(buf.gma);
-    return this.emit(this.engine(engine), c.words, true);
+    return this.emit(this.engine(engine), c.words, true, this.lrcOf(engine, ctx));
   }
 
   /**
@@ -1075,7 +1196,7 @@ export class GuestGpuDriver {
     e.errorSeqno = e.submitted;
     this.settle(e);
     e.needsRecovery = false;
-    e.ctx!.skipToTail();
+    for (const l of this.lrcsOn(e)) l.skipToTail();
   }
 
   /**
@@ -1090,9 +1211,9 @@ export class GuestGpuDriver {
     this.mmioWrite32(at, lo >>> 0);
   }
 
-  private emit(e: EngineState, commands: Uint32Array, batch: boolean): number {
+  private emit(e: EngineState, commands: Uint32Array, batch: boolean, lrc?: LogicalContext): number {
     if (e.needsRecovery) this.recover(e);
-    const ring = e.ring;
+    const ring = lrc?.ring ?? e.ring;
     const seqno = (e.submitted + 1) >>> 0 || 1;
     const slot = this.status.gma + STATUS_SLOT[e.id];
     if (!ring.begin(commands.length + FENCE_DWORDS)) {
@@ -1133,7 +1254,7 @@ export class GuestGpuDriver {
     if (e.ctx !== undefined) {
       // Datasheet 6.5 with execlists: the failed context was switched out; fix its image (HEAD = TAIL).
       e.port!.forget();
-      e.ctx.skipToTail();
+      for (const l of this.lrcsOn(e)) l.skipToTail();
       return;
     }
     const tail = e.readEngine(RING_TAIL) & TAIL_ADDR;

@@ -93,7 +93,7 @@ describe("guest execlist port", () => {
     port.reset("test");
     ctx.skipToTail();
     assert.equal(port.active, undefined);
-    assert.equal(ctx.tails.length, 0);
+    assert.equal(port.queued, 0);
     assert.equal(ctx.readEngine(RING_HEAD), 0xc0, "HEAD = TAIL");
     ctx.writeEngine(RING_TAIL, 0x100);
     assert.equal(elsp.length, 3, "a fresh submission goes in at once");

@@ -21,7 +21,8 @@
  * enables execlists again and forgets what was in flight (`reset`); the caller skips the context's ring to its TAIL.
  *
  * Invariants: `active` is undefined or the context whose descriptor was written last; 0 <= `inFlight` <= 2; `csbHead`
- * is in 0..5; a context is in `waiting` at most once, exactly while it has unsubmitted `tails`.
+ * is in 0..5; submissions reach the device in the order they were published, whatever their context (the engine's
+ * breadcrumbs then complete in order); a submission of another context than `active` waits for the COMPLETE.
  */
 import { defineTraceEvents, Errno, type Gma, type Gpa, gpa, hex, KernelError, type Tracer } from "../core/index.ts";
 import {
@@ -107,8 +108,6 @@ export class LogicalContext implements RingIo {
   readonly descriptor: ContextDescriptor;
   /** The TAIL published last. */
   publishedTail = 0;
-  /** TAILs published and not yet submitted, oldest first (one ELSP each). */
-  readonly tails: number[] = [];
   /** CTX_RING_TAIL of the last ELSP. */
   submittedTail = 0;
   private readonly state: number;
@@ -178,7 +177,6 @@ export class LogicalContext implements RingIo {
     this.setReg(CTX_RING_HEAD, this.publishedTail);
     this.setReg(CTX_RING_TAIL, this.publishedTail);
     this.submittedTail = this.publishedTail;
-    this.tails.length = 0;
     this.ring.resync(this.publishedTail);
   }
 }
@@ -200,7 +198,8 @@ export class ExeclistPort {
   private pumping = false;
   /** The last CSB slot read (5 after a reset: the next entry is slot 0). */
   csbHead = CSB_RESET_HEAD;
-  private readonly waiting: LogicalContext[] = [];
+  /** Published submissions not yet written to ELSP, oldest first (one ELSP each). */
+  private readonly waiting: { readonly ctx: LogicalContext; readonly tail: number }[] = [];
   private elspWrites = 0;
   private csbEntries = 0;
   private completions = 0;
@@ -240,8 +239,7 @@ export class ExeclistPort {
   /** `ctx` published work up to `tail`: one submission, ELSP'd now or when the port has room. */
   submit(ctx: LogicalContext, tail: number): void {
     ctx.publishedTail = tail;
-    ctx.tails.push(tail);
-    if (!this.waiting.includes(ctx)) this.waiting.push(ctx);
+    this.waiting.push({ ctx, tail });
     this.dequeue();
   }
 
@@ -276,17 +274,24 @@ export class ExeclistPort {
     this.dequeue();
   }
 
-  /** Submits waiting work while the port has room, the engine is not halted, and the context is the active one. */
+  /** Submissions published and not yet written to ELSP. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /**
+   * Submits waiting work in order while the port has room and the engine is not halted: a submission of the context
+   * in flight goes in as a lite restore, one of another context waits until the one in flight completes.
+   */
   dequeue(): void {
     if (this.pumping) return;
     this.pumping = true;
     try {
       while (this.inFlight < MAX_IN_FLIGHT && this.waiting.length > 0 && !this.halted()) {
-        const ctx = this.waiting[0]!;
-        if (this.active !== undefined && this.active !== ctx) return;
-        const tail = ctx.tails.shift()!;
-        if (ctx.tails.length === 0) this.waiting.shift();
-        this.elsp(ctx, tail);
+        const next = this.waiting[0]!;
+        if (this.active !== undefined && this.active !== next.ctx) return;
+        this.waiting.shift();
+        this.elsp(next.ctx, next.tail);
       }
     } finally {
       this.pumping = false;
@@ -310,7 +315,6 @@ export class ExeclistPort {
 
   /** Forgets what was in flight and waiting (after an error the engine reported: its CSB already said so). */
   forget(): void {
-    for (const c of this.waiting) c.tails.length = 0;
     this.active = undefined;
     this.inFlight = 0;
     this.waiting.length = 0;
