@@ -48,6 +48,8 @@ export interface CompareOptions {
   readonly trace?: (design: DesignId) => ((r: TraceRecord) => void) | undefined;
   /** Told as each design starts. */
   readonly progress?: (design: DesignId, index: number, count: number) => void;
+  /** Given each design's run once measured and torn down (its steps and records stay readable). */
+  readonly onRun?: (design: DesignId, run: ScenarioRun) => void;
 }
 
 /** A translated request probe: the ATS trust boundary (or its absence). */
@@ -132,7 +134,7 @@ export function runCompare(scenario: Scenario, opts: CompareOptions = {}): Compa
       return;
     }
     opts.progress?.(id, i, ids.length);
-    results.push(runDesign(d, configure(id, scenario), seed, model, opts.trace?.(id)));
+    results.push(runDesign(d, configure(id, scenario), seed, model, opts.trace?.(id), opts.onRun));
   });
   return { scenario: scenario.name, seed, costs: model, results };
 }
@@ -165,6 +167,7 @@ function runDesign(
   seed: number,
   model: CostModel,
   sink: ((r: TraceRecord) => void) | undefined,
+  onRun: CompareOptions["onRun"],
 ): DesignResult {
   const installed: Installed = { placedAt: 0 };
   let before: CostCounts | undefined;
@@ -185,6 +188,7 @@ function runDesign(
   } finally {
     run.teardown();
     detach?.();
+    onRun?.(d.id, run);
   }
 }
 

@@ -12,6 +12,7 @@ import { writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import { Errno, KernelError } from "../../core/index.ts";
+import type { ScenarioRun } from "../../scenario/index.ts";
 import { type CliIo, configureCommandOutput, processIo } from "./common.ts";
 import { loadScenario, seedOption } from "./run.ts";
 
@@ -46,6 +47,7 @@ export async function runCompareCommand(file: string | undefined, opts: CompareC
     io.err(`vgpu: EINVAL (Invalid argument): design ${r.id} refused before the run: ${r.reason}\n`);
   const perfetto = opts.perfetto !== undefined ? await import("./perfetto.ts") : undefined;
   const collectors = new Map<string, InstanceType<NonNullable<typeof perfetto>["PerfettoCollector"]>>();
+  const runs = new Map<string, ScenarioRun>();
   const result = cmp.runCompare(scenario, {
     designs,
     ...(seed !== undefined ? { seed } : {}),
@@ -55,6 +57,9 @@ export async function runCompareCommand(file: string | undefined, opts: CompareC
             const c = new perfetto.PerfettoCollector();
             collectors.set(id, c);
             return c.record;
+          },
+          onRun: (id: string, run) => {
+            runs.set(id, run);
           },
         }
       : {}),
@@ -69,7 +74,7 @@ export async function runCompareCommand(file: string | undefined, opts: CompareC
     const w = new ChromeTraceWriter();
     for (const r of result.results) {
       const c = collectors.get(r.design.id);
-      if (c !== undefined) perfetto.addRun(w, `${r.design.n} ${r.design.id}`, c);
+      if (c !== undefined) perfetto.addRun(w, `${r.design.n} ${r.design.id}`, c, runs.get(r.design.id));
     }
     perfetto.writePerfetto(opts.perfetto, io, w);
   }
