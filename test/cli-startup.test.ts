@@ -11,9 +11,10 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { type CliIo, runCli } from "../src/cli/commands/index.ts";
 import { extraFailures } from "../src/cli/commands/run.ts";
 import { VERSION } from "../src/cli/version.ts";
-import type { ScenarioReport } from "../src/scenario/index.ts";
+import { parseScenario, type ScenarioReport } from "../src/scenario/index.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const PKG = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as {
@@ -73,9 +74,13 @@ describe("the executables", () => {
     assert.match(bad.stderr, ERROR_LINE);
   });
 
-  it("usage errors exit 2, other errors 1, each one line in one format", () => {
+  it("usage errors exit 2, other errors 1, each one line in one format", async () => {
+    const bogus = vgpu("bogus");
+    assert.equal(bogus.status, 2);
+    assert.match(bogus.stderr, ERROR_LINE);
+    assert.match(bogus.stderr, /unknown command 'bogus'/);
+    // The mdevctl commands in process (the same code bin/vgpu.js runs), to spare a start each.
     const cases: [string[], number, RegExp][] = [
-      [["bogus"], 2, /unknown command 'bogus'/],
       [["list", "-x"], 2, /unknown option '-x'/],
       [["list", "-u", "not-a-uuid"], 2, /invalid UUID 'not-a-uuid' for -u\/--uuid/],
       [["modify", "-u", "11111111-1111-4111-8111-111111111111", "-a", "-m"], 2, /mutually exclusive/],
@@ -85,21 +90,31 @@ describe("the executables", () => {
         1,
         /^vgpu: ENOENT .*no host is running at .*: start one with `vgpu host --root /,
       ],
+      [["list", "-d", "--root", "afile"], 1, /^vgpu: ENOTDIR \(Not a directory\): \S+afile \(--root\) is not a folder/],
     ];
+    writeFileSync(join(base, "afile"), "");
     for (const [args, status, re] of cases) {
-      const r = vgpu(...args);
-      assert.equal(r.status, status, `vgpu ${args.join(" ")}: ${r.stderr}`);
-      assert.match(r.stderr, ERROR_LINE, `vgpu ${args.join(" ")}`);
-      assert.match(r.stderr, re);
+      let stderr = "";
+      const io: CliIo = {
+        out: () => {},
+        err: (t) => {
+          stderr += t;
+        },
+        env: { VGPU_ROOT: join(base, "root") },
+        cwd: base,
+      };
+      const code = await runCli(args, io);
+      assert.equal(code, status, `vgpu ${args.join(" ")}: ${stderr}`);
+      assert.match(stderr, ERROR_LINE, `vgpu ${args.join(" ")}`);
+      assert.match(stderr, re);
     }
   });
 });
 
 describe("errors a person meets first: one line, never a stack trace", () => {
-  it("a folder, malformed JSON, an unwritable --trace, --root naming a file, a socket in a missing folder", () => {
+  it("a folder or malformed JSON as scenario, an unwritable --trace, a socket in a missing folder", () => {
     mkdirSync(join(base, "adir"));
     writeFileSync(join(base, "bad.json"), '{\n  "name": "x",\n  "vms": [1,\n}\n');
-    writeFileSync(join(base, "afile"), "");
     const demo = join(ROOT, "scenarios", "demo.json");
     const cases: [string[], RegExp][] = [
       [["run", "adir"], /^vgpu: EISDIR \(Is a directory\): cannot read scenario adir: it is a folder/],
@@ -111,7 +126,6 @@ describe("errors a person meets first: one line, never a stack trace", () => {
         ["run", demo, "-q", "--trace", "/nonexistent/t.jsonl"],
         /^vgpu: ENOENT \(No such file or directory\): cannot write the trace to \/nonexistent\/t\.jsonl/,
       ],
-      [["list", "-d", "--root", "afile"], /^vgpu: ENOTDIR \(Not a directory\): \S+afile \(--root\) is not a folder/],
       [
         ["serve", "--type", "mtty-2", "--socket", "/nonexistent/dir/s.sock"],
         /^vgpu: ENOENT \(No such file or directory\): cannot serve on \/nonexistent\/dir\/s\.sock: the folder \/nonexistent\/dir does not exist/,
@@ -173,5 +187,19 @@ describe("what the package installs", () => {
     assert.deepEqual(complete(["vgpu", "start-"]), ["start-parent-mdevs"]);
     assert.ok(complete(["vgpu", "modify", "--del"]).includes("--delattr"));
     assert.ok(complete(["lsmdev", "--dump"]).includes("--dumpjson"));
+  });
+});
+
+describe("type names as vgpu types prints them", () => {
+  it("a scenario's vGPU type may carry the i915- prefix, and reads as the type id", () => {
+    const file = JSON.parse(readFileSync(join(ROOT, "scenarios", "demo.json"), "utf8")) as {
+      vms: { devices: { kind: string; type?: string }[] }[];
+    };
+    const vgpus = file.vms.flatMap((v) => v.devices).filter((d) => d.kind === "vgpu");
+    assert.ok(vgpus.length > 0);
+    const plain = parseScenario(structuredClone(file), "demo.json");
+    for (const d of vgpus) d.type = `i915-${d.type}`;
+    const prefixed = parseScenario(file, "demo.json");
+    assert.deepEqual(prefixed, plain);
   });
 });

@@ -21,7 +21,7 @@ import { z } from "zod";
 import { Errno, type ErrnoName, KernelError } from "../core/index.ts";
 import { COST_TABLE, type CostKey, validateCost } from "../cost/index.ts";
 import { ATTACK_NAMES, type AttackName, EXECLIST_ATTACK_NAMES, RING_ATTACK_NAMES } from "../guest/index.ts";
-import { GVT_TYPES } from "../vgpu/index.ts";
+import { GVT_TYPES, gvtTypeDirName, gvtTypeId } from "../vgpu/index.ts";
 import { GiB, MiB, parseSize, parseTime, TiB } from "./units.ts";
 
 // ---- building blocks ---------------------------------------------------------------------------------------------
@@ -161,7 +161,12 @@ const deviceSchema = z.discriminatedUnion(
     z.strictObject({
       kind: z.literal("vgpu"),
       gpu: name("GPU"),
-      type: z.enum(GVT_TYPE_IDS, { error: `must be a GVT-g vGPU type: ${GVT_TYPE_IDS.join(", ")}` }),
+      // Named as GVT-g's documentation does (GVTg_V5_4) or as `vgpu types` lists it (i915-GVTg_V5_4); read as the id.
+      type: z
+        .enum([...GVT_TYPE_IDS, ...GVT_TYPE_IDS.map(gvtTypeDirName)] as [string, ...string[]], {
+          error: `must be a GVT-g vGPU type: ${GVT_TYPE_IDS.join(", ")} (the i915- prefix is optional)`,
+        })
+        .transform(gvtTypeId),
     }),
     z.strictObject({ kind: z.literal("gpu"), gpu: name("GPU") }),
     z.strictObject({
