@@ -106,6 +106,7 @@ describe("Iommu: groups and domains", () => {
       "iommu.domain.alloc",
       "iommu.map",
       "iommu.attach",
+      "iommu.walk",
       "iommu.domain.alloc",
       "iommu.detach",
       "iommu.domain.free",
