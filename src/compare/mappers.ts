@@ -16,9 +16,40 @@
  * Mappers never throw for a clash (the design's behaviour is the finding); they throw KernelErrors for what
  * dma_map_page would fail on (no IOVA space).
  */
-import { Errno, type Gfn, type Hpa, hex, type Iova, KernelError, PAGE_SIZE, type Pfn } from "../core/index.ts";
+import {
+  defineTraceEvents,
+  Errno,
+  type Gfn,
+  type Hpa,
+  hex,
+  type Iova,
+  KernelError,
+  PAGE_SIZE,
+  type Pfn,
+  type Tracer,
+} from "../core/index.ts";
 import { IOMMU_READ, IOMMU_WRITE, type IommuDomain, IovaDomain } from "../host/index.ts";
 import type { GuestPageMapper } from "../vgpu/index.ts";
+
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "compare.clash": {
+      design: string;
+      address: number;
+      vgpu: number;
+      gfn: number;
+      pfn: number;
+      holder: string;
+      reachesPfn: number;
+    };
+    "compare.iova_range": { vgpu: number; pfnLo: number; pages: number; change: string };
+  }
+}
+defineTraceEvents("compare", {
+  "compare.clash":
+    "{design}: address {address} of vgpu{vgpu}'s gfn {gfn} (pfn {pfn}) is already {holder}'s: DMA to it reaches pfn {reachesPfn}",
+  "compare.iova_range": "per-VM IOVA: vgpu{vgpu}'s range of {pages} page(s) at pfn {pfnLo} {change}",
+});
 
 /** One DMA address that means two things under a design. */
 export interface AddressClash {
@@ -49,7 +80,10 @@ export class IdentityMapper implements GuestPageMapper {
   /** Pages whose identity entry could not be added, with their users (the host's IOVA holds the address). */
   private readonly clashed = new Map<number, number>();
 
-  constructor(private readonly domainOf: DomainOf) {}
+  constructor(
+    private readonly domainOf: DomainOf,
+    private readonly tracer?: Tracer,
+  ) {}
 
   map(vgpu: number, gfn: Gfn, pfn: Pfn): Iova {
     const hpa = pfn * PAGE_SIZE;
@@ -67,7 +101,7 @@ export class IdentityMapper implements GuestPageMapper {
       // The host driver's IOVA `hpa` maps another frame: the identity design cannot add its entry, and programs the
       // HPA anyway (it cannot tell an HPA from an IOVA).
       this.clashed.set(pfn, (this.clashed.get(pfn) ?? 0) + 1);
-      this.clashes.push({
+      record(this.clashes, this.tracer, "identity", {
         address: hpa,
         vgpu,
         gfn,
@@ -112,7 +146,10 @@ export class GpaMapper implements GuestPageMapper {
   /** Per vGPU and GPA page: users whose entry could not be added. */
   private readonly clashed = new Map<string, number>();
 
-  constructor(private readonly domainOf: DomainOf) {}
+  constructor(
+    private readonly domainOf: DomainOf,
+    private readonly tracer?: Tracer,
+  ) {}
 
   map(vgpu: number, gfn: Gfn, pfn: Pfn): Iova {
     const gpa = gfn * PAGE_SIZE;
@@ -129,7 +166,7 @@ export class GpaMapper implements GuestPageMapper {
     } else {
       const key = `${vgpu}:${gfn}`;
       this.clashed.set(key, (this.clashed.get(key) ?? 0) + 1);
-      this.clashes.push({
+      record(this.clashes, this.tracer, "gpa", {
         address: gpa,
         vgpu,
         gfn,
@@ -175,6 +212,7 @@ export class PerVmIovaMapper implements GuestPageMapper {
     private readonly domainOf: DomainOf,
     /** Bytes of guest-physical space of vGPU `vgpu`'s VM (its GPAs are below this). */
     private readonly gpaSpan: (vgpu: number) => number,
+    private readonly tracer?: Tracer,
   ) {}
 
   map(vgpu: number, gfn: Gfn, pfn: Pfn): Iova {
@@ -200,6 +238,9 @@ export class PerVmIovaMapper implements GuestPageMapper {
       this.iovad(dom).freeIova(r.basePfn);
       this.ranges.delete(vgpu);
       this.rangePages -= r.pages;
+      if (this.tracer?.enabled) {
+        this.tracer.emit("compare.iova_range", { vgpu, pfnLo: r.basePfn, pages: r.pages, change: "freed" });
+      }
     }
   }
 
@@ -222,6 +263,9 @@ export class PerVmIovaMapper implements GuestPageMapper {
     }
     r = { basePfn: got.pfnLo, pages, live: 0 };
     this.ranges.set(vgpu, r);
+    if (this.tracer?.enabled) {
+      this.tracer.emit("compare.iova_range", { vgpu, pfnLo: got.pfnLo, pages, change: "allocated" });
+    }
     this.rangePages += pages;
     this.peakRangePages = Math.max(this.peakRangePages, this.rangePages);
     return r;
@@ -232,5 +276,21 @@ export class PerVmIovaMapper implements GuestPageMapper {
       throw new KernelError(Errno.ENODEV, `per-VM IOVA: domain ${dom.id} has no iova.c allocator (not a DMA domain)`);
     }
     return dom.cookie;
+  }
+}
+
+/** Keeps a clash and traces it ("compare.clash"). */
+function record(into: AddressClash[], tracer: Tracer | undefined, design: string, c: AddressClash): void {
+  into.push(c);
+  if (tracer?.enabled) {
+    tracer.emit("compare.clash", {
+      design,
+      address: c.address,
+      vgpu: c.vgpu,
+      gfn: c.gfn,
+      pfn: c.pfn,
+      holder: c.holder === "host" ? "the host driver" : `vgpu${c.holderVgpu}`,
+      reachesPfn: c.reachesPfn,
+    });
   }
 }

@@ -12,7 +12,15 @@
  * Designs run one after the other on this thread; each run is torn down before the next starts. A design the
  * scenario's host cannot run is refused (designs.ts `refusal`) before any runs.
  */
-import { Errno, type Hpa, KernelError, PAGE_SIZE, type Pfn, type TraceRecord } from "../core/index.ts";
+import {
+  defineTraceEvents,
+  Errno,
+  type Hpa,
+  KernelError,
+  PAGE_SIZE,
+  type Pfn,
+  type TraceRecord,
+} from "../core/index.ts";
 import {
   type CostCounts,
   type CostKey,
@@ -36,6 +44,16 @@ import {
 } from "../scenario/index.ts";
 import { configure, type Design, design, refusal } from "./designs.ts";
 import { type AddressClash, GpaMapper, IdentityMapper, PerVmIovaMapper } from "./mappers.ts";
+
+declare module "../core/trace.ts" {
+  interface TraceEventMap {
+    "compare.placement": { fromPfn: number; toPfn: number; frames: number };
+  }
+}
+defineTraceEvents("compare", {
+  "compare.placement":
+    "host memory in use up to pfn {toPfn} ({frames} frame(s) from pfn {fromPfn}): the next guest pages sit at the host driver's IOVAs",
+});
 
 export interface CompareOptions {
   /** Designs to run, in order (default: the scenario's `designs`, else all six). */
@@ -211,9 +229,9 @@ function install(d: Design, system: System, out: Installed, span: (vgpu: number)
   const host = system.host;
   const domainOf = () => host.iommu.domainOf(g.gpu.bdf);
   out.placedAt = placeHostMemory(system);
-  if (d.mapper === "identity") out.identity = new IdentityMapper(domainOf);
-  if (d.mapper === "gpa") out.gpa = new GpaMapper(domainOf);
-  if (d.mapper === "per-vm-iova") out.perVm = new PerVmIovaMapper(domainOf, span);
+  if (d.mapper === "identity") out.identity = new IdentityMapper(domainOf, host.tracer);
+  if (d.mapper === "gpa") out.gpa = new GpaMapper(domainOf, host.tracer);
+  if (d.mapper === "per-vm-iova") out.perVm = new PerVmIovaMapper(domainOf, span, host.tracer);
   const mapper = out.identity ?? out.gpa ?? out.perVm;
   if (mapper !== undefined) g.parent!.setGuestPageMapper(mapper);
 }
@@ -239,10 +257,14 @@ export function placeHostMemory(system: System): number {
     }
   }
   const pm = host.physmem;
+  const before = pm.allocationCursor().fresh;
   // Frames freed earlier are handed out first: take them (the host keeps them), then the fresh ones below target.
   for (let n = pm.allocationCursor().reusable; n > 0; n--) pm.allocFrame(0);
   const fresh = pm.allocationCursor().fresh;
   if (target > fresh) pm.allocContiguous(target - fresh, 0);
+  if (host.tracer.enabled) {
+    host.tracer.emit("compare.placement", { fromPfn: before, toPfn: target, frames: Math.max(0, target - fresh) });
+  }
   return target;
 }
 

@@ -123,7 +123,8 @@ function categoryOf(name: string): string {
   if (/\.(pin|unpin)$/.test(name) || name === "vgpu.gfn.pin" || name === "vgpu.gfn.unpin") return "pin";
   if (/^(dma|iommu)\.(map|unmap|alloc_coherent|free_coherent)$/.test(name)) return "map";
   if (/fault/.test(name)) return "fault";
-  if (/reject|ignored|violation|failsafe/.test(name)) return "attack";
+  if (/violation|clash/.test(name)) return "violation";
+  if (/reject|ignored|failsafe/.test(name)) return "attack";
   if (name.startsWith("iova.")) return "iova";
   if (/inval/.test(name)) return "invalidate";
   return name.split(".")[0]!;
@@ -339,7 +340,7 @@ export class ChromeTraceWriter {
     }
     if (name.startsWith("vgpu.sched.")) return "GPU scheduler";
     const vgpu = FIELD(r, "vgpu");
-    if (name.startsWith("vgpu.") && typeof vgpu === "number") {
+    if ((name.startsWith("vgpu.") || name.startsWith("compare.")) && typeof vgpu === "number") {
       const vm = this.vmOfVgpu.get(vgpu);
       return `vgpu${vgpu}${vm !== undefined ? ` (${vm})` : ""}`;
     }
