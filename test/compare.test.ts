@@ -87,6 +87,20 @@ describe("vgpu compare on the default workload", () => {
   });
 });
 
+describe("a comparison is replayable and priced by the file's costs", () => {
+  it("same scenario and seed: the same figures; a cost override moves the modelled time only", () => {
+    const s = loadScenarioFile(WORKLOAD);
+    const a = runCompare(s, { designs: ["dma-api"] }).results[0]!;
+    const b = runCompare(s, { designs: ["dma-api"] }).results[0]!;
+    assert.deepEqual(a.counts, b.counts);
+    assert.equal(a.chainNs, b.chainNs);
+    const dearer = runCompare(s, { designs: ["dma-api"], costs: { iotlbInvalidationNs: 1250 } }).results[0]!;
+    assert.deepEqual(dearer.counts, a.counts);
+    assert.equal(dearer.chainNs - a.chainNs, 1000 * a.counts.iotlbInvalidations);
+    assert.throws(() => runCompare(s, { designs: ["dma-api"], costs: { pinPageNs: -5 } }), /costs\.pinPageNs: must be/);
+  });
+});
+
 describe("designs a host cannot run", () => {
   const base = (host: Record<string, unknown>): Scenario =>
     parseScenario({
