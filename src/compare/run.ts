@@ -236,9 +236,13 @@ function install(d: Design, system: System, out: Installed, span: (vgpu: number)
   if (mapper !== undefined) g.parent!.setGuestPageMapper(mapper);
 }
 
+/** Frames left free above the placement for the VMs' own pages (1 GiB). */
+const RESERVE_FOR_GUESTS = 2 ** 30 / PAGE_SIZE;
+
 /**
  * Uses host RAM up to the lowest IOVA the host graphics driver has mapped (4 GiB - 1 MiB without an IOMMU), so the
- * guest pages pinned next sit at HPAs that are also host IOVAs (module comment). Returns that frame number.
+ * guest pages pinned next sit at HPAs that are also host IOVAs (module comment); nothing on a host whose RAM ends
+ * below that (less 1 GiB left for the VMs). Returns the frame the next fresh allocation gets.
  */
 export function placeHostMemory(system: System): number {
   const host = system.host;
@@ -257,6 +261,9 @@ export function placeHostMemory(system: System): number {
     }
   }
   const pm = host.physmem;
+  // A host whose RAM ends below its IOVAs (or leaves the guests too little above them) has no HPA that is also an
+  // IOVA to place guest pages on: nothing to do.
+  if (target + RESERVE_FOR_GUESTS > pm.totalFrames) return pm.allocationCursor().fresh;
   const before = pm.allocationCursor().fresh;
   // Frames freed earlier are handed out first: take them (the host keeps them), then the fresh ones below target.
   for (let n = pm.allocationCursor().reusable; n > 0; n--) pm.allocFrame(0);
