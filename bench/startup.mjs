@@ -4,7 +4,8 @@
 // ratio of each median to node's. The target (issue 16): `vgpu --version` and `vgpu list` within 2x of `node -e 0`.
 // `vgpu list` talks to a small host started for the purpose (mtty only: the host's own start-up is not measured);
 // `vgpu list -d` with no host reads the definition files itself (and loads zod to check them).
-// Runs the build in dist/ through bin/vgpu.js (VGPU_FROM_DIST=1), so `npm run build` first.
+// Runs the build in dist/ through bin/vgpu.js, so `npm run build` first (when src/ is newer it sets
+// VGPU_FROM_DIST=1 and says so).
 // Usage: node bench/startup.mjs [RUNS]   (npm run bench:startup)
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -29,9 +30,8 @@ if (stamp === undefined) {
   console.error("bench/startup: no build in dist/: run `npm run build` first");
   process.exit(1);
 }
-if (newestSource(join(ROOT, "src")) > stamp.mtimeMs) {
-  console.error("bench/startup: note: src/ changed since the build; measuring the build in dist/ as it is");
-}
+const stale = newestSource(join(ROOT, "src")) > stamp.mtimeMs;
+if (stale) console.error("bench/startup: note: src/ changed since the build; measuring the build in dist/ as it is");
 
 const work = mkdtempSync(join(tmpdir(), "vgpu-startup-"));
 const hostRoot = join(work, "host");
@@ -39,8 +39,9 @@ const filesRoot = join(work, "files");
 const config = join(work, "host.json");
 writeFileSync(config, JSON.stringify({ memory: "1 GiB", parents: [{ kind: "mtty", ports: 4 }] }));
 const vgpu = join(ROOT, "bin", "vgpu.js");
-// The build in dist/, whatever its age (bin/launch.js would otherwise run newer sources through tsx).
-const env = { ...process.env, VGPU_ROOT: filesRoot, VGPU_FROM_DIST: "1" };
+// The build in dist/: as a user's start runs it (the launcher's check of src/ included), or, when src/ is newer,
+// whatever its age (bin/launch.js would otherwise run the sources through tsx).
+const env = { ...process.env, VGPU_ROOT: filesRoot, ...(stale ? { VGPU_FROM_DIST: "1" } : {}) };
 
 const host = spawn(process.execPath, [vgpu, "host", "--root", hostRoot, "--config", config], {
   env,
