@@ -27,7 +27,7 @@ const QUICK = [
 const SLOW = process.env.VGPU_IGT_SLOW === "1" ? ["gem_blits@basic"] : [];
 const LIST = [...QUICK, ...SLOW];
 /** The whole run's bound: a boot, the quick tests, and (VGPU_IGT_SLOW) gem_blits' hour at most. */
-const LIMIT_S = SLOW.length > 0 ? 4200 : 300;
+const LIMIT_S = SLOW.length > 0 ? 4200 : 600;
 
 function igtMissing(): string | undefined {
   const manifest = join(GUEST_IMAGE, "manifest.txt");
