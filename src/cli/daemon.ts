@@ -27,8 +27,9 @@
  * What it does not do: authenticate peers beyond the socket's file mode, limit the number of connections, or lock
  * the root against a daemon started at the same instant (the second bind fails with "already running").
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
+import { dirname, resolve } from "node:path";
 import {
   Errno,
   errnoName,
@@ -37,6 +38,7 @@ import {
   NS_PER_MS,
   type SchedulingClock,
   SystemClock,
+  strerror,
   type TimerHandle,
 } from "../core/index.ts";
 import { describeZodError } from "./mdevctl-json.ts";
@@ -144,6 +146,33 @@ export async function probeSocket(path: string, timeoutMs = 2000): Promise<Socke
   });
 }
 
+/**
+ * `mkdir -p ROOT` (0700), one level at a time: Node's recursive mkdir loops forever when a folder exists but refuses
+ * children with ENOENT (under /proc or /sys), so each level is created on its own and the first error is reported
+ * with its errno.
+ */
+export function makeStateFolder(root: string): void {
+  const missing: string[] = [];
+  for (let p = resolve(root); !existsSync(p); p = dirname(p)) {
+    missing.unshift(p);
+    if (dirname(p) === p) break;
+  }
+  for (const p of missing) {
+    try {
+      mkdirSync(p, { mode: 0o700 });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? "EIO";
+      if (code === "EEXIST") continue;
+      const errno = Object.hasOwn(Errno, code) ? (Errno as Readonly<Record<string, Errno>>)[code]! : Errno.EIO;
+      throw new KernelError(
+        errno,
+        `cannot create the state folder ${root}${p === resolve(root) ? "" : ` (at ${p})`}: ${strerror(errno)}; ` +
+          "pass --root DIR with a folder you can create",
+      );
+    }
+  }
+}
+
 /** Binds the socket and starts serving. Throws KernelError when the path is taken. */
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const socketPath = socketPathOf(opts.root);
@@ -153,11 +182,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   );
   const limits: ConnectionLimits = { ...DEFAULT_CONNECTION_LIMITS, ...opts.limits };
   const clock = opts.clock ?? new SystemClock();
-  try {
-    mkdirSync(opts.root, { recursive: true, mode: 0o700 });
-  } catch (e) {
-    throw new KernelError(Errno.EACCES, `cannot create the state folder ${opts.root}: ${(e as Error).message}`);
-  }
+  makeStateFolder(opts.root);
   const probe = await probeSocket(socketPath);
   switch (probe) {
     case "live":

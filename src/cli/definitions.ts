@@ -23,7 +23,9 @@
  * `load()` and removed by `removeTemporaries()` (the daemon calls it at start). Files are written in mdevctl's
  * format (pretty printed, keys in mdevctl's order), named by the canonical lower-case UUID.
  *
- * What it does not do: locking between processes (only the host daemon writes here, one request at a time), or
+ * What it does not do: locking between processes (the host daemon writes one request at a time, and with no host
+ * the files-only commands write in their own process, as mdevctl does: two at once each write atomically, and the
+ * last rename wins), or
  * guard the folder against a rename race: Node has no openat(), so the temporary file is created by path after the
  * folder was checked; the daemon's root is 0700, so only its owner could swap the folder in between.
  */

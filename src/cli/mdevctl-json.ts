@@ -14,8 +14,8 @@
  *   a definition under the same parent, or ` (active)` for a definition that is running; `-v` adds the attributes as
  *   `  Attrs:` then `    @{i}: {"name":"value"}` lines.
  *
- * What it does not model: mdevctl's callout scripts (no `get-attributes` callout: a running device reports the
- * attributes the host applied when it started it), and the `lsmdev` executable name.
+ * The pure half (UUIDs, names, listings) lives in mdevctl-text.ts, re-exported here, so the command line's quick
+ * path needs no zod; this module adds the schemas that read files. Callout scripts are callouts.ts.
  *
  * Validation is stricter than mdevctl in two places, on purpose: `start` must be "auto" or "manual" (mdevctl reads
  * anything else as manual), so a typo in a hand-edited file is reported instead of silently changing behaviour; and

@@ -10,7 +10,7 @@
  * - every failure is a KernelError with an errno and a sentence that names the values and what to do;
  * - `define`, and `modify -t`, check the parent and type against the running host; `--force` skips the check, so a
  *   device can be defined for a parent that will appear later (mdevctl never checks; its --force is about callout
- *   scripts, which this project does not have);
+ *   scripts, and ours is about both);
  * - a UUID defined under several parents needs `-p` wherever mdevctl would pick one, and the error names the
  *   parents; only one device per UUID runs at a time, whatever its parent;
  * - parent names are case-sensitive (they are sysfs names, mdevctl #60), but a name that matches only when letter

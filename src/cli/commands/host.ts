@@ -22,7 +22,7 @@ import {
   type SystemConfig,
 } from "../../scenario/index.ts";
 import { Callouts } from "../callouts.ts";
-import { type Daemon, definitionsDirOf, SOCKET_NAME, socketPathOf, startDaemon } from "../daemon.ts";
+import { type Daemon, definitionsDirOf, makeStateFolder, SOCKET_NAME, socketPathOf, startDaemon } from "../daemon.ts";
 import { DefinitionStore } from "../definitions.ts";
 import { systemHostApi } from "../host-api.ts";
 import { MdevService } from "../service.ts";
@@ -69,6 +69,8 @@ export function checkHostSocketPaths(root: string, serve: boolean): void {
 /** Builds the system, binds the socket, auto-starts definitions. Throws KernelError if the socket is taken. */
 export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
   checkHostSocketPaths(opts.root, opts.serve !== false);
+  // Before the model is built (seconds): a root that cannot be created is said at once.
+  makeStateFolder(opts.root);
   const system = opts.system ?? createSystem(opts.config ?? parseSystemConfig(DEFAULT_SYSTEM_CONFIG));
   const store = new DefinitionStore({ dir: definitionsDirOf(opts.root) });
   const hostApi = systemHostApi(system, opts.serve === false ? {} : { serveDir: opts.root });
