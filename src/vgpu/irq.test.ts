@@ -90,6 +90,39 @@ describe("virtual interrupts (GVT-g interrupt.c, gen8)", () => {
     assert.equal(sent.intx, 0);
   });
 
+  it("an IIR bit queues a second event: one landing between i915's IIR read and its clear is delivered after", () => {
+    const { irq, sent, w, r } = setup();
+    w(IMR(1), 0);
+    w(IER(1), ALL);
+    w(GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL);
+    irq.raise("vcs", GT_CONTEXT_SWITCH_INTERRUPT, "CSB[4]");
+    assert.equal(sent.msi, 1);
+    // i915's handler: master off, read IIR, (a second context switch lands: CSB[5]), clear what it read, master on.
+    w(GEN8_MASTER_IRQ, 0);
+    const seen = r(IIR(1));
+    assert.equal(seen, GT_CONTEXT_SWITCH_INTERRUPT);
+    irq.raise("vcs", GT_CONTEXT_SWITCH_INTERRUPT | 1, "CSB[5] and a user interrupt");
+    w(IIR(1), seen);
+    assert.equal(r(IIR(1)), GT_CONTEXT_SWITCH_INTERRUPT | 1, "the queued context switch is latched again");
+    w(GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL);
+    assert.equal(sent.msi, 2, "and injected once the master is back on");
+    w(GEN8_MASTER_IRQ, 0);
+    w(IIR(1), r(IIR(1)));
+    assert.equal(r(IIR(1)), 0, "a third clear finds the queue empty");
+    w(GEN8_MASTER_IRQ, GEN8_MASTER_IRQ_CONTROL);
+    assert.equal(sent.msi, 2);
+    // The queue holds one event: three events, two clears.
+    irq.raise("vcs", 1, "a");
+    irq.raise("vcs", 1, "b");
+    irq.raise("vcs", 1, "c");
+    w(IIR(1), 1);
+    assert.equal(r(IIR(1)), 1);
+    w(IIR(1), 1);
+    assert.equal(r(IIR(1)), 0);
+    irq.reset();
+    assert.equal(r(IIR(1)), 0);
+  });
+
   it("injects only MSI: MSI disabled or with several messages enabled -> nothing, with the reason traced", () => {
     for (const mode of ["disabled", "multi"] as const) {
       const { irq, sent, w, rec } = setup(mode);

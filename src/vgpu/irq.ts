@@ -6,7 +6,11 @@
  * read-only pending bits) and the four GT banks GEN8_GT_ISR/IMR/IIR/IER(n) at 0x44300 + 0x10 n: ISR read-only, IMR
  * and IER plain, IIR write 1 to clear. An engine event (a user interrupt, a context switch, the command scanner's
  * master error) sets its ISR bit and, unless masked in IMR, its IIR bit (GVT-g's propagate_event latches only
- * unmasked events). The master's pending bits are the OR of IIR & IER per field, by GVT-g's gen8_irq_map: bank 0 bits
+ * unmasked events). Each IIR bit queues a second event, as the hardware's IIRs do (i915 clears IIRs twice at reset
+ * because "IIR can theoretically queue up two events"): an event whose bit is already set is queued, and the guest's
+ * write-1-to-clear of that bit sets it again at once from the queue (and re-checks what to inject). Without the queue
+ * a context switch that lands between i915's IIR read and its clear is lost, its CSB entry never processed, and the
+ * guest's GT never idles (seen with igt in a real guest). GVT-g's IIR handler clears only. The master's pending bits are the OR of IIR & IER per field, by GVT-g's gen8_irq_map: bank 0 bits
  * 15..0 -> bit 0 (RCS), 31..16 -> bit 1 (BCS), bank 1 15..0 -> bit 2 (VCS0), 31..16 -> bit 3 (VCS1), bank 2 -> bit 4
  * (PM), bank 3 15..0 -> bit 6 (VECS). Whenever an event arrives, or the guest writes the master, an IMR or an IER,
  * and the master's CONTROL is set with something pending, one interrupt is injected (GVT-g's check_pending_irq).
@@ -78,6 +82,8 @@ export class VirtualIrq {
   private readonly isr = new Uint32Array(GEN8_GT_BANKS);
   private readonly imr = new Uint32Array(GEN8_GT_BANKS).fill(IMR_RESET);
   private readonly iir = new Uint32Array(GEN8_GT_BANKS);
+  /** The second event of each IIR bit: latched while the bit was already set, re-latched when the guest clears it. */
+  private readonly queued = new Uint32Array(GEN8_GT_BANKS);
   private readonly ier = new Uint32Array(GEN8_GT_BANKS);
   private intxTrigger: IrqTrigger | null = null;
   private msiTrigger: IrqTrigger | null = null;
@@ -102,6 +108,7 @@ export class VirtualIrq {
     const b = (bits << e.irqShift) >>> 0;
     this.isr[bank] = (this.isr[bank]! | b) >>> 0;
     const latched = (b & ~this.imr[bank]!) >>> 0;
+    this.queued[bank] = (this.queued[bank]! | (latched & this.iir[bank]!)) >>> 0;
     this.iir[bank] = (this.iir[bank]! | latched) >>> 0;
     this.updateMaster();
     if (latched === 0) {
@@ -157,11 +164,16 @@ export class VirtualIrq {
         this.imr[bank] = merge(this.imr[bank]!);
         this.check("IMR written", bank);
         return true;
-      case IRQ_IIR:
-        this.iir[bank] = (this.iir[bank]! & ~(value & mask)) >>> 0;
-        this.isr[bank] = (this.isr[bank]! & ~(value & mask)) >>> 0;
+      case IRQ_IIR: {
+        const cleared = (value & mask) >>> 0;
+        const again = (cleared & this.queued[bank]!) >>> 0;
+        this.queued[bank] = (this.queued[bank]! & ~again) >>> 0;
+        this.iir[bank] = ((this.iir[bank]! & ~cleared) | again) >>> 0;
+        this.isr[bank] = (this.isr[bank]! & ~(cleared & ~again)) >>> 0;
         this.updateMaster();
+        if (again !== 0) this.check("queued event re-latched", bank);
         return true;
+      }
       case IRQ_IER:
         this.ier[bank] = merge(this.ier[bank]!);
         this.updateMaster();
@@ -248,6 +260,7 @@ export class VirtualIrq {
     this.isr.fill(0);
     this.imr.fill(IMR_RESET);
     this.iir.fill(0);
+    this.queued.fill(0);
     this.ier.fill(0);
     this.intxMasked = false;
   }
