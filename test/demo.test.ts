@@ -30,19 +30,14 @@ function captureIo(): CliIo & { stdout: string; stderr: string } {
 }
 
 describe("vgpu demo", () => {
-  it("prints the golden output, exits 0, in a few seconds", async () => {
+  it("prints the golden output and exits 0", async () => {
     const io = captureIo();
-    const t0 = performance.now();
     const code = await runDemo({}, io);
-    const ms = performance.now() - t0;
     if (process.env.UPDATE_GOLDEN === "1") writeFileSync(GOLDEN, io.stdout);
     assert.equal(io.stdout, readFileSync(GOLDEN, "utf8"));
     assert.equal(io.stderr, "");
     assert.equal(code, 0);
-    // Cold (module loading and JIT included): 2.5-5 s alone on a 2-core machine; the guests' execlists (PPGTT walks,
-    // a shadow context per submission) cost about twice the legacy ring path's simulation, hence the margin under a
-    // full parallel test run.
-    assert.ok(ms < 12_000, `the demo took ${ms.toFixed(0)} ms`);
+    // How long it takes is measured by `npm run bench` (scenario), never asserted here.
   });
 
   it("keeps its promises (JSON report)", async () => {
