@@ -9,9 +9,14 @@ import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
-import { runCompare } from "../src/compare/index.ts";
-import { compareHtml } from "../src/compare/report-html.ts";
-import { compareJson, formatCompare } from "../src/compare/report-text.ts";
+import {
+  type CompareResult,
+  compareHtml,
+  compareJson,
+  formatCompare,
+  runCompare,
+  runExperiments,
+} from "../src/compare/index.ts";
 import { loadScenarioFile } from "../src/scenario/index.ts";
 
 const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
@@ -20,10 +25,12 @@ describe("vgpu compare reports", () => {
   let html: string;
   let text: string[];
   let json: string;
+  let result: CompareResult;
   before(() => {
     const r = runCompare(loadScenarioFile(new URL("../scenarios/compare.json", import.meta.url).pathname), {
       designs: ["identity", "dma-api", "ats"],
     });
+    result = r;
     html = compareHtml(r);
     text = formatCompare(r);
     json = compareJson(r);
@@ -53,6 +60,12 @@ describe("vgpu compare reports", () => {
     assert.doesNotMatch(html, /<script|<link|<img|<iframe|@import|url\(|\b(src|href)\s*=/i);
     assert.equal((html.match(/<svg /g) ?? []).length, 6);
     assert.equal((html.match(/class="card /g) ?? []).length, 3);
+  });
+
+  it("the cost model's experiments add three charts", () => {
+    const withExp = compareHtml(result, runExperiments());
+    assert.equal((withExp.match(/<svg /g) ?? []).length, 9);
+    assert.match(withExp, /FAST&#39;15|FAST'15/);
   });
 
   it("renders in a real chromium without errors", {

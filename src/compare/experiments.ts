@@ -209,3 +209,20 @@ export function iotlbReach(
     nsPerAccess: (counts.pageWalkReads * model.pageWalkReadNs) / accesses,
   };
 }
+
+/** The three experiments at the sizes docs/cost-model.md and the HTML page show (about two seconds). */
+export function runExperiments(model: CostModel = costModel()): {
+  fragmentation: FragmentationPoint[];
+  unmap: { ats: boolean; result: UnmapModeResult }[];
+  reach: ReachPoint[];
+} {
+  const unmap: { ats: boolean; result: UnmapModeResult }[] = [];
+  for (const ats of [false, true]) {
+    for (const mode of ["strict", "deferred"] as const)
+      unmap.push({ ats, result: strictVsDeferred(mode, 2048, { ats, model }) });
+  }
+  const reach: ReachPoint[] = [];
+  for (const pages of [512, 1024, 2048, 4096])
+    for (const ps of ["4K", "2M"] as const) reach.push(iotlbReach(pages, ps, 4, model));
+  return { fragmentation: iovaFragmentation([1000, 4000, 16000], model), unmap, reach };
+}

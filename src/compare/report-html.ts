@@ -7,6 +7,7 @@
  */
 import { COST_TABLE } from "../cost/index.ts";
 import { formatSize, formatTime } from "../scenario/index.ts";
+import type { FragmentationPoint, ReachPoint, UnmapModeResult } from "./experiments.ts";
 import { verdictWord } from "./report-text.ts";
 import type { CompareResult, DesignResult } from "./run.ts";
 
@@ -209,8 +210,60 @@ function card(r: DesignResult): string {
   return lines.join("\n");
 }
 
-/** The page. */
-export function compareHtml(c: CompareResult): string {
+/** The cost model's experiments (experiments.ts), drawn under the comparison when given. */
+export interface ExperimentResults {
+  readonly fragmentation: readonly FragmentationPoint[];
+  /** strict and deferred, without and with ATS. */
+  readonly unmap: readonly { readonly ats: boolean; readonly result: UnmapModeResult }[];
+  readonly reach: readonly ReachPoint[];
+}
+
+function experimentCharts(x: ExperimentResults): string[] {
+  const ns = (v: number) => (v >= 1000 ? `${(v / 1000).toFixed(1)} us` : `${v.toFixed(0)} ns`);
+  const out: string[] = [];
+  out.push(
+    barChart({
+      title: "IOVA allocation under fragmentation (FAST'15): ns per allocation",
+      categories: x.fragmentation.map((p) => `${p.liveRanges} ranges`),
+      series: [
+        { name: "Linux iova.c (linear walk)", values: x.fragmentation.map((p) => p.linuxNs) },
+        { name: "ours (O(log n))", values: x.fragmentation.map((p) => p.oursNs) },
+      ],
+      format: ns,
+      log: true,
+    }),
+  );
+  const modes = ["strict", "deferred"] as const;
+  out.push(
+    barChart({
+      title: "Unmap: ns per map + unmap pair",
+      categories: [...modes],
+      series: [false, true].map((ats) => ({
+        name: ats ? "with ATS (device-IOTLB too)" : "IOTLB only",
+        values: modes.map((m) => x.unmap.find((u) => u.ats === ats && u.result.mode === m)?.result.nsPerPair ?? 0),
+      })),
+      format: ns,
+      note: "deferred: one flush per 256 unmaps; until it, the device still reaches unmapped pages",
+    }),
+  );
+  const sizes = [...new Set(x.reach.map((p) => p.pages))].sort((a, b) => a - b);
+  out.push(
+    barChart({
+      title: "IOTLB reach: ns of translation per access (1024-entry IOTLB)",
+      categories: sizes.map((n) => formatSize(n * 4096)),
+      series: (["4K", "2M"] as const).map((ps) => ({
+        name: ps === "4K" ? "4 KiB pages" : "2 MiB pages",
+        values: sizes.map((n) => x.reach.find((p) => p.pages === n && p.pageSize === ps)?.nsPerAccess ?? 0),
+      })),
+      format: ns,
+      note: "working set swept in order; past 4 MiB every 4 KiB access misses and walks 4 levels",
+    }),
+  );
+  return out;
+}
+
+/** The page (with the cost model's experiments when given). */
+export function compareHtml(c: CompareResult, experiments?: ExperimentResults): string {
   const ran = c.results.filter((r) => r.refused === undefined);
   const cats = ran.map((r) => `${r.design.n} ${r.design.id}`);
   const col = (f: (r: DesignResult) => number) => ran.map(f);
@@ -355,6 +408,15 @@ ${charts.join("\n")}
 <div class="cards">
 ${c.results.map(card).join("\n")}
 </div>
+${
+  experiments !== undefined
+    ? `<h2>Cost-model experiments</h2>
+<p class="sub">The same structures, priced by the same cost model (docs/cost-model.md; asserted by test/compare-costs.test.ts).</p>
+<div class="charts">
+${experimentCharts(experiments).join("\n")}
+</div>`
+    : ""
+}
 <h2>Cost model</h2>
 <table class="small">
 <tr><th>key</th><th>value</th><th>what</th><th>source of the default</th></tr>

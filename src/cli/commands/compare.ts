@@ -67,7 +67,7 @@ export async function runCompareCommand(file: string | undefined, opts: CompareC
   if (opts.json) io.out(`${cmp.compareJson(result)}\n`);
   else if (!opts.quiet) io.out(`${cmp.formatCompare(result).join("\n")}\n`);
   if (opts.html !== undefined) {
-    writeFileSync(resolve(io.cwd, opts.html), cmp.compareHtml(result));
+    writeFileSync(resolve(io.cwd, opts.html), cmp.compareHtml(result, cmp.runExperiments(result.costs)));
   }
   if (perfetto !== undefined && opts.perfetto !== undefined) {
     const { ChromeTraceWriter } = await import("../../trace-export/index.ts");
@@ -92,7 +92,7 @@ export function registerCompare(program: Command, io: CliIo = processIo): void {
     .option("--design <ids...>", "designs to run (no-iommu, identity, gpa, per-vm-iova, dma-api, ats)")
     .option("--seed <n>", "seed of every random choice (default: the file's, else 1)")
     .option("--json", "print the comparison as JSON")
-    .option("--html <file>", "write a self-contained HTML page with the comparison's charts")
+    .option("--html <file>", "write a self-contained HTML page with the comparison's and the cost model's charts")
     .option("--perfetto <file>", "write every design's trace as Chrome Trace Event JSON (ui.perfetto.dev)")
     .option("-q, --quiet", "print nothing but errors");
   configureCommandOutput(cmd, io).action(async (file: string | undefined, opts: CompareCliOptions) => {
