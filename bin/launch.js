@@ -38,6 +38,7 @@ export async function launch(name) {
     process.env.VGPU_FROM_SOURCE === "1" ||
     built < 0 ||
     (process.env.VGPU_FROM_DIST !== "1" && newerSource(decodeURIComponent(srcDir), built));
+  const compiled = new URL(`dist/cli/${name}.js`, root);
   if (fromSource) {
     let tsx;
     try {
@@ -45,17 +46,17 @@ export async function launch(name) {
     } catch {
       tsx = undefined;
     }
-    if (tsx !== undefined || built < 0) {
-      if (tsx === undefined) {
-        process.stderr.write(
-          "vgpu: ENOENT (No such file or directory): no build in dist/ and no tsx: run `npm install`\n",
-        );
-        process.exit(1);
-      }
+    if (tsx !== undefined) {
       tsx.register();
       await import(new URL(`src/cli/${name}.ts`, root).href);
       return;
     }
+    if (mtimeOf(compiled) < 0) {
+      process.stderr.write(
+        "vgpu: ENOENT (No such file or directory): no build in dist/ and no tsx to run the sources: run `npm install`\n",
+      );
+      process.exit(1);
+    }
   }
-  await import(new URL(`dist/cli/${name}.js`, root).href);
+  await import(compiled.href);
 }
