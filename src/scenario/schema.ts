@@ -44,7 +44,11 @@ function int(min: number, max: number, what = "an integer") {
 
 const bool = () => z.boolean({ error: "must be true or false" });
 
-function sizeField(min: number, max: number, extra?: (bytes: number) => string | undefined) {
+/**
+ * A size field: "512 MiB", "16 GiB" or a number of bytes in [min, max], with `extra` for a further rule. The one
+ * wording of a size mistake, for scenario files and host configs alike.
+ */
+export function sizeField(min: number, max: number, extra?: (bytes: number) => string | undefined) {
   const expected = `must be a size from ${fmt(min)} to ${fmt(max)}, e.g. "${fmt(Math.max(min, Math.min(max, GiB)))}" or a number of bytes`;
   return z
     .union([z.number(), z.string()], { error: expected })

@@ -34,6 +34,11 @@ describe("system config", () => {
     configError([], /^invalid host config: \(top level\): must be a JSON object$/);
     configError({ memory: "lots" }, /^invalid host config: memory: must be a size from 64 MiB/);
     configError({ memory: "1 MiB" }, /^invalid host config: memory: must be a size from 64 MiB/);
+    // The same sentence as a scenario file's for the same mistake.
+    configError(
+      { memory: "1 MiB" },
+      /memory: must be a size from 64 MiB to 1024 TiB, e\.g\. "1 GiB" or a number of bytes \(got "1 MiB"\)$/,
+    );
     configError({ iommu: "on" }, /^invalid host config: iommu: must be true or false$/);
     configError({ gpus: 1 }, /^invalid host config: \(top level\): unknown member\(s\) gpus$/);
     configError(

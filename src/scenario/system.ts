@@ -28,6 +28,8 @@ import { GiB, Host, type Sysfs } from "../host/index.ts";
 import { MdevCore, type MdevParentDriver } from "../mdev/index.ts";
 import { type Type1Driver, type1Driver, VfioCore, VfioPciDriver } from "../vfio/index.ts";
 import { createAssignedGpu, createMediatedGpu, type GpuInstance } from "./gpus.ts";
+import { sizeField } from "./schema.ts";
+import { MiB, TiB } from "./units.ts";
 
 /** What a parent kind's factory gets: the system assembled so far. */
 export interface SystemParts {
@@ -40,18 +42,10 @@ export interface SystemParts {
   readonly gpus: GpuInstance[];
 }
 
-const MiB = 1024 * 1024;
-
-/** A GPU's aperture: "512 MiB" or bytes, a power of two from 128 MiB to 2 GiB. */
-const apertureSchema = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const m = typeof v === "number" ? [String(v), String(v), "B"] : /^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$/.exec(v);
-  const bytes = m ? Number(m[1]) * UNITS[m[2] ?? "B"]! : Number.NaN;
-  if (!(bytes >= 128 * MiB && bytes <= 2 * GiB && (bytes & (bytes - 1)) === 0)) {
-    ctx.addIssue({ code: "custom", message: 'must be a power of two from 128 MiB to 2 GiB, e.g. "512 MiB"' });
-    return z.NEVER;
-  }
-  return bytes;
-});
+/** A GPU's aperture: "512 MiB" or bytes, a power of two from 128 MiB to 2 GiB (as a scenario's). */
+const apertureSchema = sizeField(128 * MiB, 2 * GiB, (b) =>
+  (b & (b - 1)) === 0 ? undefined : "must be a power of two from 128 MiB to 2 GiB",
+);
 
 const gpuOptionFields = {
   name: z.string({ error: "must be a string" }).min(1, { error: "must not be empty" }).optional(),
@@ -156,21 +150,8 @@ const assignedEntrySchema = z.strictObject(
   { error: "must be an object with a kind" },
 );
 
-const UNITS: Readonly<Record<string, number>> = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: GiB, TiB: 1024 * GiB };
-
-/** "16 GiB", "512MiB", "4096" (bytes) or a number of bytes. */
-const memorySchema = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const m = typeof v === "number" ? [String(v), String(v), "B"] : /^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*$/.exec(v);
-  const bytes = m ? Number(m[1]) * UNITS[m[2] ?? "B"]! : Number.NaN;
-  if (!Number.isSafeInteger(bytes) || bytes < 64 * 1024 ** 2 || bytes > 1024 * 1024 * GiB) {
-    ctx.addIssue({
-      code: "custom",
-      message: 'must be a size from 64 MiB to 1 PiB, e.g. "16 GiB" or a number of bytes',
-    });
-    return z.NEVER;
-  }
-  return bytes;
-});
+/** "16 GiB", "512MiB", "4096" (bytes) or a number of bytes: the host's RAM, worded as a scenario's. */
+const memorySchema = sizeField(64 * MiB, 1024 * TiB);
 
 const parentEntrySchema = z
   .object(
