@@ -11,8 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { type RunningHost, startHost } from "../src/cli/commands/host.ts";
-import { type CliIo, runCli } from "../src/cli/commands/index.ts";
 import { createSystem, parseSystemConfig } from "../src/scenario/index.ts";
+import { type CliRun, runVgpu } from "./test-support/cli-golden.ts";
 
 const GOLDEN = new URL("./golden/mdevctl/callouts/", import.meta.url);
 const UPDATE = process.env.UPDATE_GOLDEN === "1";
@@ -24,27 +24,10 @@ let root = "";
 let offlineRoot = "";
 let host: RunningHost | undefined;
 
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+type Run = CliRun;
 
 async function vgpu(argv: readonly string[], at = root): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const io: CliIo = {
-    out: (t) => {
-      stdout += t;
-    },
-    err: (t) => {
-      stderr += t;
-    },
-    env: {},
-    cwd: base,
-  };
-  const code = await runCli([...argv, "--root", at], io);
-  return { code, stdout, stderr: stderr.split(base).join("<tmp>") };
+  return await runVgpu(argv, at, base);
 }
 
 /** The primary callout folder, mdevctl's older one under the definitions, and the notifiers. */

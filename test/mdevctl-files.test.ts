@@ -8,12 +8,11 @@
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type CliIo, runCli } from "../src/cli/commands/index.ts";
+import { goldenStep, runVgpu } from "./test-support/cli-golden.ts";
 
 const GOLDEN = new URL("./golden/mdevctl/files/", import.meta.url);
-const UPDATE = process.env.UPDATE_GOLDEN === "1";
 const GPU = "0000:00:02.0";
 const AP = "0000:00:03.0";
 const U1 = "c07ab7b2-8aa2-427a-91c6-ffc949bb77f9";
@@ -29,38 +28,7 @@ function defsDir(): string {
 }
 
 async function step(name: string, argv: readonly string[]): Promise<{ code: number; stdout: string }> {
-  let stdout = "";
-  let stderr = "";
-  const io: CliIo = {
-    out: (t) => {
-      stdout += t;
-    },
-    err: (t) => {
-      stderr += t;
-    },
-    env: {},
-    cwd: base,
-  };
-  const code = await runCli([...argv, "--root", root], io);
-  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
-  let t = `$ vgpu ${argv.map(quote).join(" ")}\n--- exit ${code}\n`;
-  for (const [label, text] of [
-    ["stdout", stdout],
-    ["stderr", stderr],
-  ] as const) {
-    if (text === "") continue;
-    t += `--- ${label}\n${text.split(base).join("<tmp>")}`;
-    if (!text.endsWith("\n")) t += `\n\\ no newline at end of ${label}\n`;
-  }
-  const file = new URL(`${name}.txt`, GOLDEN);
-  if (UPDATE) {
-    mkdirSync(dirname(file.pathname), { recursive: true });
-    writeFileSync(file, t);
-  } else {
-    assert.ok(existsSync(file), `missing ${file.pathname}: run with UPDATE_GOLDEN=1 and review it`);
-    assert.equal(t, readFileSync(file, "utf8"), `differs from ${file.pathname}`);
-  }
-  return { code, stdout };
+  return await goldenStep(GOLDEN, name, argv, root, base);
 }
 
 function json(name: string, value: unknown): void {
@@ -96,17 +64,9 @@ describe("mdevctl's files without a host", () => {
     await step("define-already-defined", ["define", "-u", U1, "-p", GPU, "-t", "i915-GVTg_V5_4"]);
     await step("define-no-parent", ["define", "-u", U3, "-t", "i915-GVTg_V5_4"]);
     await step("define-no-uuid-no-type", ["define", "-p", GPU]);
-    let printed = "";
-    const generated = await runCli(["define", "-p", GPU, "-t", "i915-GVTg_V5_2", "--root", root], {
-      out: (t) => {
-        printed += t;
-      },
-      err: () => {},
-      env: {},
-      cwd: base,
-    });
-    assert.equal(generated, 0, "define without -u generates a UUID");
-    const uuid = printed.trim();
+    const generated = await runVgpu(["define", "-p", GPU, "-t", "i915-GVTg_V5_2"], root, base);
+    assert.equal(generated.code, 0, "define without -u generates a UUID");
+    const uuid = generated.stdout.trim();
     assert.match(uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     assert.deepEqual(stored(GPU, uuid), { mdev_type: "i915-GVTg_V5_2", start: "manual", attrs: [] });
     rmSync(join(defsDir(), GPU, uuid));

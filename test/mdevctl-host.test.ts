@@ -5,16 +5,15 @@
  * expresses; the fixtures are ours.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost } from "../src/cli/commands/host.ts";
-import { type CliIo, runCli } from "../src/cli/commands/index.ts";
 import { createSystem, parseSystemConfig } from "../src/scenario/index.ts";
+import { goldenStep } from "./test-support/cli-golden.ts";
 
 const GOLDEN = new URL("./golden/mdevctl/host/", import.meta.url);
-const UPDATE = process.env.UPDATE_GOLDEN === "1";
 const U1 = "976d8cc2-4bfc-43b9-b9f9-f4af2de91ab9";
 const U2 = "59e8b599-afdd-4766-a59e-415ef4f5a492";
 const U3 = "711aa8cb-2e0c-4b9b-8a3f-8b07c8e0b3d2";
@@ -24,37 +23,7 @@ let root = "";
 let host: RunningHost | undefined;
 
 async function step(name: string, argv: readonly string[]): Promise<number> {
-  let stdout = "";
-  let stderr = "";
-  const io: CliIo = {
-    out: (t) => {
-      stdout += t;
-    },
-    err: (t) => {
-      stderr += t;
-    },
-    env: {},
-    cwd: base,
-  };
-  const code = await runCli([...argv, "--root", root], io);
-  let t = `$ vgpu ${argv.join(" ")}\n--- exit ${code}\n`;
-  for (const [label, text] of [
-    ["stdout", stdout],
-    ["stderr", stderr],
-  ] as const) {
-    if (text === "") continue;
-    t += `--- ${label}\n${text.split(base).join("<tmp>")}`;
-    if (!text.endsWith("\n")) t += `\n\\ no newline at end of ${label}\n`;
-  }
-  const file = new URL(`${name}.txt`, GOLDEN);
-  if (UPDATE) {
-    mkdirSync(dirname(file.pathname), { recursive: true });
-    writeFileSync(file, t);
-  } else {
-    assert.ok(existsSync(file), `missing ${file.pathname}: run with UPDATE_GOLDEN=1 and review it`);
-    assert.equal(t, readFileSync(file, "utf8"), `differs from ${file.pathname}`);
-  }
-  return code;
+  return (await goldenStep(GOLDEN, name, argv, root, base)).code;
 }
 
 function stored(parent: string, uuid: string): unknown {
