@@ -9,29 +9,19 @@
  * counter. UPDATE_GOLDEN=1 rewrites the golden files (review the diff).
  */
 import assert from "node:assert/strict";
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type RunningHost, startHost } from "../src/cli/commands/host.ts";
-import { type CliIo, runCli } from "../src/cli/commands/index.ts";
 import { Errno, KernelError } from "../src/core/index.ts";
 import { GiB, PciConfigSpace, type PciDeviceModel, parseBdf } from "../src/host/index.ts";
 import type { MdevDeviceInstance, MdevParentDriver, MdevTypeSpec } from "../src/mdev/index.ts";
 import { createSystem, parseSystemConfig } from "../src/scenario/index.ts";
 import { VFIO_DEVICE_FLAGS_PCI, type VfioDeviceOps } from "../src/vfio/index.ts";
+import { type CliRun, checkGolden, goldenStep } from "./test-support/cli-golden.ts";
 
 const GOLDEN = new URL("./golden/cli/", import.meta.url);
-const UPDATE = process.env.UPDATE_GOLDEN === "1";
 
 const GPU = "0000:00:02.0";
 const U1 = "11111111-1111-4111-8111-111111111111";
@@ -144,62 +134,17 @@ function plant(rel: string, text: string): void {
   writeFileSync(p, text);
 }
 
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-async function vgpu(argv: readonly string[], rootOverride?: string): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const io: CliIo = {
-    out: (t) => {
-      stdout += t;
-    },
-    err: (t) => {
-      stderr += t;
-    },
-    env: {},
-    cwd: work,
-  };
-  const code = await runCli([...argv, "--root", rootOverride ?? root], io);
-  return { code, stdout, stderr };
-}
-
 function scrub(text: string): string {
   return text.split(base).join("<tmp>");
 }
 
-function transcript(argv: readonly string[], r: Run): string {
-  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
-  let s = `$ vgpu ${argv.map(quote).join(" ")}\n--- exit ${r.code}\n`;
-  const block = (name: string, text: string) => {
-    if (text === "") return;
-    s += `--- ${name}\n${scrub(text)}`;
-    if (!text.endsWith("\n")) s += `\n\\ no newline at end of ${name}\n`;
-  };
-  block("stdout", r.stdout);
-  block("stderr", r.stderr);
-  return s;
-}
-
 function golden(name: string, actual: string): void {
-  const file = new URL(`${name}.txt`, GOLDEN);
-  if (UPDATE) {
-    mkdirSync(new URL(".", file), { recursive: true });
-    writeFileSync(file, actual);
-    return;
-  }
-  assert.ok(existsSync(file), `missing golden file ${file.pathname}: run with UPDATE_GOLDEN=1 and review it`);
-  assert.equal(actual, readFileSync(file, "utf8"), `output differs from ${file.pathname}`);
+  checkGolden(GOLDEN, name, actual);
 }
 
 /** Runs one command of the session and compares it with its golden file; returns the run for extra checks. */
-async function step(name: string, argv: readonly string[], rootOverride?: string): Promise<Run> {
-  const r = await vgpu(argv, rootOverride);
-  golden(name, transcript(argv, r));
-  return r;
+async function step(name: string, argv: readonly string[], rootOverride?: string): Promise<CliRun> {
+  return await goldenStep(GOLDEN, name, argv, rootOverride ?? root, base, work);
 }
 
 const ptr = (o: unknown) => JSON.stringify(o);

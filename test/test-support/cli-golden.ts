@@ -14,8 +14,8 @@ export interface CliRun {
   readonly stderr: string;
 }
 
-/** Runs `vgpu ARGV --root ROOT` in process (cwd `base`); `base` is replaced by `<tmp>` in what it printed. */
-export async function runVgpu(argv: readonly string[], root: string, base: string): Promise<CliRun> {
+/** Runs `vgpu ARGV --root ROOT` in process (in `cwd`, default `base`); `base` is shown as `<tmp>` in its output. */
+export async function runVgpu(argv: readonly string[], root: string, base: string, cwd = base): Promise<CliRun> {
   let stdout = "";
   let stderr = "";
   const io: CliIo = {
@@ -26,7 +26,7 @@ export async function runVgpu(argv: readonly string[], root: string, base: strin
       stderr += t;
     },
     env: {},
-    cwd: base,
+    cwd,
   };
   const code = await runCli([...argv, "--root", root], io);
   const hide = (t: string) => t.split(base).join("<tmp>");
@@ -52,23 +52,28 @@ export function transcript(argv: readonly string[], r: CliRun): string {
   return t;
 }
 
-/** Runs the command and checks its transcript against `<golden>/<name>.txt`. */
+/** Checks `actual` against `<golden>/<name>.txt` (UPDATE_GOLDEN=1: writes it instead). */
+export function checkGolden(golden: URL, name: string, actual: string): void {
+  const file = new URL(`${name}.txt`, golden);
+  if (process.env.UPDATE_GOLDEN === "1") {
+    mkdirSync(dirname(file.pathname), { recursive: true });
+    writeFileSync(file, actual);
+  } else {
+    assert.ok(existsSync(file), `missing ${file.pathname}: run with UPDATE_GOLDEN=1 and review it`);
+    assert.equal(actual, readFileSync(file, "utf8"), `differs from ${file.pathname}`);
+  }
+}
+
+/** Runs the command (in `cwd`, default `base`) and checks its transcript against `<golden>/<name>.txt`. */
 export async function goldenStep(
   golden: URL,
   name: string,
   argv: readonly string[],
   root: string,
   base: string,
+  cwd = base,
 ): Promise<CliRun> {
-  const r = await runVgpu(argv, root, base);
-  const t = transcript(argv, r);
-  const file = new URL(`${name}.txt`, golden);
-  if (process.env.UPDATE_GOLDEN === "1") {
-    mkdirSync(dirname(file.pathname), { recursive: true });
-    writeFileSync(file, t);
-  } else {
-    assert.ok(existsSync(file), `missing ${file.pathname}: run with UPDATE_GOLDEN=1 and review it`);
-    assert.equal(t, readFileSync(file, "utf8"), `differs from ${file.pathname}`);
-  }
+  const r = await runVgpu(argv, root, base, cwd);
+  checkGolden(golden, name, transcript(argv, r));
   return r;
 }
