@@ -75,7 +75,6 @@ import { Ppgtt } from "./ppgtt.ts";
 import {
   BR13_32BPP,
   BR13_COLOR_DEPTH_MASK,
-  BR13_PITCH_MASK,
   BR13_ROP_SHIFT,
   CS_TIMESTAMP_HZ,
   GFX_RUN_LIST_ENABLE,
@@ -139,7 +138,7 @@ import {
   XY_SRC_COPY_BLT_DST_TILED,
   XY_SRC_COPY_BLT_SRC_TILED,
 } from "./regs.ts";
-import { BCS_DST_Y, BCS_SRC_Y, BCS_SWCTRL, checkPitch, type Tiling } from "./tiling.ts";
+import { BCS_DST_Y, BCS_SRC_Y, BCS_SWCTRL, bltPitchBytes, checkPitch, type Tiling } from "./tiling.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
@@ -250,12 +249,6 @@ const SEMAPHORE_OPS = [">", ">=", "<", "<=", "==", "!="] as const;
 
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
-}
-
-/** A blit surface's pitch in bytes: BR13's / the source pitch field is in bytes for linear surfaces, dwords for tiled. */
-function bltPitch(dword: number, tiling: Tiling): number {
-  const field = dword & BR13_PITCH_MASK;
-  return tiling === "linear" ? field : field * 4;
 }
 
 export class Engine {
@@ -999,7 +992,7 @@ export class Engine {
     const bad = this.checkBlt(cmd[0]!, br13, ROP_PATCOPY, "XY_COLOR_BLT");
     if (bad !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, bad);
     const tiling = this.bltTiling(cmd[0]!, XY_SRC_COPY_BLT_DST_TILED, BCS_DST_Y);
-    const pitch = bltPitch(br13, tiling);
+    const pitch = bltPitchBytes(br13, tiling !== "linear");
     const badPitch = checkPitch(tiling, pitch);
     if (badPitch !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, `XY_COLOR_BLT: ${badPitch}`);
     const x1 = cmd[2]! & 0xffff;
@@ -1037,8 +1030,8 @@ export class Engine {
     if (bad !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, bad);
     const dstTiling = this.bltTiling(cmd[0]!, XY_SRC_COPY_BLT_DST_TILED, BCS_DST_Y);
     const srcTiling = this.bltTiling(cmd[0]!, XY_SRC_COPY_BLT_SRC_TILED, BCS_SRC_Y);
-    const dstPitch = bltPitch(br13, dstTiling);
-    const srcPitch = bltPitch(cmd[7]!, srcTiling);
+    const dstPitch = bltPitchBytes(br13, dstTiling !== "linear");
+    const srcPitch = bltPitchBytes(cmd[7]!, srcTiling !== "linear");
     const badPitch = checkPitch(dstTiling, dstPitch) ?? checkPitch(srcTiling, srcPitch);
     if (badPitch !== undefined) return this.fail(I915_ERROR_INSTRUCTION, at, `XY_SRC_COPY_BLT: ${badPitch}`);
     const x1 = cmd[2]! & 0xffff;

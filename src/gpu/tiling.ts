@@ -13,6 +13,8 @@
  * address of the last 4 KiB page | (pitch / 128 - 1) in bits 0..11.
  */
 
+import { BR13_PITCH_MASK } from "./regs.ts";
+
 export type Tiling = "linear" | "x" | "y";
 
 /** Bytes per tile row (width) and rows per tile of each tiled layout; a tile is always 4 KiB. */
@@ -32,6 +34,15 @@ export const FENCE_VALID = 1 << 0;
 export const FENCE_TILING_Y = 1 << 1;
 const FENCE_PITCH_MASK = 0xfff; // high dword: pitch / 128 - 1
 const FENCE_PITCH_UNIT = 128;
+
+/**
+ * A blit surface's pitch in bytes from its command field (BR13's low 16 bits, or the source pitch dword): the field
+ * counts bytes for a linear surface and dwords for a tiled one.
+ */
+export function bltPitchBytes(dword: number, tiled: boolean): number {
+  const field = dword & BR13_PITCH_MASK;
+  return tiled ? field * 4 : field;
+}
 
 /** Why a pitch cannot hold the layout, or undefined. */
 export function checkPitch(tiling: Tiling, pitch: number): string | undefined {

@@ -58,6 +58,7 @@ import {
   BR13_32BPP,
   BR13_COLOR_DEPTH_MASK,
   BR13_ROP_SHIFT,
+  bltPitchBytes,
   type CommandInfo,
   decodeCommand,
   type GtEngineId,
@@ -443,7 +444,7 @@ export class CommandScanner {
   private pitch(dw: number, tiled: boolean, at: string, cmd: string, which: string): number {
     const p = dw & 0xffff;
     if ((p & 0x8000) !== 0) throw new Reject(`${at}: ${cmd} ${which} pitch ${hex(p)} is negative`);
-    return tiled ? p * 4 : p;
+    return bltPitchBytes(dw, tiled);
   }
 
   /** The rectangle [x1, x2) x [y1, y2), or undefined when it is empty (the GPU then touches nothing). */
