@@ -10,11 +10,10 @@
  * the image is absent (CI).
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { GUEST_IMAGE, guestMissing, runGuest } from "./test-support/real-guest.ts";
+import { assertIsolationClean, GUEST_IMAGE, guestMissing, runGuestWithServerLog } from "./test-support/real-guest.ts";
 
 const QUICK = [
   "core_getversion",
@@ -46,45 +45,32 @@ test(`igt in a real Debian guest on the vGPU: ${LIST.join(", ")} end in SUCCESS,
     t.skip([...absent, ...(noIgt !== undefined ? [noIgt] : [])].join("; "));
     return;
   }
-  const dir = mkdtempSync(join(tmpdir(), "vgpu-real-guest-igt-"));
-  try {
-    const log = join(dir, "guest.log");
-    const { code, out } = await runGuest(
-      [
-        "--device",
-        "i915-GVTg_V5_4",
-        "--igt",
-        LIST.join(","),
-        "--igt-timeout",
-        String(LIMIT_S - 120),
-        "--timeout",
-        String(LIMIT_S),
-        "--keep-log",
-        log,
-      ],
-      (LIMIT_S + 30) * 1000,
-    );
-    if (out.startsWith("SKIP:")) {
-      t.skip(out.trim());
-      return;
-    }
-    const server = existsSync(`${log}.server`) ? readFileSync(`${log}.server`, "utf8") : "";
-    const both = `${out}\n--- server ---\n${server}`;
-    for (const spec of LIST) {
-      const m = new RegExp(`^IGT ${spec}: (\\S+) \\(([\\d.]+) s, exit (\\d+)\\)`, "m").exec(out);
-      assert.ok(m !== null, `no verdict for ${spec}\n${both}`);
-      assert.equal(m[1], "SUCCESS", `${spec}: igt's verdict\n${both}`);
-      t.diagnostic(`${spec}: ${m[1]} in ${m[2]} s`);
-    }
-    assert.match(out, /^RESULT: PASS/m, both);
-    assert.match(
-      server,
-      /isolation checker: (\d+) DMA piece\(s\), \d+ bytes checked, \1 of them the vGPU's; 0 violation\(s\)/,
-      both,
-    );
-    assert.match(server, /failsafe no/, both);
-    assert.equal(code, 0, both);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const r = await runGuestWithServerLog(
+    [
+      "--device",
+      "i915-GVTg_V5_4",
+      "--igt",
+      LIST.join(","),
+      "--igt-timeout",
+      String(LIMIT_S - 120),
+      "--timeout",
+      String(LIMIT_S),
+    ],
+    (LIMIT_S + 30) * 1000,
+  );
+  if ("skipped" in r) {
+    t.skip(r.skipped);
+    return;
   }
+  const { code, out, server, both } = r;
+  for (const spec of LIST) {
+    const m = new RegExp(`^IGT ${spec}: (\\S+) \\(([\\d.]+) s, exit (\\d+)\\)`, "m").exec(out);
+    assert.ok(m !== null, `no verdict for ${spec}\n${both}`);
+    assert.equal(m[1], "SUCCESS", `${spec}: igt's verdict\n${both}`);
+    t.diagnostic(`${spec}: ${m[1]} in ${m[2]} s`);
+  }
+  assert.match(out, /^RESULT: PASS/m, both);
+  assertIsolationClean(server, both);
+  assert.match(server, /failsafe no/, both);
+  assert.equal(code, 0, both);
 });

@@ -4,8 +4,11 @@
  * builds), the sentence naming what is missing, and `runGuest`, which runs scripts/guest/run.sh in its own process
  * group so that a timeout takes QEMU and the server down with it.
  */
+
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 export const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
@@ -59,4 +62,33 @@ export function runGuest(args: string[], limitMs = GUEST_LIMIT_MS): Promise<{ co
       resolve({ code, out });
     });
   });
+}
+
+/**
+ * Boots with `args` and `--keep-log` in a temporary folder (removed after): the exit code, what run.sh printed, the
+ * server's log, and both together for assertion messages; undefined when run.sh said SKIP (with its line in `skipped`).
+ */
+export async function runGuestWithServerLog(
+  args: string[],
+  limitMs = GUEST_LIMIT_MS,
+): Promise<{ code: number | null; out: string; server: string; both: string } | { skipped: string }> {
+  const dir = mkdtempSync(join(tmpdir(), "vgpu-real-guest-"));
+  try {
+    const log = join(dir, "guest.log");
+    const { code, out } = await runGuest([...args, "--keep-log", log], limitMs);
+    if (out.startsWith("SKIP:")) return { skipped: out.trim() };
+    const server = existsSync(`${log}.server`) ? readFileSync(`${log}.server`, "utf8") : "";
+    return { code, out, server, both: `${out}\n--- server ---\n${server}` };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The server's isolation checker saw every DMA piece as the vGPU's and counted no violation. */
+export function assertIsolationClean(server: string, both: string): void {
+  assert.match(
+    server,
+    /isolation checker: (\d+) DMA piece\(s\), \d+ bytes checked, \1 of them the vGPU's; 0 violation\(s\)/,
+    both,
+  );
 }
