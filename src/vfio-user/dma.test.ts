@@ -3,15 +3,15 @@
  * device's DMA, libvfio-user's checks, and the EBUSY/zombie path of a device that keeps its pins.
  */
 import assert from "node:assert/strict";
-import { ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from "node:fs";
+import { constants, ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Errno, isKernelError } from "../core/index.ts";
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_TYPE1v2_IOMMU, VfioContainerHandle, VfioGroupHandle } from "../vfio/index.ts";
 import { GuestMemory } from "./client.ts";
-import { DmaTable } from "./dma.ts";
-import { closeFd, dupCloexec, memfdCreate } from "./native.ts";
+import { DmaTable, LAZY_FDS } from "./dma.ts";
+import { closeFd, dupCloexec, fdTarget, memfdCreate } from "./native.ts";
 import { VFIO_USER_F_DMA_REGION_READ as R, VFIO_USER_F_DMA_REGION_WRITE as W } from "./protocol.ts";
 import { DMA_TEST_CMD, DMA_TEST_REG } from "./testing/dma-device.ts";
 import { serverSystem } from "./testing/harness.ts";
@@ -87,20 +87,84 @@ describe("DmaTable", () => {
     ram.close();
   });
 
-  it("closes the fd it was given, whether the map succeeds or not", () => {
+  it("owns the fd it was given: closed at once if the map fails, kept until first access or unmap otherwise", () => {
     const c = connection();
-    const ram = GuestMemory.create("ram", 8192);
+    const ram = GuestMemory.create("ram-owned", 8192);
     const ok = dupCloexec(ram.fd);
     c.table.map({ iova: 0, size: 8192, offset: 0, prot: R | W }, ok);
-    assert.equal(closeFd(ok), -Errno.EBADF);
+    assert.match(fdTarget(ok) ?? "", /memfd:ram-owned/, "kept while the window waits for its first access");
+    assert.equal(c.command(DMA_TEST_CMD.FILL, 0, 4, 1), 0);
+    assert.equal(fdTarget(ok), undefined, "closed once the window is mapped");
     const bad = dupCloexec(ram.fd);
     assert.equal(
       errnoOf(() => c.table.map({ iova: 0x10000, size: 8192, offset: 4096, prot: R }, bad)),
       Errno.EINVAL,
     );
     assert.equal(closeFd(bad), -Errno.EBADF);
+    const untouched = dupCloexec(ram.fd);
+    c.table.map({ iova: 0x20000, size: 8192, offset: 0, prot: R | W }, untouched);
+    c.table.unmap(0x20000, 8192);
+    assert.equal(fdTarget(untouched), undefined, "closed when an untouched window goes");
     c.table.release();
     ram.close();
+  });
+
+  it("mmaps a window on its first access only, and never more than LAZY_FDS windows wait with their fd", () => {
+    const c = connection(LAZY_FDS + 8);
+    const ram = GuestMemory.create("ram-lazy", 4096);
+    const mappings = () =>
+      readFileSync("/proc/self/maps", "utf8")
+        .split("\n")
+        .filter((l) => l.includes("memfd:ram-lazy")).length;
+    const own = mappings(); // the client's own mapping of its RAM
+    c.table.map({ iova: 0, size: 4096, offset: 0, prot: R | W }, dupCloexec(ram.fd));
+    assert.equal(mappings(), own, "DMA_MAP alone maps nothing");
+    assert.equal(c.table.unmappedCount, 1);
+    ram.bytes[5] = 0x5c;
+    assert.equal(c.command(DMA_TEST_CMD.READ, 4, 4), 0);
+    assert.equal(
+      (c.read(DMA_TEST_REG.BUF) >>> 8) & 0xff,
+      0x5c,
+      "the first access maps it and reads the client's bytes",
+    );
+    assert.equal(mappings(), own + 1);
+    assert.equal(c.table.unmappedCount, 0);
+    c.table.unmap(0, 4096);
+    assert.equal(mappings(), own, "unmapped with the window");
+    for (let i = 0; i <= LAZY_FDS; i++) {
+      c.table.map({ iova: 0x100000 + i * 4096, size: 4096, offset: 0, prot: R | W }, dupCloexec(ram.fd));
+    }
+    assert.equal(c.table.unmappedCount, LAZY_FDS, "the window past the budget was mapped at once");
+    assert.equal(mappings(), own + 1);
+    c.table.release();
+    assert.equal(mappings(), own);
+    assert.equal(c.host.physmem.externalRegions().length, 0);
+    ram.close();
+  });
+
+  it("refuses at DMA_MAP an fd a lazy mmap could not map: not a regular file, write-only, read-only for a writable window", () => {
+    const c = connection();
+    const dir = mkdtempSync(join(tmpdir(), "vgpu-dma-"));
+    const path = join(dir, "ram");
+    const rw = openSync(path, "w+");
+    ftruncateSync(rw, 8192);
+    try {
+      const fdOf = (flags: string) => openSync(flags === "dir" ? dir : path, flags === "dir" ? "r" : flags);
+      const map = (fd: number, prot = R | W) =>
+        errnoOf(() => c.table.map({ iova: 0, size: 8192, offset: 0, prot }, fd));
+      assert.equal(map(fdOf("dir")), Errno.EINVAL, "a directory");
+      assert.equal(map(openSync(path, constants.O_WRONLY)), Errno.EACCES, "write-only");
+      assert.equal(map(fdOf("r")), Errno.EACCES, "read-only fd, writable window");
+      assert.equal(c.table.size, 0);
+      writeSync(rw, Buffer.from([1, 2, 3, 4]), 0, 4, 0);
+      assert.equal(map(fdOf("r"), R), 0, "read-only fd, read-only window");
+      assert.equal(c.command(DMA_TEST_CMD.READ, 0, 4), 0);
+      assert.equal(c.read(DMA_TEST_REG.BUF), 0x04030201);
+      c.table.release();
+    } finally {
+      closeFd(rw);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("checks windows as libvfio-user does: flags, alignment, overlap, count, fd size", () => {

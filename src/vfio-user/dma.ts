@@ -2,8 +2,12 @@
  * One connection's DMA windows (vfio-user DMA_MAP / DMA_UNMAP), and how they reach the device through the host model.
  *
  * A window that arrives with an fd (guest RAM from a memory-backend-memfd or -file) is made real memory of the model:
- * 1. mmap(MAP_SHARED) of the client's fd in this OS process, the whole window at once (address space only: a 64 GiB
- *    guest costs no memory until touched);
+ * 1. the client's fd is checked (a regular file, readable, holding offset + size bytes) and kept; it is mmap'd
+ *    (MAP_SHARED, the whole window at once: address space only, a 64 GiB guest costs no memory until touched) on the
+ *    window's first access, and closed then (`WindowMemory`). A window mapped and unmapped untouched (a VMM remapping
+ *    RAM as the guest reprograms a BAR) costs no mmap: in a process the size of Node's, mmap + munmap were a third of
+ *    a DMA_MAP + DMA_UNMAP pair (BENCHMARKS.md). At most `LAZY_FDS` windows per connection wait so, each holding
+ *    the fd it came with (the count a client's messages already made); beyond it windows are mapped at once;
  * 2. `physmem.registerExternal(backing)`: one record, O(1); frames materialise when they are pinned or reached, and
  *    a memory backing makes its zero-copy views 2 MiB at a time on first use (no view of more than 2 MiB is made:
  *    koffi aborts the process for one above 4 GiB);
@@ -19,8 +23,11 @@
  *
  * Checks (the order libvfio-user uses, errno as it answers): unknown flags, size 0, unaligned addr/size/offset, an
  * address range past 2^53 EINVAL; overlap with a live window EEXIST; more than max_dma_maps windows ENOSPC; an fd
- * shorter than offset + size EINVAL (a mapping past the end of a file would SIGBUS this process on first touch). UNMAP
- * must name a live window exactly (ENOENT otherwise).
+ * shorter than offset + size EINVAL (a mapping past the end of a file would SIGBUS this process on first touch). So
+ * that a window mapped lazily cannot fail where its mmap would have, the fd must also be a regular file (memfd,
+ * tmpfs, hugetlbfs and disk files all are; EINVAL otherwise) opened for reading (O_WRONLY: EACCES; O_PATH: EBADF,
+ * what mmap answers). A lazy mmap that fails all the same (ENOMEM: no address space left) is traced and every access
+ * to the window is a DMA fault. UNMAP must name a live window exactly (ENOENT otherwise).
  *
  * Shrinking: a client that truncates the file behind a window would make the next load or store of it a SIGBUS,
  * which kills the server. So the fd is sealed against shrinking (F_SEAL_SHRINK) when it allows it (memfds made with
@@ -52,7 +59,8 @@ import {
   addSeals,
   closeFd,
   F_SEAL_SHRINK,
-  fileSize,
+  fileFlags,
+  fileStat,
   getSeals,
   guardedRead,
   guardedWrite,
@@ -60,8 +68,14 @@ import {
   MAP_SHARED,
   type Mapping,
   mmapFd,
+  O_ACCMODE,
+  O_PATH,
+  O_RDONLY,
+  O_WRONLY,
   PROT_READ as OS_PROT_READ,
   PROT_WRITE as OS_PROT_WRITE,
+  S_IFMT,
+  S_IFREG,
 } from "./native.ts";
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from "./protocol.ts";
 
@@ -71,6 +85,7 @@ declare module "../core/trace.ts" {
     "vfiouser.dma.unmap": { device: string; iova: number; size: number; backing: string };
     "vfiouser.dma.seal": { device: string; iova: number; sealed: boolean; reason: string };
     "vfiouser.dma.zombie": { device: string; iova: number; size: number; released: boolean };
+    "vfiouser.dma.mmap": { device: string; iova: number; size: number; errno: number };
   }
 }
 defineTraceEvents("vfio-user", {
@@ -79,10 +94,13 @@ defineTraceEvents("vfio-user", {
   "vfiouser.dma.seal": "{device}: DMA window {iova}: shrink seal {sealed} ({reason})",
   "vfiouser.dma.zombie":
     "{device}: DMA window {iova}+{size} still pinned after unmap; memory kept mapped (released later: {released})",
+  "vfiouser.dma.mmap": "{device}: DMA window {iova}+{size} mapped into the server on first access (errno {errno})",
 });
 
 const TWO_53 = 2 ** 53;
 const ENOENT_MSG = "no DMA window";
+/** Windows per connection that may wait for their first access unmapped, each keeping its fd open. */
+export const LAZY_FDS = 256;
 
 export interface DmaWindow {
   readonly iova: number;
@@ -99,7 +117,7 @@ export interface DmaWindow {
 }
 
 interface Window extends DmaWindow {
-  readonly mapping: Mapping | undefined;
+  readonly memory: WindowMemory | undefined;
 }
 
 export interface DmaTableOptions {
@@ -131,6 +149,8 @@ export class DmaTable {
   private readonly list: Window[] = [];
   private readonly zombies: { window: Window }[] = [];
   private released = false;
+  /** Windows whose fd is kept, unmapped until first access. */
+  private lazy = 0;
 
   constructor(opts: DmaTableOptions) {
     this.opts = opts;
@@ -142,7 +162,14 @@ export class DmaTable {
 
   /** Live windows, by iova. */
   windows(): readonly DmaWindow[] {
-    return this.list.map(({ mapping: _m, ...w }) => w);
+    return this.list.map(publicView);
+  }
+
+  /** Windows still waiting for their first access (fd kept, nothing mmap'd yet). */
+  get unmappedCount(): number {
+    let n = 0;
+    for (const w of this.list) if (w.memory !== undefined && !w.memory.mapped) n++;
+    return n;
   }
 
   /** Windows kept mapped because their frames were still pinned when unmapped. */
@@ -151,17 +178,21 @@ export class DmaTable {
   }
 
   /**
-   * DMA_MAP. Takes ownership of `fd` (closed whether the map succeeds or not). Returns the window.
+   * DMA_MAP. Takes ownership of `fd`: closed at once if the map fails, else kept by the window until its memory is
+   * mapped (first access) or the window goes. Returns the window.
    */
   map(req: DmaMapRequest, fd: number | undefined): DmaWindow {
+    let kept = false;
     try {
-      return this.mapInner(req, fd);
+      const w = this.mapInner(req, fd);
+      kept = w.memory !== undefined;
+      return publicView(w);
     } finally {
-      if (fd !== undefined) closeFd(fd);
+      if (fd !== undefined && !kept) closeFd(fd);
     }
   }
 
-  private mapInner(req: DmaMapRequest, fd: number | undefined): DmaWindow {
+  private mapInner(req: DmaMapRequest, fd: number | undefined): Window {
     const { iova, size, offset, prot } = req;
     const dev = this.opts.device;
     if (this.released) throw new KernelError(Errno.ENODEV, `${dev}: the connection is gone`);
@@ -206,7 +237,7 @@ export class DmaTable {
         guarded: false,
         hva: undefined,
         basePfn: undefined,
-        mapping: undefined,
+        memory: undefined,
       };
     } else {
       w = this.mapFd(iova, size, offset, prot, fd);
@@ -223,17 +254,32 @@ export class DmaTable {
         hva: w.hva ?? 0,
       });
     }
-    return { iova, size, prot, backing: w.backing, guarded: w.guarded, hva: w.hva, basePfn: w.basePfn };
+    return w;
   }
 
   private mapFd(iova: number, size: number, offset: number, prot: number, fd: number): Window {
     const { proc, physmem, device: dev, tracer } = this.opts;
-    const fsize = fileSize(fd);
-    if (fsize < 0) throw new KernelError(-fsize as Errno, `DMA_MAP on ${dev}: fstat of the window's fd failed`);
-    if (fsize < offset + size) {
+    const st = fileStat(fd);
+    if (typeof st === "number")
+      throw new KernelError(-st as Errno, `DMA_MAP on ${dev}: fstat of the window's fd failed`);
+    if ((st.mode & S_IFMT) !== S_IFREG) {
       throw new KernelError(
         Errno.EINVAL,
-        `DMA_MAP on ${dev}: the fd holds ${fsize} bytes but the window needs offset 0x${offset.toString(16)} + size 0x${size.toString(16)}`,
+        `DMA_MAP on ${dev}: the window's fd is not a regular file (mode 0o${st.mode.toString(8)}); guest RAM comes from a memfd or a file`,
+      );
+    }
+    if (st.size < offset + size) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `DMA_MAP on ${dev}: the fd holds ${st.size} bytes but the window needs offset 0x${offset.toString(16)} + size 0x${size.toString(16)}`,
+      );
+    }
+    const fl = fileFlags(fd);
+    if (fl < 0 || (fl & O_PATH) !== 0 || (fl & O_ACCMODE) === O_WRONLY) {
+      const errno = fl < 0 ? (-fl as Errno) : (fl & O_PATH) !== 0 ? Errno.EBADF : Errno.EACCES;
+      throw new KernelError(
+        errno,
+        `DMA_MAP on ${dev}: the window's fd cannot be mapped: it was opened ${fl < 0 ? "badly" : (fl & O_PATH) !== 0 ? "O_PATH" : "write-only"}; open guest RAM for reading`,
       );
     }
     const seals = getSeals(fd);
@@ -249,21 +295,24 @@ export class DmaTable {
     if (tracer.enabled) tracer.emit("vfiouser.dma.seal", { device: dev, iova, sealed, reason });
 
     const writable = (prot & VFIO_USER_F_DMA_REGION_WRITE) !== 0;
-    let m = mmapFd(fd, size, OS_PROT_READ | OS_PROT_WRITE, MAP_SHARED, offset);
-    if (typeof m === "number" && !writable && m === -Errno.EACCES) {
-      // A read-only fd: a private writable mapping keeps every model write (which the model's own permission checks
-      // forbid anyway) from faulting this process.
-      m = mmapFd(fd, size, OS_PROT_READ | OS_PROT_WRITE, MAP_PRIVATE, offset);
+    const readOnly = (fl & O_ACCMODE) === O_RDONLY;
+    if (readOnly && writable) {
+      throw new KernelError(
+        Errno.EACCES,
+        `DMA_MAP on ${dev}: the window is writable but its fd was opened read-only; the device's writes would be lost`,
+      );
     }
-    if (typeof m === "number") {
-      throw new KernelError(-m as Errno, `DMA_MAP on ${dev}: mmap of the window's fd failed with errno ${-m}`);
-    }
-    const mapping = m;
+    const memory = new WindowMemory(fd, size, offset, readOnly, (errno) => {
+      this.lazy--;
+      if (tracer.enabled) tracer.emit("vfiouser.dma.mmap", { device: dev, iova, size, errno });
+    });
+    this.lazy++;
+    if (this.lazy > LAZY_FDS) memory.map();
     const label = `vfio-user:${dev}@0x${iova.toString(16)}`;
     let basePfn: Pfn | undefined;
     let hva: Hva | undefined;
     try {
-      basePfn = physmem.registerExternal(sealed ? mappedBacking(mapping) : guardedBacking(mapping), label, proc.pid);
+      basePfn = physmem.registerExternal(sealed ? mappedBacking(memory) : guardedBacking(memory), label, proc.pid);
       const mprot = ((prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? PROT_READ : 0) | (writable ? PROT_WRITE : 0);
       hva = proc.mm.mmap(size, mprot === 0 ? PROT_READ : mprot, {
         backing: { kind: "external", basePfn, label },
@@ -277,10 +326,11 @@ export class DmaTable {
     } catch (e) {
       if (hva !== undefined) proc.mm.munmap(hva, size);
       if (basePfn !== undefined) physmem.releaseExternal(basePfn);
-      if (basePfn === undefined || this.externalGone(basePfn)) mapping.unmap();
+      // Frames the model still references keep the memory (leaked; nothing reaches it through the window again).
+      this.releaseMemory(memory, basePfn !== undefined && !this.externalGone(basePfn));
       throw e;
     }
-    return { iova, size, prot, backing: "fd", guarded: !sealed, hva, basePfn, mapping };
+    return { iova, size, prot, backing: "fd", guarded: !sealed, hva, basePfn, memory };
   }
 
   /**
@@ -299,8 +349,7 @@ export class DmaTable {
     }
     this.teardown(w, false);
     this.list.splice(i, 1);
-    const { mapping: _m, ...out } = w;
-    return out;
+    return publicView(w);
   }
 
   /** DMA_UNMAP with UNMAP_ALL: every window (those type1 refuses stay). Returns how many went. */
@@ -371,7 +420,7 @@ export class DmaTable {
     if (tracer.enabled) tracer.emit("vfiouser.dma.unmap", { device, iova: w.iova, size: w.size, backing: w.backing });
     if (proc.isAlive && !proc.mm.exited) proc.mm.munmap(w.hva!, w.size);
     physmem.releaseExternal(w.basePfn!);
-    if (this.externalGone(w.basePfn!)) w.mapping!.unmap();
+    if (this.externalGone(w.basePfn!)) this.releaseMemory(w.memory!);
     else {
       this.zombies.push({ window: w });
       if (tracer.enabled) tracer.emit("vfiouser.dma.zombie", { device, iova: w.iova, size: w.size, released: false });
@@ -385,7 +434,7 @@ export class DmaTable {
     for (let i = this.zombies.length - 1; i >= 0; i--) {
       const z = this.zombies[i]!;
       if (this.externalGone(z.window.basePfn!)) {
-        z.window.mapping!.unmap();
+        this.releaseMemory(z.window.memory!);
         this.zombies.splice(i, 1);
         if (tracer.enabled) {
           tracer.emit("vfiouser.dma.zombie", { device, iova: z.window.iova, size: z.window.size, released: true });
@@ -394,6 +443,11 @@ export class DmaTable {
         tracer.emit("vfiouser.dma.zombie", { device, iova: z.window.iova, size: z.window.size, released: false });
       }
     }
+  }
+
+  private releaseMemory(m: WindowMemory, leak = false): void {
+    if (!m.mapped && !m.released) this.lazy--;
+    m.release(leak);
   }
 
   private externalGone(base: Pfn): boolean {
@@ -419,18 +473,103 @@ export class DmaTable {
   }
 }
 
+function publicView(w: Window): DmaWindow {
+  return {
+    iova: w.iova,
+    size: w.size,
+    prot: w.prot,
+    backing: w.backing,
+    guarded: w.guarded,
+    hva: w.hva,
+    basePfn: w.basePfn,
+  };
+}
+
+/**
+ * The real memory of an fd window: the client's fd until the first access, then an mmap of [offset, offset + size)
+ * of it (read-write and shared; private for a read-only fd, so that no model write can fault this process) and the fd
+ * closed. A failed mmap is kept (its errno): every later access faults, and nothing is retried.
+ */
+class WindowMemory {
+  private fd: number;
+  private mapping: Mapping | undefined;
+  private errno = 0;
+  private done = false;
+
+  /** `mapped(errno)` is told once, when the fd is turned into a mapping (errno 0) or the mmap failed. */
+  constructor(
+    fd: number,
+    readonly length: number,
+    private readonly offset: number,
+    private readonly readOnly: boolean,
+    private readonly onMapped: (errno: number) => void,
+  ) {
+    this.fd = fd;
+  }
+
+  /** Whether the fd was given up (mapped, or the mmap failed). */
+  get mapped(): boolean {
+    return this.fd < 0;
+  }
+
+  get released(): boolean {
+    return this.done;
+  }
+
+  /** The mapping, made now if it was not; or a positive errno. */
+  map(): Mapping | number {
+    if (this.mapping !== undefined) return this.mapping;
+    if (this.fd < 0) return this.errno || Errno.EFAULT;
+    const flags = this.readOnly ? MAP_PRIVATE : MAP_SHARED;
+    const m = mmapFd(this.fd, this.length, OS_PROT_READ | OS_PROT_WRITE, flags, this.offset);
+    closeFd(this.fd);
+    this.fd = -1;
+    if (typeof m === "number") this.errno = -m;
+    else this.mapping = m;
+    this.onMapped(this.errno);
+    return this.mapping ?? this.errno;
+  }
+
+  /** A zero-copy view, or undefined if the memory cannot be mapped. */
+  view(offset: number, len: number): Uint8Array | undefined {
+    const m = this.map();
+    return typeof m === "number" ? undefined : m.view(offset, len);
+  }
+
+  /** The address of `offset` in this process, or a positive errno. */
+  addressOf(offset: number): number {
+    const m = this.map();
+    return typeof m === "number" ? -m : m.address + offset;
+  }
+
+  /** Gives everything back: the mapping or the fd. `leak` keeps the mapping (the model may still reach it). */
+  release(leak: boolean): void {
+    if (this.done) return;
+    this.done = true;
+    if (this.fd >= 0) {
+      closeFd(this.fd);
+      this.fd = -1;
+    }
+    if (!leak) this.mapping?.unmap();
+  }
+}
+
 /** A sealed window: the frames are zero-copy views of the mapping, made 2 MiB at a time as they are used. */
-function mappedBacking(m: Mapping): ExternalBacking {
+function mappedBacking(m: WindowMemory): ExternalBacking {
   return {
     bytes: m.length,
     memory: true,
     view: (offset, len) => m.view(offset, len),
     read: (offset, dst, off, len) => {
-      dst.set(m.view(offset, len), off);
+      const v = m.view(offset, len);
+      if (v === undefined) return Errno.EFAULT;
+      dst.set(v, off);
       return 0;
     },
     write: (offset, src, off, len) => {
-      m.view(offset, len).set(src.subarray(off, off + len));
+      const v = m.view(offset, len);
+      if (v === undefined) return Errno.EFAULT;
+      v.set(src.subarray(off, off + len));
       return 0;
     },
   };
@@ -441,12 +580,19 @@ function mappedBacking(m: Mapping): ExternalBacking {
  * process_vm_readv/writev on our own pid (`guardedRead/Write`), which returns EFAULT where a load or store would raise
  * SIGBUS, so the model sees a DMA fault and the server lives.
  */
-function guardedBacking(m: Mapping): ExternalBacking {
+function guardedBacking(m: WindowMemory): ExternalBacking {
+  const at = (offset: number) => m.addressOf(offset);
   return {
     bytes: m.length,
     memory: false,
     view: () => undefined,
-    read: (offset, dst, off, len) => guardedRead(m.address + offset, dst, off, len),
-    write: (offset, src, off, len) => guardedWrite(m.address + offset, src, off, len),
+    read: (offset, dst, off, len) => {
+      const a = at(offset);
+      return a < 0 ? -a : guardedRead(a, dst, off, len);
+    },
+    write: (offset, src, off, len) => {
+      const a = at(offset);
+      return a < 0 ? -a : guardedWrite(a, src, off, len);
+    },
   };
 }

@@ -387,6 +387,31 @@ export function fileSize(fd: number): number {
   return readU64(scratch.view, 48);
 }
 
+export const S_IFMT = 0o170000;
+export const S_IFREG = 0o100000;
+/** st_mode's offset in struct stat: x86_64 puts st_nlink (8 bytes) before it, the generic layout (arm64) after. */
+const ST_MODE = process.arch === "x64" ? 24 : 16;
+
+/** One fstat: st_size and st_mode, or -errno. */
+export function fileStat(fd: number): { size: number; mode: number } | number {
+  const r = c.fstat(fd, scratch.pointer) as number;
+  if (r < 0) return -koffi.errno();
+  return { size: readU64(scratch.view, 48), mode: scratch.view.getUint32(ST_MODE, true) };
+}
+
+export const O_ACCMODE = 3;
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
+/** O_PATH (x86_64 and arm64): an fd that names a file but gives no access to it. */
+export const O_PATH = 0o10000000;
+
+/** fcntl(F_GETFL): the file status flags and access mode, or -errno. */
+export function fileFlags(fd: number): number {
+  const r = c.fcntlInt(fd, F_GETFL, 0) as number;
+  return r < 0 ? -koffi.errno() : r;
+}
+
 /** F_GET_SEALS, or -errno (EINVAL for a file that is not a memfd/shmem). */
 export function getSeals(fd: number): number {
   const r = c.fcntlInt(fd, F_GET_SEALS, 0) as number;
