@@ -371,12 +371,17 @@ export class PhysicalMemory {
 
   /** Drops the registration's references. Frames still referenced (pinned, mapped) stay usable until they let go. */
   releaseExternal(base: Pfn): void {
-    const r = this.regions.find((x) => x.base === base);
-    if (!r || r.released) {
+    const r = this.regionAt(base);
+    if (r === undefined || r.base !== base || r.released) {
       throw new KernelError(Errno.EINVAL, `no external buffer registered at pfn ${hex(base)}`);
     }
     r.released = true;
     if (r.held === 0) this.regionGone(r);
+  }
+
+  /** Whether the external region registered at `base` still holds frames (registered, or released but referenced). */
+  externalLive(base: Pfn): boolean {
+    return this.regionAt(base)?.base === base;
   }
 
   /** External regions still holding frames (registered, or released with frames still referenced). */

@@ -302,7 +302,7 @@ export class DmaTable {
         `DMA_MAP on ${dev}: the window is writable but its fd was opened read-only; the device's writes would be lost`,
       );
     }
-    const memory = new WindowMemory(fd, size, offset, readOnly, (errno) => {
+    const memory = new WindowMemory(fd, size, offset, readOnly, sealed, (errno) => {
       this.lazy--;
       if (tracer.enabled) tracer.emit("vfiouser.dma.mmap", { device: dev, iova, size, errno });
     });
@@ -312,7 +312,7 @@ export class DmaTable {
     let basePfn: Pfn | undefined;
     let hva: Hva | undefined;
     try {
-      basePfn = physmem.registerExternal(sealed ? mappedBacking(memory) : guardedBacking(memory), label, proc.pid);
+      basePfn = physmem.registerExternal(memory, label, proc.pid);
       const mprot = ((prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? PROT_READ : 0) | (writable ? PROT_WRITE : 0);
       hva = proc.mm.mmap(size, mprot === 0 ? PROT_READ : mprot, {
         backing: { kind: "external", basePfn, label },
@@ -451,8 +451,7 @@ export class DmaTable {
   }
 
   private externalGone(base: Pfn): boolean {
-    for (const r of this.opts.physmem.externalRegions()) if (r.base === base) return false;
-    return true;
+    return !this.opts.physmem.externalLive(base);
   }
 
   /** First index whose iova is >= `iova`. */
@@ -486,25 +485,35 @@ function publicView(w: Window): DmaWindow {
 }
 
 /**
- * The real memory of an fd window: the client's fd until the first access, then an mmap of [offset, offset + size)
- * of it (read-write and shared; private for a read-only fd, so that no model write can fault this process) and the fd
- * closed. A failed mmap is kept (its errno): every later access faults, and nothing is retried.
+ * The real memory of an fd window, and the window's physmem backing: the client's fd until the first access, then an
+ * mmap of [offset, offset + size) of it (read-write and shared; private for a read-only fd, so that no model write can
+ * fault this process) and the fd closed. A failed mmap is kept (its errno): every later access faults, and nothing is
+ * retried.
+ *
+ * A sealed window (`memory`) gives zero-copy views of the mapping, which physmem makes 2 MiB at a time as frames are
+ * used. A window the client could still shrink is never touched by this process directly: every access is a
+ * process_vm_readv/writev on our own pid (`guardedRead/Write`), which returns EFAULT where a load or store would raise
+ * SIGBUS, so the model sees a DMA fault and the server lives.
  */
-class WindowMemory {
+class WindowMemory implements ExternalBacking {
   private fd: number;
   private mapping: Mapping | undefined;
   private errno = 0;
   private done = false;
+  readonly bytes: number;
 
-  /** `mapped(errno)` is told once, when the fd is turned into a mapping (errno 0) or the mmap failed. */
+  /** `onMapped(errno)` is told once, when the fd is turned into a mapping (errno 0) or the mmap failed. */
   constructor(
     fd: number,
-    readonly length: number,
+    size: number,
     private readonly offset: number,
     private readonly readOnly: boolean,
+    /** Sealed against shrinking: plain views; otherwise every access is a guarded copy. */
+    readonly memory: boolean,
     private readonly onMapped: (errno: number) => void,
   ) {
     this.fd = fd;
+    this.bytes = size;
   }
 
   /** Whether the fd was given up (mapped, or the mmap failed). */
@@ -521,7 +530,7 @@ class WindowMemory {
     if (this.mapping !== undefined) return this.mapping;
     if (this.fd < 0) return this.errno || Errno.EFAULT;
     const flags = this.readOnly ? MAP_PRIVATE : MAP_SHARED;
-    const m = mmapFd(this.fd, this.length, OS_PROT_READ | OS_PROT_WRITE, flags, this.offset);
+    const m = mmapFd(this.fd, this.bytes, OS_PROT_READ | OS_PROT_WRITE, flags, this.offset);
     closeFd(this.fd);
     this.fd = -1;
     if (typeof m === "number") this.errno = -m;
@@ -530,16 +539,26 @@ class WindowMemory {
     return this.mapping ?? this.errno;
   }
 
-  /** A zero-copy view, or undefined if the memory cannot be mapped. */
   view(offset: number, len: number): Uint8Array | undefined {
+    if (!this.memory) return undefined;
     const m = this.map();
     return typeof m === "number" ? undefined : m.view(offset, len);
   }
 
-  /** The address of `offset` in this process, or a positive errno. */
-  addressOf(offset: number): number {
+  read(offset: number, dst: Uint8Array, off: number, len: number): number {
     const m = this.map();
-    return typeof m === "number" ? -m : m.address + offset;
+    if (typeof m === "number") return m;
+    if (!this.memory) return guardedRead(m.address + offset, dst, off, len);
+    dst.set(m.view(offset, len), off);
+    return 0;
+  }
+
+  write(offset: number, src: Uint8Array, off: number, len: number): number {
+    const m = this.map();
+    if (typeof m === "number") return m;
+    if (!this.memory) return guardedWrite(m.address + offset, src, off, len);
+    m.view(offset, len).set(src.subarray(off, off + len));
+    return 0;
   }
 
   /** Gives everything back: the mapping or the fd. `leak` keeps the mapping (the model may still reach it). */
@@ -552,47 +571,4 @@ class WindowMemory {
     }
     if (!leak) this.mapping?.unmap();
   }
-}
-
-/** A sealed window: the frames are zero-copy views of the mapping, made 2 MiB at a time as they are used. */
-function mappedBacking(m: WindowMemory): ExternalBacking {
-  return {
-    bytes: m.length,
-    memory: true,
-    view: (offset, len) => m.view(offset, len),
-    read: (offset, dst, off, len) => {
-      const v = m.view(offset, len);
-      if (v === undefined) return Errno.EFAULT;
-      dst.set(v, off);
-      return 0;
-    },
-    write: (offset, src, off, len) => {
-      const v = m.view(offset, len);
-      if (v === undefined) return Errno.EFAULT;
-      v.set(src.subarray(off, off + len));
-      return 0;
-    },
-  };
-}
-
-/**
- * A window the client could still shrink: mapped, but never touched by this process directly. Every access is a
- * process_vm_readv/writev on our own pid (`guardedRead/Write`), which returns EFAULT where a load or store would raise
- * SIGBUS, so the model sees a DMA fault and the server lives.
- */
-function guardedBacking(m: WindowMemory): ExternalBacking {
-  const at = (offset: number) => m.addressOf(offset);
-  return {
-    bytes: m.length,
-    memory: false,
-    view: () => undefined,
-    read: (offset, dst, off, len) => {
-      const a = at(offset);
-      return a < 0 ? -a : guardedRead(a, dst, off, len);
-    },
-    write: (offset, src, off, len) => {
-      const a = at(offset);
-      return a < 0 ? -a : guardedWrite(a, src, off, len);
-    },
-  };
 }

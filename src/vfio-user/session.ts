@@ -135,6 +135,8 @@ export interface SessionConfig {
 
 /** The bytes of info ioctls (argsz) the server accepts. */
 const MAX_INFO_ARGSZ = 64 * 1024;
+/** Addresses at or above 2^53 are not exact in a double: this server refuses them. */
+const TWO_53N = 2n ** 53n;
 
 interface DeviceHandles {
   readonly proc: Process;
@@ -453,7 +455,7 @@ export class Session {
     const fd = f.fds.length === 1 ? f.fds[0]! : undefined;
     if (fd !== undefined) f.fds[0] = -1;
     const at = (v: bigint, what: string): number => {
-      if (v >= 2n ** 53n) throw new KernelError(Errno.EINVAL, `DMA_MAP: ${what} 0x${v.toString(16)} is beyond 2^53`);
+      if (v >= TWO_53N) throw new KernelError(Errno.EINVAL, `DMA_MAP: ${what} 0x${v.toString(16)} is beyond 2^53`);
       return Number(v);
     };
     let iova: number;
@@ -482,7 +484,7 @@ export class Session {
       }
       dev.dma.unmapAll();
     } else if (u.flags === 0) {
-      if (u.addr >= 2n ** 53n || u.size >= 2n ** 53n) {
+      if (u.addr >= TWO_53N || u.size >= TWO_53N) {
         throw new KernelError(Errno.ENOENT, `DMA_UNMAP: no DMA window at 0x${u.addr.toString(16)}`);
       }
       dev.dma.unmap(Number(u.addr), Number(u.size));

@@ -312,6 +312,8 @@ export class DmaTree {
   private count = 0;
   /** Last mapping returned by `find`: page-by-page lookups (vfio_pin_pages) mostly hit the same one. */
   private last: VfioDma | undefined = undefined;
+  /** The block the tree's last mapping left, kept for the next first one (a VMM mapping and unmapping one window). */
+  private spare: Block | undefined = undefined;
 
   get size(): number {
     return this.count;
@@ -339,7 +341,11 @@ export class DmaTree {
   insert(dma: VfioDma): void {
     this.count++;
     if (this.blocks.length === 0) {
-      this.blocks.push(newBlock([dma]));
+      const b = this.spare ?? newBlock([]);
+      this.spare = undefined;
+      b.dmas.push(dma);
+      b.ends[0] = dma.iova + dma.size;
+      this.blocks.push(b);
       this.rebuildDirectory();
       return;
     }
@@ -372,6 +378,7 @@ export class DmaTree {
     b.ends.copyWithin(i, i + 1, n);
     if (b.dmas.length === 0) {
       this.blocks.splice(bi, 1);
+      if (this.blocks.length === 0) this.spare = b;
       this.rebuildDirectory();
     } else if (i === n - 1) {
       this.lastEnds[bi] = b.ends[n - 2]!;
