@@ -7,6 +7,7 @@ export * from "./clock.ts";
 export * from "./errno.ts";
 export * from "./error.ts";
 export * from "./rng.ts";
+export * from "./sorted.ts";
 export * from "./struct.ts";
 export * from "./trace.ts";
 export * from "./unix-socket.ts";

@@ -132,7 +132,10 @@ export function readS32LE(b: Uint8Array, o: number): number {
   return b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24);
 }
 export function readU64LE(b: Uint8Array, o: number): bigint {
-  return (BigInt(readU32LE(b, o + 4)) << 32n) | BigInt(readU32LE(b, o));
+  const hi = readU32LE(b, o + 4);
+  // Below 2^53 (every address the model uses) one exact double makes one bigint.
+  if (hi < 0x20_0000) return BigInt(hi * TWO_32 + readU32LE(b, o));
+  return (BigInt(hi) << 32n) | BigInt(readU32LE(b, o));
 }
 /** Reads a u64 as a number without a bigint; EOVERFLOW if it is 2^53 or more (`what` names it in the message). */
 export function readU64Number(b: Uint8Array, o: number, what: string): number {
@@ -158,7 +161,8 @@ export function writeU32LE(b: Uint8Array, o: number, v: number): void {
 /** Writes a u64 given as a bigint or a non-negative safe integer (unchecked; see `encode` for checked writes). */
 export function writeU64LE(b: Uint8Array, o: number, v: bigint | number): void {
   if (typeof v === "number") {
-    writeU32LE(b, o, v % TWO_32);
+    // ToUint32 is the value modulo 2^32, exact for any integer double (`%` on a double is a call into C).
+    writeU32LE(b, o, v >>> 0);
     writeU32LE(b, o + 4, Math.floor(v / TWO_32));
   } else {
     writeU32LE(b, o, Number(v & 0xffff_ffffn));
@@ -217,6 +221,8 @@ export class StructCodec<F extends FieldTable> {
   private readonly offsets: Uint32Array;
   private readonly sizes: Uint32Array;
   private readonly optional: Uint8Array;
+  /** `read` and `encode`'s field loop compiled for this table (see `compileCodec`). */
+  private readonly compiled: CompiledCodec;
 
   constructor(name: string, fields: F, options: StructOptions<F> = {}) {
     this.name = name;
@@ -260,6 +266,11 @@ export class StructCodec<F extends FieldTable> {
     this.offsets = Uint32Array.from(entries, ([, s]) => s.offset);
     this.sizes = Uint32Array.from(entries, ([, s]) => s.size);
     this.optional = Uint8Array.from(entries, ([, s]) => (s.reserved ? 1 : 0));
+    this.compiled = compileCodec(
+      entries,
+      (b, base, i, x) => this.writeField(b, base, i, x),
+      (i) => this.missing(i),
+    );
     const m = options.minsz;
     if (m === undefined) this.minsz = this.sizeof;
     else if (typeof m === "number") {
@@ -322,19 +333,16 @@ export class StructCodec<F extends FieldTable> {
     const b = into ?? new Uint8Array(offset + this.sizeof);
     if (into !== undefined) {
       requireBytes(into, offset, this.sizeof, this.name);
-      into.fill(0, offset, offset + this.sizeof);
+      // A loop: fill() is a C++ builtin call, dearer than the few stores of an ioctl struct.
+      for (let k = offset, end = offset + this.sizeof; k < end; k++) into[k] = 0;
     }
-    const v = value as Readonly<Record<string, unknown>>;
-    const names = this.fieldNames;
-    for (let i = 0; i < names.length; i++) {
-      const x = v[names[i]!];
-      if (x === undefined) {
-        if (this.optional[i] === 1) continue;
-        throw new KernelError(Errno.EINVAL, `${this.name}.${names[i]!} is missing`);
-      }
-      this.writeField(b, offset, i, x);
-    }
+    this.compiled.write(value as Readonly<Record<string, unknown>>, b, offset);
     return b;
+  }
+
+  private missing(i: number): void {
+    if (this.optional[i] === 1) return;
+    throw new KernelError(Errno.EINVAL, `${this.name}.${this.fieldNames[i]!} is missing`);
   }
 
   /** Encodes an array of structs back to back (stride `sizeof`). */
@@ -395,15 +403,7 @@ export class StructCodec<F extends FieldTable> {
 
   /** Reads every field that ends within `limit` bytes; later fields read as zero. */
   private read(b: Uint8Array, base: number, limit: number): Decoded<F> {
-    const out: Record<string, number | bigint | Uint8Array> = {};
-    const names = this.fieldNames;
-    for (let i = 0; i < names.length; i++) {
-      const off = this.offsets[i]!;
-      if (off + this.sizes[i]! <= limit) out[names[i]!] = this.readField(b, base + off, i);
-      else
-        out[names[i]!] = this.kinds[i] === K_U64 ? 0n : this.kinds[i] === K_BYTES ? new Uint8Array(this.sizes[i]!) : 0;
-    }
-    return out as Decoded<F>;
+    return this.compiled.read(b, base, limit) as Decoded<F>;
   }
 
   private readField(b: Uint8Array, at: number, i: number): number | bigint | Uint8Array {
@@ -479,4 +479,56 @@ export function defineStruct<const F extends FieldTable>(
   options?: StructOptions<F>,
 ): StructCodec<F> {
   return new StructCodec(name, fields, options);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Compiled field loops
+
+interface CompiledCodec {
+  read(b: Uint8Array, base: number, limit: number): Record<string, number | bigint | Uint8Array>;
+  write(v: Readonly<Record<string, unknown>>, b: Uint8Array, base: number): void;
+}
+
+/** What the compiled functions call: the primitive readers, and the codec's checked field writer. */
+const READERS = {
+  u8: (b: Uint8Array, o: number) => b[o]!,
+  u16: readU16LE,
+  u32: readU32LE,
+  s32: readS32LE,
+  u64: readU64LE,
+  bytes: (b: Uint8Array, o: number, n: number) => b.slice(o, o + n),
+};
+
+/**
+ * Compiles a table's decode and encode loops into one function each, with the field names as literal property names.
+ * A generic loop stores and loads properties by computed name, which V8 handles through a megamorphic cache shared by
+ * every struct; compiled per table, each decode builds its object from a literal (one hidden class from the start) and
+ * each encode reads named properties, monomorphic at every site. The generated text uses only the table's own field
+ * names (JSON-quoted) and numbers, so no input reaches it.
+ */
+function compileCodec(
+  entries: readonly (readonly [string, FieldSpec])[],
+  writeField: (b: Uint8Array, base: number, i: number, x: unknown) => void,
+  missing: (i: number) => void,
+): CompiledCodec {
+  const props: string[] = [];
+  const writes: string[] = [];
+  entries.forEach(([name, spec], i) => {
+    const key = JSON.stringify(name);
+    const zero = spec.kind === "u64" ? "0n" : spec.kind === "bytes" ? `new Uint8Array(${spec.size})` : "0";
+    const call =
+      spec.kind === "bytes"
+        ? `R.bytes(b, base + ${spec.offset}, ${spec.size})`
+        : `R.${spec.kind}(b, base + ${spec.offset})`;
+    props.push(`${key}: ${spec.offset + spec.size} <= limit ? ${call} : ${zero}`);
+    writes.push(`x = v[${key}]; if (x === undefined) M(${i}); else W(b, base, ${i}, x);`);
+  });
+  const read = new Function("R", `return function read(b, base, limit) { return { ${props.join(", ")} }; };`)(
+    READERS,
+  ) as CompiledCodec["read"];
+  const write = new Function("W", "M", `return function write(v, b, base) { let x; ${writes.join(" ")} };`)(
+    writeField,
+    missing,
+  ) as CompiledCodec["write"];
+  return { read, write };
 }

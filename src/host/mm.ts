@@ -38,10 +38,12 @@ import {
   Errno,
   type Hva,
   hex,
+  insertAt,
   isKernelError,
   KernelError,
   PAGE_SIZE,
   type Pfn,
+  removeAt,
   type Tracer,
 } from "../core/index.ts";
 import { CostMeter } from "../cost/index.ts";
@@ -385,7 +387,7 @@ export class AddressSpace {
       backing.kind === "external" ? backing.basePfn : undefined,
       name,
     );
-    this.list.splice(this.indexAfter(addr), 0, vma);
+    insertAt(this.list, this.indexAfter(addr), vma);
     this.cached = undefined;
     this.mapped += len;
     if (this.tracer.enabled) {
@@ -836,7 +838,8 @@ export class AddressSpace {
       this.mapped -= v.end - v.start;
       j++;
     }
-    if (j > i) this.list.splice(i, j - i);
+    if (j === i + 1) removeAt(this.list, i);
+    else if (j > i) this.list.splice(i, j - i);
     this.cached = undefined;
     return pages;
   }

@@ -25,9 +25,11 @@ import {
   Errno,
   type Hpa,
   hex,
+  insertAt,
   KernelError,
   PAGE_SIZE,
   type Pfn,
+  removeAt,
   type Tracer,
   pfn as toPfn,
 } from "../core/index.ts";
@@ -324,7 +326,7 @@ export class PhysicalMemory {
     };
     let k = 0;
     while (k < this.regions.length && this.regions[k]!.base < base) k++;
-    this.regions.splice(k, 0, region);
+    insertAt(this.regions, k, region);
     if (this.tracer.enabled) this.tracer.emit("mem.external.register", { pfn: base, pages, label });
     return base as Pfn;
   }
@@ -660,7 +662,7 @@ export class PhysicalMemory {
 
   /** A region with no registration and no referenced frame: its chunks and numbers go. */
   private regionGone(r: ExternalRegion): void {
-    this.regions.splice(this.regions.indexOf(r), 1);
+    removeAt(this.regions, this.regions.indexOf(r));
     const span = roundChunks(r.pages);
     for (let ci = r.base / CHUNK_FRAMES; ci < (r.base + span) / CHUNK_FRAMES; ci++) this.chunks[ci] = undefined;
     r.views.clear();
@@ -673,7 +675,7 @@ export class PhysicalMemory {
     const free = this.externalFree;
     let k = 0;
     while (k < free.length && free[k]!.base < base) k++;
-    free.splice(k, 0, { base, pages });
+    insertAt(free, k, { base, pages });
     // Merge with the following, then the preceding range.
     if (k + 1 < free.length && free[k]!.base + free[k]!.pages === free[k + 1]!.base) {
       free[k] = { base: free[k]!.base, pages: free[k]!.pages + free[k + 1]!.pages };

@@ -45,7 +45,17 @@
  * references outlive even that, the memory is deliberately leaked, since unmapping it would let the model fault this
  * process.
  */
-import { defineTraceEvents, Errno, type Hva, KernelError, PAGE_SIZE, type Pfn, type Tracer } from "../core/index.ts";
+import {
+  defineTraceEvents,
+  Errno,
+  type Hva,
+  insertAt,
+  KernelError,
+  PAGE_SIZE,
+  type Pfn,
+  removeAt,
+  type Tracer,
+} from "../core/index.ts";
 import { type ExternalBacking, type PhysicalMemory, PROT_READ, PROT_WRITE, type Process } from "../host/index.ts";
 import {
   VFIO_DMA_MAP_FLAG_READ,
@@ -151,6 +161,9 @@ export class DmaTable {
   private released = false;
   /** Windows whose fd is kept, unmapped until first access. */
   private lazy = 0;
+  /** The ioctl arguments, encoded in place for each call (this process's "user memory" for them). */
+  private readonly mapArg = new Uint8Array(VfioIommuType1DmaMap.sizeof);
+  private readonly unmapArg = new Uint8Array(VfioIommuType1DmaUnmap.sizeof);
 
   constructor(opts: DmaTableOptions) {
     this.opts = opts;
@@ -242,7 +255,7 @@ export class DmaTable {
     } else {
       w = this.mapFd(iova, size, offset, prot, fd);
     }
-    this.list.splice(at, 0, w);
+    insertAt(this.list, at, w);
     const t = this.opts.tracer;
     if (t.enabled) {
       t.emit("vfiouser.dma.map", {
@@ -321,7 +334,10 @@ export class DmaTable {
       const flags =
         ((prot & VFIO_USER_F_DMA_REGION_READ) !== 0 ? VFIO_DMA_MAP_FLAG_READ : 0) |
         (writable ? VFIO_DMA_MAP_FLAG_WRITE : 0);
-      const arg = VfioIommuType1DmaMap.encode({ argsz: VfioIommuType1DmaMap.sizeof, flags, vaddr: hva, iova, size });
+      const arg = VfioIommuType1DmaMap.encode(
+        { argsz: VfioIommuType1DmaMap.sizeof, flags, vaddr: hva, iova, size },
+        this.mapArg,
+      );
       proc.ioctl(this.opts.containerFd, VFIO_IOMMU_MAP_DMA, arg);
     } catch (e) {
       if (hva !== undefined) proc.mm.munmap(hva, size);
@@ -348,7 +364,7 @@ export class DmaTable {
       );
     }
     this.teardown(w, false);
-    this.list.splice(i, 1);
+    removeAt(this.list, i);
     return publicView(w);
   }
 
@@ -406,12 +422,10 @@ export class DmaTable {
     }
     let err: unknown;
     try {
-      const arg = VfioIommuType1DmaUnmap.encode({
-        argsz: VfioIommuType1DmaUnmap.sizeof,
-        flags: 0,
-        iova: w.iova,
-        size: w.size,
-      });
+      const arg = VfioIommuType1DmaUnmap.encode(
+        { argsz: VfioIommuType1DmaUnmap.sizeof, flags: 0, iova: w.iova, size: w.size },
+        this.unmapArg,
+      );
       if (proc.isAlive) proc.ioctl(this.opts.containerFd, VFIO_IOMMU_UNMAP_DMA, arg);
     } catch (e) {
       if (!force) throw e;

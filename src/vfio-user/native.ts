@@ -157,7 +157,7 @@ export class NativeBuffer {
 const scratch = new NativeBuffer(256);
 
 function writeAddr(view: DataView, at: number, addr: number): void {
-  view.setUint32(at, addr % 0x1_0000_0000, true);
+  view.setUint32(at, addr >>> 0, true); // the low 32 bits (ToUint32); `%` on a double calls into C
   view.setUint32(at + 4, Math.floor(addr / 0x1_0000_0000), true);
 }
 

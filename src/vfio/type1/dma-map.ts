@@ -21,6 +21,7 @@
  *
  * Not modelled: per-mapping task_struct (the `mm` stands for both task and mm), reserved (non-struct-page) pfns.
  */
+import { insertAt, removeAt } from "../../core/index.ts";
 import { type AddressSpace, IOMMU_READ, IOMMU_WRITE } from "../../host/index.ts";
 import type { VfioEmulatedDevice } from "../driver.ts";
 
@@ -354,7 +355,7 @@ export class DmaTree {
     const b = this.blocks[bi]!;
     const i = indexIn(b, dma.iova);
     const n = b.dmas.length;
-    b.dmas.splice(i, 0, dma);
+    insertAt(b.dmas, i, dma);
     b.ends.copyWithin(i + 1, i, n);
     b.ends[i] = dma.iova + dma.size;
     if (b.dmas.length > BLOCK) {
@@ -374,7 +375,7 @@ export class DmaTree {
       throw new Error(`DmaTree.remove: mapping ${dma.describe()} is not in the tree`);
     }
     const n = b.dmas.length;
-    b.dmas.splice(i, 1);
+    removeAt(b.dmas, i);
     b.ends.copyWithin(i, i + 1, n);
     if (b.dmas.length === 0) {
       this.blocks.splice(bi, 1);
