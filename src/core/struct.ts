@@ -223,6 +223,7 @@ export class StructCodec<F extends FieldTable> {
   private readonly optional: Uint8Array;
   /** `read` and `encode`'s field loop compiled for this table (see `compileCodec`). */
   private readonly compiled: CompiledCodec;
+  private readonly indexByName: ReadonlyMap<string, number>;
 
   constructor(name: string, fields: F, options: StructOptions<F> = {}) {
     this.name = name;
@@ -266,6 +267,7 @@ export class StructCodec<F extends FieldTable> {
     this.offsets = Uint32Array.from(entries, ([, s]) => s.offset);
     this.sizes = Uint32Array.from(entries, ([, s]) => s.size);
     this.optional = Uint8Array.from(entries, ([, s]) => (s.reserved ? 1 : 0));
+    this.indexByName = new Map(entries.map(([n], i) => [n, i]));
     this.compiled = compileCodec(
       entries,
       (b, base, i, x) => this.writeField(b, base, i, x),
@@ -396,8 +398,8 @@ export class StructCodec<F extends FieldTable> {
   }
 
   private index(field: string): number {
-    const i = this.fieldNames.indexOf(field as keyof F & string);
-    if (i < 0) throw new Error(`struct ${this.name} has no field '${field}'`);
+    const i = this.indexByName.get(field);
+    if (i === undefined) throw new Error(`struct ${this.name} has no field '${field}'`);
     return i;
   }
 

@@ -107,8 +107,8 @@ interface ExternalRegion {
   readonly backing: ExternalBacking;
   /** Whether the backing gives views (memory) or is reached by copying. */
   readonly memory: boolean;
-  /** 2 MiB views of a memory backing, made on first use. */
-  readonly views: Map<number, Uint8Array>;
+  /** 2 MiB views of a memory backing, made on first use (the map too: most windows of a VMM remap are never read). */
+  views: Map<number, Uint8Array> | undefined;
   /** True once the registrant let go (its implicit reference on every frame is gone). */
   released: boolean;
   /** Frames with a stored reference (a pin, a mapping, get_page): what keeps a released region alive. */
@@ -320,7 +320,7 @@ export class PhysicalMemory {
       owner,
       backing: b,
       memory,
-      views: new Map(),
+      views: undefined,
       released: false,
       held: 0,
     };
@@ -599,6 +599,7 @@ export class PhysicalMemory {
     if (r === undefined || !r.memory || f >= r.base + r.pages || (r.released && c.ref[i] === 0)) return undefined;
     const k = f - r.base;
     const vi = Math.floor(k / VIEW_FRAMES);
+    r.views ??= new Map();
     let v = r.views.get(vi);
     if (v === undefined) {
       const at = vi * VIEW_BYTES;
@@ -665,7 +666,7 @@ export class PhysicalMemory {
     removeAt(this.regions, this.regions.indexOf(r));
     const span = roundChunks(r.pages);
     for (let ci = r.base / CHUNK_FRAMES; ci < (r.base + span) / CHUNK_FRAMES; ci++) this.chunks[ci] = undefined;
-    r.views.clear();
+    r.views = undefined;
     this.giveExternalRange(r.base, span);
     if (this.tracer.enabled) this.tracer.emit("mem.external.release", { pfn: r.base, pages: r.pages, label: r.label });
   }

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Errno, isKernelError, NS_PER_MS, SystemClock, VirtualClock } from "../core/index.ts";
-import { Channel, type ChannelOptions, type Frame, type ProtocolErrorInfo } from "./connection.ts";
+import { Channel, type ChannelOptions, type Frame, MAX_FRAMES_PER_WAKE, type ProtocolErrorInfo } from "./connection.ts";
 import {
   closeFd,
   eventfdCreate,
@@ -117,6 +117,35 @@ describe("Channel framing", () => {
     assert.deepEqual(t.frames[3]!.payload, [9, 8, 7, 6]);
     assert.equal(t.closed(), undefined);
     t.done();
+  });
+
+  it("reads again after a handler, where a synchronous client's next message already is, up to MAX_FRAMES_PER_WAKE", () => {
+    const [a, b] = unixSocketPair(true);
+    const raw = new Raw(a);
+    const ids: number[] = [];
+    const total = MAX_FRAMES_PER_WAKE + 10;
+    // A client on this CPU: each reply wakes it and its next request is in the socket before the handler returns.
+    const ch = new Channel(b, OPTS, {
+      onFrame: (f) => {
+        ids.push(f.id);
+        if (f.id < total) raw.send(message(f.id + 1, 9));
+      },
+      onClose: () => {},
+    });
+    raw.send(message(1, 9));
+    ch.drain();
+    assert.equal(ids.length, MAX_FRAMES_PER_WAKE, "one wake-up serves the client until the cap, then yields the loop");
+    ch.drain();
+    assert.equal(ids.length, total);
+    assert.deepEqual(
+      ids,
+      Array.from({ length: total }, (_, i) => i + 1),
+    );
+    ch.drain();
+    assert.equal(ids.length, total, "nothing more: the read-ahead found the socket empty");
+    ch.close();
+    raw.free();
+    closeFd(a);
   });
 
   it("gives fds to the message they were sent with, even when read together with an earlier one", () => {

@@ -54,6 +54,10 @@ const EAGAIN = 11;
 const READ_CHUNK = 64 * 1024;
 /** Least room worth a recvmsg: below it the buffer is compacted or grown first. */
 const MIN_READ = 1024;
+/** Frames one wake-up handles at most before the event loop serves the other connections. */
+export const MAX_FRAMES_PER_WAKE = 64;
+/** While read-after-reply misses, it is tried once per this many messages. */
+const READ_AHEAD_PROBE = 16;
 /** The receive buffer a channel starts with (and returns to when idle). */
 export const RECV_BUFFER_INITIAL = 8 * 1024;
 /** The send buffer a channel starts with (and returns to when idle). */
@@ -163,6 +167,10 @@ export class Channel {
   private depth = 0;
   /** The last recvSome was short and carried no fds: the socket was empty then. */
   private drained = false;
+  /** Whether the last read-after-reply found the next message already there (see `drain`). */
+  private readAhead = true;
+  /** Messages handled since the last read-after-reply was tried while `readAhead` was off. */
+  private sinceProbe = 0;
   /** Buffer offset below which bytes must not move: the end of the frame whose handler is running. */
   private keep = 0;
   private closedReason: string | undefined;
@@ -402,16 +410,38 @@ export class Channel {
   /**
    * Dispatches every complete frame and reads until EAGAIN, or until a short read without fds, which emptied the
    * socket (the reactor is level-triggered: anything left, a later arrival or the peer's close, is reported again).
+   *
+   * Read after reply: a synchronous client (QEMU's vfio-user code waits for each reply) sends its next message as soon
+   * as the reply wakes it, and when it shares this CPU it does so before this call returns. Reading once more then
+   * finds that message and saves a trip through the event loop (an epoll_wait and a callback into JavaScript, which
+   * cost more than the recvmsg), as a server blocking in recv after each reply does. When the read finds nothing (the
+   * client runs elsewhere and is slower), read-after-reply stays off except for one probe every READ_AHEAD_PROBE
+   * messages, so a miss costs at most that share of a recvmsg. At most MAX_FRAMES_PER_WAKE frames are handled per
+   * call, so that one busy client cannot hold the loop from the others.
    */
   drain(): void {
     if (this.closed) return;
     this.depth++;
     try {
+      const first = this.received;
+      let read = false;
       for (;;) {
         this.dispatchReady();
         if (this.closed) break;
+        const speculative = read && this.drained;
+        if (speculative) {
+          // The last read emptied the socket: only a reply's wake-up can have put something there since.
+          const handled = this.received - first;
+          if (handled === 0 || handled >= MAX_FRAMES_PER_WAKE) break;
+          if (!this.readAhead && ++this.sinceProbe < READ_AHEAD_PROBE) break;
+          this.sinceProbe = 0;
+        }
         const r = this.recvSome();
-        if (r === -EAGAIN) break;
+        if (r === -EAGAIN) {
+          if (speculative) this.readAhead = false;
+          break;
+        }
+        read = true;
         if (r === 0) {
           this.close("the peer closed the connection");
           break;
@@ -420,12 +450,7 @@ export class Channel {
           this.close(`recv failed: errno ${-r}`);
           break;
         }
-        // AF_UNIX stream reads stop early only after an skb carrying fds or when the queue runs dry: skip the
-        // recvmsg that would return EAGAIN.
-        if (this.drained) {
-          this.dispatchReady();
-          break;
-        }
+        if (speculative) this.readAhead = true;
       }
     } catch (e) {
       // Nothing may escape into the reactor's callback: a bug in a handler closes this connection, not the process.
@@ -552,7 +577,7 @@ export class Channel {
       return;
     }
     // No handler runs: no payload views a retired buffer any more.
-    for (const b of this.retired.splice(0)) b.free();
+    if (this.retired.length > 0) for (const b of this.retired.splice(0)) b.free();
     if (this.start === this.end) {
       this.base += this.start;
       this.start = this.end = 0;

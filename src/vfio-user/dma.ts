@@ -199,7 +199,7 @@ export class DmaTable {
     try {
       const w = this.mapInner(req, fd);
       kept = w.memory !== undefined;
-      return publicView(w);
+      return w;
     } finally {
       if (fd !== undefined && !kept) closeFd(fd);
     }
@@ -365,7 +365,7 @@ export class DmaTable {
     }
     this.teardown(w, false);
     removeAt(this.list, i);
-    return publicView(w);
+    return w;
   }
 
   /** DMA_UNMAP with UNMAP_ALL: every window (those type1 refuses stay). Returns how many went. */

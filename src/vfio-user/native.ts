@@ -34,8 +34,10 @@ const c = {
   accept4: libc.func("int accept4(int fd, void *addr, void *len, int flags)"),
   connect: libc.func("int connect(int fd, const void *addr, uint32_t len)"),
   shutdown: libc.func("int shutdown(int fd, int how)"),
-  sendmsg: libc.func("intptr_t sendmsg(int fd, void *msg, int flags)"),
-  recvmsg: libc.func("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  // The per-message calls take their native blocks as addresses (uintptr_t): koffi passes a number ~0.3 us faster
+  // than a pointer object, whose type tag it checks on every call.
+  sendmsg: libc.func("intptr_t sendmsg(int fd, uintptr_t msg, int flags)"),
+  recvmsg: libc.func("intptr_t recvmsg(int fd, uintptr_t msg, int flags)"),
   setsockopt: libc.func("int setsockopt(int fd, int level, int name, const void *val, uint32_t len)"),
   close: libc.func("int close(int fd)"),
   // fcntl with one int argument, declared non-variadic: koffi prepares a variadic call's types on every call, and the
@@ -43,7 +45,7 @@ const c = {
   fcntlInt: libc.func("int fcntl(int fd, int cmd, int arg)"),
   memfdCreate: libc.func("int memfd_create(const char *name, unsigned int flags)"),
   ftruncate: libc.func("int ftruncate(int fd, int64_t length)"),
-  fstat: libc.func("int fstat(int fd, void *st)"),
+  fstat: libc.func("int fstat(int fd, uintptr_t st)"),
   mmap: libc.func("void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)"),
   munmap: libc.func("int munmap(void *addr, size_t length)"),
   eventfd: libc.func("int eventfd(unsigned int initval, int flags)"),
@@ -136,6 +138,12 @@ export class NativeBuffer {
   get pointer(): unknown {
     if (this.ptr === null) throw new Error("native buffer used after free");
     return this.ptr;
+  }
+
+  /** The address, for `uintptr_t` parameters; throws after `free` as `pointer` does. */
+  get liveAddress(): number {
+    if (this.ptr === null) throw new Error("native buffer used after free");
+    return this.address;
   }
 
   get freed(): boolean {
@@ -300,7 +308,7 @@ export class MsgIo {
       writeAddr(v, MSGHDR + 40, 0);
     }
     for (;;) {
-      const r = c.sendmsg(fd, this.block.pointer, MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT)) as number;
+      const r = c.sendmsg(fd, this.block.liveAddress, MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT)) as number;
       if (r >= 0) return r;
       const e = koffi.errno();
       if (e !== EINTR) return -e;
@@ -319,7 +327,7 @@ export class MsgIo {
     this.truncated = false;
     let r: number;
     for (;;) {
-      r = c.recvmsg(fd, this.block.pointer, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) as number;
+      r = c.recvmsg(fd, this.block.liveAddress, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) as number;
       if (r >= 0) break;
       const e = koffi.errno();
       if (e !== EINTR) return -e;
@@ -382,7 +390,7 @@ export function memfdCreate(name: string, size: number): number {
 
 /** st_size of an fd, or -errno. */
 export function fileSize(fd: number): number {
-  const r = c.fstat(fd, scratch.pointer) as number;
+  const r = c.fstat(fd, scratch.liveAddress) as number;
   if (r < 0) return -koffi.errno();
   return readU64(scratch.view, 48);
 }
@@ -394,7 +402,7 @@ const ST_MODE = process.arch === "x64" ? 24 : 16;
 
 /** One fstat: st_size and st_mode, or -errno. */
 export function fileStat(fd: number): { size: number; mode: number } | number {
-  const r = c.fstat(fd, scratch.pointer) as number;
+  const r = c.fstat(fd, scratch.liveAddress) as number;
   if (r < 0) return -koffi.errno();
   return { size: readU64(scratch.view, 48), mode: scratch.view.getUint32(ST_MODE, true) };
 }
