@@ -11,7 +11,7 @@ import { Errno, isKernelError } from "../core/index.ts";
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_TYPE1v2_IOMMU, VfioContainerHandle, VfioGroupHandle } from "../vfio/index.ts";
 import { GuestMemory } from "./client.ts";
 import { DmaTable, LAZY_FDS } from "./dma.ts";
-import { closeFd, dupCloexec, fdTarget, memfdCreate } from "./native.ts";
+import { addSeals, closeFd, dupCloexec, F_SEAL_WRITE, fdTarget, memfdCreate } from "./native.ts";
 import { VFIO_USER_F_DMA_REGION_READ as R, VFIO_USER_F_DMA_REGION_WRITE as W } from "./protocol.ts";
 import { DMA_TEST_CMD, DMA_TEST_REG } from "./testing/dma-device.ts";
 import { serverSystem } from "./testing/harness.ts";
@@ -142,7 +142,7 @@ describe("DmaTable", () => {
     ram.close();
   });
 
-  it("refuses at DMA_MAP an fd a lazy mmap could not map: not a regular file, write-only, read-only for a writable window", () => {
+  it("refuses at DMA_MAP an fd a lazy mmap could not map: not a regular file, write-only, read-only or write-sealed for a writable window", () => {
     const c = connection();
     const dir = mkdtempSync(join(tmpdir(), "vgpu-dma-"));
     const path = join(dir, "ram");
@@ -160,7 +160,16 @@ describe("DmaTable", () => {
       assert.equal(map(fdOf("r"), R), 0, "read-only fd, read-only window");
       assert.equal(c.command(DMA_TEST_CMD.READ, 0, 4), 0);
       assert.equal(c.read(DMA_TEST_REG.BUF), 0x04030201);
+      c.table.unmapAll();
+      const sealed = memfdCreate("ram-write-sealed", 8192);
+      writeSync(sealed, Buffer.from([5, 6, 7, 8]), 0, 4, 0);
+      assert.equal(addSeals(sealed, F_SEAL_WRITE), 0);
+      assert.equal(map(dupCloexec(sealed)), Errno.EPERM, "a memfd sealed against writes, writable window");
+      assert.equal(map(dupCloexec(sealed), R), 0, "the same, read-only window: mapped private");
+      assert.equal(c.command(DMA_TEST_CMD.READ, 0, 4), 0);
+      assert.equal(c.read(DMA_TEST_REG.BUF), 0x08070605);
       c.table.release();
+      closeFd(sealed);
     } finally {
       closeFd(rw);
       rmSync(dir, { recursive: true, force: true });

@@ -26,7 +26,8 @@
  * shorter than offset + size EINVAL (a mapping past the end of a file would SIGBUS this process on first touch). So
  * that a window mapped lazily cannot fail where its mmap would have, the fd must also be a regular file (memfd,
  * tmpfs, hugetlbfs and disk files all are; EINVAL otherwise) opened for reading (O_WRONLY: EACCES; O_PATH: EBADF,
- * what mmap answers). A lazy mmap that fails all the same (ENOMEM: no address space left) is traced and every access
+ * what mmap answers), and a writable window needs a writable fd (EACCES) and a memfd not sealed against writes
+ * (EPERM); read-only windows of such fds are mapped private. A lazy mmap that fails all the same (ENOMEM: no address space left) is traced and every access
  * to the window is a DMA fault. UNMAP must name a live window exactly (ENOENT otherwise).
  *
  * Shrinking: a client that truncates the file behind a window would make the next load or store of it a SIGBUS,
@@ -68,7 +69,9 @@ import {
 import {
   addSeals,
   closeFd,
+  F_SEAL_FUTURE_WRITE,
   F_SEAL_SHRINK,
+  F_SEAL_WRITE,
   fileFlags,
   fileStat,
   getSeals,
@@ -315,7 +318,15 @@ export class DmaTable {
         `DMA_MAP on ${dev}: the window is writable but its fd was opened read-only; the device's writes would be lost`,
       );
     }
-    const memory = new WindowMemory(fd, size, offset, readOnly, sealed, (errno) => {
+    // A memfd sealed against writes refuses shared writable mappings (EPERM): a read-only window maps it private.
+    const writeSealed = seals >= 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) !== 0;
+    if (writeSealed && writable) {
+      throw new KernelError(
+        Errno.EPERM,
+        `DMA_MAP on ${dev}: the window is writable but its memfd is sealed against writes (F_SEAL_WRITE)`,
+      );
+    }
+    const memory = new WindowMemory(fd, size, offset, readOnly || writeSealed, sealed, (errno) => {
       this.lazy--;
       if (tracer.enabled) tracer.emit("vfiouser.dma.mmap", { device: dev, iova, size, errno });
     });
