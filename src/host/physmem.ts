@@ -584,7 +584,8 @@ export class PhysicalMemory {
       if (rs[mid]!.base <= f) lo = mid + 1;
       else hi = mid;
     }
-    const r = rs[lo - 1];
+    // Never rs[-1]: a negative index is a property lookup by name, a runtime call.
+    const r = lo > 0 ? rs[lo - 1] : undefined;
     return r !== undefined && f < r.base + roundChunks(r.pages) ? r : undefined;
   }
 
@@ -665,7 +666,11 @@ export class PhysicalMemory {
   private regionGone(r: ExternalRegion): void {
     removeAt(this.regions, this.regions.indexOf(r));
     const span = roundChunks(r.pages);
-    for (let ci = r.base / CHUNK_FRAMES; ci < (r.base + span) / CHUNK_FRAMES; ci++) this.chunks[ci] = undefined;
+    // Only chunks that materialised: external chunk numbers lie far above RAM's, where the array is sparse and a
+    // store of an absent element is a runtime call.
+    for (let ci = r.base / CHUNK_FRAMES; ci < (r.base + span) / CHUNK_FRAMES; ci++) {
+      if (this.chunks[ci] !== undefined) this.chunks[ci] = undefined;
+    }
     r.views = undefined;
     this.giveExternalRange(r.base, span);
     if (this.tracer.enabled) this.tracer.emit("mem.external.release", { pfn: r.base, pages: r.pages, label: r.label });

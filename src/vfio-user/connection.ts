@@ -56,6 +56,8 @@ const READ_CHUNK = 64 * 1024;
 const MIN_READ = 1024;
 /** Frames one wake-up handles at most before the event loop serves the other connections. */
 export const MAX_FRAMES_PER_WAKE = 64;
+/** The fds of every frame that came without any (frozen: a handler cannot add to it). */
+const NO_FDS: number[] = Object.freeze([]) as unknown as number[];
 /** While read-after-reply misses, it is tried once per this many messages. */
 const READ_AHEAD_PROBE = 16;
 /** The receive buffer a channel starts with (and returns to when idle). */
@@ -159,7 +161,11 @@ export class Channel {
   private end = 0;
   /** Stream position of buffer offset 0. */
   private base = 0;
-  private readonly fdsAt = new Map<number, number[]>();
+  /**
+   * Received fds by the stream position of the message they belong to, in arrival order: a list, not a Map, since
+   * it holds at most a few entries and a Map that grows and shrinks by one on every DMA_MAP rehashes each time.
+   */
+  private readonly fdsAt: { at: number; fds: number[] }[] = [];
   private readonly deferred: Frame[] = [];
   private readonly queue: Queued[] = [];
   private queuedBytes = 0;
@@ -701,7 +707,7 @@ export class Channel {
       if (size < HEADER_SIZE) break;
       p += size;
     }
-    if (owner < 0 || this.fdsAt.has(owner)) {
+    if (owner < 0 || this.fdsAt.some((e) => e.at === owner)) {
       for (const f of fds) closeFd(f);
       throw new ProtocolError({
         id: undefined,
@@ -711,7 +717,7 @@ export class Channel {
         message: `${fds.length} fd(s) arrived with no message to carry them`,
       });
     }
-    this.fdsAt.set(owner, fds);
+    this.fdsAt.push({ at: owner, fds });
   }
 
   /** The next complete frame in the buffer, or null. Throws ProtocolError for a bad msg_size. */
@@ -741,8 +747,8 @@ export class Channel {
       return null;
     }
     const abs = this.base + at;
-    const fds = this.fdsAt.get(abs);
-    if (fds !== undefined) this.fdsAt.delete(abs);
+    let fds: number[] = NO_FDS;
+    if (this.fdsAt.length > 0 && this.fdsAt[0]!.at === abs) fds = this.fdsAt.shift()!.fds;
     this.start = at + size;
     return {
       id: readU16LE(b, at),
@@ -751,7 +757,7 @@ export class Channel {
       flags: readU32LE(b, at + 8),
       errorNo: readU32LE(b, at + 12),
       payload: b.subarray(at + HEADER_SIZE, at + size),
-      fds: fds ?? [],
+      fds,
     };
   }
 
@@ -768,8 +774,8 @@ export class Channel {
     this.idleTimer?.cancel();
     this.idleTimer = undefined;
     closeFd(this.fd);
-    for (const fds of this.fdsAt.values()) for (const f of fds) closeFd(f);
-    this.fdsAt.clear();
+    for (const e of this.fdsAt) for (const f of e.fds) closeFd(f);
+    this.fdsAt.length = 0;
     for (const f of this.deferred) for (const fd of f.fds) if (fd >= 0) closeFd(fd);
     this.deferred.length = 0;
     for (const q of this.queue) if (q.fds) for (const f of q.fds) closeFd(f);

@@ -228,7 +228,7 @@ export class DmaTable {
       );
     }
     const at = this.insertionIndex(iova);
-    const prev = this.list[at - 1];
+    const prev = at > 0 ? this.list[at - 1] : undefined; // list[-1] would be a by-name lookup
     const next = this.list[at];
     if ((prev !== undefined && prev.iova + prev.size > iova) || (next !== undefined && next.iova < iova + size)) {
       const o = prev !== undefined && prev.iova + prev.size > iova ? prev : next!;

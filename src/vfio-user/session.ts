@@ -29,7 +29,16 @@
  * container closed, the Process exits (address space torn down), then external frames and real mappings released.
  * Region exports are undone right after the reset, while the device is still open.
  */
-import { defineTraceEvents, Errno, isKernelError, KernelError, readU32LE, writeU32LE } from "../core/index.ts";
+import {
+  defineTraceEvents,
+  Errno,
+  isKernelError,
+  KernelError,
+  readU32LE,
+  readU64LE,
+  requireBytes,
+  writeU32LE,
+} from "../core/index.ts";
 import type { Host, Process } from "../host/index.ts";
 import {
   infoCap,
@@ -135,8 +144,21 @@ export interface SessionConfig {
 
 /** The bytes of info ioctls (argsz) the server accepts. */
 const MAX_INFO_ARGSZ = 64 * 1024;
-/** Addresses at or above 2^53 are not exact in a double: this server refuses them. */
-const TWO_53N = 2n ** 53n;
+const MAP_OFFSET = VfioUserDmaMap.offsetof("offset");
+const MAP_ADDR = VfioUserDmaMap.offsetof("addr");
+const MAP_SIZE = VfioUserDmaMap.offsetof("size");
+const UNMAP_ADDR = VfioUserDmaUnmap.offsetof("addr");
+const UNMAP_SIZE = VfioUserDmaUnmap.offsetof("size");
+
+/**
+ * A u64 field as a number. Addresses at or above 2^53 are not exact in a double: this server refuses them, with
+ * `errno` and "<what> 0x...".
+ */
+function u64Below53(p: Uint8Array, at: number, what: string, errno: Errno): number {
+  const hi = readU32LE(p, at + 4);
+  if (hi >= 0x20_0000) throw new KernelError(errno, `${what} 0x${readU64LE(p, at).toString(16)} is beyond 2^53`);
+  return hi * 0x1_0000_0000 + readU32LE(p, at);
+}
 
 interface DeviceHandles {
   readonly proc: Process;
@@ -447,55 +469,58 @@ export class Session {
   // ---- DMA windows ---------------------------------------------------------------------------------------------
 
   private dmaMap(f: Frame, dev: DeviceHandles): void {
-    const m = VfioUserDmaMap.decodeMin(f.payload);
-    if (m.argsz < VfioUserDmaMap.minsz) {
-      throw new KernelError(Errno.EINVAL, `DMA_MAP: argsz ${m.argsz} is below ${VfioUserDmaMap.minsz}`);
-    }
-    if (f.fds.length > 1) throw new KernelError(Errno.EINVAL, `DMA_MAP takes at most one fd, ${f.fds.length} came`);
+    // Read field by field as numbers: every address a VMM sends is below 2^53, and decoding the u64s as bigints cost
+    // more than the rest of the message's parsing.
+    const p = f.payload;
     const fd = f.fds.length === 1 ? f.fds[0]! : undefined;
     if (fd !== undefined) f.fds[0] = -1;
-    const at = (v: bigint, what: string): number => {
-      if (v >= TWO_53N) throw new KernelError(Errno.EINVAL, `DMA_MAP: ${what} 0x${v.toString(16)} is beyond 2^53`);
-      return Number(v);
-    };
     let iova: number;
     let size: number;
     let offset: number;
+    let flags: number;
     try {
-      iova = at(m.addr, "addr");
-      size = at(m.size, "size");
-      offset = at(m.offset, "offset");
+      requireBytes(p, 0, VfioUserDmaMap.minsz, VfioUserDmaMap.name);
+      const argsz = readU32LE(p, 0);
+      if (argsz < VfioUserDmaMap.minsz) {
+        throw new KernelError(Errno.EINVAL, `DMA_MAP: argsz ${argsz} is below ${VfioUserDmaMap.minsz}`);
+      }
+      if (f.fds.length > 1) throw new KernelError(Errno.EINVAL, `DMA_MAP takes at most one fd, ${f.fds.length} came`);
+      flags = readU32LE(p, 4);
+      iova = u64Below53(p, MAP_ADDR, "DMA_MAP: addr", Errno.EINVAL);
+      size = u64Below53(p, MAP_SIZE, "DMA_MAP: size", Errno.EINVAL);
+      offset = u64Below53(p, MAP_OFFSET, "DMA_MAP: offset", Errno.EINVAL);
     } catch (e) {
       if (fd !== undefined) closeFd(fd);
       throw e;
     }
-    dev.dma.map({ iova, size, offset, prot: m.flags }, fd);
+    dev.dma.map({ iova, size, offset, prot: flags }, fd);
     this.reply(f, 0);
   }
 
   private dmaUnmap(f: Frame, dev: DeviceHandles): void {
-    const u = VfioUserDmaUnmap.decodeMin(f.payload);
-    if (u.argsz < VfioUserDmaUnmap.minsz) {
-      throw new KernelError(Errno.EINVAL, `DMA_UNMAP: argsz ${u.argsz} is below ${VfioUserDmaUnmap.minsz}`);
+    const p = f.payload;
+    requireBytes(p, 0, VfioUserDmaUnmap.minsz, VfioUserDmaUnmap.name);
+    const argsz = readU32LE(p, 0);
+    if (argsz < VfioUserDmaUnmap.minsz) {
+      throw new KernelError(Errno.EINVAL, `DMA_UNMAP: argsz ${argsz} is below ${VfioUserDmaUnmap.minsz}`);
     }
-    if (u.flags === VFIO_USER_F_DMA_UNMAP_ALL) {
-      if (u.addr !== 0n || u.size !== 0n) {
+    const flags = readU32LE(p, 4);
+    if (flags === VFIO_USER_F_DMA_UNMAP_ALL) {
+      if (readU64LE(p, UNMAP_ADDR) !== 0n || readU64LE(p, UNMAP_SIZE) !== 0n) {
         throw new KernelError(Errno.EINVAL, "DMA_UNMAP with UNMAP_ALL needs addr 0 and size 0");
       }
       dev.dma.unmapAll();
-    } else if (u.flags === 0) {
-      if (u.addr >= TWO_53N || u.size >= TWO_53N) {
-        throw new KernelError(Errno.ENOENT, `DMA_UNMAP: no DMA window at 0x${u.addr.toString(16)}`);
-      }
-      dev.dma.unmap(Number(u.addr), Number(u.size));
+    } else if (flags === 0) {
+      const addr = u64Below53(p, UNMAP_ADDR, "DMA_UNMAP: addr", Errno.ENOENT);
+      dev.dma.unmap(addr, u64Below53(p, UNMAP_SIZE, "DMA_UNMAP: size", Errno.ENOENT));
     } else {
       throw new KernelError(
-        (u.flags & ~VFIO_USER_F_DMA_UNMAP_ALL) === 1 ? Errno.EOPNOTSUPP : Errno.EINVAL,
-        `DMA_UNMAP: flags 0x${u.flags.toString(16)} are not supported (0 or UNMAP_ALL)`,
+        (flags & ~VFIO_USER_F_DMA_UNMAP_ALL) === 1 ? Errno.EOPNOTSUPP : Errno.EINVAL,
+        `DMA_UNMAP: flags 0x${flags.toString(16)} are not supported (0 or UNMAP_ALL)`,
       );
     }
     const out = this.channel.payloadBuffer(VfioUserDmaUnmap.sizeof);
-    out.set(f.payload.subarray(0, VfioUserDmaUnmap.sizeof));
+    out.set(p.subarray(0, VfioUserDmaUnmap.sizeof));
     this.reply(f, VfioUserDmaUnmap.sizeof);
   }
 
