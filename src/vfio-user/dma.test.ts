@@ -3,7 +3,17 @@
  * device's DMA, libvfio-user's checks, and the EBUSY/zombie path of a device that keeps its pins.
  */
 import assert from "node:assert/strict";
-import { constants, ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from "node:fs";
+import {
+  constants,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -111,7 +121,9 @@ describe("DmaTable", () => {
 
   it("mmaps a window on its first access only, and never more than LAZY_FDS windows wait with their fd", () => {
     const c = connection(LAZY_FDS + 8);
+    const fdCount = () => readdirSync("/proc/self/fd").length;
     const ram = GuestMemory.create("ram-lazy", 4096);
+    const fds = fdCount();
     const mappings = () =>
       readFileSync("/proc/self/maps", "utf8")
         .split("\n")
@@ -131,13 +143,17 @@ describe("DmaTable", () => {
     assert.equal(c.table.unmappedCount, 0);
     c.table.unmap(0, 4096);
     assert.equal(mappings(), own, "unmapped with the window");
-    for (let i = 0; i <= LAZY_FDS; i++) {
+    const room = LAZY_FDS - DmaTable.waitingWindows; // the budget is the process's, over every connection
+    for (let i = 0; i <= room; i++) {
       c.table.map({ iova: 0x100000 + i * 4096, size: 4096, offset: 0, prot: R | W }, dupCloexec(ram.fd));
     }
-    assert.equal(c.table.unmappedCount, LAZY_FDS, "the window past the budget was mapped at once");
+    assert.equal(c.table.unmappedCount, room, "the window past the budget was mapped at once");
+    assert.equal(DmaTable.waitingWindows, LAZY_FDS);
     assert.equal(mappings(), own + 1);
+    assert.equal(fdCount(), fds + room, "each waiting window holds its fd, the mapped one none");
     c.table.release();
     assert.equal(mappings(), own);
+    assert.equal(fdCount(), fds, "release closed every fd");
     assert.equal(c.host.physmem.externalRegions().length, 0);
     ram.close();
   });

@@ -6,8 +6,9 @@
  *    (MAP_SHARED, the whole window at once: address space only, a 64 GiB guest costs no memory until touched) on the
  *    window's first access, and closed then (`WindowMemory`). A window mapped and unmapped untouched (a VMM remapping
  *    RAM as the guest reprograms a BAR) costs no mmap: in a process the size of Node's, mmap + munmap were a third of
- *    a DMA_MAP + DMA_UNMAP pair (BENCHMARKS.md). At most `LAZY_FDS` windows per connection wait so, each holding
- *    the fd it came with (the count a client's messages already made); beyond it windows are mapped at once;
+ *    a DMA_MAP + DMA_UNMAP pair (BENCHMARKS.md). At most `LAZY_FDS` windows of the whole process wait so (256, or
+ *    an eighth of RLIMIT_NOFILE if that is less), each holding the fd it came with, so that clients cannot fill the
+ *    fd table of a daemon serving many devices; beyond it windows are mapped at once (an mmap holds no fd);
  * 2. `physmem.registerExternal(backing)`: one record, O(1); frames materialise when they are pinned or reached, and
  *    a memory backing makes its zero-copy views 2 MiB at a time on first use (no view of more than 2 MiB is made:
  *    koffi aborts the process for one above 4 GiB);
@@ -87,6 +88,7 @@ import {
   O_WRONLY,
   PROT_READ as OS_PROT_READ,
   PROT_WRITE as OS_PROT_WRITE,
+  openFileLimit,
   S_IFMT,
   S_IFREG,
 } from "./native.ts";
@@ -112,8 +114,10 @@ defineTraceEvents("vfio-user", {
 
 const TWO_53 = 2 ** 53;
 const ENOENT_MSG = "no DMA window";
-/** Windows per connection that may wait for their first access unmapped, each keeping its fd open. */
-export const LAZY_FDS = 256;
+/** Windows of this process that may wait for their first access unmapped, each keeping its fd open. */
+export const LAZY_FDS = Math.min(256, Math.floor(openFileLimit() / 8));
+/** How many wait now, over every connection. */
+let lazyWindows = 0;
 
 export interface DmaWindow {
   readonly iova: number;
@@ -162,8 +166,6 @@ export class DmaTable {
   private readonly list: Window[] = [];
   private readonly zombies: { window: Window }[] = [];
   private released = false;
-  /** Windows whose fd is kept, unmapped until first access. */
-  private lazy = 0;
   /** The ioctl arguments, encoded in place for each call (this process's "user memory" for them). */
   private readonly mapArg = new Uint8Array(VfioIommuType1DmaMap.sizeof);
   private readonly unmapArg = new Uint8Array(VfioIommuType1DmaUnmap.sizeof);
@@ -179,6 +181,11 @@ export class DmaTable {
   /** Live windows, by iova. */
   windows(): readonly DmaWindow[] {
     return this.list.map(publicView);
+  }
+
+  /** Windows of every connection of this process waiting for their first access (at most LAZY_FDS). */
+  static get waitingWindows(): number {
+    return lazyWindows;
   }
 
   /** Windows still waiting for their first access (fd kept, nothing mmap'd yet). */
@@ -327,11 +334,11 @@ export class DmaTable {
       );
     }
     const memory = new WindowMemory(fd, size, offset, readOnly || writeSealed, sealed, (errno) => {
-      this.lazy--;
+      lazyWindows--;
       if (tracer.enabled) tracer.emit("vfiouser.dma.mmap", { device: dev, iova, size, errno });
     });
-    this.lazy++;
-    if (this.lazy > LAZY_FDS) memory.map();
+    lazyWindows++;
+    if (lazyWindows > LAZY_FDS) memory.map();
     const label = `vfio-user:${dev}@0x${iova.toString(16)}`;
     let basePfn: Pfn | undefined;
     let hva: Hva | undefined;
@@ -471,7 +478,7 @@ export class DmaTable {
   }
 
   private releaseMemory(m: WindowMemory, leak = false): void {
-    if (!m.mapped && !m.released) this.lazy--;
+    if (!m.mapped && !m.released) lazyWindows--;
     m.release(leak);
   }
 

@@ -422,6 +422,17 @@ export function fileFlags(fd: number): number {
   return r < 0 ? -koffi.errno() : r;
 }
 
+const getrlimit = libc.func("int getrlimit(int resource, _Out_ uint64_t *rlim)");
+const RLIMIT_NOFILE = 7;
+
+/** The soft limit on open fds (RLIMIT_NOFILE), or 1024 if it cannot be read. */
+export function openFileLimit(): number {
+  const out = [0, 0];
+  if ((getrlimit(RLIMIT_NOFILE, out) as number) < 0) return 1024;
+  const cur = Number(out[0]);
+  return Number.isFinite(cur) && cur > 0 ? cur : 1024;
+}
+
 /** F_GET_SEALS, or -errno (EINVAL for a file that is not a memfd/shmem). */
 export function getSeals(fd: number): number {
   const r = c.fcntlInt(fd, F_GET_SEALS, 0) as number;
