@@ -28,8 +28,9 @@
  * that a window mapped lazily cannot fail where its mmap would have, the fd must also be a regular file (memfd,
  * tmpfs, hugetlbfs and disk files all are; EINVAL otherwise) opened for reading (O_WRONLY: EACCES; O_PATH: EBADF,
  * what mmap answers), and a writable window needs a writable fd (EACCES) and a memfd not sealed against writes
- * (EPERM); read-only windows of such fds are mapped private. A lazy mmap that fails all the same (ENOMEM: no address space left) is traced and every access
- * to the window is a DMA fault. UNMAP must name a live window exactly (ENOENT otherwise).
+ * (EPERM); read-only windows of such fds are mapped private. A lazy mmap that fails all the same (ENOMEM: no address
+ * space left) is traced and every access to the window is a DMA fault. UNMAP must name a live window exactly (ENOENT
+ * otherwise).
  *
  * Shrinking: a client that truncates the file behind a window would make the next load or store of it a SIGBUS,
  * which kills the server. So the fd is sealed against shrinking (F_SEAL_SHRINK) when it allows it (memfds made with
