@@ -57,7 +57,7 @@ _vgpu() {
       COMPREPLY=($(compgen -f -- "$cur"))
       return
       ;;
-    --seed | --value | -i | --index | --handshake-timeout | --vm | --gma)
+    --seed | --value | -i | --index | --handshake-timeout | --poll-max-us | --vm | --gma)
       return
       ;;
   esac
@@ -79,7 +79,7 @@ _vgpu() {
       words="--root"
       [[ $cur != -* ]] && words="$words $(_vgpu_devices 2) mtty 0000:00:02.0"
       ;;
-    serve) words="-t --type -s --socket -u --uuid -c --config --once --trace --handshake-timeout" ;;
+    serve) words="-t --type -s --socket -u --uuid -c --config --once --trace --handshake-timeout --poll-max-us" ;;
     demo) words="--seed --json --trace" ;;
     run)
       words="--seed --json --trace -q --quiet"

@@ -148,6 +148,58 @@ describe("Channel framing", () => {
     closeFd(a);
   });
 
+  it("polls adaptively with pollMaxNs: the window grows while messages come quickly, catches one, drops after a long wait", () => {
+    /** Time that moves 100 ns per reading (so a poll ends) and jumps when told; `onRead` plays a client meanwhile. */
+    const timers = new VirtualClock();
+    const clock = {
+      t: 0,
+      onRead: undefined as (() => void) | undefined,
+      now() {
+        this.t += 100;
+        this.onRead?.();
+        return this.t;
+      },
+      at: (ns: number, fn: () => void) => timers.at(ns, fn),
+      after: (ns: number, fn: () => void) => timers.after(ns, fn),
+    };
+    const [a, b] = unixSocketPair(true);
+    const raw = new Raw(a);
+    const ids: number[] = [];
+    const ch = new Channel(
+      b,
+      { ...OPTS, clock, pollMaxNs: 100_000 },
+      { onFrame: (f) => ids.push(f.id), onClose: () => {} },
+    );
+    const windows: number[] = [];
+    for (let id = 1; id <= 6; id++) {
+      raw.send(message(id, 9));
+      ch.drain();
+      windows.push(ch.pollWindowNs);
+    }
+    // Each message came right after a poll that missed it: a wait longer than the window, shorter than the cap.
+    assert.deepEqual(windows, [0, 4_000, 8_000, 16_000, 32_000, 64_000], "from 4 us, doubling");
+    // The client answers 5 us into the next poll: both messages in one wake-up, and the window stays.
+    let reads = 0;
+    clock.onRead = () => {
+      if (++reads === 50) raw.send(message(8, 9));
+    };
+    raw.send(message(7, 9));
+    ch.drain();
+    clock.onRead = undefined;
+    assert.deepEqual(ids.slice(-2), [7, 8], "the poll found the message sent during it");
+    assert.equal(ch.pollWindowNs, 100_000, "grown to the cap by the wait before message 7, kept by the catch");
+    // A wait longer than pollMaxNs: polling stops until waits are short again.
+    ch.drain(); // woken with nothing to read: the poll misses and the wait starts
+    clock.t += 1_000_000;
+    raw.send(message(9, 9));
+    ch.drain();
+    assert.equal(ch.pollWindowNs, 0);
+    assert.equal(ids.length, 9);
+    ch.close();
+    raw.free();
+    closeFd(a);
+  });
+
   it("gives fds to the message they were sent with, even when read together with an earlier one", () => {
     const t = setup();
     t.keep();

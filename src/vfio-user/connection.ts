@@ -60,6 +60,8 @@ export const MAX_FRAMES_PER_WAKE = 64;
 const NO_FDS: number[] = Object.freeze([]) as unknown as number[];
 /** While read-after-reply misses, it is tried once per this many messages. */
 const READ_AHEAD_PROBE = 16;
+/** Adaptive polling's first window (QEMU starts at 4 us too). */
+export const POLL_START_NS = 4_000;
 /** The receive buffer a channel starts with (and returns to when idle). */
 export const RECV_BUFFER_INITIAL = 8 * 1024;
 /** The send buffer a channel starts with (and returns to when idle). */
@@ -113,6 +115,13 @@ export interface ChannelOptions {
   readonly ref: boolean;
   /** Grown buffers return to their initial size after this long without a message that needed them. Default 1000. */
   readonly bufferIdleMs?: number;
+  /**
+   * Adaptive polling, QEMU's poll-max-ns: after handling what arrived, keep reading the socket for up to a window
+   * before going back to sleep in the event loop. The window starts at 0, grows (4 us, then doubling, up to this) while
+   * the waits for the next message are shorter than this, and drops to 0 after one that is longer. It costs CPU while
+   * it spins, and holds the event loop (timers, other connections) for at most the window. 0 (the default): off.
+   */
+  readonly pollMaxNs?: number;
 }
 
 export interface ChannelHandlers {
@@ -177,6 +186,9 @@ export class Channel {
   private readAhead = true;
   /** Messages handled since the last read-after-reply was tried while `readAhead` was off. */
   private sinceProbe = 0;
+  /** Adaptive polling: the current window (ns; 0 = not polling) and when the wait for the next message began. */
+  private pollNs = 0;
+  private waitStart = -1;
   /** Buffer offset below which bytes must not move: the end of the frame whose handler is running. */
   private keep = 0;
   private closedReason: string | undefined;
@@ -431,6 +443,7 @@ export class Channel {
     try {
       const first = this.received;
       let read = false;
+      this.adaptPoll();
       for (;;) {
         this.dispatchReady();
         if (this.closed) break;
@@ -439,6 +452,10 @@ export class Channel {
           // The last read emptied the socket: only a reply's wake-up can have put something there since.
           const handled = this.received - first;
           if (handled === 0 || handled >= MAX_FRAMES_PER_WAKE) break;
+          if (this.pollNs > 0) {
+            if (this.poll()) continue;
+            break;
+          }
           if (!this.readAhead && ++this.sinceProbe < READ_AHEAD_PROBE) break;
           this.sinceProbe = 0;
         }
@@ -458,6 +475,8 @@ export class Channel {
         }
         if (speculative) this.readAhead = true;
       }
+      // Back to the event loop: the wait for the next message starts (unless a poll already started it).
+      if ((this.opts.pollMaxNs ?? 0) > 0 && this.waitStart < 0) this.waitStart = this.opts.clock.now();
     } catch (e) {
       // Nothing may escape into the reactor's callback: a bug in a handler closes this connection, not the process.
       // A KernelError once the channel is closed is the peer going away in the middle of a reply (EPIPE): not a bug.
@@ -471,6 +490,42 @@ export class Channel {
     } finally {
       this.leave();
     }
+  }
+
+  /** A wake-up from the event loop ends a wait: judge the polling window by it (QEMU's rule). */
+  private adaptPoll(): void {
+    if (this.waitStart < 0) return;
+    const max = this.opts.pollMaxNs ?? 0;
+    const waited = this.opts.clock.now() - this.waitStart;
+    this.waitStart = -1;
+    if (waited <= this.pollNs) return;
+    if (waited > max) this.pollNs = 0;
+    else this.pollNs = this.pollNs === 0 ? Math.min(max, POLL_START_NS) : Math.min(max, this.pollNs * 2);
+  }
+
+  /**
+   * Reads the socket until something arrives or the window passes: true if it came; false if not, and the wait goes
+   * on in the event loop (`adaptPoll` judges the window when it ends).
+   */
+  private poll(): boolean {
+    const clock = this.opts.clock;
+    const start = clock.now();
+    const deadline = start + this.pollNs;
+    do {
+      const r = this.recvSome();
+      if (r > 0) return true;
+      if (r !== -EAGAIN) {
+        this.close(r === 0 ? "the peer closed the connection" : `recv failed: errno ${-r}`);
+        return false;
+      }
+    } while (clock.now() < deadline);
+    this.waitStart = start;
+    return false;
+  }
+
+  /** Adaptive polling's current window in ns (0: not polling). */
+  get pollWindowNs(): number {
+    return this.pollNs;
   }
 
   private dispatchReady(): void {

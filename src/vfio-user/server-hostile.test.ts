@@ -205,6 +205,19 @@ describe("vfio-user server under many and hostile clients", () => {
     t.close();
   });
 
+  it("refuses a polling window outside 0..10 ms before it listens", () => {
+    const s = serverSystem();
+    for (const pollMaxNs of [-1, 1.5, 10_000_001, Number.NaN]) {
+      const socketPath = join(tmp.dir, "poll.sock");
+      assert.throws(
+        () => serveDevice({ socketPath, system: s.system, uuid: s.mttyUuid, pollMaxNs }),
+        (e: unknown) => isKernelError(e) && e.errno === Errno.EINVAL && /pollMaxNs/.test(e.message),
+        String(pollMaxNs),
+      );
+      assert.equal(readdirSync(tmp.dir).includes("poll.sock"), false);
+    }
+  });
+
   it("never takes over a live server's socket (EADDRINUSE), replaces a dead one, and checks the length first", async () => {
     const t = setup();
     const ino = statSync(t.sock).ino;

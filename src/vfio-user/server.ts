@@ -91,6 +91,9 @@ defineTraceEvents("vfio-user", {
   "vfiouser.close": "{device}: no longer serving on {path}",
 });
 
+/** The longest adaptive polling window a server accepts: beyond it the event loop would stall visibly. */
+export const MAX_POLL_NS = 10_000_000;
+
 export interface VfioUserServerOptions {
   readonly socketPath: string;
   /** The host model the device lives in (its devfs, physmem, tracer, processes). */
@@ -111,6 +114,8 @@ export interface VfioUserServerOptions {
   readonly writeTimeoutMs?: number;
   /** Or that lets this many bytes pile up. Default 16 MiB. */
   readonly maxQueuedBytes?: number;
+  /** Adaptive polling of a served connection's socket (ChannelOptions.pollMaxNs). Default 0: off. */
+  readonly pollMaxNs?: number;
   /** A refused connection that sends nothing is closed after this. Default 2000 ms. */
   readonly refuseTimeoutMs?: number;
   /** Refused connections waiting for their first message, at most; more wait in the listen backlog. Default 64. */
@@ -216,6 +221,7 @@ export class VfioUserServer {
       replyTimeoutMs: o.replyTimeoutMs ?? 5000,
       writeTimeoutMs: o.writeTimeoutMs ?? 5000,
       maxQueuedBytes: o.maxQueuedBytes ?? 16 * 1024 * 1024,
+      pollMaxNs: o.pollMaxNs ?? 0,
       refuseTimeoutMs: o.refuseTimeoutMs ?? 2000,
       maxPendingConnections: o.maxPendingConnections ?? 64,
       handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
@@ -227,6 +233,13 @@ export class VfioUserServer {
       if (!Number.isSafeInteger(v) || v <= 0) {
         throw new KernelError(Errno.EINVAL, `vfio-user server option ${k} must be a positive integer, got ${v}`);
       }
+    }
+    const poll = this.opts.pollMaxNs;
+    if (!Number.isSafeInteger(poll) || poll < 0 || poll > MAX_POLL_NS) {
+      throw new KernelError(
+        Errno.EINVAL,
+        `vfio-user server option pollMaxNs must be an integer from 0 to ${MAX_POLL_NS} (10 ms), got ${poll}`,
+      );
     }
     this.listenFd = openListener(o.socketPath);
     this.watchHandle = Reactor.shared().watch(this.listenFd, EPOLLIN, () => this.acceptAll(), true);
@@ -440,6 +453,7 @@ export class VfioUserServer {
         clock: o.clock,
         watch: true,
         ref: true,
+        pollMaxNs: o.pollMaxNs,
       },
       {
         onFrame,

@@ -3,7 +3,7 @@
  * live server's socket never taken over; the path checked before anything is built; the handshake timeout passed on.
  */
 import assert from "node:assert/strict";
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -48,7 +48,7 @@ describe("vgpu serve", () => {
     assert.ok(serve);
     assert.deepEqual(
       serve.options.map((o) => o.long),
-      ["--type", "--socket", "--uuid", "--config", "--once", "--trace", "--handshake-timeout"],
+      ["--type", "--socket", "--uuid", "--config", "--once", "--trace", "--handshake-timeout", "--poll-max-us"],
     );
   });
 
@@ -84,6 +84,19 @@ describe("vgpu serve", () => {
         /sun_path is 108 bytes/.test(e.message),
     );
     assert.deepEqual(readdirSync(tmp.dir).sort(), before);
+  });
+
+  it("refuses a --poll-max-us that is not 0 to 10000 microseconds, before creating anything", () => {
+    for (const bad of ["-1", "fast", "1.5", "10001"]) {
+      assert.throws(
+        () => startServe({ type: "mtty-2", socket: join(tmp.dir, "p.sock"), pollMaxUs: bad }, () => {}),
+        (e: unknown) => isKernelError(e) && e.errno === Errno.EINVAL && /--poll-max-us/.test(e.message),
+        bad,
+      );
+    }
+    assert.equal(existsSync(join(tmp.dir, "p.sock")), false);
+    const s = startServe({ type: "mtty-2", socket: join(tmp.dir, "p.sock"), pollMaxUs: "200" }, () => {});
+    s.stop();
   });
 
   it("drops a client that sends no VERSION within --handshake-timeout", async () => {

@@ -1,10 +1,14 @@
 /**
  * `vgpu serve --type mtty-2 --socket /tmp/mtty.sock [--uuid U] [--config FILE] [--once] [--trace]
- * [--handshake-timeout MS]`: builds a model host (the embedded default, or a config file), creates one mdev of the given
- * type on the first parent that offers it, and serves it over vfio-user until SIGINT/SIGTERM (or, with --once, until
- * the first client leaves). A real VMM attaches it with
+ * [--handshake-timeout MS] [--poll-max-us US]`: builds a model host (the embedded default, or a config file), creates
+ * one mdev of the given type on the first parent that offers it, and serves it over vfio-user until SIGINT/SIGTERM
+ * (or, with --once, until the first client leaves). A real VMM attaches it with
  * `-device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/mtty.sock","type":"unix"}}'`. A client that sends no
- * VERSION within the handshake timeout (default 5000 ms) is dropped, freeing the device.
+ * VERSION within the handshake timeout (default 5000 ms) is dropped, freeing the device. `--poll-max-us` sets the
+ * adaptive polling of the client's socket (QEMU's poll-max-ns, in microseconds; default 200, 0 turns it off): the
+ * server keeps reading for up to that long after each message before it sleeps, which saves the wake-up when the
+ * client answers quickly from another CPU, at the price of the CPU it spins; the window shrinks to nothing while the
+ * client is slower than that.
  *
  * The socket path is checked before anything is built: too long for sun_path is ENAMETOOLONG; a live server answering
  * at it is EADDRINUSE (it is not taken over); a dead socket file there is replaced. If serving fails, the mdev is
@@ -34,7 +38,7 @@ import {
   type System,
   type SystemConfig,
 } from "../../scenario/index.ts";
-import { serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
+import { MAX_POLL_NS, serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
 import type { Vgpu } from "../../vgpu/index.ts";
 import { uuidOption } from "./common.ts";
 
@@ -50,6 +54,8 @@ export interface ServeCommandOptions {
   readonly trace?: boolean;
   /** Milliseconds a client has to send VERSION (a string as commander passes it, or a number). */
   readonly handshakeTimeout?: string | number;
+  /** Adaptive polling window, microseconds (0: off). */
+  readonly pollMaxUs?: string | number;
 }
 
 export interface RunningServe {
@@ -120,6 +126,7 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   checkSocketPath(o.socket);
   checkSocketFolder(o.socket);
   const handshakeTimeoutMs = o.handshakeTimeout === undefined ? undefined : positiveMs(o.handshakeTimeout);
+  const pollMaxNs = pollMicros(o.pollMaxUs ?? DEFAULT_POLL_MAX_US) * 1000;
   const loaded = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
   // A served device meets a real VMM and a real guest: the host runs on real time (a guest's work must complete
   // without anyone advancing a virtual clock), and GVT-g GPUs submit through execlists (a stock i915 submits logical
@@ -161,6 +168,7 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
       system,
       uuid,
       ...(handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs } : {}),
+      pollMaxNs,
     });
   } catch (e) {
     // Nothing half-done: the socket path was refused, so the device goes too.
@@ -212,6 +220,23 @@ function positiveMs(v: string | number): number {
   return n;
 }
 
+/**
+ * `vgpu serve`'s adaptive polling window: one device and one client own the event loop, so spinning delays nobody
+ * else (the `vgpu host` daemon, whose loop all devices and the control socket share, does not poll).
+ */
+export const DEFAULT_POLL_MAX_US = 200;
+
+function pollMicros(v: string | number): number {
+  const n = typeof v === "number" ? v : /^\d+$/.test(v.trim()) ? Number(v.trim()) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < 0 || n * 1000 > MAX_POLL_NS) {
+    throw new KernelError(
+      Errno.EINVAL,
+      `--poll-max-us must be a whole number of microseconds from 0 (off) to ${MAX_POLL_NS / 1000}, got ${v}`,
+    );
+  }
+  return n;
+}
+
 /** Registers `vgpu serve` on the program. */
 export function registerServe(program: Command): void {
   program
@@ -227,6 +252,10 @@ export function registerServe(program: Command): void {
     .option("--once", "exit after the first client disconnects")
     .option("--trace", "print trace events on stderr")
     .option("--handshake-timeout <ms>", "drop a client that sends no VERSION within this (default 5000)")
+    .option(
+      "--poll-max-us <us>",
+      `poll the client's socket up to this long before sleeping, adaptively (default ${DEFAULT_POLL_MAX_US}; 0: off)`,
+    )
     .action(async (o: ServeCommandOptions) => {
       const log = (line: string): void => {
         process.stderr.write(`vgpu serve: ${line}\n`);
