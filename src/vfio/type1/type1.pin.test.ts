@@ -39,12 +39,12 @@ describe("emulated (mdev) container", () => {
     assert.equal(f.backend.stats().mappedBytes, 64 * MiB);
   });
 
-  it("MAP_DMA of 1 TiB is instant and costs no memory", () => {
+  it("MAP_DMA of 1 TiB for a mediated device touches no page and costs no memory", () => {
     const { f } = withMdev({ trace: false });
     const ram = f.mm.mmap(TiB, 3, { name: "guest-ram" });
-    const t0 = performance.now();
     f.map(0, ram, TiB);
-    assert.ok(performance.now() - t0 < 50);
+    assert.equal(f.host.physmem.stats().pinnedFrames, 0, "nothing pinned at MAP_DMA: the vendor driver pins on demand");
+    assert.equal(f.mm.lockedVm(), 0);
     assert.equal(f.mm.stats().residentPages, 0);
     assert.equal(f.backend.stats().mappedBytes, TiB);
   });
