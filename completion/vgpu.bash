@@ -53,11 +53,15 @@ _vgpu() {
       COMPREPLY=($(compgen -d -- "$cur"))
       return
       ;;
-    --jsonfile | --config | -c | --trace | --socket | -s)
+    --jsonfile | --config | -c | --trace | --socket | -s | --perfetto | --html)
       COMPREPLY=($(compgen -f -- "$cur"))
       return
       ;;
-    --seed | --value | -i | --index | --handshake-timeout | --poll-max-us | --vm | --gma)
+    --seed | --value | -i | --index | --handshake-timeout | --poll-max-us | --vm | --gma | --gva)
+      return
+      ;;
+    --design)
+      COMPREPLY=($(compgen -W "no-iommu identity gpa per-vm-iova dma-api ats" -- "$cur"))
       return
       ;;
   esac
@@ -67,7 +71,7 @@ _vgpu() {
     return
   fi
   case $cmd in
-    host) words="--config --root" ;;
+    host) words="--config --root --poll-max-us" ;;
     types) words="-p --parent --dumpjson --root" ;;
     list | lsmdev) words="-d --defined -u --uuid -p --parent -v --verbose --dumpjson --xml --root" ;;
     define) words="-u --uuid -p --parent -t --type -a --auto --jsonfile -f --force --root" ;;
@@ -80,15 +84,22 @@ _vgpu() {
       [[ $cur != -* ]] && words="$words $(_vgpu_devices 2) mtty 0000:00:02.0"
       ;;
     serve) words="-t --type -s --socket -u --uuid -c --config --once --trace --handshake-timeout --poll-max-us" ;;
-    demo) words="--seed --json --trace" ;;
+    demo) words="--seed --json --trace --perfetto" ;;
     run)
-      words="--seed --json --trace -q --quiet"
+      words="--seed --json --trace --perfetto -q --quiet"
       if [[ $cur != -* ]]; then
         COMPREPLY=($(compgen -f -X '!*.json' -- "$cur") $(compgen -d -- "$cur"))
         return
       fi
       ;;
-    explain) words="--vm --gma --seed --json" ;;
+    compare)
+      words="--design --seed --json --html --perfetto -q --quiet"
+      if [[ $cur != -* ]]; then
+        COMPREPLY=($(compgen -f -X '!*.json' -- "$cur") $(compgen -d -- "$cur"))
+        return
+      fi
+      ;;
+    explain) words="--vm --gma --gva --seed --json" ;;
     *) words="--help" ;;
   esac
   COMPREPLY=($(compgen -W "$words --help" -- "$cur"))

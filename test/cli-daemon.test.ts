@@ -154,6 +154,19 @@ describe("vgpu host (a real process)", () => {
     assert.deepEqual(readdirSync(parent), [], "no root, and no socket at a cut path beside it");
   });
 
+  it("refuses a --poll-max-us outside 0..10000 before anything is created", async () => {
+    const where = join(base, "polling");
+    for (const v of ["10001", "-1", "2.5", "soon"]) {
+      const r = await vgpuProcess(["host", "--root", where, "--poll-max-us", v]).exited;
+      assert.equal(r.code, 1, v);
+      assert.equal(
+        r.stderr,
+        `vgpu: EINVAL (Invalid argument): --poll-max-us must be a whole number of microseconds from 0 (off) to 10000, got ${v}\n`,
+      );
+    }
+    assert.equal(existsSync(where), false, "no root was made");
+  });
+
   it("rejects a bad config file naming the file and the field", async () => {
     const config = join(base, "bad.json");
     writeFileSync(config, JSON.stringify({ parents: [{ kind: "mtty", ports: -1 }] }));

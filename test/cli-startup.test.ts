@@ -11,8 +11,13 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type CliIo, runCli } from "../src/cli/commands/index.ts";
-import { extraFailures } from "../src/cli/commands/run.ts";
+import { Command } from "commander";
+import { registerCompare } from "../src/cli/commands/compare.ts";
+import { registerDemo } from "../src/cli/commands/demo.ts";
+import { registerExplain } from "../src/cli/commands/explain.ts";
+import { type CliIo, registerMdevCommands, runCli } from "../src/cli/commands/index.ts";
+import { extraFailures, registerRun } from "../src/cli/commands/run.ts";
+import { registerServe } from "../src/cli/commands/serve.ts";
 import { VERSION } from "../src/cli/version.ts";
 import { parseScenario, type ScenarioReport } from "../src/scenario/index.ts";
 
@@ -187,6 +192,19 @@ describe("what the package installs", () => {
     assert.deepEqual(complete(["vgpu", "start-"]), ["start-parent-mdevs"]);
     assert.ok(complete(["vgpu", "modify", "--del"]).includes("--delattr"));
     assert.ok(complete(["lsmdev", "--dump"]).includes("--dumpjson"));
+    // Every long option of every command, as commander knows them, completes: the script cannot drift from the CLI.
+    const program = new Command().name("vgpu");
+    registerMdevCommands(program, { out: () => {}, err: () => {}, env: {}, cwd: ROOT });
+    for (const register of [registerDemo, registerRun, registerCompare, registerExplain, registerServe]) {
+      register(program);
+    }
+    assert.ok(program.commands.length >= 14);
+    for (const cmd of program.commands) {
+      const offered = complete(["vgpu", cmd.name(), "--"]);
+      for (const o of cmd.options) {
+        if (o.long !== undefined) assert.ok(offered.includes(o.long), `vgpu ${cmd.name()} ${o.long} does not complete`);
+      }
+    }
   });
 });
 

@@ -15,6 +15,8 @@ export interface SystemHostApiOptions {
    * the socket goes before the device is removed. Omitted: no sockets.
    */
   readonly serveDir?: string;
+  /** Adaptive polling of each served device's client socket (VfioUserServerOptions.pollMaxNs). Default 0: off. */
+  readonly pollMaxNs?: number;
 }
 
 /** The host API plus the vfio-user servers it runs (closed by `closeServers`, e.g. at daemon shutdown). */
@@ -55,7 +57,10 @@ export function systemHostApi(system: System, opts: SystemHostApiOptions = {}): 
       if (opts.serveDir === undefined) return;
       const socket = deviceSocketPathOf(opts.serveDir, uuid);
       try {
-        servers.set(uuid, { socket, server: serveDevice({ socketPath: socket, system, uuid }) });
+        servers.set(uuid, {
+          socket,
+          server: serveDevice({ socketPath: socket, system, uuid, pollMaxNs: opts.pollMaxNs ?? 0 }),
+        });
       } catch (e) {
         // Nothing half-done: a device the daemon cannot serve is not left running.
         mdev.remove(uuid);

@@ -39,6 +39,7 @@ export { type DmaMapRequest, DmaTable, type DmaTableOptions, type DmaWindow } fr
 export * from "./protocol.ts";
 export { Reactor } from "./reactor.ts";
 export {
+  checkPollMaxNs,
   MAX_POLL_NS,
   type ServeDeviceOptions,
   type ServeTarget,

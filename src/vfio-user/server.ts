@@ -70,7 +70,7 @@ import { maxMessageSize, Session } from "./session.ts";
 
 declare module "../core/trace.ts" {
   interface TraceEventMap {
-    "vfiouser.listen": { device: string; path: string };
+    "vfiouser.listen": { device: string; path: string; pollMaxNs: number };
     "vfiouser.connect": { device: string; connection: number };
     "vfiouser.refuse": { device: string; connection: number; serving: number; reason: string };
     "vfiouser.handshake.timeout": { device: string; connection: number; timeoutMs: number };
@@ -81,7 +81,7 @@ declare module "../core/trace.ts" {
   }
 }
 defineTraceEvents("vfio-user", {
-  "vfiouser.listen": "{device}: serving vfio-user on {path}",
+  "vfiouser.listen": "{device}: serving vfio-user on {path} (adaptive polling up to {pollMaxNs} ns; 0: off)",
   "vfiouser.connect": "{device}: client connection {connection} accepted",
   "vfiouser.refuse": "{device}: connection {connection} refused: {reason} (connection {serving} is being served)",
   "vfiouser.handshake.timeout": "{device}: connection {connection} sent no VERSION within {timeoutMs} ms; dropped",
@@ -93,6 +93,16 @@ defineTraceEvents("vfio-user", {
 
 /** The longest adaptive polling window a server accepts: beyond it the event loop would stall visibly. */
 export const MAX_POLL_NS = 10_000_000;
+
+/** Throws EINVAL unless `ns` is a valid pollMaxNs: an integer from 0 (off) to MAX_POLL_NS. */
+export function checkPollMaxNs(ns: number): void {
+  if (!Number.isSafeInteger(ns) || ns < 0 || ns > MAX_POLL_NS) {
+    throw new KernelError(
+      Errno.EINVAL,
+      `vfio-user server option pollMaxNs must be an integer from 0 to ${MAX_POLL_NS} (10 ms), got ${ns}`,
+    );
+  }
+}
 
 export interface VfioUserServerOptions {
   readonly socketPath: string;
@@ -234,17 +244,15 @@ export class VfioUserServer {
         throw new KernelError(Errno.EINVAL, `vfio-user server option ${k} must be a positive integer, got ${v}`);
       }
     }
-    const poll = this.opts.pollMaxNs;
-    if (!Number.isSafeInteger(poll) || poll < 0 || poll > MAX_POLL_NS) {
-      throw new KernelError(
-        Errno.EINVAL,
-        `vfio-user server option pollMaxNs must be an integer from 0 to ${MAX_POLL_NS} (10 ms), got ${poll}`,
-      );
-    }
+    checkPollMaxNs(this.opts.pollMaxNs);
     this.listenFd = openListener(o.socketPath);
     this.watchHandle = Reactor.shared().watch(this.listenFd, EPOLLIN, () => this.acceptAll(), true);
     if (this.host.tracer.enabled)
-      this.host.tracer.emit("vfiouser.listen", { device: this.device, path: this.socketPath });
+      this.host.tracer.emit("vfiouser.listen", {
+        device: this.device,
+        path: this.socketPath,
+        pollMaxNs: this.opts.pollMaxNs,
+      });
     // A connection may already wait: take it now rather than one loop iteration later.
     this.acceptAll();
   }

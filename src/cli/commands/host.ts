@@ -1,5 +1,5 @@
 /**
- * `vgpu host [--config FILE] [--root DIR]`: runs a model host in the foreground and serves the control API on
+ * `vgpu host [--config FILE] [--root DIR] [--poll-max-us US]`: runs a model host in the foreground and serves the control API on
  * `<root>/vgpu.sock` until SIGTERM or SIGINT, which stop it cleanly (socket removed, exit 0).
  *
  * Start-up, in order: check that every socket path under the root fits in sun_path (ENAMETOOLONG naming the path,
@@ -8,6 +8,8 @@
  * (refusing if a host answers there, replacing a stale socket with a message); then auto-start the `start: auto`
  * definitions of every parent, as udev's `mdevctl start-parent-mdevs` does when a parent appears. A definition that fails to start is logged with its
  * reason and the others still start (mdevctl #53). The log goes to stderr, one "vgpu host: ..." line per event.
+ * `--poll-max-us` (poll-option.ts) turns on adaptive polling of each served device's client socket; it is off by
+ * default, because every device and the control socket share the daemon's event loop.
  *
  * `startHost` is the same without the signal handling, for tests that want a real daemon in process. The command is
  * registered in index.ts, which imports this module only when `vgpu host` runs: the client commands never load the
@@ -21,6 +23,7 @@ import {
   type System,
   type SystemConfig,
 } from "../../scenario/index.ts";
+import { checkPollMaxNs } from "../../vfio-user/index.ts";
 import { Callouts } from "../callouts.ts";
 import { type Daemon, definitionsDirOf, makeStateFolder, SOCKET_NAME, socketPathOf, startDaemon } from "../daemon.ts";
 import { DefinitionStore } from "../definitions.ts";
@@ -28,6 +31,7 @@ import { systemHostApi } from "../host-api.ts";
 import { MdevService } from "../service.ts";
 import { checkSocketPathLength, deviceSocketPathOf, SAMPLE_UUID, UNIX_SOCKET_PATH_MAX } from "../socket-path.ts";
 import { type CliIo, type RootOption, rootOf } from "./common.ts";
+import { DEFAULT_HOST_POLL_MAX_US, pollMaxNsOf } from "./poll-option.ts";
 
 export interface StartHostOptions {
   readonly root: string;
@@ -40,6 +44,8 @@ export interface StartHostOptions {
   readonly newUuid?: () => string;
   /** Serve each started device over vfio-user on `<root>/<uuid>.sock` (default true). */
   readonly serve?: boolean;
+  /** Adaptive polling of each served device's client socket, ns (0..MAX_POLL_NS; default 0: off). */
+  readonly pollMaxNs?: number;
 }
 
 export interface RunningHost {
@@ -69,11 +75,14 @@ export function checkHostSocketPaths(root: string, serve: boolean): void {
 /** Builds the system, binds the socket, auto-starts definitions. Throws KernelError if the socket is taken. */
 export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
   checkHostSocketPaths(opts.root, opts.serve !== false);
+  // Checked here, not first at the first device's start: a bad window is said before anything is created.
+  const pollMaxNs = opts.pollMaxNs ?? 0;
+  if (opts.serve !== false) checkPollMaxNs(pollMaxNs);
   // Before the model is built (seconds): a root that cannot be created is said at once.
   makeStateFolder(opts.root);
   const system = opts.system ?? createSystem(opts.config ?? parseSystemConfig(DEFAULT_SYSTEM_CONFIG));
   const store = new DefinitionStore({ dir: definitionsDirOf(opts.root) });
-  const hostApi = systemHostApi(system, opts.serve === false ? {} : { serveDir: opts.root });
+  const hostApi = systemHostApi(system, opts.serve === false ? {} : { serveDir: opts.root, pollMaxNs });
   const service = new MdevService({
     host: hostApi,
     store,
@@ -109,11 +118,14 @@ export async function startHost(opts: StartHostOptions): Promise<RunningHost> {
 
 export interface HostOptions extends RootOption {
   readonly config?: string;
+  /** Adaptive polling window of each device's client, microseconds (a string as commander passes it; 0: off). */
+  readonly pollMaxUs?: string | number;
 }
 
 /** The `vgpu host` action: runs until SIGTERM or SIGINT. */
 export async function runHost(opts: HostOptions, io: CliIo): Promise<void> {
   const root = rootOf(opts, io);
+  const pollMaxNs = pollMaxNsOf(opts.pollMaxUs ?? DEFAULT_HOST_POLL_MAX_US);
   const config = opts.config !== undefined ? loadSystemConfigFile(opts.config) : undefined;
   const log = (line: string) => io.err(`vgpu host: ${line}\n`);
   // Signal handlers go in before the host announces itself: a supervisor (or a test) may send SIGTERM the moment
@@ -140,7 +152,7 @@ export async function runHost(opts: HostOptions, io: CliIo): Promise<void> {
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
   try {
-    host = await startHost({ root, log, ...(config ? { config } : {}) });
+    host = await startHost({ root, log, pollMaxNs, ...(config ? { config } : {}) });
   } catch (e) {
     process.off("SIGTERM", stop);
     process.off("SIGINT", stop);

@@ -28,6 +28,11 @@ function registerHost(program: Command, io: CliIo): void {
       "--config <file>",
       "host config (JSON: memory, iommu, seed, parents); default: 16 GiB, IOMMU on, a GVT-g-like GPU at " +
         "0000:00:02.0 (types i915-GVTg_V5_*) and the mtty sample parent with 24 ports",
+    )
+    .option(
+      "--poll-max-us <us>",
+      "poll each served device's client socket up to this long before sleeping, adaptively (default 0: off; every " +
+        "device shares the daemon's loop)",
     );
   withRoot(configureCommandOutput(cmd, io)).action(async (opts: HostOptions) => {
     const { runHost } = await import("./host.ts");
