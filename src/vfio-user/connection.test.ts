@@ -200,6 +200,75 @@ describe("Channel framing", () => {
     closeFd(a);
   });
 
+  it("stops polling at once when the loop has other work (loopBusy), and that is not judged a miss", () => {
+    /** Time that moves 100 ns per reading: a poll that ran its 100 us window would read the clock ~1,000 times. */
+    const timers = new VirtualClock();
+    const clock = {
+      t: 0,
+      reads: 0,
+      now() {
+        this.reads++;
+        this.t += 100;
+        return this.t;
+      },
+      at: (ns: number, fn: () => void) => timers.at(ns, fn),
+      after: (ns: number, fn: () => void) => timers.after(ns, fn),
+    };
+    const [a, b] = unixSocketPair(true);
+    const raw = new Raw(a);
+    const ids: number[] = [];
+    let asked = 0;
+    let probe: () => boolean = () => false;
+    const ch = new Channel(
+      b,
+      {
+        ...OPTS,
+        clock,
+        pollMaxNs: 100_000,
+        loopBusy: () => {
+          asked++;
+          return probe();
+        },
+      },
+      { onFrame: (f) => ids.push(f.id), onClose: () => {} },
+    );
+    // Grow the window: each message comes after a missed poll, so each wait was longer than the window.
+    for (let id = 1; id <= 6; id++) {
+      raw.send(message(id, 9));
+      ch.drain();
+    }
+    assert.equal(ch.pollWindowNs, 64_000);
+    assert.ok(asked > 0, "asked while polling");
+    assert.equal(ch.pollYieldCount, 0);
+    // Another fd has work: the next poll gives the loop back after one empty read.
+    probe = () => true;
+    clock.reads = 0;
+    raw.send(message(7, 9));
+    ch.drain();
+    assert.deepEqual(ids, [1, 2, 3, 4, 5, 6, 7]);
+    assert.equal(ch.pollWindowNs, 100_000);
+    assert.ok(clock.reads <= 4, `the poll ended at once (${clock.reads} clock reads)`);
+    assert.equal(ch.pollYieldCount, 1);
+    // The client's next message comes soon after: the window stands (a yield is not a miss).
+    raw.send(message(8, 9));
+    ch.drain();
+    assert.equal(ch.pollWindowNs, 100_000);
+    assert.equal(ch.pollYieldCount, 2);
+    // The loop is busy because ours just arrived: the read after the question finds it, and the poll goes on.
+    probe = () => {
+      probe = () => false;
+      raw.send(message(10, 9));
+      return true;
+    };
+    raw.send(message(9, 9));
+    ch.drain();
+    assert.deepEqual(ids.slice(-2), [9, 10]);
+    assert.equal(ch.pollYieldCount, 2, "not a yield: the message was ours");
+    ch.close();
+    raw.free();
+    closeFd(a);
+  });
+
   it("gives fds to the message they were sent with, even when read together with an earlier one", () => {
     const t = setup();
     t.keep();

@@ -45,7 +45,7 @@ import {
   writeU16LE,
   writeU32LE,
 } from "../core/index.ts";
-import { closeFd, dupCloexec, MsgIo, NativeBuffer, POLLIN, POLLOUT, pollFd } from "./native.ts";
+import { closeFd, dupCloexec, MsgIo, NativeBuffer, POLLIN, POLLOUT, pollFd, schedYield } from "./native.ts";
 import { HEADER_SIZE, VFIO_USER_F_TYPE_MASK, VFIO_USER_F_TYPE_REPLY } from "./protocol.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Reactor, type Watch } from "./reactor.ts";
 
@@ -119,9 +119,16 @@ export interface ChannelOptions {
    * Adaptive polling, QEMU's poll-max-ns: after handling what arrived, keep reading the socket for up to a window
    * before going back to sleep in the event loop. The window starts at 0, grows (4 us, then doubling, up to this) while
    * the waits for the next message are shorter than this, and drops to 0 after one that is longer. It costs CPU while
-   * it spins, and holds the event loop (timers, other connections) for at most the window. 0 (the default): off.
+   * it spins, and holds the event loop (timers, other connections) for at most the window unless `loopBusy` says
+   * otherwise. 0 (the default): off.
    */
   readonly pollMaxNs?: number;
+  /**
+   * Whether the event loop has other work now (another connection's message, an eventfd, a control request): a poll
+   * that finds it stops spinning and gives the loop back, so that a client answering within the window cannot hold
+   * the loop from the others. Asked once per empty read while polling. Default: never (the poll runs its window).
+   */
+  readonly loopBusy?: () => boolean;
 }
 
 export interface ChannelHandlers {
@@ -189,6 +196,7 @@ export class Channel {
   /** Adaptive polling: the current window (ns; 0 = not polling) and when the wait for the next message began. */
   private pollNs = 0;
   private waitStart = -1;
+  private pollYields = 0;
   /** Buffer offset below which bytes must not move: the end of the frame whose handler is running. */
   private keep = 0;
   private closedReason: string | undefined;
@@ -504,15 +512,28 @@ export class Channel {
   }
 
   /**
-   * Reads the socket until something arrives or the window passes: true if it came; false if not, and the wait goes
-   * on in the event loop (`adaptPoll` judges the window when it ends).
+   * Reads the socket (yielding the CPU between empty reads) until something arrives, the window passes, or the loop
+   * has other work: true if it came; false if not, and the wait goes on in the event loop (`adaptPoll` judges the
+   * window when it ends: a poll cut short for others is not a miss).
    */
   private poll(): boolean {
     const clock = this.opts.clock;
+    const busy = this.opts.loopBusy;
     const start = clock.now();
     const deadline = start + this.pollNs;
     do {
-      const r = this.recvSome();
+      let r = this.recvSome();
+      // Give the CPU to a client that shares it, so that it can send what we wait for (pinned to one CPU, a plain
+      // spin only delays it); with the client elsewhere this returns at once.
+      if (r === -EAGAIN) schedYield();
+      if (r === -EAGAIN && busy !== undefined && busy()) {
+        // Ours may be what made the loop ready, just after the read: read once more before giving the loop back.
+        r = this.recvSome();
+        if (r === -EAGAIN) {
+          this.pollYields++;
+          break;
+        }
+      }
       if (r > 0) return true;
       if (r !== -EAGAIN) {
         this.close(r === 0 ? "the peer closed the connection" : `recv failed: errno ${-r}`);
@@ -521,6 +542,11 @@ export class Channel {
     } while (clock.now() < deadline);
     this.waitStart = start;
     return false;
+  }
+
+  /** Polls cut short because the loop had other work (`ChannelOptions.loopBusy`). */
+  get pollYieldCount(): number {
+    return this.pollYields;
   }
 
   /** Adaptive polling's current window in ns (0: not polling). */

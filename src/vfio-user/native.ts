@@ -362,6 +362,16 @@ export class MsgIo {
   }
 }
 
+const schedYieldFn = libc.func("int sched_yield()");
+
+/**
+ * sched_yield(2): lets another runnable thread of this CPU run first (a client sharing the CPU with a polling
+ * server); returns at once when there is none.
+ */
+export function schedYield(): void {
+  schedYieldFn();
+}
+
 /** poll(2) on one fd: the revents, 0 on timeout, or -errno. `timeoutMs` -1 waits forever. */
 export function pollFd(fd: number, events: number, timeoutMs: number): number {
   const v = scratch.view;
@@ -644,6 +654,8 @@ interface UvApi {
   readonly unref: (handle: number) => void;
   readonly strerror: (err: number) => string;
   readonly callback: koffi.IKoffiRegisteredCallback;
+  /** libuv's epoll fd (uv_backend_fd). */
+  readonly backendFd: number;
 }
 
 let uvApi: UvApi | undefined;
@@ -682,6 +694,7 @@ function uv(): UvApi {
     ref: self.func("void uv_ref(uintptr_t handle)"),
     unref: self.func("void uv_unref(uintptr_t handle)"),
     strerror: self.func("const char *uv_strerror(int err)"),
+    backendFd: self.func("int uv_backend_fd(void *loop)")(defaultLoop()) as number,
     callback: koffi.register((handle: number, status: number, events: number) => {
       const p = uvPolls.get(handle);
       // An exception must not unwind into libuv: rethrow it outside the callback.
@@ -772,6 +785,24 @@ export class UvPoll {
 /** Open libuv poll handles (leak checks). */
 export function uvPollCount(): number {
   return uvPolls.size;
+}
+
+const pollAt = libc.func("int poll(uintptr_t fds, unsigned long nfds, int timeout)");
+let loopPollFd: NativeBuffer | undefined;
+
+/**
+ * Whether an fd of the main loop has an event now, without waiting. libuv's epoll set is itself pollable: readable
+ * while any fd in it (every UvPoll, Node's own sockets, pipes and async wake-ups) has an event, which is what the
+ * loop's next epoll_wait would report. One poll(2) with a zero timeout; it consumes nothing.
+ */
+export function uvLoopHasReadyFd(): boolean {
+  if (loopPollFd === undefined) {
+    const b = new NativeBuffer(8);
+    b.view.setInt32(0, uv().backendFd, true);
+    b.view.setInt16(4, POLLIN, true);
+    loopPollFd = b;
+  }
+  return (pollAt(loopPollFd.liveAddress, 1, 0) as number) > 0;
 }
 
 const freeFn = libc.func("void free(uintptr_t p)");

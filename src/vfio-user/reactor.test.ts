@@ -72,6 +72,28 @@ describe("reactor (libuv poll handles on the main thread)", () => {
     closeFd(fd);
   });
 
+  it("tells whether the loop has an fd with an event now (hasReadyFd), counting only fds the loop watches", async () => {
+    const reactor = Reactor.shared();
+    const watched = eventfdCreate();
+    const unwatched = eventfdCreate();
+    let calls = 0;
+    const w = reactor.watch(watched, EPOLLIN, () => calls++);
+    // libuv adds a new watch to its epoll set in its next poll phase.
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(reactor.hasReadyFd(), false, "nothing ready");
+    eventfdWrite(unwatched, 1);
+    assert.equal(reactor.hasReadyFd(), false, "an fd the loop does not watch is not its work");
+    eventfdWrite(watched, 1);
+    assert.equal(reactor.hasReadyFd(), true);
+    assert.equal(reactor.hasReadyFd(), true, "asking consumes nothing");
+    eventfdRead(watched);
+    assert.equal(reactor.hasReadyFd(), false, "drained");
+    assert.equal(calls, 0, "no handler ran: the question is synchronous");
+    w.close();
+    closeFd(watched);
+    closeFd(unwatched);
+  });
+
   it("does not call the handler of a watch that a handler before it in the same poll phase closed", async () => {
     const a = eventfdCreate();
     const b = eventfdCreate();

@@ -22,7 +22,7 @@
  * events are delivered only while something else keeps the loop running. At process exit every poll stops (Node's
  * teardown may spin the loop once more, and a call into JS then is fatal).
  */
-import { UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll, uvPollCount } from "./native.ts";
+import { UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll, uvLoopHasReadyFd, uvPollCount } from "./native.ts";
 
 export const EPOLLIN = 0x001;
 export const EPOLLOUT = 0x004;
@@ -91,6 +91,14 @@ export class Reactor {
   /** Registers `fd` for `events`. `ref` keeps the process alive while the watch exists. */
   watch(fd: number, events: number, handler: ReadyHandler, ref = false): Watch {
     return new Watch(fd, events, ref, handler);
+  }
+
+  /**
+   * Whether some fd of the loop has an event now (a watched fd, or one of Node's own): what a handler that is polling
+   * asks before spinning on, so that it gives the loop back to others with work. One poll(2), zero timeout.
+   */
+  hasReadyFd(): boolean {
+    return uvLoopHasReadyFd();
   }
 
   /** Watches open now, i.e. libuv poll handles not yet closed (for leak checks). */

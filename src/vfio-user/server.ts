@@ -449,6 +449,7 @@ export class VfioUserServer {
 
   private makeChannel(fd: number, id: number, onFrame: (f: Frame) => void, onClose: (reason: string) => void): Channel {
     const o = this.opts;
+    const reactor = Reactor.shared();
     const channel: Channel = new Channel(
       fd,
       {
@@ -462,6 +463,8 @@ export class VfioUserServer {
         watch: true,
         ref: true,
         pollMaxNs: o.pollMaxNs,
+        // Polling yields to any other fd with work: another device's client, an eventfd, the daemon's control socket.
+        loopBusy: () => reactor.hasReadyFd(),
       },
       {
         onFrame,

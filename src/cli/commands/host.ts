@@ -8,8 +8,8 @@
  * (refusing if a host answers there, replacing a stale socket with a message); then auto-start the `start: auto`
  * definitions of every parent, as udev's `mdevctl start-parent-mdevs` does when a parent appears. A definition that fails to start is logged with its
  * reason and the others still start (mdevctl #53). The log goes to stderr, one "vgpu host: ..." line per event.
- * `--poll-max-us` (poll-option.ts) turns on adaptive polling of each served device's client socket; it is off by
- * default, because every device and the control socket share the daemon's event loop.
+ * `--poll-max-us` (poll-option.ts) sets the adaptive polling of each served device's client socket (default 200 us,
+ * 0: off); a polling device gives the loop back as soon as another fd (a device, the control socket) has work.
  *
  * `startHost` is the same without the signal handling, for tests that want a real daemon in process. The command is
  * registered in index.ts, which imports this module only when `vgpu host` runs: the client commands never load the
@@ -31,7 +31,7 @@ import { systemHostApi } from "../host-api.ts";
 import { MdevService } from "../service.ts";
 import { checkSocketPathLength, deviceSocketPathOf, SAMPLE_UUID, UNIX_SOCKET_PATH_MAX } from "../socket-path.ts";
 import { type CliIo, type RootOption, rootOf } from "./common.ts";
-import { DEFAULT_HOST_POLL_MAX_US, pollMaxNsOf } from "./poll-option.ts";
+import { DEFAULT_POLL_MAX_US, pollMaxNsOf } from "./poll-option.ts";
 
 export interface StartHostOptions {
   readonly root: string;
@@ -44,7 +44,7 @@ export interface StartHostOptions {
   readonly newUuid?: () => string;
   /** Serve each started device over vfio-user on `<root>/<uuid>.sock` (default true). */
   readonly serve?: boolean;
-  /** Adaptive polling of each served device's client socket, ns (0..MAX_POLL_NS; default 0: off). */
+  /** Adaptive polling of each served device's client socket, ns (0..MAX_POLL_NS; default 0: off; the command: 200 us). */
   readonly pollMaxNs?: number;
 }
 
@@ -125,7 +125,7 @@ export interface HostOptions extends RootOption {
 /** The `vgpu host` action: runs until SIGTERM or SIGINT. */
 export async function runHost(opts: HostOptions, io: CliIo): Promise<void> {
   const root = rootOf(opts, io);
-  const pollMaxNs = pollMaxNsOf(opts.pollMaxUs ?? DEFAULT_HOST_POLL_MAX_US);
+  const pollMaxNs = pollMaxNsOf(opts.pollMaxUs ?? DEFAULT_POLL_MAX_US);
   const config = opts.config !== undefined ? loadSystemConfigFile(opts.config) : undefined;
   const log = (line: string) => io.err(`vgpu host: ${line}\n`);
   // Signal handlers go in before the host announces itself: a supervisor (or a test) may send SIGTERM the moment

@@ -31,8 +31,8 @@ function registerHost(program: Command, io: CliIo): void {
     )
     .option(
       "--poll-max-us <us>",
-      "poll each served device's client socket up to this long before sleeping, adaptively (default 0: off; every " +
-        "device shares the daemon's loop)",
+      "poll each served device's client socket up to this long before sleeping, adaptively; yields to any other " +
+        "work of the daemon (default 200; 0: off)",
     );
   withRoot(configureCommandOutput(cmd, io)).action(async (opts: HostOptions) => {
     const { runHost } = await import("./host.ts");

@@ -1,17 +1,15 @@
 /**
  * `--poll-max-us`, shared by `vgpu serve` and `vgpu host`: how long a served client's socket is polled after each
- * message before the server sleeps (QEMU's poll-max-ns rule, in microseconds; 0 turns it off). The defaults differ:
- * `vgpu serve` serves one device, whose client owns the event loop, so spinning delays nobody else (default 200);
- * the `vgpu host` daemon shares one loop among every device and its control socket, so it polls only when told to
- * (default 0), and then one device's client may delay the others by up to the window per message.
+ * message before the server sleeps (QEMU's poll-max-ns rule, in microseconds; 0 turns it off). Default 200 for both:
+ * a client on another CPU answers a DMA_MAP/UNMAP in ~100-150 us here, and a shorter window missed it
+ * (BENCHMARKS.md). In the daemon, whose one event loop serves every device and the control socket, a poll stops as
+ * soon as any other fd of the loop has work (ChannelOptions.loopBusy), so no client can hold the others back.
  */
 import { Errno, KernelError } from "../../core/index.ts";
 import { MAX_POLL_NS } from "../../vfio-user/index.ts";
 
-/** `vgpu serve`'s default window, microseconds. */
-export const DEFAULT_SERVE_POLL_MAX_US = 200;
-/** `vgpu host`'s default window: off. */
-export const DEFAULT_HOST_POLL_MAX_US = 0;
+/** The commands' default window, microseconds. */
+export const DEFAULT_POLL_MAX_US = 200;
 
 /** Parses a `--poll-max-us` value (a string as commander passes it, or a number) into nanoseconds; EINVAL if bad. */
 export function pollMaxNsOf(v: string | number): number {

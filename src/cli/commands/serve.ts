@@ -41,7 +41,7 @@ import {
 import { serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
 import type { Vgpu } from "../../vgpu/index.ts";
 import { uuidOption } from "./common.ts";
-import { DEFAULT_SERVE_POLL_MAX_US, pollMaxNsOf } from "./poll-option.ts";
+import { DEFAULT_POLL_MAX_US, pollMaxNsOf } from "./poll-option.ts";
 
 /** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
 export const DEFAULT_SERVE_UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -127,7 +127,7 @@ export function startServe(o: ServeCommandOptions, log: (line: string) => void):
   checkSocketPath(o.socket);
   checkSocketFolder(o.socket);
   const handshakeTimeoutMs = o.handshakeTimeout === undefined ? undefined : positiveMs(o.handshakeTimeout);
-  const pollMaxNs = pollMaxNsOf(o.pollMaxUs ?? DEFAULT_SERVE_POLL_MAX_US);
+  const pollMaxNs = pollMaxNsOf(o.pollMaxUs ?? DEFAULT_POLL_MAX_US);
   const loaded = o.config !== undefined ? loadSystemConfigFile(o.config) : parseSystemConfig(DEFAULT_SYSTEM_CONFIG);
   // A served device meets a real VMM and a real guest: the host runs on real time (a guest's work must complete
   // without anyone advancing a virtual clock), and GVT-g GPUs submit through execlists (a stock i915 submits logical
@@ -238,7 +238,7 @@ export function registerServe(program: Command): void {
     .option("--handshake-timeout <ms>", "drop a client that sends no VERSION within this (default 5000)")
     .option(
       "--poll-max-us <us>",
-      `poll the client's socket up to this long before sleeping, adaptively (default ${DEFAULT_SERVE_POLL_MAX_US}; 0: off)`,
+      `poll the client's socket up to this long before sleeping, adaptively (default ${DEFAULT_POLL_MAX_US}; 0: off)`,
     )
     .action(async (o: ServeCommandOptions) => {
       const log = (line: string): void => {
