@@ -55,6 +55,27 @@ class Raw {
   }
 }
 
+/**
+ * Time that moves 100 ns per reading (so a poll ends), counts its readings and jumps when told (`t += ns`); `onRead`
+ * plays a client meanwhile. Timers run on a VirtualClock of their own.
+ */
+function tickingClock() {
+  const timers = new VirtualClock();
+  return {
+    t: 0,
+    reads: 0,
+    onRead: undefined as (() => void) | undefined,
+    now() {
+      this.reads++;
+      this.t += 100;
+      this.onRead?.();
+      return this.t;
+    },
+    at: (ns: number, fn: () => void) => timers.at(ns, fn),
+    after: (ns: number, fn: () => void) => timers.after(ns, fn),
+  };
+}
+
 function setup(opts: Partial<ChannelOptions> = {}) {
   const [a, b] = unixSocketPair(true);
   const frames: { id: number; cmd: number; payload: number[]; fds: number[] }[] = [];
@@ -149,19 +170,7 @@ describe("Channel framing", () => {
   });
 
   it("polls adaptively with pollMaxNs: the window grows while messages come quickly, catches one, drops after a long wait", () => {
-    /** Time that moves 100 ns per reading (so a poll ends) and jumps when told; `onRead` plays a client meanwhile. */
-    const timers = new VirtualClock();
-    const clock = {
-      t: 0,
-      onRead: undefined as (() => void) | undefined,
-      now() {
-        this.t += 100;
-        this.onRead?.();
-        return this.t;
-      },
-      at: (ns: number, fn: () => void) => timers.at(ns, fn),
-      after: (ns: number, fn: () => void) => timers.after(ns, fn),
-    };
+    const clock = tickingClock();
     const [a, b] = unixSocketPair(true);
     const raw = new Raw(a);
     const ids: number[] = [];
@@ -201,19 +210,8 @@ describe("Channel framing", () => {
   });
 
   it("stops polling at once when the loop has other work (loopBusy), and that is not judged a miss", () => {
-    /** Time that moves 100 ns per reading: a poll that ran its 100 us window would read the clock ~1,000 times. */
-    const timers = new VirtualClock();
-    const clock = {
-      t: 0,
-      reads: 0,
-      now() {
-        this.reads++;
-        this.t += 100;
-        return this.t;
-      },
-      at: (ns: number, fn: () => void) => timers.at(ns, fn),
-      after: (ns: number, fn: () => void) => timers.after(ns, fn),
-    };
+    // A poll that ran its 100 us window would read the clock ~1,000 times.
+    const clock = tickingClock();
     const [a, b] = unixSocketPair(true);
     const raw = new Raw(a);
     const ids: number[] = [];
