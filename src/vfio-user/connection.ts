@@ -523,15 +523,17 @@ export class Channel {
     const deadline = start + this.pollNs;
     do {
       let r = this.recvSome();
-      // Give the CPU to a client that shares it, so that it can send what we wait for (pinned to one CPU, a plain
-      // spin only delays it); with the client elsewhere this returns at once.
-      if (r === -EAGAIN) schedYield();
-      if (r === -EAGAIN && busy !== undefined && busy()) {
-        // Ours may be what made the loop ready, just after the read: read once more before giving the loop back.
-        r = this.recvSome();
-        if (r === -EAGAIN) {
-          this.pollYields++;
-          break;
+      if (r === -EAGAIN) {
+        // Give the CPU to a client that shares it, so that it can send what we wait for (pinned to one CPU, a plain
+        // spin only delays it); with the client elsewhere this returns at once.
+        schedYield();
+        if (busy?.() === true) {
+          // Ours may be what made the loop ready, just after the read: read once more before giving the loop back.
+          r = this.recvSome();
+          if (r === -EAGAIN) {
+            this.pollYields++;
+            break;
+          }
         }
       }
       if (r > 0) return true;

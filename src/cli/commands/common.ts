@@ -133,6 +133,16 @@ export function attrNameOption(text: string | undefined): string | undefined {
   return text;
 }
 
+/**
+ * A numeric option's value as commander passes it (a string) or as a caller gives it (a number): the whole number it
+ * spells (digits only, surrounding blanks ignored), else NaN, for the caller's range check to refuse.
+ */
+export function wholeNumberOf(v: string | number): number {
+  if (typeof v === "number") return v;
+  const t = v.trim();
+  return /^\d+$/.test(t) ? Number(t) : Number.NaN;
+}
+
 /** `-i/--index`: a non-negative integer. */
 export function indexOption(text: string | undefined): number | undefined {
   if (text === undefined) return undefined;

@@ -7,13 +7,14 @@
  */
 import { Errno, KernelError } from "../../core/index.ts";
 import { MAX_POLL_NS } from "../../vfio-user/index.ts";
+import { wholeNumberOf } from "./common.ts";
 
 /** The commands' default window, microseconds. */
 export const DEFAULT_POLL_MAX_US = 200;
 
 /** Parses a `--poll-max-us` value (a string as commander passes it, or a number) into nanoseconds; EINVAL if bad. */
 export function pollMaxNsOf(v: string | number): number {
-  const n = typeof v === "number" ? v : /^\d+$/.test(v.trim()) ? Number(v.trim()) : Number.NaN;
+  const n = wholeNumberOf(v);
   if (!Number.isSafeInteger(n) || n < 0 || n * 1000 > MAX_POLL_NS) {
     throw new KernelError(
       Errno.EINVAL,

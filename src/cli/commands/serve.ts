@@ -40,7 +40,7 @@ import {
 } from "../../scenario/index.ts";
 import { serveDevice, type VfioUserServer } from "../../vfio-user/index.ts";
 import type { Vgpu } from "../../vgpu/index.ts";
-import { uuidOption } from "./common.ts";
+import { uuidOption, wholeNumberOf } from "./common.ts";
 import { DEFAULT_POLL_MAX_US, pollMaxNsOf } from "./poll-option.ts";
 
 /** The UUID `vgpu serve` gives its mdev unless told otherwise (the mtty sample's documented one). */
@@ -214,7 +214,7 @@ function checkSocketFolder(socket: string): void {
 }
 
 function positiveMs(v: string | number): number {
-  const n = typeof v === "number" ? v : /^\d+$/.test(v.trim()) ? Number(v.trim()) : Number.NaN;
+  const n = wholeNumberOf(v);
   if (!Number.isSafeInteger(n) || n <= 0) {
     throw new KernelError(Errno.EINVAL, `--handshake-timeout must be a positive number of milliseconds, got ${v}`);
   }
